@@ -1,0 +1,3 @@
+//! aci-runner-controller: GitHub Actions self-hosted runners on Azure Container Instances,
+//! declared as `RunnerPool` custom resources.
+pub mod crd;

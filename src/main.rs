@@ -1,0 +1,40 @@
+use clap::{Parser, Subcommand};
+
+/// GitHub Actions self-hosted runners on Azure Container Instances, declared as RunnerPools.
+#[derive(Parser, Debug)]
+#[command(name = "aci-runner-controller", version, about)]
+struct Cli {
+    /// Log format: `text` or `json`.
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the RunnerPool CustomResourceDefinition as YAML.
+    Crd,
+}
+
+fn init_tracing(format: &str) {
+    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    if format == "json" {
+        registry.with(fmt::layer().json().with_writer(std::io::stderr)).init();
+    } else {
+        registry.with(fmt::layer().with_writer(std::io::stderr)).init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    match cli.command {
+        Command::Crd => {
+            print!("{}", aci_runner_controller::crd::crd_yaml()?);
+            Ok(())
+        }
+    }
+}
