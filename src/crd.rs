@@ -242,8 +242,8 @@ fn default_true() -> bool {
 pub struct EnvVar {
     #[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"))]
     pub name: String,
-    #[serde(default)]
-    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// An environment variable whose value comes from a Secret and is passed as an ACI secure value.

@@ -1,3 +1,4 @@
 //! aci-runner-controller: GitHub Actions self-hosted runners on Azure Container Instances,
 //! declared as `RunnerPool` custom resources.
 pub mod crd;
+pub mod sim;

@@ -1,0 +1,6 @@
+//! Simulated Azure (ARM/ACI container groups, Entra ID token endpoint) and GitHub (App auth,
+//! runners API, jobs, webhooks) with simulated runners inside the container groups.
+//!
+//! Used by tests, the demo and the benchmarks; never by the controller's production path.
+pub mod clock;
+pub mod runtime;
