@@ -2,3 +2,4 @@
 //! declared as `RunnerPool` custom resources.
 pub mod crd;
 pub mod sim;
+pub mod testing;

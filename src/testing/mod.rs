@@ -1,0 +1,3 @@
+//! Test support shared by the integration tests, the demo and the benchmarks: the upstream API
+//! descriptions in `../shared/specs/` and the local Kubernetes control plane.
+pub mod specs;
