@@ -448,6 +448,25 @@ pub struct RunnerPoolStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// Resources consumed by the pool's container groups (accumulated from group lifetimes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<RunnerPoolUsage>,
+}
+
+/// Accumulated consumption of a pool's container groups.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerPoolUsage {
+    /// vCPU-seconds of all container groups of the pool.
+    pub vcpu_seconds: f64,
+    /// Memory GB-seconds of all container groups of the pool.
+    pub gb_seconds: f64,
+    /// Estimated cost from the controller's price table, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_cost: Option<f64>,
+    /// Currency of `estimatedCost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// One failed check, with the JSON path of the offending field.
