@@ -2,5 +2,6 @@
 //! runners API, jobs, webhooks) with simulated runners inside the container groups.
 //!
 //! Used by tests, the demo and the benchmarks; never by the controller's production path.
+pub mod arm;
 pub mod clock;
 pub mod runtime;

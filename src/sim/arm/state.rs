@@ -1,0 +1,1268 @@
+//! Container groups, their lifecycle over simulated time, quotas, throttling and fault draws.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::entra::Entra;
+use super::{ArmSimConfig, BucketSpec, DeleteMode, FaultConfig, OpFaults, Quotas};
+use crate::sim::clock::SimClock;
+use crate::sim::runtime::{ContainerEnv, ContainerRuntime, ExitNotifier, StartedContainer};
+
+pub(crate) const RESOURCE_TYPE: &str = "Microsoft.ContainerInstance/containerGroups";
+const MAX_CALL_RECORDS: usize = 200_000;
+
+/// One ARM call as the simulator answered it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    pub op: String,
+    pub method: String,
+    /// Path and query as received.
+    pub path: String,
+    pub status: u16,
+    pub code: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// What the inspection API reports about a group.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupSummary {
+    pub id: String,
+    pub subscription: String,
+    pub resource_group: String,
+    pub name: String,
+    pub location: String,
+    pub provisioning_state: String,
+    pub state: String,
+    pub restart_policy: String,
+    pub tags: BTreeMap<String, String>,
+    pub cpu: f64,
+    /// Per container: (name, state, exit code, restart count).
+    pub containers: Vec<(String, String, Option<i32>, i32)>,
+    pub created: DateTime<Utc>,
+}
+
+/// Env-var names each group received (values are never recorded).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvRecord {
+    pub group_id: String,
+    pub group_name: String,
+    pub container: String,
+    /// (name, secure)
+    pub names: Vec<(String, bool)>,
+}
+
+/// A complete ARM answer, before HTTP encoding.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub status: u16,
+    pub body: Option<Value>,
+    pub headers: Vec<(String, String)>,
+    pub code: Option<String>,
+}
+
+impl Answer {
+    pub fn ok(status: u16, body: Value) -> Self {
+        Self { status, body: Some(body), headers: Vec::new(), code: None }
+    }
+    pub fn empty(status: u16) -> Self {
+        Self { status, body: None, headers: Vec::new(), code: None }
+    }
+    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            status,
+            body: Some(json!({"error": {"code": code, "message": message}})),
+            headers: Vec::new(),
+            code: Some(code.to_string()),
+        }
+    }
+    pub fn header(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.headers.push((k.to_string(), v.into()));
+        self
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Event {
+    name: String,
+    message: String,
+    count: i32,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+struct CState {
+    state: &'static str,
+    start: Option<DateTime<Utc>>,
+    finish: Option<DateTime<Utc>>,
+    exit: Option<i32>,
+    detail: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Ctr {
+    name: String,
+    image: String,
+    command: Vec<String>,
+    env: Vec<ContainerEnv>,
+    restart_count: i32,
+    current: CState,
+    previous: Option<CState>,
+    events: Vec<Event>,
+    restart_due: Option<DateTime<Utc>>,
+    crash_due: Option<DateTime<Utc>>,
+    generation: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Group {
+    id: String,
+    sub: String,
+    rg: String,
+    name: String,
+    location: String,
+    spec: Value,
+    tags: BTreeMap<String, String>,
+    cpu: f64,
+    restart_policy: String,
+    created: DateTime<Utc>,
+    prov: &'static str,
+    creating_at: DateTime<Utc>,
+    running_at: DateTime<Utc>,
+    state: &'static str,
+    events: Vec<Event>,
+    containers: Vec<Ctr>,
+    stopped: bool,
+    deleting_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug)]
+enum OpKind {
+    Create,
+    Delete,
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    kind: OpKind,
+    group_key: String,
+    started: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+struct Bucket {
+    tokens: f64,
+    last: DateTime<Utc>,
+}
+
+struct State {
+    groups: BTreeMap<String, Group>,
+    ops: HashMap<String, Op>,
+    calls: VecDeque<CallRecord>,
+    counts: BTreeMap<String, BTreeMap<u16, u64>>,
+    throttled: u64,
+    quota_rejections: u64,
+    creates_accepted: u64,
+    env_records: Vec<EnvRecord>,
+    rng: StdRng,
+    buckets: HashMap<(String, bool), Bucket>,
+    creates: HashMap<(String, String), VecDeque<DateTime<Utc>>>,
+    generation: u64,
+}
+
+pub(crate) struct Shared {
+    cfg: Mutex<ArmSimConfig>,
+    pub clock: SimClock,
+    runtime: Arc<dyn ContainerRuntime>,
+    pub url: String,
+    pub entra: Entra,
+    st: Mutex<State>,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn ms(v: u64) -> chrono::Duration {
+    chrono::Duration::milliseconds(i64::try_from(v).unwrap_or(i64::MAX / 4))
+}
+
+pub(crate) fn group_key(sub: &str, rg: &str, name: &str) -> String {
+    format!("{}/{}/{}", sub.to_ascii_lowercase(), rg.to_ascii_lowercase(), name.to_ascii_lowercase())
+}
+
+fn push_event(events: &mut Vec<Event>, name: &str, message: String, now: DateTime<Utc>) {
+    if let Some(e) = events.iter_mut().find(|e| e.name == name && e.message == message) {
+        e.count += 1;
+        e.last = now;
+    } else {
+        events.push(Event { name: name.to_string(), message, count: 1, first: now, last: now });
+    }
+}
+
+fn events_json(events: &[Event]) -> Value {
+    Value::Array(
+        events
+            .iter()
+            .map(|e| {
+                json!({
+                    "count": e.count,
+                    "firstTimestamp": ts(e.first),
+                    "lastTimestamp": ts(e.last),
+                    "name": e.name,
+                    "message": e.message,
+                    "type": "Normal",
+                })
+            })
+            .collect(),
+    )
+}
+
+fn cstate_json(s: &CState) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("state".into(), json!(s.state));
+    if let Some(t) = s.start {
+        m.insert("startTime".into(), json!(ts(t)));
+    }
+    if let Some(c) = s.exit {
+        m.insert("exitCode".into(), json!(c));
+    }
+    if let Some(t) = s.finish {
+        m.insert("finishTime".into(), json!(ts(t)));
+    }
+    if let Some(d) = &s.detail {
+        m.insert("detailStatus".into(), json!(d));
+    }
+    Value::Object(m)
+}
+
+/// A request body that passed ACI's validation.
+pub(crate) struct ValidGroup {
+    pub location: String,
+    pub spec: Value,
+    pub tags: BTreeMap<String, String>,
+    pub cpu: f64,
+    pub restart_policy: String,
+    pub containers: Vec<(String, String, Vec<String>, Vec<ContainerEnv>)>,
+}
+
+fn is_aci_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !s.contains("--")
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut it = s.chars();
+    matches!(it.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && it.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+}
+
+/// Validate a PUT body the way ACI does and strip read-only properties.
+pub(crate) fn validate(name: &str, body: &Value, cfg: &ArmSimConfig) -> Result<ValidGroup, Answer> {
+    let bad = |code: &str, msg: String| Err(Answer::error(400, code, msg));
+    if !is_aci_name(name) {
+        return bad(
+            "ContainerGroupNameInvalid",
+            format!(
+                "The container group name '{name}' is invalid. The name must be between 1 and 63 characters long, only contain lowercase alphanumeric characters or '-', start and end with an alphanumeric character, and the '-' character can't be consecutive."
+            ),
+        );
+    }
+    let Some(obj) = body.as_object() else {
+        return bad(
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized.".into(),
+        );
+    };
+    let location = match obj.get("location").and_then(Value::as_str) {
+        Some(l) if !l.is_empty() => l.to_ascii_lowercase().replace(' ', ""),
+        _ => return bad("LocationRequired", "The location property is required for this definition.".into()),
+    };
+    if !cfg.locations.iter().any(|l| l.eq_ignore_ascii_case(&location)) {
+        return bad(
+            "LocationNotAvailableForResourceType",
+            format!(
+                "The provided location '{location}' is not available for resource type '{RESOURCE_TYPE}'. List of available regions for the resource type is '{}'.",
+                cfg.locations.join(",")
+            ),
+        );
+    }
+    let mut tags = BTreeMap::new();
+    if let Some(t) = obj.get("tags") {
+        let Some(t) = t.as_object() else {
+            return bad("InvalidRequestContent", "The 'tags' property must be an object of strings.".into());
+        };
+        if t.len() > 50 {
+            return bad("InvalidTag", format!("The resource has {} tags; at most 50 are allowed.", t.len()));
+        }
+        for (k, v) in t {
+            let Some(v) = v.as_str() else {
+                return bad("InvalidTemplate", format!("The value of tag '{k}' must be a string."));
+            };
+            if k.is_empty() || k.len() > 512 || v.len() > 256 {
+                return bad("InvalidTag", format!("The tag name '{k}' or its value has an invalid length."));
+            }
+            if k.chars().any(|c| matches!(c, '<' | '>' | '%' | '&' | '\\' | '?' | '/')) {
+                return bad(
+                    "InvalidTagNameCharacters",
+                    format!(
+                        "The tag names '{k}' have reserved characters '<,>,%,&,\\,?,/' or control characters."
+                    ),
+                );
+            }
+            tags.insert(k.clone(), v.to_string());
+        }
+    }
+    let Some(props) = obj.get("properties").and_then(Value::as_object) else {
+        return bad("InvalidRequestContent", "The request content must contain 'properties'.".into());
+    };
+    let os = props.get("osType").and_then(Value::as_str).unwrap_or_default();
+    if os != "Linux" && os != "Windows" {
+        return bad(
+            "InvalidOsType",
+            format!("The 'osType' '{os}' is invalid. The supported values are 'Linux' and 'Windows'."),
+        );
+    }
+    let restart_policy = props.get("restartPolicy").and_then(Value::as_str).unwrap_or("Always").to_string();
+    if !matches!(restart_policy.as_str(), "Always" | "OnFailure" | "Never") {
+        return bad(
+            "InvalidRestartPolicy",
+            format!(
+                "The restart policy '{restart_policy}' is invalid. The supported values are 'Always', 'OnFailure' and 'Never'."
+            ),
+        );
+    }
+    let priority = props.get("priority").and_then(Value::as_str).unwrap_or("Regular");
+    if !matches!(priority, "Regular" | "Spot") {
+        return bad("InvalidPriority", format!("The priority '{priority}' is invalid."));
+    }
+    let has_subnets = props.get("subnetIds").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    if priority == "Spot" && (os != "Linux" || has_subnets) {
+        return bad(
+            "SpotPriorityNotSupported",
+            "Spot priority is supported only for Linux container groups without virtual network deployment."
+                .into(),
+        );
+    }
+    let Some(containers) = props.get("containers").and_then(Value::as_array) else {
+        return bad(
+            "ContainerGroupContainersRequired",
+            "The container group must contain at least one container.".into(),
+        );
+    };
+    if containers.is_empty() || containers.len() > 60 {
+        return bad(
+            "ContainerGroupContainersRequired",
+            "The container group must contain between 1 and 60 containers.".into(),
+        );
+    }
+    let mut out = Vec::new();
+    let (mut cpu_sum, mut mem_sum) = (0.0, 0.0);
+    for c in containers {
+        let cname = c.get("name").and_then(Value::as_str).unwrap_or_default();
+        if !is_aci_name(cname) {
+            return bad(
+                "InvalidContainerName",
+                format!(
+                    "The container name '{cname}' in container group '{name}' is invalid. It must be 1-63 lowercase alphanumeric characters or '-', starting and ending with an alphanumeric character."
+                ),
+            );
+        }
+        if out.iter().any(|(n, ..): &(String, String, Vec<String>, Vec<ContainerEnv>)| n == cname) {
+            return bad(
+                "DuplicateContainerName",
+                format!("The container name '{cname}' is used more than once."),
+            );
+        }
+        let cp = c.get("properties").cloned().unwrap_or(Value::Null);
+        let image = cp.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
+        if image.trim().is_empty() {
+            return bad("ContainerImageRequired", format!("The image of container '{cname}' is required."));
+        }
+        let req = cp.pointer("/resources/requests");
+        let cpu = req.and_then(|r| r.get("cpu")).and_then(Value::as_f64);
+        let mem = req.and_then(|r| r.get("memoryInGB")).and_then(Value::as_f64);
+        let (Some(cpu), Some(mem)) = (cpu, mem) else {
+            return bad(
+                "ResourceRequestsNotSpecified",
+                format!("The resource requests of container '{cname}' are not specified."),
+            );
+        };
+        if cpu <= 0.0 || mem <= 0.0 || (cpu * 100.0).fract().abs() > 1e-9 || (mem * 10.0).fract().abs() > 1e-9
+        {
+            return bad(
+                "InvalidContainerResourceRequests",
+                format!(
+                    "The resource requests of container '{cname}' are invalid: cpu {cpu}, memoryInGB {mem}. CPU must be positive in steps of 0.01 and memory positive in steps of 0.1 GB."
+                ),
+            );
+        }
+        cpu_sum += cpu;
+        mem_sum += mem;
+        let command: Vec<String> = cp
+            .get("command")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        let mut env = Vec::new();
+        for e in cp.get("environmentVariables").and_then(Value::as_array).into_iter().flatten() {
+            let en = e.get("name").and_then(Value::as_str).unwrap_or_default();
+            if !is_env_name(en) {
+                return bad(
+                    "InvalidEnvironmentVariableName",
+                    format!("The environment variable name '{en}' in container '{cname}' is invalid."),
+                );
+            }
+            if env.iter().any(|x: &ContainerEnv| x.name == en) {
+                return bad(
+                    "DuplicateEnvironmentVariables",
+                    format!("The environment variable name '{en}' in container '{cname}' is duplicated."),
+                );
+            }
+            let value = e.get("value").and_then(Value::as_str);
+            let secure = e.get("secureValue").and_then(Value::as_str);
+            if value.is_some() && secure.is_some() {
+                return bad(
+                    "InvalidEnvironmentVariable",
+                    format!(
+                        "The environment variable '{en}' must have either 'value' or 'secureValue', not both."
+                    ),
+                );
+            }
+            env.push(ContainerEnv {
+                name: en.to_string(),
+                value: secure.or(value).unwrap_or_default().to_string(),
+                secure: secure.is_some(),
+            });
+        }
+        out.push((cname.to_string(), image, command, env));
+    }
+    if cpu_sum > 4.0 + 1e-9 || mem_sum > 16.0 + 1e-9 {
+        return bad(
+            "ResourceSkuRequestsExceedLimits",
+            format!(
+                "The requested resource with 'CPU: {cpu_sum}, memoryInGB: {mem_sum}' in location '{location}' exceeds the limit 'CPU: 4, memoryInGB: 16' of a container group."
+            ),
+        );
+    }
+    // Keep what the client sent, minus read-only properties.
+    let mut spec = body.clone();
+    if let Some(o) = spec.as_object_mut() {
+        for k in ["id", "name", "type"] {
+            o.remove(k);
+        }
+        o.insert("location".into(), json!(location));
+    }
+    if let Some(p) = spec.get_mut("properties").and_then(Value::as_object_mut) {
+        p.remove("provisioningState");
+        p.remove("instanceView");
+        if let Some(cs) = p.get_mut("containers").and_then(Value::as_array_mut) {
+            for c in cs {
+                if let Some(cp) = c.get_mut("properties").and_then(Value::as_object_mut) {
+                    cp.remove("instanceView");
+                }
+            }
+        }
+    }
+    Ok(ValidGroup { location, spec, tags, cpu: cpu_sum, restart_policy, containers: out })
+}
+
+impl Shared {
+    pub fn new(cfg: ArmSimConfig, clock: SimClock, runtime: Arc<dyn ContainerRuntime>, url: String) -> Self {
+        let seed = cfg.faults.seed;
+        Self {
+            cfg: Mutex::new(cfg),
+            clock,
+            runtime,
+            url,
+            entra: Entra::new(),
+            st: Mutex::new(State {
+                groups: BTreeMap::new(),
+                ops: HashMap::new(),
+                calls: VecDeque::new(),
+                counts: BTreeMap::new(),
+                throttled: 0,
+                quota_rejections: 0,
+                creates_accepted: 0,
+                env_records: Vec::new(),
+                rng: StdRng::seed_from_u64(seed),
+                buckets: HashMap::new(),
+                creates: HashMap::new(),
+                generation: 0,
+            }),
+        }
+    }
+
+    fn st(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn cfg(&self) -> ArmSimConfig {
+        self.cfg.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_faults(&self, faults: FaultConfig) {
+        let seed = faults.seed;
+        self.cfg.lock().unwrap_or_else(|p| p.into_inner()).faults = faults;
+        self.st().rng = StdRng::seed_from_u64(seed);
+    }
+
+    pub fn set_quotas(&self, quotas: Quotas) {
+        self.cfg.lock().unwrap_or_else(|p| p.into_inner()).quotas = quotas;
+    }
+
+    pub fn record(&self, op: &str, method: &str, path: &str, status: u16, code: Option<String>) {
+        let at = self.clock.now();
+        let mut st = self.st();
+        if status == 429 {
+            st.throttled += 1;
+        }
+        *st.counts.entry(op.to_string()).or_default().entry(status).or_default() += 1;
+        if st.calls.len() >= MAX_CALL_RECORDS {
+            st.calls.pop_front();
+        }
+        st.calls.push_back(CallRecord {
+            op: op.to_string(),
+            method: method.to_string(),
+            path: path.to_string(),
+            status,
+            code,
+            at,
+        });
+    }
+
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.st().calls.iter().cloned().collect()
+    }
+    pub fn call_counts(&self) -> BTreeMap<String, BTreeMap<u16, u64>> {
+        self.st().counts.clone()
+    }
+    pub fn throttled_count(&self) -> u64 {
+        self.st().throttled
+    }
+    pub fn quota_rejections(&self) -> u64 {
+        self.st().quota_rejections
+    }
+    pub fn creates_accepted(&self) -> u64 {
+        self.st().creates_accepted
+    }
+    pub fn env_records(&self) -> Vec<EnvRecord> {
+        self.st().env_records.clone()
+    }
+    pub fn env_names(&self, group: &str) -> Vec<(String, String, bool)> {
+        let st = self.st();
+        let Some(last) = st.env_records.iter().rev().find(|r| r.group_name == group) else {
+            return Vec::new();
+        };
+        let gid = last.group_id.clone();
+        st.env_records
+            .iter()
+            .filter(|r| r.group_id == gid)
+            .flat_map(|r| r.names.iter().map(|(n, s)| (r.container.clone(), n.clone(), *s)))
+            .collect()
+    }
+
+    pub fn groups(&self) -> Vec<GroupSummary> {
+        self.st()
+            .groups
+            .values()
+            .map(|g| GroupSummary {
+                id: g.id.clone(),
+                subscription: g.sub.clone(),
+                resource_group: g.rg.clone(),
+                name: g.name.clone(),
+                location: g.location.clone(),
+                provisioning_state: if g.deleting_until.is_some() {
+                    "Deleting".into()
+                } else {
+                    g.prov.into()
+                },
+                state: g.state.into(),
+                restart_policy: g.restart_policy.clone(),
+                tags: g.tags.clone(),
+                cpu: g.cpu,
+                containers: g
+                    .containers
+                    .iter()
+                    .map(|c| (c.name.clone(), c.current.state.to_string(), c.current.exit, c.restart_count))
+                    .collect(),
+                created: g.created,
+            })
+            .collect()
+    }
+
+    /// Draw the injected fault for an operation, if any.
+    pub fn draw_fault(&self, op: &str) -> Option<Answer> {
+        let f: OpFaults = self.cfg().faults.ops.get(op).copied()?;
+        let mut st = self.st();
+        let r: f64 = st.rng.r#gen();
+        if r < f.throttle {
+            return Some(
+                Answer::error(429, "TooManyRequests", "The request is being throttled. Please retry after the period in the Retry-After header.")
+                    .header("Retry-After", "1"),
+            );
+        }
+        if r < f.throttle + f.internal_error {
+            return Some(Answer::error(
+                500,
+                "InternalServerError",
+                "Encountered internal server error. Diagnostic information: timestamp, subscription id, tracking id.",
+            ));
+        }
+        if r < f.throttle + f.internal_error + f.unavailable {
+            return Some(
+                Answer::error(
+                    503,
+                    "ServiceUnavailable",
+                    "The service is temporarily unavailable. Please retry later.",
+                )
+                .header("Retry-After", "1"),
+            );
+        }
+        None
+    }
+
+    /// Take one token from the subscription's ARM read or write bucket. On success, the
+    /// remaining count (for `x-ms-ratelimit-remaining-subscription-*`); else the 429 answer.
+    pub fn take_arm_token(&self, sub: &str, write: bool) -> Result<(String, u64), Answer> {
+        let q = self.cfg().quotas;
+        let spec: BucketSpec = if write { q.writes } else { q.reads };
+        let now = self.clock.now();
+        let scale = self.clock.scale();
+        let mut st = self.st();
+        let b = st
+            .buckets
+            .entry((sub.to_ascii_lowercase(), write))
+            .or_insert(Bucket { tokens: spec.capacity, last: now });
+        let dt = (now - b.last).num_milliseconds().max(0) as f64 / 1000.0;
+        b.tokens = (b.tokens + dt * spec.refill_per_sec).min(spec.capacity);
+        b.last = now;
+        let header = if write {
+            "x-ms-ratelimit-remaining-subscription-writes"
+        } else {
+            "x-ms-ratelimit-remaining-subscription-reads"
+        };
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return Ok((header.to_string(), b.tokens.floor() as u64));
+        }
+        let wait_sim =
+            if spec.refill_per_sec > 0.0 { (1.0 - b.tokens) / spec.refill_per_sec } else { 3600.0 };
+        let retry = (wait_sim / scale).ceil().max(1.0) as u64;
+        let kind = if write { "write" } else { "read" };
+        Err(Answer::error(
+            429,
+            "SubscriptionRequestsThrottled",
+            format!("Number of '{kind}' requests for subscription '{sub}' exceeded. Please try again after '{retry}' seconds after the last request."),
+        )
+        .header("Retry-After", retry.to_string())
+        .header(header, "0"))
+    }
+
+    pub fn get(&self, sub: &str, rg: &str, name: &str) -> Answer {
+        let st = self.st();
+        match st.groups.get(&group_key(sub, rg, name)) {
+            Some(g) => Answer::ok(200, self.render(g)),
+            None => not_found(rg, name),
+        }
+    }
+
+    pub fn list(&self, sub: &str, rg: Option<&str>, path: &str, api_version: &str, skip: usize) -> Answer {
+        let page = self.cfg().page_size.max(1);
+        let st = self.st();
+        let all: Vec<&Group> = st
+            .groups
+            .values()
+            .filter(|g| g.sub.eq_ignore_ascii_case(sub) && rg.is_none_or(|r| g.rg.eq_ignore_ascii_case(r)))
+            .collect();
+        let value: Vec<Value> = all.iter().skip(skip).take(page).map(|g| self.render(g)).collect();
+        let mut body = json!({ "value": value });
+        if skip + page < all.len() {
+            body["nextLink"] =
+                json!(format!("{}{}?api-version={}&$skiptoken={}", self.url, path, api_version, skip + page));
+        }
+        Answer::ok(200, body)
+    }
+
+    fn async_headers(&self, a: Answer, sub: &str, location: &str, op_id: &str, api_version: &str) -> Answer {
+        let op_url = format!(
+            "{}/subscriptions/{sub}/providers/Microsoft.ContainerInstance/locations/{location}/operations/{op_id}?api-version={api_version}",
+            self.url
+        );
+        a.header("Azure-AsyncOperation", op_url)
+    }
+
+    pub fn create_or_update(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        body: &Value,
+        api_version: &str,
+    ) -> Answer {
+        let cfg = self.cfg();
+        let v = match validate(name, body, &cfg) {
+            Ok(v) => v,
+            Err(a) => return a,
+        };
+        for (_, image, _, _) in &v.containers {
+            if cfg.faults.inaccessible_images.contains(image) {
+                return Answer::error(
+                    400,
+                    "InaccessibleImage",
+                    format!(
+                        "The image '{image}' in container group '{name}' is not accessible. Please check the image and registry credential."
+                    ),
+                );
+            }
+        }
+        let now = self.clock.now();
+        let key = group_key(sub, rg, name);
+        let mut st = self.st();
+        if let Some(g) = st.groups.get_mut(&key) {
+            if g.deleting_until.is_some() {
+                return Answer::error(
+                    409,
+                    "Conflict",
+                    format!("The container group '{name}' is being deleted."),
+                );
+            }
+            if g.location != v.location {
+                return Answer::error(
+                    409,
+                    "InvalidResourceLocation",
+                    format!(
+                        "The resource '{name}' already exists in location '{}' in resource group '{rg}'. A resource with the same name cannot be created in location '{}'. Please select a new resource name.",
+                        g.location, v.location
+                    ),
+                );
+            }
+            g.spec = v.spec;
+            g.tags = v.tags;
+            g.restart_policy = v.restart_policy;
+            let body = self.render(g);
+            return Answer::ok(200, body);
+        }
+        // Quotas per subscription·region.
+        let q = &cfg.quotas;
+        let in_region: Vec<&Group> = st
+            .groups
+            .values()
+            .filter(|g| {
+                g.sub.eq_ignore_ascii_case(sub) && g.location == v.location && g.deleting_until.is_none()
+            })
+            .collect();
+        let used_cores: f64 = in_region.iter().map(|g| g.cpu).sum();
+        let count = in_region.len();
+        if count as u64 >= u64::from(q.container_groups) {
+            st.quota_rejections += 1;
+            return Answer::error(
+                409,
+                "ContainerGroupQuotaReached",
+                format!(
+                    "Resource type '{RESOURCE_TYPE}' container group quota 'ContainerGroups' exceeded in region '{}'. Limit: '{}', Usage: '{count}' Requested: '1'.",
+                    v.location, q.container_groups
+                ),
+            );
+        }
+        if used_cores + v.cpu > q.cores + 1e-9 {
+            st.quota_rejections += 1;
+            return Answer::error(
+                409,
+                "ContainerGroupQuotaReached",
+                format!(
+                    "Resource type '{RESOURCE_TYPE}' container group quota 'StandardCores' exceeded in region '{}'. Limit: '{}', Usage: '{used_cores}' Requested: '{}'.",
+                    v.location, q.cores, v.cpu
+                ),
+            );
+        }
+        let window = st.creates.entry((sub.to_ascii_lowercase(), v.location.clone())).or_default();
+        while window.front().is_some_and(|t| now - *t >= chrono::Duration::hours(1)) {
+            window.pop_front();
+        }
+        let in_5 = window.iter().filter(|t| now - **t < chrono::Duration::minutes(5)).count();
+        let limited = if in_5 as u64 >= u64::from(q.creates_per_5min) {
+            window
+                .iter()
+                .find(|t| now - **t < chrono::Duration::minutes(5))
+                .map(|t| (*t + chrono::Duration::minutes(5), "5 minutes", q.creates_per_5min))
+        } else if window.len() as u64 >= u64::from(q.creates_per_hour) {
+            window.front().map(|t| (*t + chrono::Duration::hours(1), "hour", q.creates_per_hour))
+        } else {
+            None
+        };
+        let remaining_5 = u64::from(q.creates_per_5min).saturating_sub(in_5 as u64 + 1);
+        let remaining_h = u64::from(q.creates_per_hour).saturating_sub(window.len() as u64 + 1);
+        if let Some((free_at, per, limit)) = limited {
+            let wait_sim = (free_at - now).num_milliseconds().max(0) as f64 / 1000.0;
+            let retry = (wait_sim / self.clock.scale()).ceil().max(1.0) as u64;
+            st.quota_rejections += 1;
+            return Answer::error(
+                429,
+                "ContainerGroupCreationRateExceeded",
+                format!("The container group creation rate limit of {limit} per {per} in region '{}' was exceeded. Please retry after {retry} seconds.", v.location),
+            )
+            .header("Retry-After", retry.to_string());
+        }
+        // Regional capacity.
+        if let Some(cap) = cfg.faults.capacity.get(&v.location) {
+            let all_in_loc =
+                st.groups.values().filter(|g| g.location == v.location && g.deleting_until.is_none()).count();
+            if all_in_loc as u64 >= u64::from(*cap) {
+                return Answer::error(
+                    409,
+                    "ServiceUnavailable",
+                    format!(
+                        "The requested resource is not available in the location '{}' at this moment. Please retry with a different resource request or in another location. Resource requested: '{} CPU {} memory GB Linux OS' for container group '{name}'.",
+                        v.location, v.cpu, 0
+                    ),
+                );
+            }
+        }
+        if let Some(w) = st.creates.get_mut(&(sub.to_ascii_lowercase(), v.location.clone())) {
+            w.push_back(now);
+        }
+        st.creates_accepted += 1;
+        let slow = cfg.faults.slow_provisioning_ms.get(&v.location).copied().unwrap_or(0);
+        let creating_at = now + ms(cfg.provisioning_delay_ms) + ms(slow);
+        let running_at = creating_at + ms(cfg.image_pull_delay_ms);
+        let id = format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/{RESOURCE_TYPE}/{name}");
+        st.generation += 1;
+        let generation = st.generation;
+        let containers: Vec<Ctr> = v
+            .containers
+            .iter()
+            .map(|(n, image, command, env)| Ctr {
+                name: n.clone(),
+                image: image.clone(),
+                command: command.clone(),
+                env: env.clone(),
+                restart_count: 0,
+                current: CState {
+                    state: "Waiting",
+                    start: None,
+                    finish: None,
+                    exit: None,
+                    detail: Some("ContainerCreating".into()),
+                },
+                previous: None,
+                events: Vec::new(),
+                restart_due: None,
+                crash_due: None,
+                generation,
+            })
+            .collect();
+        for c in &containers {
+            st.env_records.push(EnvRecord {
+                group_id: id.clone(),
+                group_name: name.to_string(),
+                container: c.name.clone(),
+                names: c.env.iter().map(|e| (e.name.clone(), e.secure)).collect(),
+            });
+        }
+        let g = Group {
+            id,
+            sub: sub.to_string(),
+            rg: rg.to_string(),
+            name: name.to_string(),
+            location: v.location.clone(),
+            spec: v.spec,
+            tags: v.tags,
+            cpu: v.cpu,
+            restart_policy: v.restart_policy,
+            created: now,
+            prov: "Pending",
+            creating_at,
+            running_at,
+            state: "Pending",
+            events: Vec::new(),
+            containers,
+            stopped: false,
+            deleting_until: None,
+        };
+        let body = self.render(&g);
+        st.groups.insert(key.clone(), g);
+        let op_id = uuid::Uuid::new_v4().to_string();
+        st.ops.insert(op_id.clone(), Op { kind: OpKind::Create, group_key: key, started: now });
+        drop(st);
+        let resource = format!(
+            "Microsoft.ContainerInstance/ContainerGroupCreates5Min;{remaining_5},Microsoft.ContainerInstance/ContainerGroupCreates1Hour;{remaining_h}"
+        );
+        self.async_headers(Answer::ok(201, body), sub, &v.location, &op_id, api_version)
+            .header("x-ms-ratelimit-remaining-resource", resource)
+    }
+
+    pub fn delete(&self, sub: &str, rg: &str, name: &str, api_version: &str) -> Answer {
+        let cfg = self.cfg();
+        let key = group_key(sub, rg, name);
+        let now = self.clock.now();
+        let mut st = self.st();
+        let Some(g) = st.groups.get_mut(&key) else {
+            return Answer::empty(204);
+        };
+        let kill_id = g.id.clone();
+        let answer = match cfg.delete_mode {
+            DeleteMode::Sync => {
+                let body = self.render(g);
+                st.groups.remove(&key);
+                Answer::ok(200, body)
+            }
+            DeleteMode::Async => {
+                if g.deleting_until.is_none() {
+                    g.deleting_until = Some(now + ms(cfg.delete_delay_ms));
+                    g.stopped = true;
+                }
+                let location = g.location.clone();
+                let op_id = uuid::Uuid::new_v4().to_string();
+                st.ops.insert(op_id.clone(), Op { kind: OpKind::Delete, group_key: key, started: now });
+                self.async_headers(Answer::empty(202), sub, &location, &op_id, api_version)
+            }
+        };
+        drop(st);
+        self.runtime.kill(&kill_id);
+        answer
+    }
+
+    pub fn stop(&self, sub: &str, rg: &str, name: &str) -> Answer {
+        let now = self.clock.now();
+        let key = group_key(sub, rg, name);
+        let mut st = self.st();
+        let Some(g) = st.groups.get_mut(&key) else {
+            return not_found(rg, name);
+        };
+        g.stopped = true;
+        for c in &mut g.containers {
+            if c.current.state != "Terminated" {
+                c.previous = Some(c.current.clone());
+                c.current = CState {
+                    state: "Terminated",
+                    start: c.current.start,
+                    finish: Some(now),
+                    exit: None,
+                    detail: Some("Stopped".into()),
+                };
+            }
+            c.restart_due = None;
+            c.crash_due = None;
+            c.generation = u64::MAX;
+        }
+        push_event(&mut g.events, "Stopped", format!("Container group '{name}' was stopped"), now);
+        g.state = "Stopped";
+        let id = g.id.clone();
+        drop(st);
+        self.runtime.kill(&id);
+        Answer::empty(204)
+    }
+
+    pub fn operation(&self, op_id: &str) -> Option<Value> {
+        let st = self.st();
+        let op = st.ops.get(op_id)?;
+        let g = st.groups.get(&op.group_key);
+        let status = match (&op.kind, g) {
+            (OpKind::Create, Some(g)) => match g.prov {
+                "Succeeded" => "Succeeded",
+                "Failed" => "Failed",
+                _ => "InProgress",
+            },
+            (OpKind::Create, None) => "Canceled",
+            (OpKind::Delete, Some(_)) => "InProgress",
+            (OpKind::Delete, None) => "Succeeded",
+        };
+        Some(json!({
+            "id": op_id,
+            "name": op_id,
+            "status": status,
+            "startTime": ts(op.started),
+        }))
+    }
+
+    /// The ARM representation of a group (secure values and registry passwords removed).
+    fn render(&self, g: &Group) -> Value {
+        let mut body = g.spec.clone();
+        let Some(o) = body.as_object_mut() else { return body };
+        o.insert("id".into(), json!(g.id));
+        o.insert("name".into(), json!(g.name));
+        o.insert("type".into(), json!(RESOURCE_TYPE));
+        o.insert("location".into(), json!(g.location));
+        if !g.tags.is_empty() {
+            o.insert("tags".into(), json!(g.tags));
+        }
+        if let Some(p) = o.get_mut("properties").and_then(Value::as_object_mut) {
+            let prov = if g.deleting_until.is_some() { "Deleting" } else { g.prov };
+            p.insert("provisioningState".into(), json!(prov));
+            p.insert("restartPolicy".into(), json!(g.restart_policy));
+            p.entry("sku").or_insert(json!("Standard"));
+            p.insert("instanceView".into(), json!({"events": events_json(&g.events), "state": g.state}));
+            if let Some(creds) = p.get_mut("imageRegistryCredentials").and_then(Value::as_array_mut) {
+                for c in creds {
+                    if let Some(c) = c.as_object_mut() {
+                        c.remove("password");
+                    }
+                }
+            }
+            if let Some(cs) = p.get_mut("containers").and_then(Value::as_array_mut) {
+                for (cv, c) in cs.iter_mut().zip(g.containers.iter()) {
+                    let Some(cp) = cv.get_mut("properties").and_then(Value::as_object_mut) else { continue };
+                    if let Some(envs) = cp.get_mut("environmentVariables").and_then(Value::as_array_mut) {
+                        for e in envs {
+                            if let Some(e) = e.as_object_mut() {
+                                e.remove("secureValue");
+                            }
+                        }
+                    }
+                    let mut iv = serde_json::Map::new();
+                    iv.insert("restartCount".into(), json!(c.restart_count));
+                    iv.insert("currentState".into(), cstate_json(&c.current));
+                    if let Some(p) = &c.previous {
+                        iv.insert("previousState".into(), cstate_json(p));
+                    }
+                    iv.insert("events".into(), events_json(&c.events));
+                    cp.insert("instanceView".into(), Value::Object(iv));
+                }
+            }
+        }
+        body
+    }
+
+    /// Advance every group's lifecycle to the current simulated time.
+    pub fn tick(self: &Arc<Self>) {
+        let cfg = self.cfg();
+        let now = self.clock.now();
+        let mut starts: Vec<(StartedContainer, String, usize, u64)> = Vec::new();
+        let mut kills = Vec::new();
+        {
+            let mut st = self.st();
+            let st = &mut *st;
+            let mut gone = Vec::new();
+            for (key, g) in st.groups.iter_mut() {
+                if let Some(until) = g.deleting_until {
+                    if now >= until {
+                        gone.push(key.clone());
+                        kills.push(g.id.clone());
+                    }
+                    continue;
+                }
+                if g.stopped {
+                    continue;
+                }
+                if g.prov == "Pending" && now >= g.creating_at {
+                    g.prov = "Creating";
+                    for c in &mut g.containers {
+                        push_event(&mut c.events, "Pulling", format!("pulling image \"{}\"", c.image), now);
+                    }
+                }
+                if g.prov == "Creating" && now >= g.running_at {
+                    g.prov = "Succeeded";
+                    for (i, c) in g.containers.iter_mut().enumerate() {
+                        push_event(
+                            &mut c.events,
+                            "Pulled",
+                            format!("Successfully pulled image \"{}\"", c.image),
+                            now,
+                        );
+                        push_event(&mut c.events, "Started", "Started container".to_string(), now);
+                        c.current = CState {
+                            state: "Running",
+                            start: Some(now),
+                            finish: None,
+                            exit: None,
+                            detail: None,
+                        };
+                        Self::launch(
+                            &cfg,
+                            &mut st.rng,
+                            g.id.as_str(),
+                            &g.name,
+                            &g.tags,
+                            key,
+                            i,
+                            c,
+                            now,
+                            &mut starts,
+                        );
+                    }
+                }
+                for i in 0..g.containers.len() {
+                    let c = &mut g.containers[i];
+                    if c.crash_due.is_some_and(|t| now >= t) {
+                        c.crash_due = None;
+                        Self::apply_exit(&cfg, &g.restart_policy, c, 1, now);
+                    }
+                    if c.restart_due.is_some_and(|t| now >= t) {
+                        c.restart_due = None;
+                        c.restart_count += 1;
+                        c.previous = Some(c.current.clone());
+                        c.current = CState {
+                            state: "Running",
+                            start: Some(now),
+                            finish: None,
+                            exit: None,
+                            detail: None,
+                        };
+                        push_event(&mut c.events, "Started", "Started container".to_string(), now);
+                        st.generation += 1;
+                        c.generation = st.generation;
+                        Self::launch(
+                            &cfg,
+                            &mut st.rng,
+                            g.id.as_str(),
+                            &g.name,
+                            &g.tags,
+                            key,
+                            i,
+                            c,
+                            now,
+                            &mut starts,
+                        );
+                    }
+                }
+                g.state = group_state(g);
+            }
+            for k in gone {
+                st.groups.remove(&k);
+            }
+        }
+        for id in kills {
+            self.runtime.kill(&id);
+        }
+        for (sc, key, idx, generation) in starts {
+            let weak = Arc::downgrade(self);
+            let notifier = ExitNotifier::new(move |code| {
+                if let Some(s) = weak.upgrade() {
+                    s.container_exited(&key, idx, generation, code);
+                }
+            });
+            self.runtime.start(sc, notifier);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        cfg: &ArmSimConfig,
+        rng: &mut StdRng,
+        group_id: &str,
+        group_name: &str,
+        tags: &BTreeMap<String, String>,
+        key: &str,
+        idx: usize,
+        c: &mut Ctr,
+        now: DateTime<Utc>,
+        starts: &mut Vec<(StartedContainer, String, usize, u64)>,
+    ) {
+        let p = cfg.faults.crash_before_registration;
+        if p > 0.0 && rng.r#gen::<f64>() < p {
+            c.crash_due = Some(now + chrono::Duration::seconds(1));
+            return;
+        }
+        starts.push((
+            StartedContainer {
+                group_id: group_id.to_string(),
+                group_name: group_name.to_string(),
+                container_name: c.name.clone(),
+                image: c.image.clone(),
+                command: c.command.clone(),
+                env: c.env.clone(),
+                tags: tags.clone(),
+            },
+            key.to_string(),
+            idx,
+            c.generation,
+        ));
+    }
+
+    fn apply_exit(cfg: &ArmSimConfig, policy: &str, c: &mut Ctr, code: i32, now: DateTime<Utc>) {
+        c.current = CState {
+            state: "Terminated",
+            start: c.current.start,
+            finish: Some(now),
+            exit: Some(code),
+            detail: Some(if code == 0 { "Completed".into() } else { "Error".into() }),
+        };
+        push_event(&mut c.events, "Killing", format!("Container exited with code {code}"), now);
+        let restart = match policy {
+            "Always" => true,
+            "OnFailure" => code != 0,
+            _ => false,
+        };
+        if restart {
+            c.restart_due = Some(now + ms(cfg.restart_delay_ms));
+        }
+    }
+
+    /// The runtime reports that a container's process ended.
+    pub fn container_exited(&self, key: &str, idx: usize, generation: u64, code: i32) {
+        let cfg = self.cfg();
+        let now = self.clock.now();
+        let mut st = self.st();
+        let Some(g) = st.groups.get_mut(key) else { return };
+        if g.stopped || g.deleting_until.is_some() {
+            return;
+        }
+        let policy = g.restart_policy.clone();
+        let Some(c) = g.containers.get_mut(idx) else { return };
+        if c.generation != generation || c.current.state != "Running" {
+            return;
+        }
+        Self::apply_exit(&cfg, &policy, c, code, now);
+        g.state = group_state(g);
+    }
+
+    pub fn exit_container_by_name(&self, name: &str, code: i32) -> bool {
+        let target = {
+            let st = self.st();
+            st.groups.iter().find(|(_, g)| g.name == name).and_then(|(k, g)| {
+                g.containers
+                    .iter()
+                    .position(|c| c.current.state == "Running")
+                    .map(|i| (k.clone(), i, g.containers[i].generation))
+            })
+        };
+        match target {
+            Some((k, i, generation)) => {
+                self.container_exited(&k, i, generation, code);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn group_state(g: &Group) -> &'static str {
+    if g.stopped {
+        return "Stopped";
+    }
+    if g.prov != "Succeeded" {
+        return "Pending";
+    }
+    if g.containers
+        .iter()
+        .any(|c| c.current.state == "Running" || c.restart_due.is_some() || c.crash_due.is_some())
+    {
+        return "Running";
+    }
+    if g.containers.iter().all(|c| c.current.exit == Some(0)) { "Succeeded" } else { "Failed" }
+}
+
+pub(crate) fn not_found(rg: &str, name: &str) -> Answer {
+    Answer::error(
+        404,
+        "ResourceNotFound",
+        format!(
+            "The Resource '{RESOURCE_TYPE}/{name}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+        ),
+    )
+}
