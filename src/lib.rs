@@ -1,5 +1,6 @@
 //! aci-runner-controller: GitHub Actions self-hosted runners on Azure Container Instances,
 //! declared as `RunnerPool` custom resources.
+pub mod azure;
 pub mod crd;
 pub mod sim;
 pub mod testing;

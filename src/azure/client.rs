@@ -1,0 +1,343 @@
+//! Container groups through azure_mgmt_containerinstance 0.21: requests are built with the crate
+//! and sent once with `.send()` (never the crate's awaited long-running loop, which repeats the
+//! PUT every 30 s); progress is observed through GET/list by the reconciler.
+//!
+//! The crate hard-codes `api-version=2024-05-01-preview`, but keeps an `api-version` already
+//! present in the endpoint URL; the client puts `?api-version=2023-05-01` there, so every request
+//! (including `nextLink` pages, whose links carry the version ARM echoes) uses the stable version.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use azure_core::auth::TokenCredential;
+use azure_core::error::ErrorKind;
+use azure_core::{ClientOptions, Context, Request, RetryOptions, Url};
+use azure_core::{Policy, PolicyResult};
+use azure_mgmt_containerinstance::package_preview_2024_05::Client as AciClient;
+use azure_mgmt_containerinstance::package_preview_2024_05::models::ContainerGroup;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tracing::Instrument;
+
+use super::credentials::CloudConfig;
+use super::error::{ArmFailure, AzureError, from_core};
+use super::metrics::AzureMetrics;
+use super::ratelimit::{RateLimiter, RequestKind};
+use super::template::{MANAGED_BY_VALUE, TAG_MANAGED_BY};
+
+/// The stable API version the controller pins.
+pub const API_VERSION: &str = "2023-05-01";
+/// What azure_mgmt_containerinstance 0.21 (`package-preview-2024-05`) sends without a pin.
+pub const CRATE_API_VERSION: &str = "2024-05-01-preview";
+
+/// Where and how to reach ARM.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AzureClientConfig {
+    pub arm_endpoint: Url,
+    pub scope: String,
+    pub api_version: String,
+    /// Upper bound for one HTTP exchange (token acquisition included).
+    pub request_timeout: Duration,
+}
+
+impl AzureClientConfig {
+    pub fn from_cloud(cloud: &CloudConfig) -> Self {
+        Self {
+            arm_endpoint: cloud.arm_endpoint.clone(),
+            scope: cloud.arm_scope.clone(),
+            api_version: API_VERSION.to_string(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One container of an observed group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedContainer {
+    pub name: String,
+    pub state: Option<String>,
+    pub exit_code: Option<i32>,
+    pub detail_status: Option<String>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub finish_time: Option<DateTime<Utc>>,
+    pub restart_count: i32,
+}
+
+/// A container group as ARM reports it, reduced to what the planner needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedGroup {
+    pub name: String,
+    pub id: String,
+    pub location: String,
+    pub tags: BTreeMap<String, String>,
+    /// `properties.provisioningState` (Pending, Creating, Succeeded, Failed, Deleting, ...).
+    pub provisioning_state: Option<String>,
+    /// `properties.instanceView.state` (Pending, Running, Succeeded, Failed, Stopped).
+    pub state: Option<String>,
+    /// The first container (runner groups have one).
+    pub container: Option<ObservedContainer>,
+    pub priority: Option<String>,
+    pub restart_policy: Option<String>,
+}
+
+impl ObservedGroup {
+    pub fn managed_by_controller(&self) -> bool {
+        self.tags.get(TAG_MANAGED_BY).is_some_and(|v| v == MANAGED_BY_VALUE)
+    }
+}
+
+fn chrono_of(t: Option<time::OffsetDateTime>) -> Option<DateTime<Utc>> {
+    let t = t?;
+    DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond())
+}
+
+fn json_str<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
+    v.as_ref().and_then(|x| serde_json::to_value(x).ok()).and_then(|x| x.as_str().map(str::to_string))
+}
+
+/// Reduce the crate's model to [`ObservedGroup`].
+pub fn observe(cg: &ContainerGroup) -> ObservedGroup {
+    let p = &cg.container_group_properties.properties;
+    let tags = cg
+        .resource
+        .tags
+        .as_ref()
+        .and_then(|t| t.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
+        .unwrap_or_default();
+    let container = p.containers.first().map(|c| {
+        let iv = c.properties.instance_view.as_ref();
+        let cur = iv.and_then(|i| i.current_state.as_ref());
+        ObservedContainer {
+            name: c.name.clone(),
+            state: cur.and_then(|s| s.state.clone()),
+            exit_code: cur.and_then(|s| s.exit_code),
+            detail_status: cur.and_then(|s| s.detail_status.clone()),
+            start_time: chrono_of(cur.and_then(|s| s.start_time)),
+            finish_time: chrono_of(cur.and_then(|s| s.finish_time)),
+            restart_count: iv.and_then(|i| i.restart_count).unwrap_or(0),
+        }
+    });
+    ObservedGroup {
+        name: cg.resource.name.clone().unwrap_or_default(),
+        id: cg.resource.id.clone().unwrap_or_default(),
+        location: cg.resource.location.clone().unwrap_or_default(),
+        tags,
+        provisioning_state: p.provisioning_state.clone(),
+        state: p.instance_view.as_ref().and_then(|iv| iv.state.clone()),
+        container,
+        priority: json_str(&p.priority),
+        restart_policy: json_str(&p.restart_policy),
+    }
+}
+
+/// What ARM said when it accepted a PUT.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CreateAccepted {
+    /// 200 (updated) or 201 (created).
+    pub status: u16,
+    pub provisioning_state: Option<String>,
+    /// `Azure-AsyncOperation` URL, if given.
+    pub async_operation: Option<String>,
+}
+
+/// Turns every non-success ARM answer into an error carrying the parsed [`ArmFailure`]
+/// (status, code, message, `Retry-After`, correlation id), and records ARM's correlation id on the
+/// current tracing span. Runs inside the (disabled) retry policy, right before the transport.
+#[derive(Debug)]
+struct ArmAnswerPolicy;
+
+fn header_of(headers: &azure_core::headers::Headers, name: &str) -> Option<String> {
+    headers.iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str().to_string())
+}
+
+#[async_trait::async_trait]
+impl Policy for ArmAnswerPolicy {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        let Some((first, rest)) = next.split_first() else {
+            return Err(azure_core::Error::message(
+                ErrorKind::Other,
+                "ARM policy is not followed by a transport",
+            ));
+        };
+        let rsp = first.send(ctx, request, rest).await?;
+        if let Some(id) = header_of(rsp.headers(), "x-ms-correlation-request-id") {
+            tracing::Span::current().record("correlation_id", id.as_str());
+        }
+        if rsp.status().is_success() {
+            return Ok(rsp);
+        }
+        let (status, headers, body) = rsp.deconstruct();
+        let body = body.collect().await?;
+        let failure = ArmFailure::from_parts(status as u16, |k| header_of(&headers, k), &body, Utc::now());
+        Err(azure_core::Error::new(
+            ErrorKind::HttpResponse { status, error_code: failure.code.clone() },
+            failure,
+        ))
+    }
+}
+
+/// The Azure edge. Cheap to clone.
+#[derive(Clone)]
+pub struct AzureClient {
+    aci: AciClient,
+    limiter: Arc<RateLimiter>,
+    metrics: AzureMetrics,
+    cfg: AzureClientConfig,
+}
+
+fn status_class(r: &Result<u16, AzureError>) -> String {
+    match r {
+        Ok(s) => format!("{}xx", s / 100),
+        Err(AzureError::Throttled { local: true, .. }) => "local_throttled".into(),
+        Err(e) => match e {
+            AzureError::Throttled { .. } => "4xx".into(),
+            AzureError::Transient { status: Some(s), .. }
+            | AzureError::Auth { status: s, .. }
+            | AzureError::InvalidSpec { status: s, .. } => format!("{}xx", s / 100),
+            AzureError::QuotaExceeded { .. }
+            | AzureError::CapacityUnavailable { .. }
+            | AzureError::InvalidImage { .. }
+            | AzureError::Conflict { .. }
+            | AzureError::NotFound { .. } => "4xx".into(),
+            _ => "error".into(),
+        },
+    }
+}
+
+impl AzureClient {
+    /// `limiter` and `metrics` are shared by every client of the process.
+    pub fn new(
+        credential: Arc<dyn TokenCredential>,
+        cfg: AzureClientConfig,
+        limiter: Arc<RateLimiter>,
+        metrics: AzureMetrics,
+    ) -> Self {
+        let mut endpoint = cfg.arm_endpoint.clone();
+        endpoint.query_pairs_mut().clear().append_pair("api-version", &cfg.api_version);
+        let mut options = ClientOptions::default().retry(RetryOptions::none());
+        options.per_retry_policies_mut().push(Arc::new(ArmAnswerPolicy));
+        let aci = AciClient::new(endpoint, credential, vec![cfg.scope.clone()], options);
+        Self { aci, limiter, metrics, cfg }
+    }
+
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.limiter
+    }
+
+    /// Run one ARM exchange: rate limit, timeout, classification, metrics, 429 pauses.
+    async fn exchange<T, F>(
+        &self,
+        op: &'static str,
+        kind: RequestKind,
+        sub: &str,
+        location: &str,
+        fut: F,
+    ) -> Result<T, AzureError>
+    where
+        F: std::future::Future<Output = azure_core::Result<T>>,
+    {
+        let started = Instant::now();
+        let result = match self.limiter.acquire(kind, sub, location).await {
+            Err(e) => Err(e),
+            Ok(()) => match tokio::time::timeout(self.cfg.request_timeout, fut).await {
+                Err(_) => Err(AzureError::Transient {
+                    status: None,
+                    code: None,
+                    message: format!("{op} timed out after {:?}", self.cfg.request_timeout),
+                    retry_after: None,
+                }),
+                Ok(Err(e)) => Err(from_core(&e, location)),
+                Ok(Ok(v)) => Ok(v),
+            },
+        };
+        if let Err(AzureError::Throttled { retry_after, code, local: false }) = &result {
+            let create_rate = code.as_deref().is_some_and(|c| c.starts_with("ContainerGroupCreation"));
+            self.limiter.pause(kind, sub, location, *retry_after, create_rate);
+        }
+        let class = status_class(&result.as_ref().map(|_| 200u16).map_err(Clone::clone));
+        self.metrics.observe(op, &class, started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            tracing::info!(operation = op, class = e.class(), error = %e, "ARM request failed");
+        }
+        result
+    }
+
+    /// PUT the group; returns as soon as ARM accepts it (200/201), without waiting for
+    /// provisioning.
+    pub async fn create_group(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        group: &ContainerGroup,
+    ) -> Result<CreateAccepted, AzureError> {
+        let location = group.resource.location.clone().unwrap_or_default();
+        let span = tracing::info_span!("azure.create_group", subscription = %sub, resource_group = %rg, group = %name, %location, correlation_id = tracing::field::Empty);
+        let req = self.aci.container_groups_client().create_or_update(sub, rg, name, group.clone());
+        let fut = async move {
+            let rsp = req.send().await?;
+            let raw = rsp.into_raw_response();
+            let status = raw.status() as u16;
+            let async_operation = header_of(raw.headers(), "azure-asyncoperation");
+            let body = raw.into_body().collect().await?;
+            let provisioning_state = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| {
+                v.pointer("/properties/provisioningState").and_then(|s| s.as_str()).map(str::to_string)
+            });
+            Ok(CreateAccepted { status, provisioning_state, async_operation })
+        };
+        self.exchange("create", RequestKind::Create, sub, &location, fut).instrument(span).await
+    }
+
+    /// GET the group; `Ok(None)` when it does not exist.
+    pub async fn get_group(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+    ) -> Result<Option<ObservedGroup>, AzureError> {
+        let span = tracing::info_span!("azure.get_group", subscription = %sub, resource_group = %rg, group = %name, correlation_id = tracing::field::Empty);
+        let req = self.aci.container_groups_client().get(sub, rg, name);
+        let fut = async move {
+            let rsp = req.send().await?;
+            rsp.into_body().await
+        };
+        match self.exchange("get", RequestKind::Read, sub, "", fut).instrument(span).await {
+            Ok(cg) => Ok(Some(observe(&cg))),
+            Err(AzureError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every container group of the resource group that this controller manages (all pages).
+    pub async fn list_groups(&self, sub: &str, rg: &str) -> Result<Vec<ObservedGroup>, AzureError> {
+        let span = tracing::info_span!("azure.list_groups", subscription = %sub, resource_group = %rg, correlation_id = tracing::field::Empty);
+        async {
+            let mut stream = self.aci.container_groups_client().list_by_resource_group(sub, rg).into_stream();
+            let mut out = Vec::new();
+            while let Some(list) = self
+                .exchange("list", RequestKind::Read, sub, "", async { stream.next().await.transpose() })
+                .await?
+            {
+                out.extend(list.value.iter().map(observe).filter(ObservedGroup::managed_by_controller));
+            }
+            Ok(out)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// DELETE the group. 200/202/204 and 404 all mean "going or gone".
+    pub async fn delete_group(&self, sub: &str, rg: &str, name: &str) -> Result<(), AzureError> {
+        let span = tracing::info_span!("azure.delete_group", subscription = %sub, resource_group = %rg, group = %name, correlation_id = tracing::field::Empty);
+        let req = self.aci.container_groups_client().delete(sub, rg, name);
+        let fut = async move {
+            let rsp = req.send().await?;
+            Ok(rsp.into_raw_response().status() as u16)
+        };
+        match self.exchange("delete", RequestKind::Write, sub, "", fut).instrument(span).await {
+            Ok(_) | Err(AzureError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

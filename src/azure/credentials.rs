@@ -1,0 +1,381 @@
+//! Credentials for ARM: workload identity (the federated token file is re-read on every token
+//! acquisition, because the kubelet rotates it), client secret, managed identity. Tokens are
+//! cached until shortly before expiry and shared by every pool that uses the same identity
+//! ([`CredentialRegistry`]).
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use azure_core::auth::{AccessToken, Secret, TokenCredential};
+use azure_core::error::{Error as CoreError, ErrorKind};
+use azure_core::{HttpClient, Method, Request, Url};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+/// Authority host, ARM endpoint and token scope of one Azure cloud.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloudConfig {
+    pub authority_host: Url,
+    pub arm_endpoint: Url,
+    pub arm_scope: String,
+}
+
+fn url(s: &str) -> Url {
+    // Only called with the literal constants below.
+    Url::parse(s).expect("constant URL is valid")
+}
+
+impl CloudConfig {
+    pub fn public() -> Self {
+        Self {
+            authority_host: url("https://login.microsoftonline.com/"),
+            arm_endpoint: url("https://management.azure.com/"),
+            arm_scope: "https://management.azure.com/.default".into(),
+        }
+    }
+    pub fn us_government() -> Self {
+        Self {
+            authority_host: url("https://login.microsoftonline.us/"),
+            arm_endpoint: url("https://management.usgovcloudapi.net/"),
+            arm_scope: "https://management.usgovcloudapi.net/.default".into(),
+        }
+    }
+    pub fn china() -> Self {
+        Self {
+            authority_host: url("https://login.chinacloudapi.cn/"),
+            arm_endpoint: url("https://management.chinacloudapi.cn/"),
+            arm_scope: "https://management.chinacloudapi.cn/.default".into(),
+        }
+    }
+    /// Everything pointed at one base URL (the simulator serves ARM and Entra on one listener).
+    pub fn custom(authority_host: &str, arm_endpoint: &str, arm_scope: &str) -> Result<Self, String> {
+        Ok(Self {
+            authority_host: Url::parse(authority_host)
+                .map_err(|e| format!("authority host {authority_host:?}: {e}"))?,
+            arm_endpoint: Url::parse(arm_endpoint)
+                .map_err(|e| format!("ARM endpoint {arm_endpoint:?}: {e}"))?,
+            arm_scope: arm_scope.to_string(),
+        })
+    }
+    /// `AZURE_CLOUD` (`public` | `usgovernment` | `china`), then `AZURE_AUTHORITY_HOST`,
+    /// `AZURE_RESOURCE_MANAGER_ENDPOINT`, `AZURE_RESOURCE_MANAGER_SCOPE` override single values.
+    pub fn from_env() -> Result<Self, String> {
+        let mut c = match std::env::var("AZURE_CLOUD").unwrap_or_default().to_ascii_lowercase().as_str() {
+            "" | "public" | "azurecloud" | "azurepubliccloud" => Self::public(),
+            "usgovernment" | "azureusgovernment" | "azureusgovernmentcloud" => Self::us_government(),
+            "china" | "azurechinacloud" => Self::china(),
+            other => return Err(format!("unknown AZURE_CLOUD {other:?}")),
+        };
+        if let Ok(h) = std::env::var("AZURE_AUTHORITY_HOST") {
+            c.authority_host = Url::parse(&h).map_err(|e| format!("AZURE_AUTHORITY_HOST: {e}"))?;
+        }
+        if let Ok(h) = std::env::var("AZURE_RESOURCE_MANAGER_ENDPOINT") {
+            c.arm_endpoint = Url::parse(&h).map_err(|e| format!("AZURE_RESOURCE_MANAGER_ENDPOINT: {e}"))?;
+            if std::env::var("AZURE_RESOURCE_MANAGER_SCOPE").is_err() {
+                c.arm_scope = format!("{}/.default", h.trim_end_matches('/'));
+            }
+        }
+        if let Ok(s) = std::env::var("AZURE_RESOURCE_MANAGER_SCOPE") {
+            c.arm_scope = s;
+        }
+        Ok(c)
+    }
+}
+
+/// Which identity to authenticate as.
+#[derive(Clone, PartialEq)]
+pub enum CredentialSpec {
+    /// Federated token file (Azure Workload Identity: `AZURE_FEDERATED_TOKEN_FILE`).
+    WorkloadIdentity { tenant_id: String, client_id: String, token_file: PathBuf },
+    /// App registration secret (environment or a per-pool Secret).
+    ClientSecret { tenant_id: String, client_id: String, client_secret: String },
+    /// IMDS-style managed identity endpoint; `client_id` selects a user-assigned identity.
+    ManagedIdentity { client_id: Option<String>, endpoint: Url },
+}
+
+impl std::fmt::Debug for CredentialSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::WorkloadIdentity { tenant_id, client_id, token_file } => f
+                .debug_struct("WorkloadIdentity")
+                .field("tenant_id", tenant_id)
+                .field("client_id", client_id)
+                .field("token_file", token_file)
+                .finish(),
+            Self::ClientSecret { tenant_id, client_id, .. } => f
+                .debug_struct("ClientSecret")
+                .field("tenant_id", tenant_id)
+                .field("client_id", client_id)
+                .field("client_secret", &"<redacted>")
+                .finish(),
+            Self::ManagedIdentity { client_id, endpoint } => f
+                .debug_struct("ManagedIdentity")
+                .field("client_id", client_id)
+                .field("endpoint", &endpoint.as_str())
+                .finish(),
+        }
+    }
+}
+
+/// The Azure VM / AKS node IMDS endpoint.
+pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+
+impl CredentialSpec {
+    /// From the controller's environment: workload identity when `AZURE_FEDERATED_TOKEN_FILE`
+    /// is set, else a client secret when `AZURE_CLIENT_SECRET` is set, else managed identity
+    /// (`AZURE_CLIENT_ID` selects a user-assigned one; `IDENTITY_ENDPOINT` overrides IMDS).
+    pub fn from_env() -> Result<Self, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(file) = var("AZURE_FEDERATED_TOKEN_FILE") {
+            return Ok(Self::WorkloadIdentity {
+                tenant_id: var("AZURE_TENANT_ID")
+                    .ok_or("AZURE_TENANT_ID is required for workload identity")?,
+                client_id: var("AZURE_CLIENT_ID")
+                    .ok_or("AZURE_CLIENT_ID is required for workload identity")?,
+                token_file: PathBuf::from(file),
+            });
+        }
+        if let Some(secret) = var("AZURE_CLIENT_SECRET") {
+            return Ok(Self::ClientSecret {
+                tenant_id: var("AZURE_TENANT_ID")
+                    .ok_or("AZURE_TENANT_ID is required with AZURE_CLIENT_SECRET")?,
+                client_id: var("AZURE_CLIENT_ID")
+                    .ok_or("AZURE_CLIENT_ID is required with AZURE_CLIENT_SECRET")?,
+                client_secret: secret,
+            });
+        }
+        let endpoint = var("IDENTITY_ENDPOINT").unwrap_or_else(|| IMDS_ENDPOINT.to_string());
+        Ok(Self::ManagedIdentity {
+            client_id: var("AZURE_CLIENT_ID"),
+            endpoint: Url::parse(&endpoint).map_err(|e| format!("IDENTITY_ENDPOINT: {e}"))?,
+        })
+    }
+
+    /// Identity key: pools with the same key share one credential and its token cache.
+    fn key(&self, cloud: &CloudConfig) -> String {
+        match self {
+            Self::WorkloadIdentity { tenant_id, client_id, token_file } => {
+                format!("wi|{}|{tenant_id}|{client_id}|{}", cloud.authority_host, token_file.display())
+            }
+            Self::ClientSecret { tenant_id, client_id, client_secret } => {
+                let h = hex::encode(Sha256::digest(client_secret.as_bytes()));
+                format!("cs|{}|{tenant_id}|{client_id}|{h}", cloud.authority_host)
+            }
+            Self::ManagedIdentity { client_id, endpoint } => {
+                format!("mi|{endpoint}|{}", client_id.as_deref().unwrap_or("system"))
+            }
+        }
+    }
+}
+
+enum Source {
+    WorkloadIdentity { tenant_id: String, client_id: String, token_file: PathBuf },
+    ClientSecret(azure_identity::ClientSecretCredential),
+    ManagedIdentity { client_id: Option<String>, endpoint: Url },
+}
+
+/// A credential with a token cache (per scope set) and single-flight refresh.
+pub struct CachedCredential {
+    source: Source,
+    authority_host: Url,
+    http: Arc<dyn HttpClient>,
+    refresh_margin: Duration,
+    cache: tokio::sync::Mutex<HashMap<Vec<String>, (AccessToken, OffsetDateTime)>>,
+    acquisitions: std::sync::atomic::AtomicU64,
+    label: String,
+}
+
+impl std::fmt::Debug for CachedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedCredential").field("identity", &self.label).finish()
+    }
+}
+
+fn cred_err(msg: impl Into<String>) -> CoreError {
+    CoreError::message(ErrorKind::Credential, msg.into())
+}
+
+impl CachedCredential {
+    pub fn new(spec: &CredentialSpec, cloud: &CloudConfig, refresh_margin: Duration) -> Self {
+        let http = azure_core::new_http_client();
+        let (source, label) = match spec.clone() {
+            CredentialSpec::WorkloadIdentity { tenant_id, client_id, token_file } => {
+                let label = format!("workload-identity:{client_id}");
+                (Source::WorkloadIdentity { tenant_id, client_id, token_file }, label)
+            }
+            CredentialSpec::ClientSecret { tenant_id, client_id, client_secret } => {
+                let label = format!("client-secret:{client_id}");
+                (
+                    Source::ClientSecret(azure_identity::ClientSecretCredential::new(
+                        http.clone(),
+                        cloud.authority_host.clone(),
+                        tenant_id,
+                        client_id,
+                        client_secret,
+                    )),
+                    label,
+                )
+            }
+            CredentialSpec::ManagedIdentity { client_id, endpoint } => {
+                let label = format!("managed-identity:{}", client_id.as_deref().unwrap_or("system"));
+                (Source::ManagedIdentity { client_id, endpoint }, label)
+            }
+        };
+        Self {
+            source,
+            authority_host: cloud.authority_host.clone(),
+            http,
+            refresh_margin,
+            cache: tokio::sync::Mutex::new(HashMap::new()),
+            acquisitions: std::sync::atomic::AtomicU64::new(0),
+            label,
+        }
+    }
+
+    /// Tokens fetched from the identity provider so far (cache misses).
+    pub fn acquisitions(&self) -> u64 {
+        self.acquisitions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn fetch(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
+        self.acquisitions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &self.source {
+            Source::WorkloadIdentity { tenant_id, client_id, token_file } => {
+                // Re-read on every acquisition: the projected token rotates.
+                let assertion = tokio::fs::read_to_string(token_file).await.map_err(|e| {
+                    cred_err(format!("cannot read federated token file {}: {e}", token_file.display()))
+                })?;
+                let assertion = assertion.trim();
+                if assertion.is_empty() {
+                    return Err(cred_err(format!("federated token file {} is empty", token_file.display())));
+                }
+                let r = azure_identity::federated_credentials_flow::perform(
+                    self.http.clone(),
+                    client_id,
+                    assertion,
+                    scopes,
+                    tenant_id,
+                    &self.authority_host,
+                )
+                .await
+                .map_err(|e| {
+                    CoreError::full(ErrorKind::Credential, e, "workload identity token request failed")
+                })?;
+                Ok(AccessToken::new(
+                    r.access_token().clone(),
+                    OffsetDateTime::now_utc() + Duration::from_secs(r.expires_in),
+                ))
+            }
+            Source::ClientSecret(c) => c
+                .get_token(scopes)
+                .await
+                .map_err(|e| CoreError::full(ErrorKind::Credential, e, "client secret token request failed")),
+            Source::ManagedIdentity { client_id, endpoint } => {
+                self.managed_identity(client_id.as_deref(), endpoint, scopes).await
+            }
+        }
+    }
+
+    async fn managed_identity(
+        &self,
+        client_id: Option<&str>,
+        endpoint: &Url,
+        scopes: &[&str],
+    ) -> azure_core::Result<AccessToken> {
+        let scope = scopes.first().copied().unwrap_or_default();
+        let resource = scope.strip_suffix("/.default").unwrap_or(scope);
+        let mut u = endpoint.clone();
+        u.query_pairs_mut().append_pair("api-version", "2019-08-01").append_pair("resource", resource);
+        if let Some(id) = client_id {
+            u.query_pairs_mut().append_pair("client_id", id);
+        }
+        let mut req = Request::new(u, Method::Get);
+        req.insert_header("metadata", "true");
+        if let Ok(h) = std::env::var("IDENTITY_HEADER") {
+            req.insert_header("x-identity-header", h);
+        }
+        let rsp = self.http.execute_request(&req).await.map_err(|e| {
+            CoreError::full(ErrorKind::Credential, e, "managed identity endpoint unreachable")
+        })?;
+        let status = rsp.status();
+        let (_, headers, body) = rsp.deconstruct();
+        let body = body.collect().await?;
+        if !status.is_success() {
+            return Err(CoreError::full(
+                ErrorKind::Credential,
+                CoreError::from(ErrorKind::http_response_from_parts(status, &headers, &body)),
+                format!("managed identity endpoint answered {}", status as u16),
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| cred_err(format!("managed identity answer is not JSON: {e}")))?;
+        let token = v
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| cred_err("managed identity answer has no access_token"))?;
+        let num =
+            |k: &str| v.get(k).and_then(|x| x.as_i64().or_else(|| x.as_str().and_then(|s| s.parse().ok())));
+        let expires = match num("expires_in") {
+            Some(secs) => OffsetDateTime::now_utc() + Duration::from_secs(secs.max(0) as u64),
+            None => num("expires_on")
+                .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+                .unwrap_or_else(|| OffsetDateTime::now_utc() + Duration::from_secs(300)),
+        };
+        Ok(AccessToken::new(Secret::new(token.to_string()), expires))
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for CachedCredential {
+    async fn get_token(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
+        let key: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let mut cache = self.cache.lock().await;
+        let now = OffsetDateTime::now_utc();
+        if let Some((tok, refresh_at)) = cache.get(&key)
+            && now < *refresh_at
+        {
+            return Ok(tok.clone());
+        }
+        let tok = self.fetch(scopes).await?;
+        let lifetime: Duration = (tok.expires_on - now).try_into().unwrap_or(Duration::ZERO);
+        let margin = self.refresh_margin.min(lifetime / 10);
+        let refresh_at = tok.expires_on - margin;
+        tracing::debug!(identity = %self.label, lifetime_secs = lifetime.as_secs(), "acquired ARM token");
+        cache.insert(key, (tok.clone(), refresh_at));
+        Ok(tok)
+    }
+
+    async fn clear_cache(&self) -> azure_core::Result<()> {
+        self.cache.lock().await.clear();
+        Ok(())
+    }
+}
+
+/// Shares one [`CachedCredential`] per identity across pools.
+pub struct CredentialRegistry {
+    cloud: CloudConfig,
+    refresh_margin: Duration,
+    map: Mutex<HashMap<String, Arc<CachedCredential>>>,
+}
+
+impl CredentialRegistry {
+    /// `refresh_margin`: tokens are refreshed this long before expiry (at most a tenth of
+    /// their lifetime). 5 minutes is a good default.
+    pub fn new(cloud: CloudConfig, refresh_margin: Duration) -> Self {
+        Self { cloud, refresh_margin, map: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn cloud(&self) -> &CloudConfig {
+        &self.cloud
+    }
+
+    /// The shared credential for this identity (created on first use).
+    pub fn get(&self, spec: &CredentialSpec) -> Arc<CachedCredential> {
+        let key = spec.key(&self.cloud);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key)
+            .or_insert_with(|| Arc::new(CachedCredential::new(spec, &self.cloud, self.refresh_margin)))
+            .clone()
+    }
+}

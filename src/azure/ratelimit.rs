@@ -1,0 +1,271 @@
+//! Client-side rate limiting, so that requests are never sent into a known quota wall:
+//! - container-group creates per subscription·region: sliding windows (ACI: 100 per 5 minutes and
+//!   300 per hour by default);
+//! - ARM reads and writes per subscription: token buckets (ARM: 250 refilled at 25/s for reads,
+//!   200 refilled at 10/s for writes).
+//!
+//! A 429's `Retry-After` pauses the bucket it hit for every caller. Levels are exported as metrics.
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::error::AzureError;
+use super::metrics::{AzureMetrics, BucketLabels};
+
+/// `limit` requests in any `window`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WindowLimit {
+    pub limit: u32,
+    pub window: Duration,
+}
+
+/// A token bucket.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BucketLimit {
+    pub capacity: f64,
+    pub refill_per_sec: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimitConfig {
+    /// Create windows per subscription·region.
+    pub creates: Vec<WindowLimit>,
+    pub reads: BucketLimit,
+    pub writes: BucketLimit,
+    /// Longest a caller waits for a bucket; beyond it `acquire` fails with a local
+    /// [`AzureError::Throttled`] so that no reconcile blocks for long.
+    pub max_wait: Duration,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            creates: vec![
+                WindowLimit { limit: 100, window: Duration::from_secs(300) },
+                WindowLimit { limit: 300, window: Duration::from_secs(3600) },
+            ],
+            reads: BucketLimit { capacity: 250.0, refill_per_sec: 25.0 },
+            writes: BucketLimit { capacity: 200.0, refill_per_sec: 10.0 },
+            max_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a request costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    Read,
+    Write,
+    /// A PUT that may create a container group: a write plus one create slot in the region.
+    Create,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    paused_until: Option<Instant>,
+}
+
+struct Window {
+    grants: VecDeque<Instant>,
+}
+
+struct CreateState {
+    windows: Vec<Window>,
+    paused_until: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    buckets: HashMap<(String, bool), Bucket>,
+    creates: HashMap<(String, String), CreateState>,
+}
+
+/// Shared by every client of the controller (clone the `Arc`).
+pub struct RateLimiter {
+    cfg: RateLimitConfig,
+    state: Mutex<State>,
+    metrics: AzureMetrics,
+}
+
+fn key(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+impl RateLimiter {
+    pub fn new(cfg: RateLimitConfig, metrics: AzureMetrics) -> Arc<Self> {
+        Arc::new(Self { cfg, state: Mutex::new(State::default()), metrics })
+    }
+
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.cfg
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long until this request may go; zero = take the tokens now.
+    fn try_take(
+        &self,
+        st: &mut State,
+        kind: RequestKind,
+        sub: &str,
+        location: &str,
+        now: Instant,
+    ) -> Duration {
+        let write = kind != RequestKind::Read;
+        let spec = if write { self.cfg.writes } else { self.cfg.reads };
+        let b = st.buckets.entry((key(sub), write)).or_insert(Bucket {
+            tokens: spec.capacity,
+            last: now,
+            paused_until: None,
+        });
+        let dt = now.saturating_duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + dt * spec.refill_per_sec).min(spec.capacity);
+        b.last = now;
+        let mut wait = Duration::ZERO;
+        if let Some(p) = b.paused_until {
+            if p > now {
+                wait = wait.max(p - now);
+            } else {
+                b.paused_until = None;
+            }
+        }
+        if b.tokens < 1.0 {
+            let secs =
+                if spec.refill_per_sec > 0.0 { (1.0 - b.tokens) / spec.refill_per_sec } else { 3600.0 };
+            wait = wait.max(Duration::from_secs_f64(secs));
+        }
+        let mut create_wait = Duration::ZERO;
+        if kind == RequestKind::Create {
+            let n = self.cfg.creates.len();
+            let cs = st.creates.entry((key(sub), key(location))).or_insert_with(|| CreateState {
+                windows: (0..n).map(|_| Window { grants: VecDeque::new() }).collect(),
+                paused_until: None,
+            });
+            if let Some(p) = cs.paused_until {
+                if p > now {
+                    create_wait = create_wait.max(p - now);
+                } else {
+                    cs.paused_until = None;
+                }
+            }
+            for (w, lim) in cs.windows.iter_mut().zip(self.cfg.creates.iter()) {
+                while w.grants.front().is_some_and(|t| now.saturating_duration_since(*t) >= lim.window) {
+                    w.grants.pop_front();
+                }
+                if w.grants.len() as u64 >= u64::from(lim.limit) {
+                    let idx = w.grants.len() - lim.limit.max(1) as usize;
+                    let free_at = w.grants.get(idx).map(|t| *t + lim.window).unwrap_or(now);
+                    create_wait = create_wait.max(free_at.saturating_duration_since(now));
+                    if lim.limit == 0 {
+                        create_wait = create_wait.max(lim.window);
+                    }
+                }
+            }
+        }
+        let wait = wait.max(create_wait);
+        if wait.is_zero() {
+            if let Some(b) = st.buckets.get_mut(&(key(sub), write)) {
+                b.tokens -= 1.0;
+            }
+            if kind == RequestKind::Create
+                && let Some(cs) = st.creates.get_mut(&(key(sub), key(location)))
+            {
+                for w in &mut cs.windows {
+                    w.grants.push_back(now);
+                }
+            }
+        }
+        self.export(st, sub, location, kind);
+        wait
+    }
+
+    fn export(&self, st: &State, sub: &str, location: &str, kind: RequestKind) {
+        let write = kind != RequestKind::Read;
+        if let Some(b) = st.buckets.get(&(key(sub), write)) {
+            let l = BucketLabels {
+                subscription: sub.to_string(),
+                bucket: if write { "writes".into() } else { "reads".into() },
+            };
+            self.metrics.bucket_level.get_or_create(&l).set(b.tokens.max(0.0));
+        }
+        if kind == RequestKind::Create
+            && let Some(cs) = st.creates.get(&(key(sub), key(location)))
+        {
+            for (w, lim) in cs.windows.iter().zip(self.cfg.creates.iter()) {
+                let l = BucketLabels {
+                    subscription: sub.to_string(),
+                    bucket: format!("creates:{location}:{}s", lim.window.as_secs()),
+                };
+                self.metrics.bucket_level.get_or_create(&l).set(f64::from(lim.limit) - w.grants.len() as f64);
+            }
+        }
+    }
+
+    /// Wait for (and take) the tokens this request needs. Fails with a local
+    /// [`AzureError::Throttled`] when the wait would exceed `max_wait`.
+    pub async fn acquire(&self, kind: RequestKind, sub: &str, location: &str) -> Result<(), AzureError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let wait = {
+                let mut st = self.lock();
+                self.try_take(&mut st, kind, sub, location, Instant::now())
+            };
+            if wait.is_zero() {
+                return Ok(());
+            }
+            if waited + wait > self.cfg.max_wait {
+                let bucket = match kind {
+                    RequestKind::Read => "reads".to_string(),
+                    RequestKind::Write => "writes".to_string(),
+                    RequestKind::Create => format!("creates:{location}"),
+                };
+                self.metrics
+                    .local_throttled
+                    .get_or_create(&BucketLabels { subscription: sub.to_string(), bucket })
+                    .inc();
+                return Err(AzureError::Throttled { retry_after: wait, code: None, local: true });
+            }
+            tokio::time::sleep(wait).await;
+            waited += wait;
+        }
+    }
+
+    /// Azure answered 429 with `Retry-After`: pause that bucket for every caller.
+    pub fn pause(
+        &self,
+        kind: RequestKind,
+        sub: &str,
+        location: &str,
+        retry_after: Duration,
+        create_rate: bool,
+    ) {
+        let until = Instant::now() + retry_after;
+        let mut st = self.lock();
+        let bucket = if create_rate && kind == RequestKind::Create {
+            let n = self.cfg.creates.len();
+            let cs = st.creates.entry((key(sub), key(location))).or_insert_with(|| CreateState {
+                windows: (0..n).map(|_| Window { grants: VecDeque::new() }).collect(),
+                paused_until: None,
+            });
+            cs.paused_until = Some(cs.paused_until.map_or(until, |p| p.max(until)));
+            format!("creates:{location}")
+        } else {
+            let write = kind != RequestKind::Read;
+            let spec = if write { self.cfg.writes } else { self.cfg.reads };
+            let b = st.buckets.entry((key(sub), write)).or_insert(Bucket {
+                tokens: spec.capacity,
+                last: Instant::now(),
+                paused_until: None,
+            });
+            b.paused_until = Some(b.paused_until.map_or(until, |p| p.max(until)));
+            if write { "writes".into() } else { "reads".into() }
+        };
+        tracing::warn!(subscription = %sub, %bucket, retry_after_ms = retry_after.as_millis() as u64, "Azure throttled: pausing bucket");
+        self.metrics.pauses.get_or_create(&BucketLabels { subscription: sub.to_string(), bucket }).inc();
+    }
+}

@@ -1,0 +1,218 @@
+//! The container group of one runner: a pure function of the pool spec and the runner identity.
+use std::collections::BTreeMap;
+
+use azure_mgmt_containerinstance::package_preview_2024_05::models::{
+    Container, ContainerGroup, ContainerGroupIdentity, ContainerGroupProperties, ContainerGroupSubnetId,
+    ContainerProperties, EnvironmentVariable, ImageRegistryCredential, Resource, ResourceRequests,
+    ResourceRequirements, UserAssignedIdentities, container_group_identity, container_group_properties,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::crd::{OsType, Priority, RunnerPoolSpec};
+
+pub const TAG_MANAGED_BY: &str = "aci-runners-managed-by";
+pub const MANAGED_BY_VALUE: &str = "aci-runner-controller";
+pub const TAG_POOL_NAMESPACE: &str = "aci-runners-pool-namespace";
+pub const TAG_POOL_NAME: &str = "aci-runners-pool-name";
+pub const TAG_POOL_UID: &str = "aci-runners-pool-uid";
+pub const TAG_RUNNER: &str = "aci-runners-runner";
+pub const TAG_SPEC_HASH: &str = "aci-runners-spec-hash";
+pub const TAG_CREATED: &str = "aci-runners-created";
+
+/// The container's name inside every runner group.
+pub const CONTAINER_NAME: &str = "runner";
+/// Command of the official runner image in JIT mode.
+pub const JIT_COMMAND: &str = "/home/runner/run.sh";
+
+pub const ENV_JITCONFIG: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
+pub const ENV_RUNNER_URL: &str = "RUNNER_URL";
+pub const ENV_RUNNER_NAME: &str = "RUNNER_NAME";
+pub const ENV_RUNNER_LABELS: &str = "RUNNER_LABELS";
+pub const ENV_RUNNER_GROUP: &str = "RUNNER_GROUP";
+pub const ENV_RUNNER_WORKDIR: &str = "RUNNER_WORKDIR";
+pub const ENV_RUNNER_EPHEMERAL: &str = "RUNNER_EPHEMERAL";
+pub const ENV_RUNNER_TOKEN: &str = "RUNNER_TOKEN";
+
+/// The pool a runner belongs to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolMeta {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Short hash of the pool spec generation.
+    pub spec_hash: String,
+}
+
+/// How this runner registers with GitHub.
+#[derive(Clone, PartialEq)]
+pub enum RunnerRegistration {
+    /// The encoded JIT config from `generate-jitconfig`.
+    Jit { encoded_config: String },
+    /// A registration token for `config.sh`-based images.
+    Token { url: String, token: String, labels: Vec<String>, group: Option<String>, ephemeral: bool },
+}
+
+impl std::fmt::Debug for RunnerRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Jit { .. } => f.write_str("Jit { encoded_config: <redacted> }"),
+            Self::Token { url, labels, group, ephemeral, .. } => f
+                .debug_struct("Token")
+                .field("url", url)
+                .field("token", &"<redacted>")
+                .field("labels", labels)
+                .field("group", group)
+                .field("ephemeral", ephemeral)
+                .finish(),
+        }
+    }
+}
+
+/// Registry username/password (from the pool's registry credentials Secret).
+#[derive(Clone, PartialEq)]
+pub struct RegistryPassword {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryPassword")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One runner's identity and secrets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunnerTemplateInput {
+    /// Runner name = container group name.
+    pub name: String,
+    pub location: String,
+    pub priority: Priority,
+    pub registration: RunnerRegistration,
+    /// Resolved `spec.runner.secureEnvFrom` values (name, value): always secure.
+    pub secure_env: Vec<(String, String)>,
+    pub registry_password: Option<RegistryPassword>,
+    pub created: DateTime<Utc>,
+}
+
+fn plain(name: &str, value: &str) -> EnvironmentVariable {
+    EnvironmentVariable { name: name.to_string(), value: Some(value.to_string()), secure_value: None }
+}
+
+fn secure(name: &str, value: &str) -> EnvironmentVariable {
+    EnvironmentVariable { name: name.to_string(), value: None, secure_value: Some(value.to_string()) }
+}
+
+/// The tags of a runner's container group: the user's `spec.azure.tags`, then the controller's
+/// (which win on a clash).
+pub fn tags(
+    spec: &RunnerPoolSpec,
+    pool: &PoolMeta,
+    runner_name: &str,
+    created: DateTime<Utc>,
+) -> BTreeMap<String, String> {
+    let mut t = spec.azure.tags.clone();
+    t.insert(TAG_MANAGED_BY.into(), MANAGED_BY_VALUE.into());
+    t.insert(TAG_POOL_NAMESPACE.into(), pool.namespace.clone());
+    t.insert(TAG_POOL_NAME.into(), pool.name.clone());
+    t.insert(TAG_POOL_UID.into(), pool.uid.clone());
+    t.insert(TAG_RUNNER.into(), runner_name.to_string());
+    t.insert(TAG_SPEC_HASH.into(), pool.spec_hash.clone());
+    t.insert(TAG_CREATED.into(), created.to_rfc3339_opts(SecondsFormat::Secs, true));
+    t
+}
+
+/// Build the container group for one runner.
+pub fn container_group(
+    spec: &RunnerPoolSpec,
+    pool: &PoolMeta,
+    runner: &RunnerTemplateInput,
+) -> ContainerGroup {
+    let r = &spec.runner;
+    let mut env: Vec<EnvironmentVariable> = Vec::new();
+    for e in &r.env {
+        env.push(plain(&e.name, e.value.as_deref().unwrap_or_default()));
+    }
+    let mut command = r.command.clone().unwrap_or_default();
+    let ephemeral = match &runner.registration {
+        RunnerRegistration::Jit { encoded_config } => {
+            env.push(secure(ENV_JITCONFIG, encoded_config));
+            if command.is_empty() {
+                command = vec![JIT_COMMAND.to_string()];
+            }
+            true
+        }
+        RunnerRegistration::Token { url, token, labels, group, ephemeral } => {
+            env.push(plain(ENV_RUNNER_URL, url));
+            env.push(plain(ENV_RUNNER_NAME, &runner.name));
+            env.push(plain(ENV_RUNNER_LABELS, &labels.join(",")));
+            env.push(plain(ENV_RUNNER_GROUP, group.as_deref().unwrap_or("Default")));
+            env.push(plain(ENV_RUNNER_WORKDIR, &r.work_folder));
+            env.push(plain(ENV_RUNNER_EPHEMERAL, if *ephemeral { "true" } else { "false" }));
+            env.push(secure(ENV_RUNNER_TOKEN, token));
+            *ephemeral
+        }
+    };
+    for (name, value) in &runner.secure_env {
+        // A secret always wins over a plain variable of the same name (ACI rejects duplicates).
+        env.retain(|e| &e.name != name);
+        env.push(secure(name, value));
+    }
+    let mut props = ContainerProperties::new();
+    props.image = Some(r.image.clone());
+    props.command = command;
+    props.environment_variables = env;
+    props.resources = Some(ResourceRequirements::new(ResourceRequests::new(r.memory_gb, r.cpu)));
+    let container = Container::new(CONTAINER_NAME.to_string(), props);
+
+    let mut p = container_group_properties::Properties::new(vec![container]);
+    p.os_type = Some(match r.os_type {
+        OsType::Linux => container_group_properties::properties::OsType::Linux,
+        OsType::Windows => container_group_properties::properties::OsType::Windows,
+    });
+    p.restart_policy = Some(if ephemeral {
+        container_group_properties::properties::RestartPolicy::Never
+    } else {
+        container_group_properties::properties::RestartPolicy::Always
+    });
+    p.priority = Some(match runner.priority {
+        Priority::Regular => container_group_properties::properties::Priority::Regular,
+        Priority::Spot => container_group_properties::properties::Priority::Spot,
+    });
+    p.subnet_ids = spec.azure.subnet_ids.iter().map(|id| ContainerGroupSubnetId::new(id.clone())).collect();
+    if let Some(reg) = &r.image_registry {
+        let mut c = ImageRegistryCredential::new(reg.server.clone());
+        if let Some(id) = &reg.identity {
+            c.identity = Some(id.clone());
+        } else if let Some(pw) = &runner.registry_password {
+            c.username = Some(pw.username.clone());
+            c.password = Some(pw.password.clone());
+        }
+        p.image_registry_credentials = vec![c];
+    }
+    let mut props = ContainerGroupProperties::new(p);
+    if !spec.azure.identities.is_empty() {
+        let map: serde_json::Map<String, serde_json::Value> = spec
+            .azure
+            .identities
+            .iter()
+            .map(|id| (id.clone(), serde_json::to_value(UserAssignedIdentities::new()).unwrap_or_default()))
+            .collect();
+        props.identity = Some(ContainerGroupIdentity {
+            principal_id: None,
+            tenant_id: None,
+            type_: Some(container_group_identity::Type::UserAssigned),
+            user_assigned_identities: Some(serde_json::Value::Object(map)),
+        });
+    }
+    let mut cg = ContainerGroup::new(props);
+    cg.resource = Resource {
+        location: Some(runner.location.clone()),
+        tags: Some(serde_json::to_value(tags(spec, pool, &runner.name, runner.created)).unwrap_or_default()),
+        ..Resource::default()
+    };
+    cg
+}
