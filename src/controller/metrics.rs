@@ -1,0 +1,130 @@
+//! Controller metrics (Prometheus text format on `/metrics`).
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::crd::RunnerPoolStatus;
+use crate::plan::PoolMeta;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunnerLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+    pub result: String,
+}
+
+/// Every metric the controller exports, registered under the `aci_runner_controller` prefix.
+pub struct Metrics {
+    pub registry: Mutex<Registry>,
+    runners: Family<RunnerLabels, Gauge>,
+    reconciles: Counter,
+    reconcile_errors: Counter,
+    reconcile_duration: Histogram,
+    actions: Family<ActionLabels, Counter>,
+    demand_queue: Gauge,
+    webhook_deliveries: Family<ActionLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("aci_runner_controller");
+        let runners = Family::<RunnerLabels, Gauge>::default();
+        let reconciles = Counter::default();
+        let reconcile_errors = Counter::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let actions = Family::<ActionLabels, Counter>::default();
+        let demand_queue = Gauge::default();
+        let webhook_deliveries = Family::<ActionLabels, Counter>::default();
+        registry.register("runners", "Runners by pool and state", runners.clone());
+        registry.register("reconcile", "Reconcile passes", reconciles.clone());
+        registry.register("reconcile_errors", "Reconcile passes that failed", reconcile_errors.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of a reconcile pass",
+            reconcile_duration.clone(),
+        );
+        registry.register("actions", "Actions executed by kind and result", actions.clone());
+        registry.register("demand_queue_length", "Queued jobs known from webhooks", demand_queue.clone());
+        registry.register(
+            "webhook_deliveries",
+            "workflow_job webhook deliveries by action and result",
+            webhook_deliveries.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            runners,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            actions,
+            demand_queue,
+            webhook_deliveries,
+        }
+    }
+
+    pub fn observe_pool(&self, pool: &PoolMeta, status: &RunnerPoolStatus, took: Duration) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+        for (state, n) in [
+            ("desired", status.desired),
+            ("provisioning", status.provisioning),
+            ("idle", status.idle),
+            ("busy", status.busy),
+            ("terminating", status.terminating),
+            ("failed", status.failed),
+        ] {
+            self.runners
+                .get_or_create(&RunnerLabels {
+                    namespace: pool.namespace.clone(),
+                    pool: pool.name.clone(),
+                    state: state.to_string(),
+                })
+                .set(i64::from(n));
+        }
+    }
+
+    pub fn reconcile_error(&self) {
+        self.reconcile_errors.inc();
+    }
+
+    pub fn action(&self, action: &str, result: &str) {
+        self.actions.get_or_create(&ActionLabels { action: action.into(), result: result.into() }).inc();
+    }
+
+    pub fn demand(&self, queued: usize) {
+        self.demand_queue.set(queued as i64);
+    }
+
+    pub fn webhook(&self, action: &str, result: &str) {
+        self.webhook_deliveries
+            .get_or_create(&ActionLabels { action: action.into(), result: result.into() })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(reg) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+        }
+        out
+    }
+}

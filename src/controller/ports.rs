@@ -1,0 +1,154 @@
+//! The controller's view of its two edges. The reconciler speaks only these traits; the Azure
+//! and GitHub clients implement them (see `azure_port.rs`, `github_port.rs`), which keeps the
+//! reconcile loop independent of HTTP details and lets errors arrive already classified.
+use std::fmt;
+
+use futures::future::BoxFuture;
+
+use crate::crd::{Priority, RunnerPoolSpec};
+use crate::plan::{EdgeError, ObservedGroup, ObservedRunner, PoolMeta};
+
+/// A secret string: never printed by `Debug`/`Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// GitHub credentials of a pool, read from its Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GithubCredentials {
+    App { app_id: Option<String>, client_id: Option<String>, installation_id: u64, private_key: SecretString },
+    Token { token: SecretString },
+}
+
+/// Azure credentials of a pool: the controller's own identity, or a per-pool service principal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AzureCredentials {
+    Controller,
+    ServicePrincipal { tenant_id: String, client_id: String, client_secret: SecretString },
+}
+
+/// Everything an edge needs to act for one pool; secret values stay inside this struct.
+#[derive(Clone, Debug)]
+pub struct PoolContext {
+    pub meta: PoolMeta,
+    pub spec: RunnerPoolSpec,
+    pub spec_hash: String,
+    pub github: GithubCredentials,
+    pub azure: AzureCredentials,
+    /// Values of `spec.runner.secureEnvFrom`, resolved from Secrets: (env name, value).
+    pub secure_env: Vec<(String, SecretString)>,
+    /// Registry username/password from `spec.runner.imageRegistry.credentialsSecretRef`.
+    pub registry_credentials: Option<(String, SecretString)>,
+}
+
+/// How the new runner's container authenticates to GitHub.
+#[derive(Clone, Debug)]
+pub enum RunnerSecret {
+    /// Encoded JIT config (`ACTIONS_RUNNER_INPUT_JITCONFIG`).
+    Jit { encoded: SecretString },
+    /// Registration token plus what `config.sh` needs.
+    Token {
+        url: String,
+        token: SecretString,
+        labels: Vec<String>,
+        runner_group: Option<String>,
+        ephemeral: bool,
+    },
+}
+
+/// A container group to create.
+#[derive(Clone, Debug)]
+pub struct CreateGroup {
+    pub name: String,
+    pub location: String,
+    pub priority: Priority,
+    pub secret: RunnerSecret,
+    pub created: chrono::DateTime<chrono::Utc>,
+}
+
+/// Azure side.
+pub trait Cloud: Send + Sync {
+    /// Every container group carrying the controller's managed-by tag in the pool's resource group.
+    fn list_groups<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<Vec<ObservedGroup>, EdgeError>>;
+    /// Create (PUT) the group; returns once ARM accepted the request.
+    fn create_group<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        req: CreateGroup,
+    ) -> BoxFuture<'a, Result<(), EdgeError>>;
+    /// Delete the group; "already gone" is success.
+    fn delete_group<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), EdgeError>>;
+    /// Remove the controller's tags from the group (orphan deletion policy).
+    fn release_group<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), EdgeError>>;
+}
+
+/// A fresh JIT registration.
+#[derive(Clone, Debug)]
+pub struct JitRegistration {
+    pub runner_id: u64,
+    pub encoded: SecretString,
+}
+
+/// GitHub side.
+pub trait Forge: Send + Sync {
+    /// Runner registrations of the pool's scope (shared, cached list).
+    fn list_runners<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<Vec<ObservedRunner>, EdgeError>>;
+    /// Register a JIT runner.
+    fn register_jit<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        name: &'a str,
+        labels: &'a [String],
+        runner_group: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<JitRegistration, EdgeError>>;
+    /// A registration token and the URL `config.sh` takes.
+    fn registration_token<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<(String, SecretString), EdgeError>>;
+    /// Delete a registration; "already gone" is success, a busy runner is `Conflict`.
+    fn unregister<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        runner_id: u64,
+    ) -> BoxFuture<'a, Result<(), EdgeError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let c = GithubCredentials::Token { token: SecretString::new("ghp_supersecret") };
+        assert!(!format!("{c:?}").contains("supersecret"));
+    }
+}

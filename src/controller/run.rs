@@ -1,0 +1,240 @@
+//! `aci-runner-controller run`: the production entry point.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use kube::Client;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use super::demand::{DemandStore, JobEvent};
+use super::metrics::Metrics;
+use super::server::{self, Health};
+use super::{Context, Shard, all_pools_store, run_controller};
+use crate::plan::PlannerConfig;
+
+/// Flags of `run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Namespaces to watch (comma-separated); empty = all namespaces.
+    #[arg(long, value_delimiter = ',', env = "WATCH_NAMESPACES")]
+    pub namespaces: Vec<String>,
+    /// Only handle RunnerPools matching this label selector (shard pools across deployments).
+    #[arg(long, env = "POOL_SELECTOR")]
+    pub selector: Option<String>,
+    /// Periodic resync of every pool.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// Elect a leader through a Lease so that only one replica acts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    #[arg(long, default_value = "aci-runner-controller")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Identity in the Lease (default: pod name or a random id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub health_listen: SocketAddr,
+    /// GitHub webhook receiver (`POST /webhooks/github`); off when unset.
+    #[arg(long, env = "WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<SocketAddr>,
+    /// File holding the webhook secret.
+    #[arg(long, env = "GITHUB_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Azure Resource Manager endpoint.
+    #[arg(long, env = "ARM_ENDPOINT", default_value = "https://management.azure.com")]
+    pub arm_endpoint: String,
+    /// Entra ID authority host.
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", default_value = "https://login.microsoftonline.com")]
+    pub azure_authority_host: String,
+    /// Token scope for ARM (default: `<arm-endpoint>/.default`).
+    #[arg(long, env = "ARM_TOKEN_SCOPE")]
+    pub arm_scope: Option<String>,
+    /// Mark-then-confirm grace period of garbage collection.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub gc_grace: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::crd::parse_duration(s)
+}
+
+/// Resolve when SIGTERM or Ctrl-C arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Wait until this replica holds the Lease; then report losses on the returned channel.
+async fn acquire_leadership(
+    client: Client,
+    args: &RunArgs,
+    identity: String,
+) -> anyhow::Result<(watch::Receiver<bool>, tokio::task::JoinHandle<()>)> {
+    let ns = args.lease_namespace.clone().unwrap_or_else(|| "default".into());
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &args.lease_name)
+        .with_namespace(ns)
+        .with_identity(identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .context("creating the lease manager")?;
+    let (mut rx, task) = manager.watch().await;
+    while !*rx.borrow_and_update() {
+        rx.changed().await.context("lease manager stopped")?;
+    }
+    let handle = tokio::spawn(async move {
+        if let Ok(Err(e)) = task.await {
+            warn!(error = %e, "lease manager ended");
+        }
+    });
+    Ok((rx, handle))
+}
+
+/// Run the controller with the given edges until shutdown (or until leadership is lost).
+pub async fn run_with(
+    args: RunArgs,
+    client: Client,
+    cloud: Arc<dyn super::ports::Cloud>,
+    forge: Arc<dyn super::ports::Forge>,
+    webhook: Option<(axum::Router, mpsc::Receiver<JobEvent>)>,
+    demand: Arc<DemandStore>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(args.health_listen)
+        .await
+        .with_context(|| format!("binding {}", args.health_listen))?;
+    info!(addr = %listener.local_addr().unwrap_or(args.health_listen), "serving /healthz /readyz /metrics");
+    let app = server::router(metrics.clone(), health.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!(error = %e, "health server failed");
+        }
+    });
+
+    // Demand triggers: webhook deliveries update the store and wake every pool.
+    let (trigger_tx, trigger_rx) = mpsc::channel::<()>(1024);
+    if let (Some((router, mut events)), Some(addr)) = (webhook, args.webhook_listen) {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        info!(addr = %listener.local_addr().unwrap_or(addr), "serving POST /webhooks/github");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                error!(error = %e, "webhook server failed");
+            }
+        });
+        let demand = demand.clone();
+        let metrics = metrics.clone();
+        let tx = trigger_tx.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let changed = demand.apply(&ev, chrono::Utc::now());
+                metrics.demand(demand.len());
+                if changed {
+                    let _ = tx.try_send(());
+                }
+            }
+        });
+    }
+    // Periodic resync.
+    {
+        let tx = trigger_tx.clone();
+        let every = args.resync_interval;
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            t.tick().await;
+            loop {
+                t.tick().await;
+                if tx.send(()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let wait_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let identity =
+        args.identity.clone().unwrap_or_else(|| format!("aci-rc-{}", uuid::Uuid::new_v4().simple()));
+    health.set_ready(true);
+    let mut leadership = None;
+    if args.leader_election {
+        info!(lease = %args.lease_name, %identity, "waiting for leadership");
+        tokio::select! {
+            r = acquire_leadership(client.clone(), &args, identity.clone()) => leadership = Some(r?),
+            _ = wait_stop => return Ok(()),
+        }
+        info!(%identity, "acquired leadership");
+    }
+    health.set_leader(true);
+
+    let (all_pools, _pools_task) = all_pools_store(client.clone()).await;
+    all_pools.wait_until_ready().await.context("listing RunnerPools")?;
+    let planner =
+        PlannerConfig { gc_grace: args.gc_grace, resync: args.resync_interval, ..PlannerConfig::default() };
+    let ctx = Arc::new(Context::new(client, cloud, forge, demand, planner, metrics, all_pools));
+    let shard = Shard { namespaces: args.namespaces.clone(), label_selector: args.selector.clone() };
+
+    let lost = async move {
+        match leadership {
+            Some((mut rx, _task)) => {
+                let _ = rx.wait_for(|l| !*l).await;
+            }
+            None => futures::future::pending::<()>().await,
+        }
+    };
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let stop_or_lost = {
+        let mut stop = stop_rx.clone();
+        async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {},
+                _ = lost => { let _ = lost_tx.send(true); },
+            }
+        }
+    };
+    let triggers = tokio_stream_from(trigger_rx);
+    run_controller(ctx, shard, triggers, stop_or_lost).await;
+    if *lost_rx.borrow_and_update() {
+        anyhow::bail!("lost leadership; exiting so that a fresh replica can take over");
+    }
+    info!("controller stopped");
+    Ok(())
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<()>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
