@@ -1007,6 +1007,24 @@ impl Shared {
             p.insert("restartPolicy".into(), json!(g.restart_policy));
             p.entry("sku").or_insert(json!("Standard"));
             p.insert("instanceView".into(), json!({"events": events_json(&g.events), "state": g.state}));
+            // `x-ms-secret` properties are never echoed back.
+            if let Some(la) = p
+                .get_mut("diagnostics")
+                .and_then(|d| d.get_mut("logAnalytics"))
+                .and_then(Value::as_object_mut)
+            {
+                la.remove("workspaceKey");
+            }
+            if let Some(vols) = p.get_mut("volumes").and_then(Value::as_array_mut) {
+                for v in vols {
+                    if let Some(v) = v.as_object_mut() {
+                        v.remove("secret");
+                        if let Some(af) = v.get_mut("azureFile").and_then(Value::as_object_mut) {
+                            af.remove("storageAccountKey");
+                        }
+                    }
+                }
+            }
             if let Some(creds) = p.get_mut("imageRegistryCredentials").and_then(Value::as_array_mut) {
                 for c in creds {
                     if let Some(c) = c.as_object_mut() {
