@@ -3,6 +3,7 @@
 pub mod azure;
 pub mod controller;
 pub mod crd;
+pub mod github;
 pub mod plan;
 pub mod sim;
 pub mod testing;

@@ -4,4 +4,5 @@
 //! Used by tests, the demo and the benchmarks; never by the controller's production path.
 pub mod arm;
 pub mod clock;
+pub mod github;
 pub mod runtime;

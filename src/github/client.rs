@@ -1,0 +1,767 @@
+//! The hub (shared caches, rate-limit state, metrics) and per-credential clients.
+//!
+//! Transport is octocrab (no retry layer: POSTs are never replayed automatically); requests are
+//! built with explicit relative paths and page numbers so that GHES base paths survive and `Link`
+//! URLs are never followed. Runner lists use lenient own structs (octocrab's models require label
+//! ids/types that GitHub does not always send).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, Utc};
+use http::{HeaderMap, Method, StatusCode};
+use octocrab::Octocrab;
+use octocrab::service::middleware::retry::RetryConfig;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Digest;
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::metrics::{AuthLabels, EndpointLabels, GithubMetrics, OpLabels};
+use super::{Clock, Credentials, GithubError, Runner, RunnerStatus, Scope, Secret, auth, html_base};
+
+/// Tuning of the hub.
+#[derive(Clone)]
+pub struct HubConfig {
+    /// At most one runner-list refresh per scope per interval (all pools share the result).
+    pub list_interval: Duration,
+    /// Below this many remaining requests, lists refresh `slow_factor` times less often.
+    pub low_remaining: u64,
+    pub slow_factor: i32,
+    /// Renew installation tokens this long before they expire.
+    pub token_refresh_margin: Duration,
+    pub request_timeout: std::time::Duration,
+    /// Clock used to interpret `expires_at`, `x-ratelimit-reset` and list intervals.
+    pub clock: Clock,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            list_interval: Duration::seconds(10),
+            low_remaining: 500,
+            slow_factor: 4,
+            token_refresh_margin: Duration::minutes(5),
+            request_timeout: std::time::Duration::from_secs(30),
+            clock: Arc::new(Utc::now),
+        }
+    }
+}
+
+/// A fresh JIT registration.
+#[derive(Clone, Debug)]
+pub struct JitConfig {
+    pub runner_id: u64,
+    pub encoded: Secret,
+}
+
+/// A registration token and the URL `config.sh --url` takes.
+#[derive(Clone, Debug)]
+pub struct RegistrationToken {
+    pub token: Secret,
+    pub expires_at: DateTime<Utc>,
+    pub url: String,
+}
+
+/// Rate-limit state of one installation / token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateStatus {
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+    pub reset: Option<DateTime<Utc>>,
+    /// Nothing is sent before this instant.
+    pub blocked_until: Option<DateTime<Utc>>,
+    /// Why the client polls less or not at all (for status conditions and logs).
+    pub reason: Option<String>,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: Secret,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct ListCache {
+    /// Per page: (ETag, runners).
+    pages: Vec<(Option<String>, Vec<Runner>)>,
+    fetched_at: Option<DateTime<Utc>>,
+    runners: Arc<Vec<Runner>>,
+}
+
+type ListKey = (String, Scope);
+
+struct HubInner {
+    cfg: HubConfig,
+    octos: Mutex<HashMap<String, Octocrab>>,
+    tokens: Mutex<HashMap<String, Arc<AsyncMutex<Option<CachedToken>>>>>,
+    lists: Mutex<HashMap<ListKey, Arc<AsyncMutex<ListCache>>>>,
+    groups: Mutex<HashMap<(String, Scope, String), i64>>,
+    rates: Mutex<HashMap<String, RateStatus>>,
+    metrics: GithubMetrics,
+}
+
+/// Shared by every pool of the controller.
+#[derive(Clone)]
+pub struct GithubHub {
+    inner: Arc<HubInner>,
+}
+
+impl Default for GithubHub {
+    fn default() -> Self {
+        Self::new(HubConfig::default())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl GithubHub {
+    pub fn new(cfg: HubConfig) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                cfg,
+                octos: Mutex::new(HashMap::new()),
+                tokens: Mutex::new(HashMap::new()),
+                lists: Mutex::new(HashMap::new()),
+                groups: Mutex::new(HashMap::new()),
+                rates: Mutex::new(HashMap::new()),
+                metrics: GithubMetrics::default(),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &GithubMetrics {
+        &self.inner.metrics
+    }
+
+    /// A client for `base_url` (e.g. `https://api.github.com`, `https://ghe.example.com/api/v3`)
+    /// with these credentials. Cheap; clients of the same installation share its token.
+    pub fn client(&self, base_url: &str, creds: Credentials) -> Result<GithubClient, GithubError> {
+        let base = base_url.trim_end_matches('/').to_string();
+        let octo = {
+            let mut octos = lock(&self.inner.octos);
+            match octos.get(&base) {
+                Some(o) => o.clone(),
+                None => {
+                    let o = Octocrab::builder()
+                        .base_uri(base.as_str())
+                        .map_err(|e| GithubError::InvalidRequest(format!("bad GitHub base URL {base}: {e}")))?
+                        .add_retry_config(RetryConfig::None)
+                        .set_connect_timeout(Some(self.inner.cfg.request_timeout))
+                        .set_read_timeout(Some(self.inner.cfg.request_timeout))
+                        .build()
+                        .map_err(|e| GithubError::InvalidRequest(format!("cannot build the GitHub client: {e}")))?;
+                    octos.insert(base.clone(), o.clone());
+                    o
+                }
+            }
+        };
+        let principal = match &creds {
+            Credentials::App { installation_id, .. } => format!("installation:{installation_id}"),
+            Credentials::Pat { token } => {
+                format!("pat:{}", &hex::encode(sha2::Sha256::digest(token.expose().as_bytes()))[..12])
+            }
+        };
+        let auth_key = format!("{base}|{principal}");
+        Ok(GithubClient { hub: self.inner.clone(), base, creds, principal, auth_key, octo })
+    }
+}
+
+/// One set of credentials against one GitHub.
+#[derive(Clone)]
+pub struct GithubClient {
+    hub: Arc<HubInner>,
+    base: String,
+    creds: Credentials,
+    principal: String,
+    auth_key: String,
+    octo: Octocrab,
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+#[derive(Deserialize)]
+struct RawLabel {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct RawRunner {
+    id: u64,
+    name: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    busy: bool,
+    #[serde(default)]
+    ephemeral: Option<bool>,
+    #[serde(default)]
+    labels: Vec<RawLabel>,
+    #[serde(default)]
+    runner_group_id: Option<i64>,
+}
+
+impl From<RawRunner> for Runner {
+    fn from(r: RawRunner) -> Self {
+        let status = match r.status.as_str() {
+            "online" => RunnerStatus::Online,
+            "offline" => RunnerStatus::Offline,
+            other => RunnerStatus::Other(other.to_string()),
+        };
+        Runner {
+            id: r.id,
+            name: r.name,
+            os: r.os,
+            status,
+            busy: r.busy,
+            ephemeral: r.ephemeral,
+            labels: r.labels.into_iter().map(|l| l.name).collect(),
+            runner_group_id: r.runner_group_id,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RunnerPage {
+    #[serde(default)]
+    total_count: usize,
+    #[serde(default)]
+    runners: Vec<RawRunner>,
+}
+
+fn header_str<'a>(h: &'a HeaderMap, k: &str) -> Option<&'a str> {
+    h.get(k).and_then(|v| v.to_str().ok())
+}
+
+fn header_u64(h: &HeaderMap, k: &str) -> Option<u64> {
+    header_str(h, k).and_then(|v| v.trim().parse().ok())
+}
+
+fn message_of(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+impl GithubClient {
+    fn now(&self) -> DateTime<Utc> {
+        (self.hub.cfg.clock)()
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Current rate-limit state of these credentials.
+    pub fn rate_status(&self) -> RateStatus {
+        let now = self.now();
+        let mut s = lock(&self.hub.rates).get(&self.auth_key).cloned().unwrap_or_default();
+        if s.blocked_until.is_some_and(|b| b <= now) {
+            s.blocked_until = None;
+        }
+        if let Some(b) = s.blocked_until {
+            s.reason = Some(format!("rate limited until {b}"));
+        } else if s.remaining.is_some_and(|r| r < self.hub.cfg.low_remaining) {
+            s.reason = Some(format!(
+                "rate limit low ({} requests left until {}): polling {}x less often",
+                s.remaining.unwrap_or(0),
+                s.reset.map(|r| r.to_rfc3339()).unwrap_or_default(),
+                self.hub.cfg.slow_factor
+            ));
+        } else {
+            s.reason = None;
+        }
+        s
+    }
+
+    // ------------------------------------------------------------------ auth
+
+    fn token_slot(&self) -> Option<(u64, Arc<AsyncMutex<Option<CachedToken>>>)> {
+        let Credentials::App { installation_id, .. } = &self.creds else { return None };
+        let slot = lock(&self.hub.tokens).entry(self.auth_key.clone()).or_default().clone();
+        Some((*installation_id, slot))
+    }
+
+    /// The bearer token for a request: the PAT, or a cached / freshly minted installation token.
+    async fn bearer(&self) -> Result<Secret, GithubError> {
+        let (app_id, client_id, pem) = match &self.creds {
+            Credentials::Pat { token } => return Ok(token.clone()),
+            Credentials::App { app_id, client_id, private_key_pem, .. } => {
+                (app_id.clone(), client_id.clone(), private_key_pem.clone())
+            }
+        };
+        let Some((installation_id, slot)) = self.token_slot() else {
+            return Err(GithubError::InvalidRequest("no installation".into()));
+        };
+        let mut guard = slot.lock().await;
+        if let Some(t) = guard.as_ref()
+            && t.expires_at - self.hub.cfg.token_refresh_margin > self.now()
+        {
+            return Ok(t.token.clone());
+        }
+        let issuer = client_id.or(app_id).ok_or_else(|| GithubError::Auth {
+            message: "GitHub App credentials need an app id or a client id".into(),
+            permission: None,
+        })?;
+        self.rate_gate()?;
+        // Wall clock: GitHub checks JWT times against real time.
+        let jwt = auth::mint_app_jwt(&issuer, pem.expose(), Utc::now())?;
+        let path = format!("/app/installations/{installation_id}/access_tokens");
+        let resp = self.execute("access_token", Method::POST, &path, &jwt, None, None).await?;
+        match resp.status.as_u16() {
+            201 | 200 => {}
+            401 => {
+                return Err(GithubError::Auth {
+                    message: format!("GitHub rejected the App JWT: {}", message_of(&resp.body)),
+                    permission: None,
+                });
+            }
+            403 | 404 => {
+                return Err(GithubError::Auth {
+                    message: format!(
+                        "installation {installation_id} is not accessible to this App: {}",
+                        message_of(&resp.body)
+                    ),
+                    permission: None,
+                });
+            }
+            _ => return Err(self.classify("access_token", &resp)),
+        }
+        #[derive(Deserialize)]
+        struct Tok {
+            token: String,
+            expires_at: DateTime<Utc>,
+        }
+        let t: Tok = serde_json::from_str(&resp.body)
+            .map_err(|e| GithubError::Transient(format!("unreadable installation token answer: {e}")))?;
+        self.hub.metrics.token_mints.get_or_create(&AuthLabels { principal: self.principal.clone() }).inc();
+        tracing::debug!(installation_id, expires_at = %t.expires_at, "minted installation token");
+        let tok = CachedToken { token: Secret::new(t.token), expires_at: t.expires_at };
+        *guard = Some(tok.clone());
+        Ok(tok.token)
+    }
+
+    /// Forget the installation token if it is still `failed` (GitHub answered 401 with it).
+    async fn drop_token(&self, failed: &Secret) {
+        if let Some((_, slot)) = self.token_slot() {
+            let mut g = slot.lock().await;
+            if g.as_ref().is_some_and(|t| &t.token == failed) {
+                *g = None;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ transport
+
+    fn rate_gate(&self) -> Result<(), GithubError> {
+        let now = self.now();
+        if let Some(until) = lock(&self.hub.rates).get(&self.auth_key).and_then(|s| s.blocked_until)
+            && until > now
+        {
+            return Err(GithubError::RateLimited { reset: until });
+        }
+        Ok(())
+    }
+
+    fn observe_rate(&self, status: StatusCode, h: &HeaderMap) {
+        let now = self.now();
+        let mut rates = lock(&self.hub.rates);
+        let s = rates.entry(self.auth_key.clone()).or_default();
+        if let Some(l) = header_u64(h, "x-ratelimit-limit") {
+            s.limit = Some(l);
+        }
+        if let Some(r) = header_u64(h, "x-ratelimit-remaining") {
+            s.remaining = Some(r);
+            self.hub
+                .metrics
+                .rate_remaining
+                .get_or_create(&AuthLabels { principal: self.principal.clone() })
+                .set(r as i64);
+        }
+        let reset =
+            header_str(h, "x-ratelimit-reset").and_then(|v| v.trim().parse::<i64>().ok()).and_then(|t| {
+                DateTime::<Utc>::from_timestamp(t, 0)
+            });
+        if reset.is_some() {
+            s.reset = reset;
+        }
+        if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = header_u64(h, "retry-after").map(|s| now + Duration::seconds(s as i64));
+            let exhausted = s.remaining == Some(0) && header_u64(h, "x-ratelimit-remaining") == Some(0);
+            let until = match (retry_after, exhausted.then_some(reset).flatten()) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(u) = until {
+                s.blocked_until = Some(u);
+            } else if status == StatusCode::TOO_MANY_REQUESTS {
+                // GitHub: with no header, wait at least a minute.
+                s.blocked_until = Some(now + Duration::minutes(1));
+            }
+        }
+    }
+
+    fn is_rate_limited(status: StatusCode, h: &HeaderMap, body: &str) -> bool {
+        status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::FORBIDDEN
+                && (header_u64(h, "x-ratelimit-remaining") == Some(0)
+                    || h.contains_key("retry-after")
+                    || body.contains("rate limit")))
+    }
+
+    async fn execute(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        bearer: &str,
+        body: Option<&Value>,
+        etag: Option<&str>,
+    ) -> Result<Resp, GithubError> {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::ACCEPT, "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .header(http::header::AUTHORIZATION, format!("Bearer {bearer}"));
+        if let Some(e) = etag {
+            b = b.header(http::header::IF_NONE_MATCH, e);
+        }
+        let req = self
+            .octo
+            .build_request(b, body)
+            .map_err(|e| GithubError::InvalidRequest(format!("cannot build request for {op}: {e}")))?;
+        let started = Instant::now();
+        let res = self.octo.execute(req).await;
+        self.hub
+            .metrics
+            .latency
+            .get_or_create(&OpLabels { endpoint: op.into() })
+            .observe(started.elapsed().as_secs_f64());
+        let resp = match res {
+            Ok(r) => r,
+            Err(e) => {
+                self.count(op, "error");
+                return Err(GithubError::Transient(format!("{op}: {e}")));
+            }
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = self
+            .octo
+            .body_to_string(resp)
+            .await
+            .map_err(|e| GithubError::Transient(format!("{op}: reading the answer: {e}")))?;
+        self.count(op, status.as_str());
+        self.observe_rate(status, &headers);
+        if status == StatusCode::NOT_MODIFIED {
+            self.hub.metrics.not_modified.get_or_create(&OpLabels { endpoint: op.into() }).inc();
+        }
+        Ok(Resp { status, headers, body })
+    }
+
+    fn count(&self, op: &str, status: &str) {
+        self.hub.metrics.requests.get_or_create(&EndpointLabels { endpoint: op.into(), status: status.into() }).inc();
+    }
+
+    /// Send one authenticated request. Idempotent requests (GET, DELETE) are sent once more after
+    /// a 401 with a freshly minted installation token; POSTs never are.
+    async fn send(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        etag: Option<&str>,
+    ) -> Result<Resp, GithubError> {
+        let idempotent = method != Method::POST;
+        for attempt in 0..2 {
+            self.rate_gate()?;
+            let bearer = self.bearer().await?;
+            let resp = self.execute(op, method.clone(), path, bearer.expose(), body, etag).await?;
+            if resp.status == StatusCode::UNAUTHORIZED && matches!(self.creds, Credentials::App { .. }) {
+                self.drop_token(&bearer).await;
+                if idempotent && attempt == 0 {
+                    continue;
+                }
+            }
+            return Ok(resp);
+        }
+        Err(GithubError::Auth { message: format!("{op}: GitHub keeps rejecting the installation token"), permission: None })
+    }
+
+    /// Map a non-success answer to an error.
+    fn classify(&self, op: &str, r: &Resp) -> GithubError {
+        let msg = format!("{op}: {} {}", r.status.as_u16(), message_of(&r.body));
+        if Self::is_rate_limited(r.status, &r.headers, &r.body) {
+            let reset = lock(&self.hub.rates)
+                .get(&self.auth_key)
+                .and_then(|s| s.blocked_until)
+                .unwrap_or_else(|| self.now() + Duration::minutes(1));
+            return GithubError::RateLimited { reset };
+        }
+        match r.status.as_u16() {
+            401 => GithubError::Auth { message: msg, permission: None },
+            403 => {
+                // GitHub names what an App lacks in `x-accepted-github-permissions`.
+                let permission = header_str(&r.headers, "x-accepted-github-permissions").map(str::to_string);
+                GithubError::Auth { message: msg, permission }
+            }
+            404 => GithubError::NotFound(msg),
+            409 => GithubError::Conflict(msg),
+            400 | 422 => GithubError::InvalidRequest(msg),
+            _ => GithubError::Transient(msg),
+        }
+    }
+
+    // ------------------------------------------------------------------ runners
+
+    fn list_cache(&self, scope: &Scope) -> Arc<AsyncMutex<ListCache>> {
+        lock(&self.hub.lists).entry((self.base.clone(), scope.clone())).or_default().clone()
+    }
+
+    /// Drop the cached list so the next [`Self::list_runners`] asks GitHub (ETags still apply).
+    pub async fn invalidate_runners(&self, scope: &Scope) {
+        self.list_cache(scope).lock().await.fetched_at = None;
+    }
+
+    /// Every runner of the scope. At most one refresh per scope per interval (longer when the
+    /// rate limit runs low); unchanged pages are revalidated with `If-None-Match` (304s are free).
+    pub async fn list_runners(&self, scope: &Scope) -> Result<Arc<Vec<Runner>>, GithubError> {
+        let cache = self.list_cache(scope);
+        let mut c = cache.lock().await;
+        let now = self.now();
+        let mut interval = self.hub.cfg.list_interval;
+        if self.rate_status().remaining.is_some_and(|r| r < self.hub.cfg.low_remaining) {
+            interval = interval * self.hub.cfg.slow_factor;
+        }
+        if let Some(at) = c.fetched_at
+            && at + interval > now
+        {
+            return Ok(c.runners.clone());
+        }
+        let mut pages: Vec<(Option<String>, Vec<Runner>)> = Vec::new();
+        let mut total = None;
+        let mut page = 1usize;
+        loop {
+            let cached = c.pages.get(page - 1);
+            let etag = cached.and_then(|(e, _)| e.clone());
+            let path = format!("{}/actions/runners?per_page=100&page={page}", scope.api_path());
+            let r = self.send("list_runners", Method::GET, &path, None, etag.as_deref()).await?;
+            let (etag, runners, page_total) = match r.status.as_u16() {
+                304 => match cached {
+                    Some((e, rs)) => (e.clone(), rs.clone(), None),
+                    None => return Err(GithubError::Transient("304 for a page never fetched".into())),
+                },
+                200 => {
+                    let p: RunnerPage = serde_json::from_str(&r.body)
+                        .map_err(|e| GithubError::Transient(format!("unreadable runner list: {e}")))?;
+                    let etag = header_str(&r.headers, "etag").map(str::to_string);
+                    (etag, p.runners.into_iter().map(Runner::from).collect::<Vec<_>>(), Some(p.total_count))
+                }
+                _ => return Err(self.classify("list_runners", &r)),
+            };
+            if let Some(t) = page_total {
+                total = Some(t);
+            }
+            let n = runners.len();
+            pages.push((etag, runners));
+            let seen: usize = pages.iter().map(|(_, r)| r.len()).sum();
+            let expected = total.unwrap_or_else(|| c.pages.iter().map(|(_, r)| r.len()).sum());
+            if n == 0 || seen >= expected || page >= 1000 {
+                break;
+            }
+            page += 1;
+        }
+        let all: Vec<Runner> = pages.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
+        c.pages = pages;
+        c.runners = Arc::new(all);
+        c.fetched_at = Some(now);
+        Ok(c.runners.clone())
+    }
+
+    /// Look a runner up by exact name (one request, not cached).
+    pub async fn find_runner_by_name(&self, scope: &Scope, name: &str) -> Result<Option<Runner>, GithubError> {
+        let q: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("name", name).finish();
+        let path = format!("{}/actions/runners?{q}", scope.api_path());
+        let r = self.send("list_runners", Method::GET, &path, None, None).await?;
+        if r.status != StatusCode::OK {
+            return Err(self.classify("list_runners", &r));
+        }
+        let p: RunnerPage = serde_json::from_str(&r.body)
+            .map_err(|e| GithubError::Transient(format!("unreadable runner list: {e}")))?;
+        Ok(p.runners.into_iter().map(Runner::from).find(|x| x.name == name))
+    }
+
+    /// One runner by id; `None` when gone.
+    pub async fn get_runner(&self, scope: &Scope, id: u64) -> Result<Option<Runner>, GithubError> {
+        let path = format!("{}/actions/runners/{id}", scope.api_path());
+        let r = self.send("get_runner", Method::GET, &path, None, None).await?;
+        match r.status.as_u16() {
+            200 => {
+                let raw: RawRunner = serde_json::from_str(&r.body)
+                    .map_err(|e| GithubError::Transient(format!("unreadable runner: {e}")))?;
+                Ok(Some(raw.into()))
+            }
+            404 => Ok(None),
+            _ => Err(self.classify("get_runner", &r)),
+        }
+    }
+
+    /// Register a JIT runner. Never replayed: on 409 the existing runner is looked up by name and
+    /// reported as `Conflict`; on a transport error the caller must list before trying again.
+    pub async fn generate_jit_config(
+        &self,
+        scope: &Scope,
+        name: &str,
+        labels: &[String],
+        runner_group_id: i64,
+        work_folder: Option<&str>,
+    ) -> Result<JitConfig, GithubError> {
+        let mut body = json!({"name": name, "runner_group_id": runner_group_id, "labels": labels});
+        if let (Some(w), Some(o)) = (work_folder, body.as_object_mut()) {
+            o.insert("work_folder".into(), json!(w));
+        }
+        let path = format!("{}/actions/runners/generate-jitconfig", scope.api_path());
+        let r = self.send("jitconfig", Method::POST, &path, Some(&body), None).await?;
+        self.invalidate_runners(scope).await;
+        match r.status.as_u16() {
+            201 | 200 => {
+                #[derive(Deserialize)]
+                struct Jit {
+                    runner: RawRunner,
+                    encoded_jit_config: String,
+                }
+                let j: Jit = serde_json::from_str(&r.body)
+                    .map_err(|e| GithubError::Transient(format!("unreadable jitconfig answer: {e}")))?;
+                Ok(JitConfig { runner_id: j.runner.id, encoded: Secret::new(j.encoded_jit_config) })
+            }
+            409 => {
+                let existing = self.find_runner_by_name(scope, name).await.ok().flatten();
+                let detail = match existing {
+                    Some(x) => format!(
+                        "runner {name} already exists (id {}, {:?}, busy {})",
+                        x.id, x.status, x.busy
+                    ),
+                    None => format!("runner {name} already exists: {}", message_of(&r.body)),
+                };
+                tracing::warn!(%scope, runner = name, "JIT registration conflict; not replaying");
+                Err(GithubError::Conflict(detail))
+            }
+            _ => Err(self.classify("jitconfig", &r)),
+        }
+    }
+
+    async fn runner_token(&self, scope: &Scope, kind: &'static str) -> Result<RegistrationToken, GithubError> {
+        let (op, seg) = if kind == "remove" {
+            ("remove_token", "remove-token")
+        } else {
+            ("registration_token", "registration-token")
+        };
+        let path = format!("{}/actions/runners/{seg}", scope.api_path());
+        let r = self.send(op, Method::POST, &path, None, None).await?;
+        if r.status.as_u16() != 201 && r.status.as_u16() != 200 {
+            return Err(self.classify(op, &r));
+        }
+        #[derive(Deserialize)]
+        struct Tok {
+            token: String,
+            expires_at: DateTime<Utc>,
+        }
+        let t: Tok = serde_json::from_str(&r.body)
+            .map_err(|e| GithubError::Transient(format!("unreadable {op} answer: {e}")))?;
+        Ok(RegistrationToken {
+            token: Secret::new(t.token),
+            expires_at: t.expires_at,
+            url: format!("{}{}", html_base(&self.base), scope.html_path()),
+        })
+    }
+
+    /// A registration token for `config.sh` (1 h) and the URL it takes.
+    pub async fn registration_token(&self, scope: &Scope) -> Result<RegistrationToken, GithubError> {
+        self.runner_token(scope, "registration").await
+    }
+
+    /// A remove token for `config.sh remove`.
+    pub async fn remove_token(&self, scope: &Scope) -> Result<RegistrationToken, GithubError> {
+        self.runner_token(scope, "remove").await
+    }
+
+    /// Delete a registration: 204 and 404 mean gone; 422 means busy.
+    pub async fn delete_runner(&self, scope: &Scope, id: u64) -> Result<(), GithubError> {
+        let path = format!("{}/actions/runners/{id}", scope.api_path());
+        let r = self.send("delete_runner", Method::DELETE, &path, None, None).await?;
+        let res = match r.status.as_u16() {
+            204 | 200 | 404 => Ok(()),
+            422 => Err(GithubError::Busy(format!("runner {id}: {}", message_of(&r.body)))),
+            _ => Err(self.classify("delete_runner", &r)),
+        };
+        if res.is_ok() {
+            self.invalidate_runners(scope).await;
+        }
+        res
+    }
+
+    /// Runner group name → id (cached). `Default` (or empty) is id 1 without a request; repo
+    /// scopes only have the default group.
+    pub async fn runner_group_id(&self, scope: &Scope, name: &str) -> Result<i64, GithubError> {
+        let name = name.trim();
+        if name.is_empty() || name.eq_ignore_ascii_case("default") {
+            return Ok(1);
+        }
+        if matches!(scope, Scope::Repo { .. }) {
+            return Err(GithubError::InvalidRequest(format!(
+                "runner group {name:?}: repositories only have the Default runner group"
+            )));
+        }
+        let key = (self.base.clone(), scope.clone(), name.to_ascii_lowercase());
+        if let Some(id) = lock(&self.hub.groups).get(&key) {
+            return Ok(*id);
+        }
+        let mut page = 1;
+        loop {
+            let path = format!("{}/actions/runner-groups?per_page=100&page={page}", scope.api_path());
+            let r = self.send("runner_groups", Method::GET, &path, None, None).await?;
+            if r.status != StatusCode::OK {
+                return Err(self.classify("runner_groups", &r));
+            }
+            #[derive(Deserialize)]
+            struct G {
+                id: f64,
+                name: String,
+            }
+            #[derive(Deserialize)]
+            struct Groups {
+                #[serde(default)]
+                total_count: f64,
+                #[serde(default)]
+                runner_groups: Vec<G>,
+            }
+            let g: Groups = serde_json::from_str(&r.body)
+                .map_err(|e| GithubError::Transient(format!("unreadable runner groups: {e}")))?;
+            let n = g.runner_groups.len();
+            {
+                let mut groups = lock(&self.hub.groups);
+                for x in &g.runner_groups {
+                    groups.insert((self.base.clone(), scope.clone(), x.name.to_ascii_lowercase()), x.id as i64);
+                }
+                if let Some(id) = groups.get(&key) {
+                    return Ok(*id);
+                }
+            }
+            if n == 0 || (page * 100) as f64 >= g.total_count {
+                return Err(GithubError::NotFound(format!("runner group {name:?} in {scope}")));
+            }
+            page += 1;
+        }
+    }
+}
