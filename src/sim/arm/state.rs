@@ -402,8 +402,8 @@ pub(crate) fn validate(name: &str, body: &Value, cfg: &ArmSimConfig) -> Result<V
                 format!("The resource requests of container '{cname}' are not specified."),
             );
         };
-        if cpu <= 0.0 || mem <= 0.0 || (cpu * 100.0).fract().abs() > 1e-9 || (mem * 10.0).fract().abs() > 1e-9
-        {
+        let off_step = |x: f64, steps: f64| ((x * steps).round() - x * steps).abs() > 1e-6;
+        if cpu <= 0.0 || mem <= 0.0 || off_step(cpu, 100.0) || off_step(mem, 10.0) {
             return bad(
                 "InvalidContainerResourceRequests",
                 format!(
