@@ -251,8 +251,7 @@ fn group(name: &str) -> azure_mgmt_containerinstance::package_preview_2024_05::m
 
 #[tokio::test]
 async fn create_get_list_delete_through_the_crate_with_pinned_api_version() {
-    let mut cfg = ArmSimConfig::default();
-    cfg.page_size = 2;
+    let cfg = ArmSimConfig { page_size: 2, ..ArmSimConfig::default() };
     let h = sim(cfg, 600.0).await;
     let c = client(&h);
     for i in 0..5 {
@@ -611,8 +610,8 @@ async fn a_burst_of_500_creates_is_never_throttled_and_never_beyond_quota() {
 #[tokio::test]
 async fn workload_identity_token_file_is_reread_on_rotation() {
     let scale = 600.0;
-    let mut cfg = ArmSimConfig::default();
-    cfg.token_lifetime_secs = 600; // one real second
+    // One real second of token lifetime.
+    let cfg = ArmSimConfig { token_lifetime_secs: 600, ..ArmSimConfig::default() };
     let h = sim(cfg, scale).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("azure-identity-token");
