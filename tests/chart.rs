@@ -663,3 +663,355 @@ fn helm_install_on_kubernetes_1_20_grants_least_privilege() {
     let (ok, out) = kubectl(cp, &["get", "crd", "runnerpools.aci-runners.dev"], None);
     assert!(ok, "{out}");
 }
+
+// ---- the examples in sub-folders (GitOps, webhook autoscaling, custom runner image) ----
+
+/// Every YAML file under `examples/<sub-folder>/` (the top-level ones are tested by tests/crd.rs).
+fn subfolder_yaml_files() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn example_docs() -> Vec<(PathBuf, Value)> {
+    subfolder_yaml_files()
+        .into_iter()
+        .flat_map(|f| {
+            let docs = yaml_docs(&std::fs::read_to_string(&f).unwrap());
+            docs.into_iter().map(move |d| (f.clone(), d))
+        })
+        .collect()
+}
+
+fn rel(p: &Path) -> String {
+    p.strip_prefix(repo()).unwrap_or(p).display().to_string()
+}
+
+#[test]
+fn subfolder_examples_apply_on_the_local_control_plane() {
+    let cp = control_plane::shared();
+    let (ok, out) =
+        kubectl(cp, &["apply", "--validate=false", "-f", repo().join("crds").to_str().unwrap()], None);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(
+        cp,
+        &["wait", "--for", "condition=established", "crd/runnerpools.aci-runners.dev", "--timeout=30s"],
+        None,
+    );
+    assert!(ok, "{out}");
+    let ns = format!("arc-examples-{}", std::process::id());
+    ensure_namespace(cp, &ns);
+    let mut pools = 0;
+    for (file, doc) in example_docs() {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        if kind != "RunnerPool" && kind != "Secret" {
+            continue;
+        }
+        // Kustomize sets the namespace of the GitOps pools; here every object goes to one namespace.
+        let mut doc = doc.clone();
+        doc["metadata"].as_object_mut().unwrap().remove("namespace");
+        let (ok, out) = kubectl(
+            cp,
+            &["apply", "-n", &ns, "-f", "-"],
+            Some(serde_json::to_string(&doc).unwrap().as_bytes()),
+        );
+        assert!(ok, "{} ({kind} {}) rejected: {out}", rel(&file), doc["metadata"]["name"]);
+        if kind == "RunnerPool" {
+            pools += 1;
+            let spec: aci_runner_controller::crd::RunnerPoolSpec =
+                serde_json::from_value(doc["spec"].clone()).unwrap();
+            spec.validate().unwrap_or_else(|e| panic!("{}: {e}", rel(&file)));
+        }
+    }
+    assert!(pools >= 4, "expected the webhook, runner-image, Flux and Argo CD pools, found {pools}");
+    // The kustomize directories build, and the pool directories apply as a whole.
+    for dir in ["examples/flux/controller", "examples/flux/runner-pools"] {
+        let (ok, built) = kubectl(cp, &["kustomize", repo().join(dir).to_str().unwrap()], None);
+        assert!(ok, "kubectl kustomize {dir}: {built}");
+        if dir.ends_with("runner-pools") {
+            let (ok, out) = kubectl(cp, &["apply", "-f", "-"], Some(built.as_bytes()));
+            assert!(ok, "{dir} rejected: {out}");
+        }
+    }
+    // The Argo CD pool directory has no kustomization: `kubectl apply -f DIR` must work on it.
+    let (ok, out) = kubectl(
+        cp,
+        &["apply", "-n", &ns, "-f", repo().join("examples/argocd/runner-pools").to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{out}");
+}
+
+/// Helm's value coalescing: user values deep-merged over the chart's defaults.
+fn merged_with_defaults(user: &Value) -> Value {
+    fn merge(base: &mut Value, over: &Value) {
+        match (base, over) {
+            (Value::Object(b), Value::Object(o)) => {
+                for (k, v) in o {
+                    merge(b.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+            (b, o) => *b = o.clone(),
+        }
+    }
+    let mut defaults = yaml_docs(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).remove(0);
+    merge(&mut defaults, user);
+    defaults
+}
+
+fn values_schema() -> jsonschema::Validator {
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart().join("values.schema.json")).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+/// Render the chart with `values` (a JSON object) written to a temporary values file.
+fn render_with(values: &Value) -> Vec<Value> {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), serde_json::to_string(values).unwrap()).unwrap();
+    render(&["-f", f.path().to_str().unwrap()])
+}
+
+#[test]
+fn gitops_examples_reference_the_chart_with_valid_values() {
+    let schema = values_schema();
+    let mut checked = Vec::new();
+    for (file, doc) in example_docs() {
+        let values = match doc["kind"].as_str() {
+            Some("HelmRelease") => {
+                let chart_path = doc["spec"]["chart"]["spec"]["chart"].as_str().unwrap();
+                assert!(repo().join(chart_path).join("Chart.yaml").exists(), "{}: {chart_path}", rel(&file));
+                assert_eq!(doc["spec"]["install"]["crds"], "CreateReplace", "{}", rel(&file));
+                doc["spec"]["values"].clone()
+            }
+            Some("Application") => {
+                let path = doc["spec"]["source"]["path"].as_str().unwrap();
+                assert!(repo().join(path).is_dir(), "{}: path {path} does not exist", rel(&file));
+                match doc["spec"]["source"]["helm"]["valuesObject"].clone() {
+                    Value::Null => continue,
+                    v => v,
+                }
+            }
+            Some("Kustomization") if doc["apiVersion"].as_str().unwrap().starts_with("kustomize.toolkit") => {
+                let path = doc["spec"]["path"].as_str().unwrap();
+                assert!(repo().join(path).join("kustomization.yaml").exists(), "{}: {path}", rel(&file));
+                continue;
+            }
+            _ => continue,
+        };
+        let merged = merged_with_defaults(&values);
+        let errors: Vec<String> = schema.iter_errors(&merged).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: values do not match values.schema.json: {errors:?}", rel(&file));
+        assert!(!render_with(&values).is_empty());
+        checked.push(rel(&file));
+    }
+    // The plain Helm values file of the webhook example.
+    let f = repo().join("examples/webhook-autoscaling/values.yaml");
+    let values = yaml_docs(&std::fs::read_to_string(&f).unwrap()).remove(0);
+    let errors: Vec<String> =
+        schema.iter_errors(&merged_with_defaults(&values)).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{}: {errors:?}", rel(&f));
+    // The schema check is real: a typo in the same file is caught.
+    let mut typo = values.clone();
+    typo["webhook"]["ingres"] = serde_json::json!({"enabled": true});
+    assert!(schema.iter_errors(&merged_with_defaults(&typo)).next().is_some(), "typo not caught");
+    let docs = render_with(&values);
+    assert!(docs.iter().any(|d| d["kind"] == "Ingress"), "the webhook example exposes the receiver");
+    checked.push(rel(&f));
+    assert_eq!(
+        checked.len(),
+        3,
+        "expected the Flux HelmRelease, the Argo CD Application and the webhook values: {checked:?}"
+    );
+}
+
+fn argocd_health(lua_src: &str, obj: &Value) -> (String, String) {
+    use mlua::LuaSerdeExt;
+    let lua = mlua::Lua::new();
+    lua.globals().set("obj", lua.to_value(obj).unwrap()).unwrap();
+    let hs: mlua::Table = lua.load(lua_src).eval().unwrap();
+    (hs.get::<String>("status").unwrap(), hs.get::<String>("message").unwrap())
+}
+
+fn pool_with(generation: i64, observed: Option<i64>, conditions: Value) -> Value {
+    let mut status = serde_json::json!({ "conditions": conditions });
+    if let Some(o) = observed {
+        status["observedGeneration"] = o.into();
+    }
+    serde_json::json!({
+        "apiVersion": "aci-runners.dev/v1alpha1", "kind": "RunnerPool",
+        "metadata": {"name": "p", "generation": generation},
+        "status": status
+    })
+}
+
+fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Value {
+    serde_json::json!({"type": type_, "status": status, "reason": reason, "message": message})
+}
+
+#[test]
+fn argocd_health_check_classifies_runner_pools() {
+    let dir = repo().join("examples/argocd");
+    let lua_src = std::fs::read_to_string(dir.join("runnerpool-health.lua")).unwrap();
+    let cm = yaml_docs(&std::fs::read_to_string(dir.join("argocd-cm-health.yaml")).unwrap()).remove(0);
+    assert_eq!(
+        cm["data"]["resource.customizations.health.aci-runners.dev_RunnerPool"].as_str().unwrap(),
+        lua_src,
+        "argocd-cm-health.yaml must embed runnerpool-health.lua verbatim"
+    );
+    let ready = pool_with(
+        3,
+        Some(3),
+        serde_json::json!([
+            cond("Ready", "True", "RunnersReady", "2 idle, 0 busy of 2 desired"),
+            cond("Reconciling", "False", "RunnersReady", ""),
+            cond("Stalled", "False", "RunnersReady", "")
+        ]),
+    );
+    assert_eq!(
+        argocd_health(&lua_src, &ready),
+        ("Healthy".into(), "RunnersReady: 2 idle, 0 busy of 2 desired".into())
+    );
+    let stalled = pool_with(
+        3,
+        Some(3),
+        serde_json::json!([
+            cond("Ready", "False", "SecretNotFound", "Secret github-app not found"),
+            cond("Reconciling", "False", "SecretNotFound", ""),
+            cond("Stalled", "True", "SecretNotFound", "Secret github-app not found")
+        ]),
+    );
+    assert_eq!(
+        argocd_health(&lua_src, &stalled),
+        ("Degraded".into(), "SecretNotFound: Secret github-app not found".into())
+    );
+    let scaling = pool_with(
+        3,
+        Some(3),
+        serde_json::json!([
+            cond("Ready", "False", "ScalingUp", "1 of 3"),
+            cond("Reconciling", "True", "ScalingUp", "creating 2 runners"),
+            cond("Stalled", "False", "ScalingUp", "")
+        ]),
+    );
+    assert_eq!(
+        argocd_health(&lua_src, &scaling),
+        ("Progressing".into(), "ScalingUp: creating 2 runners".into())
+    );
+    // A Ready status written for an older spec is not trusted.
+    let stale = pool_with(4, Some(3), serde_json::json!([cond("Ready", "True", "RunnersReady", "ok")]));
+    let (status, message) = argocd_health(&lua_src, &stale);
+    assert_eq!(status, "Progressing");
+    assert!(message.contains("generation 4"), "{message}");
+    let fresh = serde_json::json!({"apiVersion": "aci-runners.dev/v1alpha1", "kind": "RunnerPool", "metadata": {"name": "p", "generation": 1}});
+    assert_eq!(argocd_health(&lua_src, &fresh).0, "Progressing");
+}
+
+#[test]
+fn runner_image_entrypoint_registers_from_the_runner_variables() {
+    let script = repo().join("examples/runner-image/entrypoint.sh");
+    let home = tempfile::tempdir().unwrap();
+    let log = home.path().join("calls.log");
+    // Stand-ins for the runner's config.sh and run.sh that record how they were called.
+    let stub = |name: &str, body: &str| {
+        let p = home.path().join(name);
+        std::fs::write(&p, format!("#!/usr/bin/env bash\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    stub(
+        "config.sh",
+        &format!(
+            r#"{{ echo "config: $*"; echo "config input token: ${{ACTIONS_RUNNER_INPUT_TOKEN:-}}"; echo "config env token: ${{RUNNER_TOKEN:-}}"; }} >> {}"#,
+            log.display()
+        ),
+    );
+    stub(
+        "run.sh",
+        &format!(
+            r#"{{ echo "run: $*"; echo "run tokens: ${{RUNNER_TOKEN:-}}${{ACTIONS_RUNNER_INPUT_TOKEN:-}}"; }} >> {}"#,
+            log.display()
+        ),
+    );
+    let run = |env: &[(&str, &str)]| -> Output {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("RUNNER_HOME", home.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let base = [
+        ("RUNNER_URL", "https://github.com/example-org"),
+        ("RUNNER_NAME", "custom-image-x7k2q"),
+        ("RUNNER_LABELS", "aci-custom-image,linux-x64"),
+        ("RUNNER_GROUP", "custom"),
+        ("RUNNER_WORKDIR", "_work"),
+        ("RUNNER_EPHEMERAL", "true"),
+        ("RUNNER_TOKEN", "AABBCCSECRETTOKEN"),
+    ];
+    let out = run(&base);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("AABBCCSECRETTOKEN"), "the token was printed: {}", text(&out));
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.contains(
+            "config: --unattended --replace --url https://github.com/example-org --name custom-image-x7k2q \
+             --work _work --labels aci-custom-image,linux-x64 --runnergroup custom --ephemeral\n"
+        ),
+        "{calls}"
+    );
+    assert!(calls.contains("config input token: AABBCCSECRETTOKEN\n"), "{calls}");
+    assert!(calls.contains("config env token: \n"), "RUNNER_TOKEN must be unset before config.sh: {calls}");
+    assert!(calls.contains("run: \nrun tokens: \n"), "run.sh must not inherit the token: {calls}");
+
+    // Non-ephemeral, no group: no --ephemeral, no --runnergroup.
+    std::fs::remove_file(&log).unwrap();
+    let mut env = base.to_vec();
+    env.retain(|(k, _)| *k != "RUNNER_GROUP");
+    env.iter_mut().for_each(|(k, v)| {
+        if *k == "RUNNER_EPHEMERAL" {
+            *v = "false";
+        }
+    });
+    let out = run(&env);
+    assert!(out.status.success(), "{}", text(&out));
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(!calls.contains("--ephemeral") && !calls.contains("--runnergroup"), "{calls}");
+
+    // Missing or malformed variables: exit 64 with a message, config.sh never called.
+    std::fs::remove_file(&log).unwrap();
+    for (drop, set, expect) in [
+        ("RUNNER_TOKEN", None, "RUNNER_TOKEN is not set"),
+        ("RUNNER_URL", None, "RUNNER_URL is not set"),
+        ("RUNNER_NAME", None, "RUNNER_NAME is not set"),
+        ("", Some(("RUNNER_EPHEMERAL", "yes")), "RUNNER_EPHEMERAL must be true or false"),
+    ] {
+        let mut env: Vec<(&str, &str)> = base.iter().copied().filter(|(k, _)| *k != drop).collect();
+        if let Some((k, v)) = set {
+            env.retain(|(x, _)| *x != k);
+            env.push((k, v));
+        }
+        let out = run(&env);
+        assert_eq!(out.status.code(), Some(64), "{expect}: {}", text(&out));
+        assert!(text(&out).contains(expect), "{}", text(&out));
+    }
+    assert!(!log.exists(), "config.sh ran despite invalid input");
+}
