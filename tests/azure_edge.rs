@@ -559,14 +559,16 @@ async fn retry_after_pauses_the_bucket_for_every_caller() {
 async fn a_burst_of_500_creates_is_never_throttled_and_never_beyond_quota() {
     // 1 simulated hour per real second: ACI windows of 5 min / 1 h become 83 ms / 1 s.
     let scale = 3600.0;
-    let mut cfg = ArmSimConfig::default();
-    cfg.token_lifetime_secs = 36_000;
-    cfg.quotas = Quotas {
-        container_groups: 1000,
-        cores: 1000.0,
-        creates_per_5min: 50,
-        creates_per_hour: 150,
-        ..Quotas::default()
+    let cfg = ArmSimConfig {
+        token_lifetime_secs: 36_000,
+        quotas: Quotas {
+            container_groups: 1000,
+            cores: 1000.0,
+            creates_per_5min: 50,
+            creates_per_hour: 150,
+            ..Quotas::default()
+        },
+        ..ArmSimConfig::default()
     };
     let h = sim(cfg, scale).await;
     // The client's windows are the simulator's, converted to real time, with a safety margin for
