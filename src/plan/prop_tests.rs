@@ -1,0 +1,285 @@
+//! Seeded random observed states, checked against the planner's invariants.
+use std::collections::BTreeSet;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::tests::{Fx, UID, counter_suffixes, mins, t0};
+use super::*;
+use crate::crd::Priority;
+
+fn random_name(rng: &mut StdRng, prefix: &str) -> String {
+    format!("{prefix}-{}", names::random_suffix(rng))
+}
+
+fn random_container(rng: &mut StdRng) -> Option<ObservedContainer> {
+    let state = match rng.gen_range(0..5) {
+        0 => return None,
+        1 => ContainerState::Waiting {
+            reason: if rng.gen_bool(0.3) { Some("ErrImagePull".into()) } else { None },
+        },
+        2 => ContainerState::Terminated { exit_code: Some(rng.gen_range(0..3)) },
+        _ => ContainerState::Running,
+    };
+    Some(ObservedContainer {
+        state,
+        started_at: Some(t0() - mins(rng.gen_range(0..40))),
+        finished_at: if rng.gen_bool(0.5) { Some(t0() - mins(rng.gen_range(0..5))) } else { None },
+        restart_count: if rng.gen_bool(0.1) { 1 } else { 0 },
+    })
+}
+
+fn random_fx(rng: &mut StdRng) -> Fx {
+    let mut fx = Fx::new();
+    fx.spec.scaling.min_idle = rng.gen_range(0..4);
+    fx.spec.scaling.max_runners = rng.gen_range(fx.spec.scaling.min_idle.max(1)..9);
+    if rng.gen_bool(0.3) {
+        fx.spec.azure.fallback_locations = vec!["northeurope".into()];
+    }
+    if rng.gen_bool(0.2) {
+        fx.spec.runner.priority = Priority::Spot;
+        fx.spec.runner.spot_fallback = rng.gen_bool(0.5);
+    }
+    if rng.gen_bool(0.05) {
+        fx.spec.runner.memory_gb = 100.0;
+    }
+    let mut groups = Vec::new();
+    let mut runners = Vec::new();
+    let mut next_id = 1u64;
+    for _ in 0..rng.gen_range(0..9) {
+        let name = random_name(rng, "pool");
+        let uid = match rng.gen_range(0..10) {
+            0 => Some("uid-dead".to_string()),
+            1 => None,
+            _ => Some(UID.to_string()),
+        };
+        groups.push(ObservedGroup {
+            name: name.clone(),
+            pool_uid: uid,
+            pool_namespace: Some("ns".into()),
+            pool_name: Some("pool".into()),
+            location: "westeurope".into(),
+            provisioning: match rng.gen_range(0..8) {
+                0 => GroupProvisioning::Failed,
+                1 => GroupProvisioning::Deleting,
+                2 => GroupProvisioning::Creating,
+                _ => GroupProvisioning::Succeeded,
+            },
+            container: random_container(rng),
+            failure: None,
+            created: Some(t0() - mins(rng.gen_range(0..60))),
+            priority: Priority::Regular,
+            cpu: 1.0,
+            memory_gb: 2.0,
+        });
+        if rng.gen_bool(0.7) {
+            let busy = rng.gen_bool(0.4);
+            runners.push(ObservedRunner {
+                id: next_id,
+                name: name.clone(),
+                online: busy || rng.gen_bool(0.6),
+                busy,
+                labels: vec!["self-hosted".into(), "aci".into()],
+            });
+            next_id += 1;
+        }
+        if rng.gen_bool(0.3) {
+            fx.state.idle_since.insert(name.clone(), t0() - mins(rng.gen_range(0..20)));
+        }
+        if rng.gen_bool(0.3) {
+            fx.state.seen_online.insert(name.clone());
+        }
+    }
+    // Registrations without groups (ours and others', busy or not).
+    for _ in 0..rng.gen_range(0..4) {
+        let prefix = if rng.gen_bool(0.7) { "pool" } else { "other" };
+        let name = random_name(rng, prefix);
+        let busy = rng.gen_bool(0.3);
+        runners.push(ObservedRunner {
+            id: next_id,
+            name: name.clone(),
+            online: busy || rng.gen_bool(0.5),
+            busy,
+            labels: vec!["aci".into()],
+        });
+        if rng.gen_bool(0.5) {
+            fx.state.gc_marks.insert(GcKey::Runner(next_id), t0() - mins(rng.gen_range(0..5)));
+        }
+        if rng.gen_bool(0.2) {
+            fx.state.pending_unregister.insert(next_id, name);
+        }
+        next_id += 1;
+    }
+    for g in &groups {
+        if rng.gen_bool(0.3) {
+            fx.state.gc_marks.insert(GcKey::Group(g.name.clone()), t0() - mins(rng.gen_range(0..5)));
+        }
+    }
+    for _ in 0..rng.gen_range(0..3) {
+        fx.state.in_flight.insert(
+            random_name(rng, "pool"),
+            InFlight {
+                since: t0() - mins(rng.gen_range(0..15)),
+                location: "westeurope".into(),
+                priority: Priority::Regular,
+            },
+        );
+    }
+    for j in 0..rng.gen_range(0..12) {
+        let labels = if rng.gen_bool(0.7) { vec!["aci".to_string()] } else { vec!["gpu".to_string()] };
+        fx.jobs.push(QueuedJob { id: j, labels, queued_at: t0() - mins(rng.gen_range(0..90)) });
+    }
+    fx.groups = if rng.gen_bool(0.15) {
+        Err(EdgeError::new(EdgeErrorKind::Transient, "ARM 500"))
+    } else {
+        Ok(groups)
+    };
+    fx.runners = if rng.gen_bool(0.15) {
+        Err(EdgeError::new(EdgeErrorKind::Transient, "GitHub 502"))
+    } else {
+        Ok(runners)
+    };
+    if rng.gen_bool(0.1) {
+        fx.creds = CredentialStatus::Invalid {
+            problem: CredentialProblem::InvalidAppKey,
+            message: "bad key".into(),
+        };
+    }
+    if rng.gen_bool(0.2) {
+        // Deleting, still within drainTimeout (60m).
+        fx.pool.deletion_timestamp = Some(t0() - mins(rng.gen_range(0..30)));
+    }
+    if rng.gen_bool(0.2) {
+        let kind = match rng.gen_range(0..4) {
+            0 => EdgeErrorKind::CapacityUnavailable,
+            1 => EdgeErrorKind::QuotaExceeded,
+            2 => EdgeErrorKind::InvalidImage,
+            _ => EdgeErrorKind::Transient,
+        };
+        fx.failures.push(ActionFailure {
+            action: Action::CreateRunner {
+                name: random_name(rng, "pool"),
+                location: "westeurope".into(),
+                priority: Priority::Regular,
+                registration: RunnerRegistration::Jit { labels: vec![], runner_group: None },
+            },
+            error: EdgeError::new(kind, "x"),
+            registered_runner: if rng.gen_bool(0.3) { Some(9999) } else { None },
+        });
+    }
+    fx
+}
+
+fn check(fx: &Fx, p: &Plan, case: usize) {
+    let ctx = || format!("case {case}: {:?}", p.actions);
+    let groups = fx.groups.as_ref().ok();
+    let runners = fx.runners.as_ref().ok();
+    // No deletes when a list failed (the orphan policy only releases).
+    if groups.is_none() || runners.is_none() {
+        assert!(
+            !p.actions
+                .iter()
+                .any(|a| matches!(a, Action::DeleteGroup { .. } | Action::UnregisterRunner { .. })),
+            "{}",
+            ctx()
+        );
+        assert!(!p.actions.iter().any(|a| matches!(a, Action::CreateRunner { .. })), "{}", ctx());
+    }
+    // Bad input: nothing created, nothing deleted (while alive).
+    let bad_input =
+        fx.spec.runner.memory_gb > crate::crd::ACI_MAX_MEMORY_GB || fx.creds != CredentialStatus::Ok;
+    if bad_input && fx.pool.deletion_timestamp.is_none() {
+        assert!(p.actions.is_empty(), "{}", ctx());
+    }
+    if fx.pool.deletion_timestamp.is_some() {
+        assert!(!p.actions.iter().any(|a| matches!(a, Action::CreateRunner { .. })), "{}", ctx());
+    }
+    // Never touch a busy runner (deletion cases are within drainTimeout).
+    if let Some(runners) = runners {
+        let busy_ids: BTreeSet<u64> = runners.iter().filter(|r| r.busy).map(|r| r.id).collect();
+        let busy_names: BTreeSet<&str> = runners.iter().filter(|r| r.busy).map(|r| r.name.as_str()).collect();
+        for a in &p.actions {
+            match a {
+                Action::UnregisterRunner { id, .. } => assert!(!busy_ids.contains(id), "{}", ctx()),
+                Action::DeleteGroup { name, .. } => assert!(!busy_names.contains(name.as_str()), "{}", ctx()),
+                _ => {}
+            }
+        }
+    }
+    // Desired within bounds.
+    assert!(p.status.desired >= 0 && p.status.desired <= fx.spec.scaling.max_runners.max(0), "{}", ctx());
+    // Names: unique, valid, never seen.
+    let mut seen: BTreeSet<String> = fx.state.in_flight.keys().cloned().collect();
+    seen.extend(fx.state.used_names.keys().cloned());
+    if let Some(g) = groups {
+        seen.extend(g.iter().map(|g| g.name.clone()));
+    }
+    if let Some(r) = runners {
+        seen.extend(r.iter().map(|r| r.name.clone()));
+    }
+    let mut created = BTreeSet::new();
+    for a in &p.actions {
+        if let Action::CreateRunner { name, .. } = a {
+            assert!(names::is_valid_group_name(name), "{name}");
+            assert!(names::is_pool_runner_name("pool", name), "{name}");
+            assert!(!seen.contains(name), "reused {name}: {}", ctx());
+            assert!(created.insert(name.clone()), "duplicate {name}");
+        }
+    }
+    if !created.is_empty() {
+        assert!(
+            p.status.busy + p.status.idle + p.status.provisioning <= fx.spec.scaling.max_runners,
+            "{}",
+            ctx()
+        );
+    }
+    // Ordering: a guarded delete follows its unregister; no action twice.
+    for (i, a) in p.actions.iter().enumerate() {
+        if let Action::DeleteGroup { only_if_unregistered: Some(id), .. } = a {
+            assert!(
+                p.actions[..i].iter().any(|b| matches!(b, Action::UnregisterRunner { id: x, .. } if x == id)),
+                "{}",
+                ctx()
+            );
+        }
+        assert!(!p.actions[..i].contains(a), "duplicate action {a:?}: {}", ctx());
+    }
+    // Conditions: exactly the three, Ready True only when idle + busy == desired.
+    assert_eq!(p.status.conditions.len(), 3);
+    if conditions::is_true(&p.status.conditions, conditions::READY) {
+        assert_eq!(p.status.idle + p.status.busy, p.status.desired, "{}", ctx());
+        assert!(!conditions::is_true(&p.status.conditions, conditions::STALLED));
+    }
+    assert!(p.requeue_after >= fx.config.min_requeue && p.requeue_after <= fx.config.resync);
+}
+
+#[test]
+fn invariants_hold_over_random_observed_states() {
+    let mut rng = StdRng::seed_from_u64(0x05ee_dac1);
+    for case in 0..400 {
+        let mut fx = random_fx(&mut rng);
+        let mut suffix_rng = StdRng::seed_from_u64(case as u64);
+        // A few passes over the same observation with time moving on.
+        for _ in 0..3 {
+            let p = fx.run_with(&mut || names::random_suffix(&mut suffix_rng));
+            check(&fx, &p, case);
+            fx.carry(&p, mins(rng.gen_range(0..4)));
+        }
+    }
+}
+
+#[test]
+fn colliding_suffix_source_never_reuses_names() {
+    let mut rng = StdRng::seed_from_u64(42);
+    for case in 0..150 {
+        let fx = random_fx(&mut rng);
+        // A source that keeps proposing the same few names.
+        let mut counter = counter_suffixes();
+        let mut n = 0;
+        let p = fx.run_with(&mut || {
+            n += 1;
+            if n % 3 == 0 { "aaaaa".to_string() } else { counter() }
+        });
+        check(&fx, &p, case);
+    }
+}
