@@ -17,7 +17,10 @@ struct Claims<'a> {
 /// wall clock (GitHub checks JWTs against real time).
 pub fn mint_app_jwt(issuer: &str, private_key_pem: &str, now: DateTime<Utc>) -> Result<String, GithubError> {
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(private_key_pem.as_bytes()).map_err(|_| {
-        GithubError::Auth { message: "the GitHub App private key is not a valid RSA PEM".into(), permission: None }
+        GithubError::Auth {
+            message: "the GitHub App private key is not a valid RSA PEM".into(),
+            permission: None,
+        }
     })?;
     let claims = Claims {
         iat: now.timestamp() - 60,
@@ -35,9 +38,14 @@ pub fn mint_app_jwt(issuer: &str, private_key_pem: &str, now: DateTime<Utc>) -> 
             iss: i64,
             jti: String,
         }
-        jsonwebtoken::encode(&header, &NumClaims { iat: claims.iat, exp: claims.exp, iss: n, jti: claims.jti }, &key)
+        jsonwebtoken::encode(
+            &header,
+            &NumClaims { iat: claims.iat, exp: claims.exp, iss: n, jti: claims.jti },
+            &key,
+        )
     } else {
         jsonwebtoken::encode(&header, &claims, &key)
     };
-    token.map_err(|e| GithubError::Auth { message: format!("cannot sign the App JWT: {e}"), permission: None })
+    token
+        .map_err(|e| GithubError::Auth { message: format!("cannot sign the App JWT: {e}"), permission: None })
 }

@@ -152,7 +152,9 @@ impl GithubHub {
                         .set_connect_timeout(Some(self.inner.cfg.request_timeout))
                         .set_read_timeout(Some(self.inner.cfg.request_timeout))
                         .build()
-                        .map_err(|e| GithubError::InvalidRequest(format!("cannot build the GitHub client: {e}")))?;
+                        .map_err(|e| {
+                            GithubError::InvalidRequest(format!("cannot build the GitHub client: {e}"))
+                        })?;
                     octos.insert(base.clone(), o.clone());
                     o
                 }
@@ -387,10 +389,9 @@ impl GithubClient {
                 .get_or_create(&AuthLabels { principal: self.principal.clone() })
                 .set(r as i64);
         }
-        let reset =
-            header_str(h, "x-ratelimit-reset").and_then(|v| v.trim().parse::<i64>().ok()).and_then(|t| {
-                DateTime::<Utc>::from_timestamp(t, 0)
-            });
+        let reset = header_str(h, "x-ratelimit-reset")
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0));
         if reset.is_some() {
             s.reset = reset;
         }
@@ -470,7 +471,11 @@ impl GithubClient {
     }
 
     fn count(&self, op: &str, status: &str) {
-        self.hub.metrics.requests.get_or_create(&EndpointLabels { endpoint: op.into(), status: status.into() }).inc();
+        self.hub
+            .metrics
+            .requests
+            .get_or_create(&EndpointLabels { endpoint: op.into(), status: status.into() })
+            .inc();
     }
 
     /// Send one authenticated request. Idempotent requests (GET, DELETE) are sent once more after
@@ -496,7 +501,10 @@ impl GithubClient {
             }
             return Ok(resp);
         }
-        Err(GithubError::Auth { message: format!("{op}: GitHub keeps rejecting the installation token"), permission: None })
+        Err(GithubError::Auth {
+            message: format!("{op}: GitHub keeps rejecting the installation token"),
+            permission: None,
+        })
     }
 
     /// Map a non-success answer to an error.
@@ -590,8 +598,13 @@ impl GithubClient {
     }
 
     /// Look a runner up by exact name (one request, not cached).
-    pub async fn find_runner_by_name(&self, scope: &Scope, name: &str) -> Result<Option<Runner>, GithubError> {
-        let q: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("name", name).finish();
+    pub async fn find_runner_by_name(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<Option<Runner>, GithubError> {
+        let q: String =
+            url::form_urlencoded::Serializer::new(String::new()).append_pair("name", name).finish();
         let path = format!("{}/actions/runners?{q}", scope.api_path());
         let r = self.send("list_runners", Method::GET, &path, None, None).await?;
         if r.status != StatusCode::OK {
@@ -648,10 +661,9 @@ impl GithubClient {
             409 => {
                 let existing = self.find_runner_by_name(scope, name).await.ok().flatten();
                 let detail = match existing {
-                    Some(x) => format!(
-                        "runner {name} already exists (id {}, {:?}, busy {})",
-                        x.id, x.status, x.busy
-                    ),
+                    Some(x) => {
+                        format!("runner {name} already exists (id {}, {:?}, busy {})", x.id, x.status, x.busy)
+                    }
                     None => format!("runner {name} already exists: {}", message_of(&r.body)),
                 };
                 tracing::warn!(%scope, runner = name, "JIT registration conflict; not replaying");
@@ -661,7 +673,11 @@ impl GithubClient {
         }
     }
 
-    async fn runner_token(&self, scope: &Scope, kind: &'static str) -> Result<RegistrationToken, GithubError> {
+    async fn runner_token(
+        &self,
+        scope: &Scope,
+        kind: &'static str,
+    ) -> Result<RegistrationToken, GithubError> {
         let (op, seg) = if kind == "remove" {
             ("remove_token", "remove-token")
         } else {
@@ -752,7 +768,8 @@ impl GithubClient {
             {
                 let mut groups = lock(&self.hub.groups);
                 for x in &g.runner_groups {
-                    groups.insert((self.base.clone(), scope.clone(), x.name.to_ascii_lowercase()), x.id as i64);
+                    groups
+                        .insert((self.base.clone(), scope.clone(), x.name.to_ascii_lowercase()), x.id as i64);
                 }
                 if let Some(id) = groups.get(&key) {
                     return Ok(*id);

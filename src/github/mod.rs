@@ -50,7 +50,10 @@ pub enum Scope {
     Enterprise(String),
     /// Organization login.
     Org(String),
-    Repo { owner: String, repo: String },
+    Repo {
+        owner: String,
+        repo: String,
+    },
 }
 
 impl Scope {

@@ -72,7 +72,11 @@ pub fn router(secret: Secret, tx: mpsc::Sender<DemandSignal>) -> Router {
 }
 
 /// [`router`] that also counts deliveries by result.
-pub fn router_with_metrics(secret: Secret, tx: mpsc::Sender<DemandSignal>, metrics: Option<GithubMetrics>) -> Router {
+pub fn router_with_metrics(
+    secret: Secret,
+    tx: mpsc::Sender<DemandSignal>,
+    metrics: Option<GithubMetrics>,
+) -> Router {
     Router::new().route(WEBHOOK_PATH, post(receive)).with_state(Arc::new(Ctx { secret, tx, metrics }))
 }
 
@@ -86,7 +90,10 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
     let delivery = h("x-github-delivery").map(str::to_string);
     if !verify_signature(ctx.secret.expose().as_bytes(), &body, h("x-hub-signature-256")) {
         // Never log the body of an unauthenticated request.
-        tracing::warn!(delivery = delivery.as_deref().unwrap_or("-"), "webhook with a bad signature rejected");
+        tracing::warn!(
+            delivery = delivery.as_deref().unwrap_or("-"),
+            "webhook with a bad signature rejected"
+        );
         count("bad_signature");
         return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
     }
@@ -103,7 +110,10 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
                 }
             }
             None => {
-                tracing::warn!(delivery = delivery.as_deref().unwrap_or("-"), "unreadable workflow_job delivery");
+                tracing::warn!(
+                    delivery = delivery.as_deref().unwrap_or("-"),
+                    "unreadable workflow_job delivery"
+                );
                 count("unreadable");
             }
         },

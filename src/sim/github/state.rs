@@ -1419,7 +1419,6 @@ impl Shared {
             e.exited(code);
         }
     }
-
 }
 
 fn roll(l: &mut Limit, now: DateTime<Utc>) {
