@@ -269,3 +269,77 @@ impl RateLimiter {
         self.metrics.pauses.get_or_create(&BucketLabels { subscription: sub.to_string(), bucket }).inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(creates: Vec<WindowLimit>, max_wait: Duration) -> Arc<RateLimiter> {
+        RateLimiter::new(
+            RateLimitConfig {
+                creates,
+                reads: BucketLimit { capacity: 2.0, refill_per_sec: 10.0 },
+                writes: BucketLimit { capacity: 100.0, refill_per_sec: 100.0 },
+                max_wait,
+            },
+            AzureMetrics::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn create_window_refuses_beyond_its_limit_and_frees_after_the_window() {
+        let l = limiter(vec![WindowLimit { limit: 3, window: Duration::from_millis(200) }], Duration::ZERO);
+        for _ in 0..3 {
+            l.acquire(RequestKind::Create, "s", "westeurope").await.unwrap();
+        }
+        let e = l.acquire(RequestKind::Create, "s", "westeurope").await.unwrap_err();
+        match e {
+            AzureError::Throttled { retry_after, local: true, .. } => {
+                assert!(retry_after <= Duration::from_millis(200))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Other regions and plain writes are unaffected.
+        l.acquire(RequestKind::Create, "s", "eastus").await.unwrap();
+        l.acquire(RequestKind::Write, "s", "westeurope").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(210)).await;
+        l.acquire(RequestKind::Create, "s", "westeurope").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn waiting_callers_get_through_within_max_wait() {
+        let l = limiter(
+            vec![WindowLimit { limit: 1, window: Duration::from_millis(50) }],
+            Duration::from_secs(1),
+        );
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            l.acquire(RequestKind::Create, "s", "westeurope").await.unwrap();
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(100), "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test]
+    async fn read_bucket_refills_and_pause_blocks_every_caller() {
+        let l = limiter(Vec::new(), Duration::ZERO);
+        l.acquire(RequestKind::Read, "s", "").await.unwrap();
+        l.acquire(RequestKind::Read, "s", "").await.unwrap();
+        assert!(l.acquire(RequestKind::Read, "s", "").await.is_err(), "capacity 2");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        l.acquire(RequestKind::Read, "s", "").await.unwrap();
+        // A 429 on a write pauses writes (and creates) for everyone, not reads.
+        l.pause(RequestKind::Write, "S", "", Duration::from_millis(100), false);
+        assert!(
+            l.acquire(RequestKind::Write, "s", "").await.is_err(),
+            "subscription keys are case-insensitive"
+        );
+        assert!(l.acquire(RequestKind::Create, "s", "westeurope").await.is_err());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        l.acquire(RequestKind::Write, "s", "").await.unwrap();
+        // A create-rate 429 pauses only that region's creates.
+        l.pause(RequestKind::Create, "s", "westeurope", Duration::from_millis(100), true);
+        assert!(l.acquire(RequestKind::Create, "s", "westeurope").await.is_err());
+        l.acquire(RequestKind::Create, "s", "eastus").await.unwrap();
+        l.acquire(RequestKind::Write, "s", "").await.unwrap();
+    }
+}
