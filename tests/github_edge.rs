@@ -1,0 +1,421 @@
+//! The GitHub edge (`aci_runner_controller::github`) against the simulated GitHub over HTTP:
+//! token sharing, ETag economy, JIT conflicts without replay, busy deletes, rate-limit budget,
+//! webhook receiver.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aci_runner_controller::github::webhook::{router_with_metrics, verify_signature};
+use aci_runner_controller::github::{
+    Credentials, DemandSignal, GithubError, GithubHub, GithubMetrics, HubConfig, Scope, Secret,
+};
+use aci_runner_controller::sim::clock::SimClock;
+use aci_runner_controller::sim::github::{
+    EnqueueJobs, GithubSim, GithubSimConfig, GithubSimHandle, WebhookTarget, sign_webhook,
+};
+use aci_runner_controller::sim::runtime::{ContainerEnv, ExitNotifier, StartedContainer};
+
+async fn sim(scale: f64, cfg: GithubSimConfig) -> GithubSimHandle {
+    GithubSim::start(cfg, SimClock::new(scale)).await.expect("sim starts")
+}
+
+fn hub_for(g: &GithubSimHandle, interval_secs: i64) -> GithubHub {
+    let clock = g.clock();
+    GithubHub::new(HubConfig {
+        list_interval: chrono::Duration::seconds(interval_secs),
+        clock: Arc::new(move || clock.now()),
+        ..Default::default()
+    })
+}
+
+fn app_creds(g: &GithubSimHandle, installation: u64) -> Credentials {
+    let c = g.app_credentials();
+    Credentials::App {
+        app_id: Some(c.app_id.to_string()),
+        client_id: None,
+        installation_id: installation,
+        private_key_pem: Secret::new(c.private_key_pem),
+    }
+}
+
+fn org() -> Scope {
+    Scope::Org("octo-org".into())
+}
+
+fn ok_calls(g: &GithubSimHandle, op: &str, status: u16) -> u64 {
+    g.call_counts().get(op).and_then(|m| m.get(&status)).copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn fifty_pools_one_installation_one_token_mint_and_one_list() {
+    let g = sim(10.0, GithubSimConfig::default()).await;
+    let hub = hub_for(&g, 30);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+        tasks.push(tokio::spawn(async move { client.list_runners(&org()).await.map(|l| l.len()) }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 0);
+    }
+    // More calls within the token lifetime (1 h simulated = 6 min real here) reuse the token.
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    client.registration_token(&org()).await.unwrap();
+    client.runner_group_id(&org(), "aci").await.unwrap();
+    assert_eq!(g.tokens_minted().get(&1001), Some(&1));
+    assert_eq!(ok_calls(&g, "access_token", 201), 1);
+    assert_eq!(ok_calls(&g, "list_runners", 200), 1, "one list per scope per interval, shared");
+}
+
+#[tokio::test]
+async fn token_renewed_before_expiry_and_dropped_on_401() {
+    // Scale 600: the 1 h token lives 6 s real; the 5 min renewal margin is 0.5 s real.
+    let g = sim(600.0, GithubSimConfig::default()).await;
+    let hub = hub_for(&g, 0);
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    client.registration_token(&org()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5700)).await;
+    client.registration_token(&org()).await.unwrap();
+    assert_eq!(g.tokens_minted().get(&1001), Some(&2), "renewed inside the margin, before GitHub says 401");
+    assert_eq!(ok_calls(&g, "registration_token", 401), 0);
+}
+
+#[tokio::test]
+async fn unchanged_runner_list_uses_304_and_costs_nothing() {
+    let g = sim(60.0, GithubSimConfig { default_per_page: 30, ..Default::default() }).await;
+    let hub = hub_for(&g, 5);
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    // 150 runners: the list spans two pages of 100.
+    for i in 0..150 {
+        client.generate_jit_config(&org(), &format!("r-{i:03}"), &["aci".into()], 1, None).await.unwrap();
+    }
+    let first = client.list_runners(&org()).await.unwrap();
+    assert_eq!(first.len(), 150);
+    let used = g.rate_limits()[0].used;
+    // Within the interval: served from memory, no request at all.
+    let calls_before = g.calls().len();
+    let again = client.list_runners(&org()).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    assert_eq!(g.calls().len(), calls_before);
+    // After the interval (5 s simulated = 83 ms real): revalidated with If-None-Match.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let third = client.list_runners(&org()).await.unwrap();
+    assert_eq!(third.len(), 150);
+    assert_eq!(g.not_modified_counts().get("list_runners"), Some(&2), "both pages answered 304");
+    assert_eq!(g.rate_limits()[0].used, used, "304s do not count against the rate limit");
+    assert_eq!(g.rate_limits()[0].not_modified, 2);
+    // A change shows up (the page that changed is fetched again).
+    client.delete_runner(&org(), first[0].id).await.unwrap();
+    let fourth = client.list_runners(&org()).await.unwrap();
+    assert_eq!(fourth.len(), 149);
+}
+
+#[tokio::test]
+async fn jit_conflict_is_reported_without_a_duplicate_registration() {
+    let g = sim(10.0, GithubSimConfig::default()).await;
+    let hub = hub_for(&g, 10);
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let gid = client.runner_group_id(&org(), "aci").await.unwrap();
+    assert_eq!(gid, 2);
+    let jit =
+        client.generate_jit_config(&org(), "pool-aaaaa", &["aci".into()], gid, Some("_work")).await.unwrap();
+    assert!(jit.runner_id > 0);
+    assert!(!format!("{jit:?}").contains(jit.encoded.expose()), "the encoded config never prints");
+    let err = client.generate_jit_config(&org(), "pool-aaaaa", &["aci".into()], gid, None).await.unwrap_err();
+    match &err {
+        GithubError::Conflict(m) => assert!(m.contains(&format!("id {}", jit.runner_id)), "{m}"),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert_eq!(g.runners().iter().filter(|r| r.name == "pool-aaaaa").count(), 1);
+    assert_eq!(
+        (ok_calls(&g, "jitconfig", 201), ok_calls(&g, "jitconfig", 409)),
+        (1, 1),
+        "no replay of the POST"
+    );
+    // Bad labels and unknown groups are invalid requests / not found.
+    let e = client.generate_jit_config(&org(), "x", &[], gid, None).await.unwrap_err();
+    assert!(matches!(e, GithubError::InvalidRequest(_)), "{e:?}");
+    let e = client.runner_group_id(&org(), "nope").await.unwrap_err();
+    assert!(matches!(e, GithubError::NotFound(_)), "{e:?}");
+    // Token mode: the URL config.sh takes.
+    let t = client.registration_token(&org()).await.unwrap();
+    assert_eq!(t.url, format!("{}/octo-org", g.url()));
+    let repo = Scope::repo("octo-org/octo-repo").unwrap();
+    let t = client.registration_token(&repo).await.unwrap();
+    assert_eq!(t.url, format!("{}/octo-org/octo-repo", g.url()));
+    client.remove_token(&repo).await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_busy_runner_is_busy_and_gone_runners_are_fine() {
+    let g = sim(60.0, GithubSimConfig::default()).await;
+    let hub = hub_for(&g, 1);
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let jit = client.generate_jit_config(&org(), "busy-1", &["aci".into()], 1, None).await.unwrap();
+    let exits: Arc<Mutex<Vec<i32>>> = Arc::default();
+    let e2 = exits.clone();
+    g.runtime().start(
+        StartedContainer {
+            group_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerInstance/containerGroups/busy-1"
+                .into(),
+            group_name: "busy-1".into(),
+            container_name: "runner".into(),
+            image: "runner:latest".into(),
+            command: vec![],
+            env: vec![ContainerEnv {
+                name: "ACTIONS_RUNNER_INPUT_JITCONFIG".into(),
+                value: jit.encoded.expose().into(),
+                secure: true,
+            }],
+            tags: BTreeMap::new(),
+        },
+        ExitNotifier::new(move |c| e2.lock().unwrap().push(c)),
+    );
+    g.enqueue_jobs(EnqueueJobs { labels: vec!["aci".into()], duration_secs: 600.0, ..Default::default() })
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        client.invalidate_runners(&org()).await;
+        let l = client.list_runners(&org()).await.unwrap();
+        if l.iter().any(|r| r.id == jit.runner_id && r.busy && r.online()) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "runner never got busy: {l:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = client.delete_runner(&org(), jit.runner_id).await.unwrap_err();
+    assert!(matches!(e, GithubError::Busy(_)), "{e:?}");
+    // Unknown ids are already gone: success.
+    client.delete_runner(&org(), 999_999).await.unwrap();
+    assert!(client.get_runner(&org(), 999_999).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn exhausted_rate_limit_sends_nothing_before_the_announced_reset() {
+    // Scale 1800: the 1 h window is 2 s real.
+    let g = sim(1800.0, GithubSimConfig { rate_limit: 3, ..Default::default() }).await;
+    let hub = hub_for(&g, 0);
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let mut reset = None;
+    // Lists revalidate with ETags (free), so spend the budget on registration tokens.
+    for _ in 0..10 {
+        match client.registration_token(&org()).await {
+            Ok(_) => {}
+            Err(GithubError::RateLimited { reset: r }) => {
+                reset = Some(r);
+                break;
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    let reset = reset.expect("rate limited");
+    let announced = g.rate_limits()[0].reset;
+    assert!(reset.timestamp() >= announced, "waits at least until x-ratelimit-reset");
+    assert!(client.rate_status().reason.unwrap().contains("rate limited"));
+    let sent = g.calls().len();
+    // Every call before the reset is refused locally.
+    while g.clock().now() < reset - chrono::Duration::seconds(30) {
+        client.invalidate_runners(&org()).await;
+        let e = client.list_runners(&org()).await.unwrap_err();
+        assert!(matches!(e, GithubError::RateLimited { .. }));
+        let e = client.generate_jit_config(&org(), "x", &["aci".into()], 1, None).await.unwrap_err();
+        assert!(matches!(e, GithubError::RateLimited { .. }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(g.calls().len(), sent, "no request reached GitHub before the reset");
+    while g.clock().now() <= reset {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.invalidate_runners(&org()).await;
+    client.list_runners(&org()).await.unwrap();
+    assert!(g.calls().len() > sent);
+}
+
+#[tokio::test]
+async fn low_remaining_polls_less_and_says_why() {
+    let g = sim(60.0, GithubSimConfig { rate_limit: 100, ..Default::default() }).await;
+    let clock = g.clock();
+    let hub = GithubHub::new(HubConfig {
+        list_interval: chrono::Duration::seconds(6),
+        low_remaining: 200,
+        slow_factor: 10,
+        clock: Arc::new(move || clock.now()),
+        ..Default::default()
+    });
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    client.list_runners(&org()).await.unwrap();
+    let status = client.rate_status();
+    assert_eq!(status.remaining, Some(99));
+    assert!(status.reason.unwrap().contains("polling 10x less often"));
+    // 6 s simulated (0.1 s real) later the list is still served from memory (60 s effective).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.list_runners(&org()).await.unwrap();
+    assert_eq!(ok_calls(&g, "list_runners", 200) + ok_calls(&g, "list_runners", 304), 1);
+}
+
+#[tokio::test]
+async fn auth_errors_name_the_missing_permission_and_bad_keys() {
+    let mut cfg = GithubSimConfig::default();
+    cfg.installations[0].permissions.remove("organization_self_hosted_runners");
+    let g = sim(10.0, cfg).await;
+    let hub = hub_for(&g, 0);
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    match client.list_runners(&org()).await.unwrap_err() {
+        GithubError::Auth { permission, .. } => {
+            assert_eq!(permission.as_deref(), Some("organization_self_hosted_runners=write"))
+        }
+        e => panic!("{e:?}"),
+    }
+    // Wrong installation.
+    let e = hub.client(&g.url(), app_creds(&g, 4242)).unwrap().list_runners(&org()).await.unwrap_err();
+    assert!(matches!(e, GithubError::Auth { .. }), "{e:?}");
+    // Not a key.
+    let bad = Credentials::App {
+        app_id: Some("1".into()),
+        client_id: None,
+        installation_id: 1001,
+        private_key_pem: Secret::new(
+            "-----BEGIN RSA PRIVATE KEY-----\nnope\n-----END RSA PRIVATE KEY-----\n",
+        ),
+    };
+    let e = hub.client(&g.url(), bad).unwrap().list_runners(&org()).await.unwrap_err();
+    assert!(matches!(e, GithubError::Auth { .. }), "{e:?}");
+    // Enterprise scope with a PAT.
+    let pat = Credentials::Pat { token: Secret::new(g.app_credentials().pats[0].clone()) };
+    let ent = Scope::Enterprise(g.app_credentials().enterprise);
+    let pc = hub.client(&g.url(), pat).unwrap();
+    pc.generate_jit_config(&ent, "ent-1", &["aci".into()], 1, None).await.unwrap();
+    assert_eq!(pc.list_runners(&ent).await.unwrap().len(), 1);
+    // ... but not with an App installation.
+    let e = client.list_runners(&ent).await.unwrap_err();
+    assert!(matches!(e, GithubError::Auth { .. }), "{e:?}");
+    // Transient 5xx are classified as such.
+    g.set_faults(aci_runner_controller::sim::github::GithubFaults {
+        seed: 1,
+        ops: [(
+            "registration_token".to_string(),
+            aci_runner_controller::sim::github::GhOpFaults { server_error: 1.0, ..Default::default() },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    });
+    let e = pc.registration_token(&ent).await.unwrap_err();
+    assert!(matches!(e, GithubError::Transient(_)) && e.is_retryable(), "{e:?}");
+}
+
+#[tokio::test]
+async fn webhook_receiver_verifies_signatures_and_emits_demand() {
+    let secret = "It's a Secret to Everybody";
+    assert!(verify_signature(
+        secret.as_bytes(),
+        b"Hello, World!",
+        Some("sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+    ));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<DemandSignal>(64);
+    let metrics = GithubMetrics::default();
+    let app = router_with_metrics(Secret::new(secret), tx, Some(metrics.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = reqwest::Client::new();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "action": "queued",
+        "workflow_job": {"id": 77, "labels": ["self-hosted", "aci"], "runner_name": null, "status": "future-status"},
+        "repository": {"full_name": "octo-org/octo-repo"},
+        "organization": {"login": "octo-org"}
+    }))
+    .unwrap();
+    let post = |sig: String, body: Vec<u8>, event: &'static str| {
+        http.post(&url)
+            .header("x-github-event", event)
+            .header("x-github-delivery", "d-1")
+            .header("x-hub-signature-256", sig)
+            .body(body)
+            .send()
+    };
+    let r = post(sign_webhook(secret.as_bytes(), &body), body.clone(), "workflow_job").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let sig = rx.recv().await.unwrap();
+    assert_eq!(
+        sig,
+        DemandSignal {
+            delivery_id: Some("d-1".into()),
+            job_id: 77,
+            action: "queued".into(),
+            labels: vec!["self-hosted".into(), "aci".into()],
+            runner_name: None,
+            repository: Some("octo-org/octo-repo".into()),
+            organization: Some("octo-org".into()),
+        }
+    );
+    // Tampered body, wrong secret, missing signature: 401 and nothing emitted.
+    let mut tampered = body.clone();
+    tampered[5] ^= 1;
+    let r = post(sign_webhook(secret.as_bytes(), &body), tampered, "workflow_job").await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post(sign_webhook(b"another secret", &body), body.clone(), "workflow_job").await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.post(&url).header("x-github-event", "workflow_job").body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Other events: accepted and ignored.
+    let ping = br#"{"zen":"Keep it logically awesome."}"#.to_vec();
+    let r = post(sign_webhook(secret.as_bytes(), &ping), ping, "ping").await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(rx.try_recv().is_err());
+    let mut reg = prometheus_client::registry::Registry::default();
+    metrics.register(&mut reg);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+    assert!(text.contains("github_webhook_deliveries_total{result=\"bad_signature\"} 3"), "{text}");
+    assert!(text.contains("github_webhook_deliveries_total{result=\"accepted\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn simulated_github_deliveries_reach_the_receiver() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<DemandSignal>(64);
+    let app = aci_runner_controller::github::webhook::router(Secret::new("hook-secret"), tx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let g = sim(60.0, GithubSimConfig::default()).await;
+    g.set_webhook(Some(WebhookTarget { url, secret: "hook-secret".into() }));
+    let jobs = g
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["self-hosted".into(), "aci".into()],
+            count: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let s = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        got.push(s);
+    }
+    got.sort_by_key(|s| s.job_id);
+    assert_eq!(
+        got.iter().map(|s| s.job_id).collect::<Vec<_>>(),
+        jobs.iter().map(|j| j.id as u64).collect::<Vec<_>>()
+    );
+    assert!(got.iter().all(|s| s.action == "queued" && s.organization.as_deref() == Some("octo-org")));
+    assert!(g.deliveries().iter().all(|d| d.status == Some(202)));
+}
+
+#[tokio::test]
+async fn edge_metrics_are_exported() {
+    let g = sim(10.0, GithubSimConfig::default()).await;
+    let hub = hub_for(&g, 0);
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    client.list_runners(&org()).await.unwrap();
+    let mut reg = prometheus_client::registry::Registry::default();
+    hub.metrics().register(&mut reg);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+    assert!(text.contains("github_requests_total{endpoint=\"list_runners\",status=\"200\"} 1"), "{text}");
+    assert!(
+        text.contains("github_installation_token_mints_total{principal=\"installation:1001\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("github_rate_limit_remaining{principal=\"installation:1001\"} 4999"), "{text}");
+    assert!(text.contains("github_request_duration_seconds_count{endpoint=\"list_runners\"} 1"), "{text}");
+}
