@@ -214,6 +214,9 @@ fn container(group: &str, env: Vec<(&str, &str, bool)>) -> StartedContainer {
 
 type Exits = Arc<Mutex<Vec<(String, i32)>>>;
 
+/// A captured delivery: (signature header, delivery id, body).
+type Captured = (String, String, Vec<u8>);
+
 fn notifier(exits: &Exits, group: &str) -> ExitNotifier {
     let exits = exits.clone();
     let group = group.to_string();
@@ -539,7 +542,7 @@ async fn runner_takes_a_job_end_to_end_with_signed_valid_webhooks() {
     assert!(!validators["queued"].is_valid(&broken));
 
     // A receiver capturing deliveries.
-    let got: Arc<Mutex<Vec<(String, String, Vec<u8>)>>> = Arc::default();
+    let got: Arc<Mutex<Vec<Captured>>> = Arc::default();
     let got2 = got.clone();
     let app = axum::Router::new().route(
         "/hook",
