@@ -304,6 +304,9 @@ impl<'i, 'a> Pass<'i, 'a> {
     fn ingest_failures(&mut self) {
         let cfg = self.input.config;
         let spec = self.input.spec;
+        // Several creates of one pass failing the same way count as one failure.
+        let mut counted: Vec<FailureReason> = Vec::new();
+        let mut quota_counted = false;
         for f in self.input.failures {
             match &f.action {
                 Action::CreateRunner { name, location, priority, .. } => {
@@ -344,6 +347,10 @@ impl<'i, 'a> Pass<'i, 'a> {
                             );
                         }
                         EdgeErrorKind::QuotaExceeded => {
+                            if quota_counted {
+                                continue;
+                            }
+                            quota_counted = true;
                             let attempts = self.st.quota.as_ref().map_or(0, |q| q.attempts).saturating_add(1);
                             let exp = attempts.saturating_sub(1).min(20);
                             let wait =
@@ -366,6 +373,10 @@ impl<'i, 'a> Pass<'i, 'a> {
                         }
                         kind => {
                             let reason = failure_reason_of(kind);
+                            if counted.contains(&reason) {
+                                continue;
+                            }
+                            counted.push(reason);
                             self.record_failure(
                                 reason,
                                 format!("creating runner {name}: {}", f.error.message),
@@ -379,6 +390,10 @@ impl<'i, 'a> Pass<'i, 'a> {
                     EdgeErrorKind::NotFound | EdgeErrorKind::Conflict => {}
                     EdgeErrorKind::Auth { .. } => {
                         let reason = failure_reason_of(&f.error.kind);
+                        if counted.contains(&reason) {
+                            continue;
+                        }
+                        counted.push(reason);
                         self.record_failure(reason, format!("removing {name}: {}", f.error.message));
                     }
                     _ => {}
@@ -665,10 +680,16 @@ impl<'i, 'a> Pass<'i, 'a> {
         if let CredentialStatus::Invalid { problem, message } = input.credentials {
             return Some(Stall { reason: problem.reason().into(), message: message.clone() });
         }
-        for (what, res) in [
-            ("listing container groups", input.groups.as_ref().err()),
-            ("listing GitHub runners", input.runners.as_ref().err()),
-        ] {
+        // Lists not attempted because of unusable credentials say nothing about permissions.
+        let lists = if matches!(input.credentials, CredentialStatus::Ok) {
+            vec![
+                ("listing container groups", input.groups.as_ref().err()),
+                ("listing GitHub runners", input.runners.as_ref().err()),
+            ]
+        } else {
+            Vec::new()
+        };
+        for (what, res) in lists {
             if let Some(e @ EdgeError { kind: EdgeErrorKind::Auth { .. }, .. }) = res {
                 let reason = failure_reason_of(&e.kind).as_str();
                 return Some(Stall { reason: reason.into(), message: format!("{what}: {}", e.message) });

@@ -1337,3 +1337,44 @@ fn orphan_groups_of_deleted_pools() {
     );
     assert_eq!(p2.events.len(), 1);
 }
+
+#[test]
+fn failures_of_one_pass_count_once_per_reason() {
+    let mut fx = Fx::new();
+    fx.spec.scaling.min_idle = 3;
+    fx.failures = ["pool-x0001", "pool-x0002", "pool-x0003"]
+        .iter()
+        .map(|n| create_failure(n, "westeurope", Priority::Regular, EdgeErrorKind::InvalidImage))
+        .chain(
+            ["pool-x0004", "pool-x0005"]
+                .iter()
+                .map(|n| create_failure(n, "westeurope", Priority::Regular, EdgeErrorKind::QuotaExceeded)),
+        )
+        .collect();
+    let p = fx.run();
+    assert_eq!(p.state.failures, 1);
+    assert_eq!(p.state.last_failure.as_ref().unwrap().count, 1);
+    assert_eq!(p.state.quota.as_ref().unwrap().attempts, 1);
+    assert_eq!(p.events.iter().filter(|e| e.reason == "ProvisioningFailed").count(), 1);
+    // Quota is what is reported (the image failure has not repeated yet).
+    cond_is(&p, "Stalled", "True", "QuotaExceeded");
+}
+
+#[test]
+fn unusable_credentials_are_not_reported_as_list_auth_failures() {
+    let mut fx = Fx::new();
+    let unusable = EdgeError::new(EdgeErrorKind::Auth { permission: None }, "credentials unavailable");
+    fx.groups = Err(unusable.clone());
+    fx.runners = Err(unusable);
+    fx.creds = CredentialStatus::Unavailable { message: "apiserver timeout".into() };
+    let p = fx.run();
+    assert!(p.actions.is_empty());
+    cond_is(&p, "Stalled", "False", "NotStalled");
+    cond_is(&p, "Reconciling", "True", "CredentialsUnavailable");
+    fx.creds = CredentialStatus::Invalid {
+        problem: CredentialProblem::SecretKeyMissing,
+        message: "Secret ns/gh-app has no key installationId".into(),
+    };
+    let p = fx.run();
+    cond_is(&p, "Stalled", "True", "SecretKeyMissing");
+}
