@@ -22,7 +22,7 @@ use crate::sim::clock::SimClock;
 use crate::sim::runtime::ContainerRuntime;
 
 pub use entra::{FEDERATED_AUDIENCE, FederatedAssertionClaims};
-pub use state::{CallRecord, EnvRecord, GroupSummary};
+pub use state::{CallRecord, ContainerSummary, EnvRecord, GroupSummary};
 
 /// API versions the simulated ARM accepts for container groups.
 pub const SUPPORTED_API_VERSIONS: &[&str] = &["2023-05-01", "2024-05-01-preview"];

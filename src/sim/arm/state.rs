@@ -43,9 +43,19 @@ pub struct GroupSummary {
     pub restart_policy: String,
     pub tags: BTreeMap<String, String>,
     pub cpu: f64,
-    /// Per container: (name, state, exit code, restart count).
-    pub containers: Vec<(String, String, Option<i32>, i32)>,
+    pub containers: Vec<ContainerSummary>,
     pub created: DateTime<Utc>,
+}
+
+/// One container of a [`GroupSummary`].
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSummary {
+    pub name: String,
+    /// `Waiting`, `Running` or `Terminated`.
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub restart_count: i32,
 }
 
 /// Env-var names each group received (values are never recorded).
@@ -598,7 +608,12 @@ impl Shared {
                 containers: g
                     .containers
                     .iter()
-                    .map(|c| (c.name.clone(), c.current.state.to_string(), c.current.exit, c.restart_count))
+                    .map(|c| ContainerSummary {
+                        name: c.name.clone(),
+                        state: c.current.state.to_string(),
+                        exit_code: c.current.exit,
+                        restart_count: c.restart_count,
+                    })
                     .collect(),
                 created: g.created,
             })
