@@ -15,6 +15,8 @@ struct Cli {
 enum Command {
     /// Print the RunnerPool CustomResourceDefinition as YAML.
     Crd,
+    /// Run the simulated Azure (ARM/ACI, Entra ID) and GitHub (App, runners, jobs, webhooks).
+    Sim(aci_runner_controller::sim::SimArgs),
 }
 
 fn init_tracing(format: &str) {
@@ -36,5 +38,6 @@ fn main() -> anyhow::Result<()> {
             print!("{}", aci_runner_controller::crd::crd_yaml()?);
             Ok(())
         }
+        Command::Sim(args) => aci_runner_controller::sim::run_cli(args),
     }
 }
