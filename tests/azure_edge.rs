@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use aci_runner_controller::azure::error::{ArmFailure, classify, parse_retry_after};
 use aci_runner_controller::azure::{
-    AzureClient, AzureClientConfig, AzureError, AzureMetrics, BucketLimit, CloudConfig, CredentialRegistry,
-    CredentialSpec, PoolMeta, RateLimitConfig, RateLimiter, RegistryPassword, RunnerRegistration,
-    RunnerTemplateInput, WindowLimit, container_group,
+    AzureClient, AzureClientConfig, AzureEdge, AzureError, AzureMetrics, BucketLimit, CloudConfig,
+    CredentialRegistry, CredentialSpec, PoolMeta, RateLimitConfig, RateLimiter, RegistryPassword,
+    RunnerRegistration, RunnerTemplateInput, WindowLimit, container_group,
 };
 use aci_runner_controller::crd::{Priority, RunnerPoolSpec};
 use aci_runner_controller::sim::arm::{
@@ -283,6 +283,9 @@ async fn create_get_list_delete_through_the_crate_with_pinned_api_version() {
     assert_eq!(g.priority.as_deref(), Some("Regular"));
     assert_eq!(g.restart_policy.as_deref(), Some("Never"));
     assert_eq!(g.tags["aci-runners-runner"], "linux-0abcd");
+    assert_eq!(g.pool_uid(), Some("6f1d2c3b-aaaa-bbbb-cccc-1234567890ab"));
+    assert_eq!(g.spec_hash(), Some("3f9a2c1d"));
+    assert_eq!(g.created(), Some(created()));
     let ctr = g.container.as_ref().unwrap();
     assert_eq!((ctr.name.as_str(), ctr.state.as_deref(), ctr.restart_count), ("runner", Some("Running"), 0));
     assert!(ctr.start_time.is_some());
@@ -685,15 +688,9 @@ async fn credentials_are_shared_per_identity_and_managed_identity_works() {
 #[tokio::test]
 async fn metrics_cover_operations_and_buckets() {
     let h = sim(ArmSimConfig::default(), 600.0).await;
-    let reg = CredentialRegistry::new(cloud(&h), Duration::from_secs(300));
-    let metrics = AzureMetrics::new();
-    let limiter = RateLimiter::new(RateLimitConfig::default(), metrics.clone());
-    let c = AzureClient::new(
-        reg.get(&secret_spec(&h)),
-        AzureClientConfig::from_cloud(&cloud(&h)),
-        limiter,
-        metrics.clone(),
-    );
+    let edge = AzureEdge::new(cloud(&h), RateLimitConfig::default(), Duration::from_secs(300));
+    let c = edge.client(&secret_spec(&h));
+    let metrics = edge.metrics().clone();
     c.create_group(SUB, RG, "m1", &group("m1")).await.unwrap();
     c.get_group(SUB, RG, "m1").await.unwrap();
     let _ = c.create_group(SUB, RG, "Bad_Name", &group("Bad_Name")).await;

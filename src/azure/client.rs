@@ -23,7 +23,7 @@ use super::credentials::CloudConfig;
 use super::error::{ArmFailure, AzureError, from_core};
 use super::metrics::AzureMetrics;
 use super::ratelimit::{RateLimiter, RequestKind};
-use super::template::{MANAGED_BY_VALUE, TAG_MANAGED_BY};
+use super::template::{MANAGED_BY_VALUE, TAG_CREATED, TAG_MANAGED_BY, TAG_POOL_UID, TAG_SPEC_HASH};
 
 /// The stable API version the controller pins.
 pub const API_VERSION: &str = "2023-05-01";
@@ -83,6 +83,21 @@ pub struct ObservedGroup {
 impl ObservedGroup {
     pub fn managed_by_controller(&self) -> bool {
         self.tags.get(TAG_MANAGED_BY).is_some_and(|v| v == MANAGED_BY_VALUE)
+    }
+    pub fn tag(&self, name: &str) -> Option<&str> {
+        self.tags.get(name).map(String::as_str)
+    }
+    /// The pool uid this group belongs to (`aci-runners-pool-uid`).
+    pub fn pool_uid(&self) -> Option<&str> {
+        self.tag(TAG_POOL_UID)
+    }
+    /// The spec hash the group was created from (`aci-runners-spec-hash`).
+    pub fn spec_hash(&self) -> Option<&str> {
+        self.tag(TAG_SPEC_HASH)
+    }
+    /// When the controller created the group (`aci-runners-created`).
+    pub fn created(&self) -> Option<DateTime<Utc>> {
+        self.tag(TAG_CREATED).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.to_utc())
     }
 }
 
