@@ -993,3 +993,221 @@ async fn runner_faults_crash_and_death_mid_job_and_webhook_drops() {
     let d = g.deliveries();
     assert!(d.len() >= 3 && d.iter().all(|d| d.dropped), "{d:?}");
 }
+
+// ------------------------------------------------------------------ composed with the ARM simulator
+
+async fn arm_token(sim: &aci_runner_controller::sim::Simulator) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{}/{}/oauth2/v2.0/token", sim.arm.url(), sim.arm.tenant_id()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &sim.arm.client_id()),
+            ("client_secret", &sim.arm.client_secret()),
+            ("scope", "https://management.azure.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+}
+
+fn group_body(restart: &str, env: Value) -> Value {
+    json!({
+        "location": "westeurope",
+        "tags": {"aci-runners-managed-by": "aci-runner-controller"},
+        "properties": {
+            "osType": "Linux",
+            "restartPolicy": restart,
+            "containers": [{
+                "name": "runner",
+                "properties": {
+                    "image": "ghcr.io/actions/actions-runner:2.329.0",
+                    "command": ["/home/runner/run.sh"],
+                    "resources": {"requests": {"cpu": 1.0, "memoryInGB": 2.0}},
+                    "environmentVariables": env,
+                }
+            }]
+        }
+    })
+}
+
+#[tokio::test]
+async fn composed_container_group_with_jit_config_comes_online_and_runs_a_job() {
+    use aci_runner_controller::github::{Credentials, GithubHub, Scope, Secret};
+    let sim = aci_runner_controller::sim::start(aci_runner_controller::sim::SimOptions {
+        time_scale: 60.0,
+        seed: 11,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let creds = sim.github.app_credentials();
+    let hub = GithubHub::default();
+    let gh = hub
+        .client(
+            &sim.github.url(),
+            Credentials::App {
+                app_id: None,
+                client_id: Some(creds.client_id.clone()),
+                installation_id: 1001,
+                private_key_pem: Secret::new(creds.private_key_pem.clone()),
+            },
+        )
+        .unwrap();
+    let org = Scope::Org("octo-org".into());
+    let jit =
+        gh.generate_jit_config(&org, "pool-jit01", &["aci".into(), "jit".into()], 1, None).await.unwrap();
+    let reg = gh.registration_token(&org).await.unwrap();
+
+    let tok = arm_token(&sim).await;
+    let http = reqwest::Client::new();
+    let url = |name: &str| {
+        format!(
+            "{}/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/runners/providers/Microsoft.ContainerInstance/containerGroups/{name}?api-version=2023-05-01",
+            sim.arm.url()
+        )
+    };
+    let jit_env = json!([{"name": "ACTIONS_RUNNER_INPUT_JITCONFIG", "secureValue": jit.encoded.expose()}]);
+    let r = http
+        .put(url("pool-jit01"))
+        .bearer_auth(&tok)
+        .json(&group_body("Never", jit_env))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let token_env = json!([
+        {"name": "RUNNER_URL", "value": reg.url},
+        {"name": "RUNNER_TOKEN", "secureValue": reg.token.expose()},
+        {"name": "RUNNER_NAME", "value": "pool-tok01"},
+        {"name": "RUNNER_LABELS", "value": "aci,persistent"},
+        {"name": "RUNNER_EPHEMERAL", "value": "false"},
+    ]);
+    let r = http
+        .put(url("pool-tok01"))
+        .bearer_auth(&tok)
+        .json(&group_body("Always", token_env))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // Image pull (15 s) + runner start-up (3 s) simulated: about 0.3 s real.
+    wait_for("both online", Duration::from_secs(10), || {
+        let rs = sim.github.runners();
+        rs.iter().any(|r| r.id as u64 == jit.runner_id && r.online)
+            && rs.iter().any(|r| r.name == "pool-tok01" && r.online)
+    })
+    .await;
+    let env = sim.github.env_records();
+    let jit_rec = env.iter().find(|e| e.group_name == "pool-jit01").unwrap();
+    assert_eq!(jit_rec.names, vec![("ACTIONS_RUNNER_INPUT_JITCONFIG".to_string(), true)]);
+    let tok_rec = env.iter().find(|e| e.group_name == "pool-tok01").unwrap();
+    assert!(tok_rec.names.contains(&("RUNNER_TOKEN".to_string(), true)));
+    assert!(tok_rec.names.contains(&("RUNNER_URL".to_string(), false)));
+
+    // A job only the JIT runner can take: it runs, the runner exits 0, the group succeeds.
+    let jobs = sim
+        .github
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["self-hosted".into(), "jit".into(), "linux".into()],
+            duration_secs: 30.0,
+            ..Default::default()
+        })
+        .unwrap();
+    wait_for("job done", Duration::from_secs(10), || {
+        sim.github.jobs().iter().any(|j| j.id == jobs[0].id && j.status == JobStatus::Completed)
+    })
+    .await;
+    let done = sim.github.jobs().into_iter().find(|j| j.id == jobs[0].id).unwrap();
+    assert_eq!(done.conclusion.as_deref(), Some("success"));
+    assert_eq!(done.runner_name.as_deref(), Some("pool-jit01"));
+    wait_for("group succeeded", Duration::from_secs(10), || {
+        sim.arm.group("pool-jit01").is_some_and(|g| g.state == "Succeeded")
+    })
+    .await;
+    assert!(!sim.github.runners().iter().any(|r| r.id as u64 == jit.runner_id));
+
+    // Deleting the persistent runner's group: GitHub shows it offline.
+    let r = http.delete(url("pool-tok01")).bearer_auth(&tok).send().await.unwrap();
+    assert!([200, 202, 204].contains(&r.status().as_u16()));
+    wait_for("offline", Duration::from_secs(10), || {
+        sim.github.runners().iter().any(|r| r.name == "pool-tok01" && !r.online)
+    })
+    .await;
+    gh.invalidate_runners(&org).await;
+    let listed = gh.list_runners(&org).await.unwrap();
+    assert!(listed.iter().any(|r| r.name == "pool-tok01" && !r.online()));
+}
+
+#[tokio::test]
+async fn sim_cli_starts_fast_prints_endpoints_and_writes_app_credentials() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let creds_path = dir.path().join("app.json");
+    let started = std::time::Instant::now();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aci-runner-controller"))
+        .args([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--time-scale",
+            "60",
+            "--seed",
+            "9",
+            "--app-credentials-out",
+        ])
+        .arg(&creds_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line =
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let took = started.elapsed();
+    // Under 1 s on an idle machine (typically ~0.2 s for a debug build); generous bound under load.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let ep: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(ep["seed"], 9);
+    assert_eq!(ep["timeScale"], 60.0);
+    let creds: Value = serde_json::from_str(&std::fs::read_to_string(&creds_path).unwrap()).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&creds_path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    assert_eq!(creds["appId"], ep["githubAppId"]);
+    assert!(creds["webhookSecret"].as_str().unwrap().len() > 10);
+    // The written key works: App JWT → installation token on the printed GitHub URL.
+    let jwt = mint_app_jwt(
+        creds["clientId"].as_str().unwrap(),
+        creds["privateKeyPem"].as_str().unwrap(),
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    let gh = ep["githubUrl"].as_str().unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{gh}/app/installations/{}/access_tokens", creds["installations"][0]["id"]))
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // The ARM side answers too (token endpoint printed).
+    let r = reqwest::Client::new()
+        .post(ep["tokenEndpoint"].as_str().unwrap())
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", ep["clientId"].as_str().unwrap()),
+            ("client_secret", ep["clientSecret"].as_str().unwrap()),
+            ("scope", "https://management.azure.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    child.kill().await.unwrap();
+}
