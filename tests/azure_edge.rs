@@ -436,6 +436,25 @@ async fn each_error_class_from_the_simulator() {
     let e = client_with(&h, RateLimitConfig::default(), bad, None).get_group(SUB, RG, "x").await.unwrap_err();
     assert!(matches!(e, AzureError::Credential { retryable: false, .. }), "{e:?}");
 
+    // Nobody listening: transient, retryable, no HTTP status.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        drop(l);
+        a
+    };
+    let mut dead_cfg = AzureClientConfig::from_cloud(&cloud(&h));
+    dead_cfg.arm_endpoint = azure_core::Url::parse(&format!("http://{closed}/")).unwrap();
+    let dead = AzureClient::new(
+        cred.clone(),
+        dead_cfg,
+        RateLimiter::new(RateLimitConfig::default(), AzureMetrics::new()),
+        AzureMetrics::new(),
+    );
+    let e = dead.get_group(SUB, RG, "x").await.unwrap_err();
+    assert!(matches!(e, AzureError::Transient { status: None, .. }), "{e:?}");
+    assert!(e.is_retryable());
+
     let e = fresh().create_group(SUB, RG, "Bad_Name", &group("Bad_Name")).await.unwrap_err();
     assert!(
         matches!(&e, AzureError::InvalidSpec { status: 400, code: Some(c), message } if c == "ContainerGroupNameInvalid" && message.contains("Bad_Name")),

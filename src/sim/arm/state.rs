@@ -1299,3 +1299,41 @@ pub(crate) fn not_found(rg: &str, name: &str) -> Answer {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aci_name_rules() {
+        for ok in ["a", "runner-abc12", "a1-b2-c3", &"a".repeat(63)] {
+            assert!(is_aci_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a--b", "A", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(!is_aci_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation_strips_read_only_properties() {
+        let body = json!({
+            "id": "/x", "name": "n", "type": "t", "location": "West Europe",
+            "properties": {"provisioningState": "Succeeded", "instanceView": {"state": "Running"}, "osType": "Linux",
+                "containers": [{"name": "c", "properties": {"image": "i", "instanceView": {},
+                    "resources": {"requests": {"cpu": 0.29, "memoryInGB": 0.3}}}}]}
+        });
+        let v = validate("grp", &body, &ArmSimConfig::default()).map_err(|a| a.body).unwrap();
+        assert_eq!(v.location, "westeurope");
+        assert!(v.spec.get("id").is_none() && v.spec.get("name").is_none());
+        assert!(v.spec["properties"].get("provisioningState").is_none());
+        assert!(v.spec["properties"].get("instanceView").is_none());
+        assert!(v.spec["properties"]["containers"][0]["properties"].get("instanceView").is_none());
+        assert_eq!(v.restart_policy, "Always", "ACI's default");
+        let mut bad = body.clone();
+        bad["properties"]["containers"][0]["properties"]["resources"]["requests"]["cpu"] = json!(0.005);
+        assert_eq!(
+            validate("grp", &bad, &ArmSimConfig::default()).err().and_then(|a| a.code).as_deref(),
+            Some("InvalidContainerResourceRequests")
+        );
+    }
+}
