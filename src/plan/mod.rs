@@ -201,6 +201,8 @@ struct Pass<'i, 'a> {
     auth_event: bool,
     /// `spec.validate()` result, computed once.
     spec_error: Option<String>,
+    /// A failure was recorded in this pass.
+    failed_this_pass: bool,
 }
 
 /// Run one planning pass. `suffixes` yields random name suffixes (5 characters of `[a-z0-9]`);
@@ -218,6 +220,7 @@ pub fn plan(input: &PlanInput<'_>, suffixes: &mut dyn FnMut() -> String) -> Plan
         create_failed: false,
         auth_event: false,
         spec_error: input.spec.validate().err().map(|e| e.to_string()),
+        failed_this_pass: false,
     };
     p.reset_on_generation_change();
     p.prune_names();
@@ -268,6 +271,7 @@ impl<'i, 'a> Pass<'i, 'a> {
     /// Record a provisioning failure: exponential per-pool backoff, same-reason repeat count.
     fn record_failure(&mut self, reason: FailureReason, message: String) {
         let cfg = self.input.config;
+        self.failed_this_pass = true;
         self.st.failures = self.st.failures.saturating_add(1);
         let exp = self.st.failures.saturating_sub(1).min(20);
         let backoff = cfg.backoff_base.saturating_mul(1u32 << exp).min(cfg.backoff_max);
@@ -997,6 +1001,13 @@ impl<'i, 'a> Pass<'i, 'a> {
         let want = busy as i64 + (s.min_idle.max(0) as i64).max(queued);
         let desired = want.clamp(0, s.max_runners.max(0) as i64) as i32;
         let supply = busy + idle + provisioning;
+        if idle + busy >= desired && provisioning == 0 {
+            // Nothing to create: neither quota nor earlier failures hold the pool back.
+            self.st.quota = None;
+            if self.st.last_failure.is_some() && !self.failed_this_pass {
+                self.success();
+            }
+        }
 
         // Scale up.
         let mut wait: Option<Stall> = None;
@@ -1183,10 +1194,14 @@ impl<'i, 'a> Pass<'i, 'a> {
                 blockers.push(format!("{}: {}", f.action.name(), f.error.message));
             }
         }
+        let deletion_ts = input.pool.deletion_timestamp.unwrap_or(now);
+        let overdue = after(after(deletion_ts, self.timings.drain_timeout), cfg.deletion_grace);
+        if blockers.is_empty() && now >= overdue {
+            blockers.push(format!("cleanup not finished by {}", overdue.to_rfc3339()));
+        }
         if !blockers.is_empty() {
             self.st.deletion_attempts = self.st.deletion_attempts.saturating_add(1);
         }
-        let deletion_ts = input.pool.deletion_timestamp.unwrap_or(now);
 
         if self.st.deletion_attempts >= cfg.deletion_max_attempts {
             let left: Vec<String> = self.st.last_known.iter().cloned().collect();

@@ -493,7 +493,7 @@ fn recycle_table() {
 #[test]
 fn failures_are_counted_once_per_group() {
     let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    fx.spec.scaling.min_idle = 1;
     let mut g = group("pool-bad01", ContainerState::Waiting { reason: Some("ErrImagePull".into()) }, 1);
     g.provisioning = GroupProvisioning::Failed;
     fx.groups = Ok(vec![g]);
@@ -1377,4 +1377,50 @@ fn unusable_credentials_are_not_reported_as_list_auth_failures() {
     };
     let p = fx.run();
     cond_is(&p, "Stalled", "True", "SecretKeyMissing");
+}
+
+#[test]
+fn no_demand_clears_quota_and_failure_stall() {
+    let mut fx = Fx::new();
+    fx.spec.scaling.min_idle = 0;
+    fx.state.quota = Some(QuotaWait { until: t0() + mins(5), attempts: 2, message: "quota".into() });
+    fx.state.last_failure = Some(FailureRecord {
+        reason: FailureReason::InvalidImage,
+        message: "image".into(),
+        count: 5,
+        at: t0() - mins(1),
+    });
+    fx.state.failures = 5;
+    let p = fx.run();
+    assert!(p.state.quota.is_none());
+    assert!(p.state.last_failure.is_none());
+    cond_is(&p, "Stalled", "False", "NotStalled");
+    cond_is(&p, "Ready", "True", "RunnersReady");
+    // With demand, the stall stays.
+    let mut fx2 = fx.clone();
+    fx2.spec.scaling.min_idle = 1;
+    let p = fx2.run();
+    cond_is(&p, "Stalled", "True", "InvalidImage");
+}
+
+#[test]
+fn deletion_stuck_in_deleting_is_bounded() {
+    let mut fx = Fx::new();
+    fx.pool.deletion_timestamp = Some(t0());
+    fx.config.deletion_max_attempts = 2;
+    let mut g = running("pool-stuck");
+    g.provisioning = GroupProvisioning::Deleting;
+    fx.groups = Ok(vec![g]);
+    let p = fx.run();
+    assert_eq!(p.finalizer, FinalizerDecision::Keep);
+    assert_eq!(p.state.deletion_attempts, 0);
+    // drainTimeout (60m) + deletion grace (30m) later, passes count as failed attempts.
+    fx.carry(&p, mins(90));
+    let p = fx.run();
+    assert_eq!(p.finalizer, FinalizerDecision::Keep);
+    fx.carry(&p, mins(1));
+    let p = fx.run();
+    assert_eq!(p.finalizer, FinalizerDecision::Remove);
+    let warn = p.events.iter().find(|e| e.reason == "CleanupAbandoned").unwrap();
+    assert!(warn.message.contains("pool-stuck"), "{}", warn.message);
 }

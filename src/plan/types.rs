@@ -338,6 +338,9 @@ pub struct PlannerConfig {
     /// During deletion: passes with a failure (list, Secret, action) before the finalizer is
     /// removed anyway.
     pub deletion_max_attempts: u32,
+    /// During deletion: after drainTimeout plus this grace, every pass that is not done counts
+    /// as a failed attempt (a group stuck in `Deleting` cannot wedge the finalizer).
+    pub deletion_grace: Duration,
     /// How long used names are remembered (beyond what the lists show).
     pub name_retention: Duration,
     pub prices: Option<PriceTable>,
@@ -361,6 +364,7 @@ impl Default for PlannerConfig {
             min_requeue: Duration::from_secs(1),
             max_creates_per_pass: 20,
             deletion_max_attempts: 10,
+            deletion_grace: Duration::from_secs(1800),
             name_retention: Duration::from_secs(24 * 3600),
             prices: None,
         }
