@@ -419,3 +419,26 @@ async fn edge_metrics_are_exported() {
     assert!(text.contains("github_rate_limit_remaining{principal=\"installation:1001\"} 4999"), "{text}");
     assert!(text.contains("github_request_duration_seconds_count{endpoint=\"list_runners\"} 1"), "{text}");
 }
+
+#[tokio::test]
+async fn token_rejected_with_401_is_dropped_and_reminted() {
+    // The client uses the real clock while the simulator runs 7200x faster: the installation token
+    // looks valid to the client but the simulator expires it after 0.5 s real (as when clocks or
+    // revocations disagree). GETs are sent once more with a fresh token; the stale one is dropped.
+    let g = sim(7200.0, GithubSimConfig::default()).await;
+    let hub = GithubHub::new(HubConfig { list_interval: chrono::Duration::zero(), ..Default::default() });
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    client.list_runners(&org()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    client.invalidate_runners(&org()).await;
+    client.list_runners(&org()).await.unwrap();
+    assert_eq!(g.tokens_minted().get(&1001), Some(&2));
+    assert_eq!(ok_calls(&g, "list_runners", 401), 1);
+    // POSTs are not replayed: the 401 surfaces once, the next call mints a new token.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let e = client.registration_token(&org()).await.unwrap_err();
+    assert!(matches!(e, GithubError::Auth { .. }), "{e:?}");
+    assert_eq!(ok_calls(&g, "registration_token", 401), 1);
+    client.registration_token(&org()).await.unwrap();
+    assert_eq!(g.tokens_minted().get(&1001), Some(&3));
+}
