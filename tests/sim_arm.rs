@@ -475,6 +475,26 @@ async fn restart_policies_follow_container_exits() {
         .await;
     assert_eq!(stop.status, 204);
     assert_eq!(arm.get("always").await.body["properties"]["instanceView"]["state"], "Stopped");
+    let action = |a: &str| {
+        format!(
+            "{}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerInstance/containerGroups/always/{a}?api-version=2023-05-01",
+            h.url()
+        )
+    };
+    // Restarting a stopped group is refused; starting it provisions it again.
+    assert_eq!(arm.call(reqwest::Method::POST, &action("restart"), None).await.status, 409);
+    let started = arm.call(reqwest::Method::POST, &action("start"), None).await;
+    assert_eq!(started.status, 202);
+    assert!(started.headers.contains_key("azure-asyncoperation"));
+    wait_for(&h, "always", |g| g.state == "Running").await;
+    assert_eq!(rt.starts("always"), 3);
+    // Restart in place: the runtime's process is replaced, restartCount + 1.
+    let kills = rt.killed.lock().unwrap().len();
+    assert_eq!(arm.call(reqwest::Method::POST, &action("restart"), None).await.status, 204);
+    assert_eq!(rt.killed.lock().unwrap().len(), kills + 1);
+    assert_eq!(rt.starts("always"), 4);
+    assert_eq!(h.group("always").unwrap().containers[0].restart_count, 2);
+    assert_eq!(arm.call(reqwest::Method::POST, &action("explode"), None).await.status, 404);
 }
 
 #[tokio::test]

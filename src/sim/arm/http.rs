@@ -186,7 +186,10 @@ fn op_name(route: Option<&Route>, method: &Method) -> &'static str {
         (Some(Route::Item { .. }), &Method::GET) => "get",
         (Some(Route::Item { .. }), &Method::PUT) => "create",
         (Some(Route::Item { .. }), &Method::DELETE) => "delete",
-        (Some(Route::Action { .. }), _) => "stop",
+        (Some(Route::Action { action, .. }), _) if eq(action, "start") => "start",
+        (Some(Route::Action { action, .. }), _) if eq(action, "restart") => "restart",
+        (Some(Route::Action { action, .. }), _) if eq(action, "stop") => "stop",
+        (Some(Route::Action { .. }), _) => "action",
         (Some(Route::List { .. }), _) => "list",
         (Some(Route::ListAll { .. }), _) => "listAll",
         (Some(Route::Operation { .. }), _) => "operation",
@@ -198,6 +201,12 @@ fn action_for(route: &Route, method: &Method) -> &'static str {
     match (route, method) {
         (Route::Item { .. }, &Method::PUT) => "Microsoft.ContainerInstance/containerGroups/write",
         (Route::Item { .. }, &Method::DELETE) => "Microsoft.ContainerInstance/containerGroups/delete",
+        (Route::Action { action, .. }, _) if eq(action, "start") => {
+            "Microsoft.ContainerInstance/containerGroups/start/action"
+        }
+        (Route::Action { action, .. }, _) if eq(action, "restart") => {
+            "Microsoft.ContainerInstance/containerGroups/restart/action"
+        }
         (Route::Action { .. }, _) => "Microsoft.ContainerInstance/containerGroups/stop/action",
         _ => "Microsoft.ContainerInstance/containerGroups/read",
     }
@@ -338,6 +347,12 @@ fn handle(
             ),
         },
         (Route::Item { sub, rg, name }, &Method::DELETE) => s.delete(sub, rg, name, &api_version),
+        (Route::Action { sub, rg, name, action }, &Method::POST) if eq(action, "start") => {
+            s.start_group(sub, rg, name, &api_version)
+        }
+        (Route::Action { sub, rg, name, action }, &Method::POST) if eq(action, "restart") => {
+            s.restart_group(sub, rg, name)
+        }
         (Route::Action { sub, rg, name, action }, &Method::POST) if eq(action, "stop") => {
             s.stop(sub, rg, name)
         }

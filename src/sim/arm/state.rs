@@ -1172,6 +1172,10 @@ impl Shared {
         for id in kills {
             self.runtime.kill(&id);
         }
+        self.run_starts(starts);
+    }
+
+    fn run_starts(self: &Arc<Self>, starts: Vec<(StartedContainer, String, usize, u64)>) {
         for (sc, key, idx, generation) in starts {
             let weak = Arc::downgrade(self);
             let notifier = ExitNotifier::new(move |code| {
@@ -1181,6 +1185,96 @@ impl Shared {
             });
             self.runtime.start(sc, notifier);
         }
+    }
+
+    /// `POST .../start`: a stopped group is provisioned again (202 + `Azure-AsyncOperation`).
+    pub fn start_group(&self, sub: &str, rg: &str, name: &str, api_version: &str) -> Answer {
+        let cfg = self.cfg();
+        let now = self.clock.now();
+        let key = group_key(sub, rg, name);
+        let mut st = self.st();
+        let st = &mut *st;
+        let Some(g) = st.groups.get_mut(&key) else {
+            return not_found(rg, name);
+        };
+        if g.deleting_until.is_some() {
+            return Answer::error(409, "Conflict", format!("The container group '{name}' is being deleted."));
+        }
+        if g.stopped {
+            g.stopped = false;
+            g.prov = "Pending";
+            let slow = cfg.faults.slow_provisioning_ms.get(&g.location).copied().unwrap_or(0);
+            g.creating_at = now + ms(cfg.provisioning_delay_ms) + ms(slow);
+            g.running_at = g.creating_at + ms(cfg.image_pull_delay_ms);
+            for c in &mut g.containers {
+                c.previous = Some(c.current.clone());
+                c.current = CState {
+                    state: "Waiting",
+                    start: None,
+                    finish: None,
+                    exit: None,
+                    detail: Some("ContainerCreating".into()),
+                };
+                st.generation += 1;
+                c.generation = st.generation;
+            }
+            push_event(&mut g.events, "Started", format!("Container group '{name}' was started"), now);
+            g.state = group_state(g);
+        }
+        let location = g.location.clone();
+        let op_id = uuid::Uuid::new_v4().to_string();
+        st.ops.insert(op_id.clone(), Op { kind: OpKind::Create, group_key: key, started: now });
+        self.async_headers(Answer::empty(202), sub, &location, &op_id, api_version)
+    }
+
+    /// `POST .../restart`: every container restarts in place (`restartCount + 1`).
+    pub fn restart_group(self: &Arc<Self>, sub: &str, rg: &str, name: &str) -> Answer {
+        let cfg = self.cfg();
+        let now = self.clock.now();
+        let key = group_key(sub, rg, name);
+        let mut starts = Vec::new();
+        let id = {
+            let mut st = self.st();
+            let st = &mut *st;
+            let Some(g) = st.groups.get_mut(&key) else {
+                return not_found(rg, name);
+            };
+            if g.stopped || g.deleting_until.is_some() || g.prov != "Succeeded" {
+                return Answer::error(
+                    409,
+                    "ContainerGroupTransitioning",
+                    format!("The container group '{name}' is not running and cannot be restarted."),
+                );
+            }
+            for (i, c) in g.containers.iter_mut().enumerate() {
+                c.previous = Some(c.current.clone());
+                c.current =
+                    CState { state: "Running", start: Some(now), finish: None, exit: None, detail: None };
+                c.restart_count += 1;
+                c.restart_due = None;
+                c.crash_due = None;
+                push_event(&mut c.events, "Started", "Started container".to_string(), now);
+                st.generation += 1;
+                c.generation = st.generation;
+                Self::launch(
+                    &cfg,
+                    &mut st.rng,
+                    g.id.as_str(),
+                    &g.name,
+                    &g.tags,
+                    &key,
+                    i,
+                    c,
+                    now,
+                    &mut starts,
+                );
+            }
+            g.state = group_state(g);
+            g.id.clone()
+        };
+        self.runtime.kill(&id);
+        self.run_starts(starts);
+        Answer::empty(204)
     }
 
     #[allow(clippy::too_many_arguments)]
