@@ -1033,3 +1033,63 @@ fn runner_image_entrypoint_registers_from_the_runner_variables() {
     }
     assert!(!log.exists(), "config.sh ran despite invalid input");
 }
+
+// ---- the chart's arguments against the controller's real command line ----
+
+/// `aci-runner-controller [--log-format F] run ARGS`: the binary's global flag plus `run`'s flags.
+#[derive(clap::Parser, Debug)]
+struct CliUnderTest {
+    #[arg(long, global = true)]
+    log_format: Option<String>,
+    #[command(subcommand)]
+    command: RunOnly,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum RunOnly {
+    Run(aci_runner_controller::controller::run::RunArgs),
+}
+
+fn parse_chart_args(
+    docs: &[Value],
+    deployment: &str,
+) -> (Option<String>, aci_runner_controller::controller::run::RunArgs) {
+    use clap::Parser;
+    let args = args_of(find(docs, "Deployment", deployment));
+    let argv = std::iter::once("aci-runner-controller".to_string()).chain(args.iter().cloned());
+    match CliUnderTest::try_parse_from(argv) {
+        Ok(CliUnderTest { log_format, command: RunOnly::Run(run) }) => (log_format, run),
+        Err(e) => panic!("the controller rejects the chart's arguments {args:?}:\n{e}"),
+    }
+}
+
+#[test]
+fn chart_arguments_parse_with_the_controller_cli() {
+    let (log_format, run) = parse_chart_args(&render(&[]), "rel-aci-runner-controller");
+    assert_eq!(log_format.as_deref(), Some("json"));
+    assert!(run.namespaces.is_empty() && run.selector.is_none());
+    assert_eq!(run.resync_interval, std::time::Duration::from_secs(60));
+    assert!(run.leader_election);
+    assert_eq!(run.lease_name, "rel-aci-runner-controller");
+    assert_eq!(run.lease_namespace.as_deref(), Some("arc-system"));
+    assert_eq!(run.health_listen.to_string(), "0.0.0.0:8080");
+    assert!(run.webhook_listen.is_none() && run.webhook_secret_file.is_none());
+    assert_eq!(run.arm_endpoint, "https://management.azure.com");
+    assert_eq!(run.azure_authority_host, "https://login.microsoftonline.com");
+
+    let (_, run) = parse_chart_args(&render(&["-f", max_values().to_str().unwrap()]), "arc-max");
+    assert_eq!(run.namespaces, ["ci-runners-a", "ci-runners-b"]);
+    assert_eq!(run.selector.as_deref(), Some("shard=a"));
+    assert_eq!(run.resync_interval, std::time::Duration::from_secs(120));
+    assert_eq!(run.lease_name, "arc-max-leader");
+    assert_eq!(run.gc_grace, std::time::Duration::from_secs(300), "controller.extraArgs are passed");
+    assert_eq!(run.health_listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(run.webhook_listen.map(|a| a.to_string()).as_deref(), Some("0.0.0.0:8443"));
+    assert_eq!(run.webhook_secret_file.as_deref(), Some(Path::new("/var/run/secrets/github-webhook/secret")));
+
+    let (_, run) = parse_chart_args(
+        &render(&["--set", "replicaCount=1", "--set", "controller.leaderElection.enabled=false"]),
+        "rel-aci-runner-controller",
+    );
+    assert!(!run.leader_election);
+}
