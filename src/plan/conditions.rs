@@ -7,6 +7,59 @@ pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
+/// Every reason the planner writes into a condition (documentation and alerts rely on these).
+pub const CONDITION_REASONS: &[&str] = &[
+    // Ready True / Reconciling False / Stalled False.
+    "RunnersReady",
+    "Converged",
+    "NotStalled",
+    "Stalled",
+    // Reconciling True (and Ready False).
+    "ScalingUp",
+    "Provisioning",
+    "ScalingDown",
+    "Recycling",
+    "Backoff",
+    "CapacityUnavailable",
+    "ObservationFailed",
+    "CredentialsUnavailable",
+    "Deleting",
+    "Draining",
+    // Stalled True (and Ready False).
+    "InvalidSpec",
+    "SecretNotFound",
+    "SecretKeyMissing",
+    "InvalidAppKey",
+    "InvalidSecret",
+    "AuthFailed",
+    "MissingPermission",
+    "QuotaExceeded",
+    "InvalidImage",
+    "InvalidRequest",
+    "RegistrationTimeout",
+    "ContainerCrashed",
+    "ProvisioningFailed",
+];
+
+/// Every Event reason the planner emits (besides the Stalled reasons above, emitted on a
+/// transition to Stalled).
+pub const EVENT_REASONS: &[&str] = &[
+    "ScaledUp",
+    "ScaledDown",
+    "RunnerRecycled",
+    "GarbageCollected",
+    "ProvisioningFailed",
+    "QuotaExceeded",
+    "CapacityUnavailable",
+    "SpotFallback",
+    "AuthFailed",
+    "RunnersReady",
+    "NameUnavailable",
+    "Orphaned",
+    "CleanupComplete",
+    "CleanupAbandoned",
+];
+
 /// The wanted value of one condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CondValue {

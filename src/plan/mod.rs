@@ -1026,7 +1026,7 @@ impl<'i, 'a> Pass<'i, 'a> {
                 self.wake.push(b);
                 let why = self.st.last_failure.as_ref().map(|f| f.message.clone()).unwrap_or_default();
                 Some(Stall {
-                    reason: "BackingOff".into(),
+                    reason: "Backoff".into(),
                     message: format!("waiting until {} after failures: {why}", b.to_rfc3339()),
                 })
             } else {
@@ -1130,14 +1130,14 @@ impl<'i, 'a> Pass<'i, 'a> {
         let failing = failed > 0 || self.create_failed || self.st.backoff_until.is_some_and(|b| b > self.now);
         let reconciling_reason: Option<(String, String)> = if let Some(w) = &wait {
             Some((w.reason.clone(), w.message.clone()))
-        } else if !created.is_empty() || provisioning > 0 {
+        } else if !created.is_empty() || supply < desired {
             Some(("ScalingUp".into(), summary.clone()))
+        } else if provisioning > 0 {
+            Some(("Provisioning".into(), summary.clone()))
         } else if idle + busy > desired {
             Some(("ScalingDown".into(), summary.clone()))
         } else if removed > 0 || terminating > 0 {
             Some(("Recycling".into(), summary.clone()))
-        } else if idle + busy < desired {
-            Some(("ScalingUp".into(), summary.clone()))
         } else {
             None
         };
@@ -1340,7 +1340,11 @@ impl<'i, 'a> Pass<'i, 'a> {
                 blockers.join("; ")
             ));
         }
-        let wanted = deleting_conditions(msg);
+        let mut wanted = deleting_conditions(msg);
+        if draining > 0 && removing == 0 && waiting == 0 {
+            wanted.ready.reason = "Draining".into();
+            wanted.reconciling.reason = "Draining".into();
+        }
         self.finish(status, wanted, Some(view), true, FinalizerDecision::Keep)
     }
 }

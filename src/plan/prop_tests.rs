@@ -251,6 +251,22 @@ fn check(fx: &Fx, p: &Plan, case: usize) {
         assert!(!conditions::is_true(&p.status.conditions, conditions::STALLED));
     }
     assert!(p.requeue_after >= fx.config.min_requeue && p.requeue_after <= fx.config.resync);
+    // Reasons are the documented ones.
+    for c in &p.status.conditions {
+        assert!(
+            conditions::CONDITION_REASONS.contains(&c.reason.as_str()),
+            "undocumented reason {}",
+            c.reason
+        );
+    }
+    for e in &p.events {
+        assert!(
+            conditions::EVENT_REASONS.contains(&e.reason.as_str())
+                || conditions::CONDITION_REASONS.contains(&e.reason.as_str()),
+            "undocumented event reason {}",
+            e.reason
+        );
+    }
 }
 
 #[test]

@@ -323,6 +323,8 @@ fn in_flight_creates_count_toward_supply_and_clear_when_listed() {
     assert!(p3.actions.is_empty(), "{:?}", p3.actions);
     assert!(p3.state.in_flight.is_empty());
     assert_eq!(p3.status.provisioning, 2);
+    cond_is(&p3, "Reconciling", "True", "Provisioning");
+    cond_is(&p3, "Ready", "False", "Provisioning");
 }
 
 #[test]
@@ -528,7 +530,7 @@ fn registration_timeout_replaces_and_counts() {
     assert_eq!(p.state.last_failure.as_ref().unwrap().reason, FailureReason::RegistrationTimeout);
     // Replacement is held back by the backoff.
     assert!(creates(&p).is_empty());
-    cond_is(&p, "Reconciling", "True", "BackingOff");
+    cond_is(&p, "Reconciling", "True", "Backoff");
     assert_eq!(p.state.backoff_until, Some(t0() + chrono::Duration::seconds(30)));
 
     // Offline registration of a timed-out group is removed first.
@@ -1163,6 +1165,7 @@ fn deletion_removes_idle_waits_for_busy_then_drains() {
     let p = fx.run();
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(p.finalizer, FinalizerDecision::Keep);
+    cond_is(&p, "Reconciling", "True", "Draining");
     // drainTimeout passed: the group is deleted first, then the registration.
     fx.carry(&p, mins(60));
     let p = fx.run();
