@@ -756,7 +756,7 @@ fn subfolder_examples_apply_on_the_local_control_plane() {
             spec.validate().unwrap_or_else(|e| panic!("{}: {e}", rel(&file)));
         }
     }
-    assert!(pools >= 4, "expected the webhook, runner-image, Flux and Argo CD pools, found {pools}");
+    assert!(pools >= 5, "expected the webhook, runner-image, ACR, Flux and Argo CD pools, found {pools}");
     // The kustomize directories build, and the pool directories apply as a whole.
     for dir in ["examples/flux/controller", "examples/flux/runner-pools"] {
         let (ok, built) = kubectl(cp, &["kustomize", repo().join(dir).to_str().unwrap()], None);
