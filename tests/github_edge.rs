@@ -442,3 +442,38 @@ async fn token_rejected_with_401_is_dropped_and_reminted() {
     client.registration_token(&org()).await.unwrap();
     assert_eq!(g.tokens_minted().get(&1001), Some(&3));
 }
+
+#[tokio::test]
+async fn ghes_base_url_deprecations_and_queued_jobs() {
+    let deprecated: chrono::DateTime<chrono::Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
+    let g = sim(
+        10.0,
+        GithubSimConfig {
+            deprecated_runner_versions: [("2.300.0".to_string(), deprecated)].into_iter().collect(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let hub = hub_for(&g, 0);
+    // GHES-style base URL: the /api/v3 path survives on every request, and config.sh's URL drops it.
+    let client = hub.client(&format!("{}/api/v3", g.url()), app_creds(&g, 1001)).unwrap();
+    let jit = client.generate_jit_config(&org(), "ghes-1", &["aci".into()], 1, None).await.unwrap();
+    assert_eq!(client.list_runners(&org()).await.unwrap()[0].id, jit.runner_id);
+    let t = client.registration_token(&org()).await.unwrap();
+    assert_eq!(t.url, format!("{}/octo-org", g.url()));
+    assert!(g.calls().iter().filter(|c| c.op != "access_token").all(|c| c.path.starts_with("/api/v3/")));
+
+    assert_eq!(client.runner_version_deprecation(&org(), "2.300.0").await.unwrap(), Some(deprecated));
+    assert_eq!(client.runner_version_deprecation(&org(), "2.329.0").await.unwrap(), None);
+
+    g.enqueue_jobs(EnqueueJobs {
+        labels: vec!["self-hosted".into(), "gpu".into()],
+        count: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    g.enqueue_jobs(EnqueueJobs { repo: "octo-org/other-repo".into(), ..Default::default() }).unwrap();
+    let q = client.queued_jobs("octo-org", "octo-repo").await.unwrap();
+    assert_eq!(q.len(), 2);
+    assert!(q.iter().all(|j| j.labels == ["self-hosted", "gpu"]));
+}

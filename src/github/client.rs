@@ -63,6 +63,14 @@ pub struct RegistrationToken {
     pub url: String,
 }
 
+/// A queued workflow job (from the REST API).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedJob {
+    pub id: u64,
+    pub run_id: u64,
+    pub labels: Vec<String>,
+}
+
 /// Rate-limit state of one installation / token.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RateStatus {
@@ -780,5 +788,91 @@ impl GithubClient {
             }
             page += 1;
         }
+    }
+
+    /// When GitHub stops supporting a runner version (`None` = no schedule published for it).
+    /// Org and repo scope only (GitHub offers no enterprise variant).
+    pub async fn runner_version_deprecation(
+        &self,
+        scope: &Scope,
+        version: &str,
+    ) -> Result<Option<DateTime<Utc>>, GithubError> {
+        if matches!(scope, Scope::Enterprise(_)) {
+            return Ok(None);
+        }
+        let path = format!("{}/actions/runners/deprecations/{}", scope.api_path(), super::enc(version));
+        let r = self.send("runner_deprecation", Method::GET, &path, None, None).await?;
+        match r.status.as_u16() {
+            200 => {
+                #[derive(Deserialize)]
+                struct D {
+                    #[serde(default)]
+                    runtime_deprecates_at: Option<DateTime<Utc>>,
+                }
+                let d: D = serde_json::from_str(&r.body)
+                    .map_err(|e| GithubError::Transient(format!("unreadable deprecation answer: {e}")))?;
+                Ok(d.runtime_deprecates_at)
+            }
+            404 => Ok(None),
+            _ => Err(self.classify("runner_deprecation", &r)),
+        }
+    }
+
+    /// Queued jobs of a repository (fallback demand signal when webhooks are not configured):
+    /// jobs with status `queued` in the repository's queued and in-progress workflow runs.
+    /// Costs 2 + one request per such run; use sparingly.
+    pub async fn queued_jobs(&self, owner: &str, repo: &str) -> Result<Vec<QueuedJob>, GithubError> {
+        let base = format!("/repos/{}/{}/actions", super::enc(owner), super::enc(repo));
+        let mut run_ids = Vec::new();
+        for status in ["queued", "in_progress"] {
+            let path = format!("{base}/runs?status={status}&per_page=100&page=1");
+            let r = self.send("list_runs", Method::GET, &path, None, None).await?;
+            if r.status != StatusCode::OK {
+                return Err(self.classify("list_runs", &r));
+            }
+            #[derive(Deserialize)]
+            struct Run {
+                id: u64,
+            }
+            #[derive(Deserialize)]
+            struct Runs {
+                #[serde(default)]
+                workflow_runs: Vec<Run>,
+            }
+            let runs: Runs = serde_json::from_str(&r.body)
+                .map_err(|e| GithubError::Transient(format!("unreadable workflow runs: {e}")))?;
+            run_ids.extend(runs.workflow_runs.into_iter().map(|r| r.id));
+        }
+        run_ids.sort_unstable();
+        run_ids.dedup();
+        let mut out = Vec::new();
+        for run in run_ids {
+            let path = format!("{base}/runs/{run}/jobs?per_page=100&page=1");
+            let r = self.send("list_jobs", Method::GET, &path, None, None).await?;
+            if r.status != StatusCode::OK {
+                return Err(self.classify("list_jobs", &r));
+            }
+            #[derive(Deserialize)]
+            struct Job {
+                id: u64,
+                #[serde(default)]
+                status: String,
+                #[serde(default)]
+                labels: Vec<String>,
+            }
+            #[derive(Deserialize)]
+            struct Jobs {
+                #[serde(default)]
+                jobs: Vec<Job>,
+            }
+            let jobs: Jobs = serde_json::from_str(&r.body)
+                .map_err(|e| GithubError::Transient(format!("unreadable jobs: {e}")))?;
+            out.extend(jobs.jobs.into_iter().filter(|j| j.status == "queued").map(|j| QueuedJob {
+                id: j.id,
+                run_id: run,
+                labels: j.labels,
+            }));
+        }
+        Ok(out)
     }
 }

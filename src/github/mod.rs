@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use auth::mint_app_jwt;
-pub use client::{GithubClient, GithubHub, HubConfig, JitConfig, RateStatus, RegistrationToken};
+pub use client::{GithubClient, GithubHub, HubConfig, JitConfig, QueuedJob, RateStatus, RegistrationToken};
 pub use metrics::GithubMetrics;
 pub use webhook::{DemandSignal, WEBHOOK_PATH};
 
@@ -94,7 +94,7 @@ impl fmt::Display for Scope {
 }
 
 /// Percent-encode one path segment.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

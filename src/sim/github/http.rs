@@ -47,6 +47,7 @@ enum Route {
     RemoveToken(ScopeKey),
     GetRunner(ScopeKey, i64),
     DeleteRunner(ScopeKey, i64),
+    Deprecation(ScopeKey, String),
     ListRuns(String),
     ListJobs(String, i64),
 }
@@ -64,6 +65,7 @@ impl Route {
             Route::RemoveToken(_) => "remove_token",
             Route::GetRunner(..) => "get_runner",
             Route::DeleteRunner(..) => "delete_runner",
+            Route::Deprecation(..) => "runner_deprecation",
             Route::ListRuns(_) => "list_runs",
             Route::ListJobs(..) => "list_jobs",
         }
@@ -104,6 +106,11 @@ fn scoped(m: Method, scope: ScopeKey, rest: &[&str]) -> Option<Route> {
         ["actions", "runners", "generate-jitconfig"] if m == Method::POST => Some(Route::Jit(scope)),
         ["actions", "runners", "registration-token"] if m == Method::POST => Some(Route::RegToken(scope)),
         ["actions", "runners", "remove-token"] if m == Method::POST => Some(Route::RemoveToken(scope)),
+        ["actions", "runners", "deprecations", v]
+            if m == Method::GET && !matches!(scope, ScopeKey::Enterprise(_)) =>
+        {
+            Some(Route::Deprecation(scope, v.to_string()))
+        }
         ["actions", "runners", id] if m == Method::GET => {
             id.parse().ok().map(|id| Route::GetRunner(scope, id))
         }
@@ -228,7 +235,8 @@ fn serve(s: &Shared, route: Route, p: &Principal, uri: &Uri, headers: &HeaderMap
         | Route::RegToken(sc)
         | Route::RemoveToken(sc)
         | Route::GetRunner(sc, _)
-        | Route::DeleteRunner(sc, _) => Some((sc.clone(), Need::Runners)),
+        | Route::DeleteRunner(sc, _)
+        | Route::Deprecation(sc, _) => Some((sc.clone(), Need::Runners)),
         Route::ListRuns(r) | Route::ListJobs(r, _) => Some((ScopeKey::Repo(r.clone()), Need::ActionsRead)),
         Route::RateLimit | Route::AccessToken(_) => None,
     };
@@ -281,6 +289,13 @@ fn serve(s: &Shared, route: Route, p: &Principal, uri: &Uri, headers: &HeaderMap
         Route::RemoveToken(sc) => s.runner_token(&sc, true),
         Route::GetRunner(sc, id) => s.get_runner(&sc, id),
         Route::DeleteRunner(sc, id) => s.delete_runner(&sc, id),
+        Route::Deprecation(_, v) => match s.cfg().deprecated_runner_versions.get(&v) {
+            Some(at) => Answer::ok(
+                200,
+                json!({"runner_version": v, "runtime_deprecates_at": super::payloads::ts(*at)}),
+            ),
+            None => Answer::error(404, "Not Found"),
+        },
         Route::ListRuns(repo) => {
             let runs = s.list_runs(&repo, q.get("status").map(String::as_str));
             match paginate(s, runs, &q, uri.path()) {

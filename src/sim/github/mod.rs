@@ -97,6 +97,7 @@ pub const OPERATIONS: &[&str] = &[
     "remove_token",
     "runner_groups",
     "create_runner_group",
+    "runner_deprecation",
     "list_runs",
     "list_jobs",
     "rate_limit",
@@ -145,6 +146,9 @@ pub struct GithubSimConfig {
     /// Offline persistent runners are removed after this (GitHub: 14 days).
     pub offline_persistent_ttl_secs: u64,
     pub runner_version: String,
+    /// Runner versions with a runtime end-of-life date (`GET …/runners/deprecations/{version}`;
+    /// versions not listed answer 404, as when GitHub has no schedule for them).
+    pub deprecated_runner_versions: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     /// Runners per page when `per_page` is absent.
     pub default_per_page: usize,
     pub webhook: Option<WebhookTarget>,
@@ -207,6 +211,7 @@ impl Default for GithubSimConfig {
             offline_ephemeral_ttl_secs: 86_400,
             offline_persistent_ttl_secs: 14 * 86_400,
             runner_version: "2.329.0".into(),
+            deprecated_runner_versions: BTreeMap::new(),
             default_per_page: 30,
             webhook: None,
             faults: GithubFaults { seed: 1, ..Default::default() },
