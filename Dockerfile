@@ -13,13 +13,12 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
-# Dependencies first, so source-only changes reuse the cached dependency layer.
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
-    && cargo build --release --locked \
-    && rm -rf src target/release/.fingerprint/aci-runner-controller-*
-COPY src ./src
-RUN cargo build --release --locked --bin aci-runner-controller \
+# The context is the crate without tests, docs, charts or build output (see .dockerignore).
+COPY . .
+# BuildKit cache mounts keep the registry and the target directory between builds.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin aci-runner-controller \
     && install -D -m 0755 target/release/aci-runner-controller /out/aci-runner-controller
 
 FROM gcr.io/distroless/cc-debian12:nonroot
