@@ -477,3 +477,50 @@ async fn ghes_base_url_deprecations_and_queued_jobs() {
     assert_eq!(q.len(), 2);
     assert!(q.iter().all(|j| j.labels == ["self-hosted", "gpu"]));
 }
+
+#[tokio::test]
+async fn secondary_limit_retry_after_is_honoured() {
+    use aci_runner_controller::sim::github::{GhOpFaults, GithubFaults};
+    // Scale 120: GitHub's `retry-after: 60` is half a second real.
+    let g = sim(120.0, GithubSimConfig::default()).await;
+    let hub = hub_for(&g, 0);
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    client.list_runners(&org()).await.unwrap();
+    g.set_faults(GithubFaults {
+        seed: 2,
+        ops: [("registration_token".to_string(), GhOpFaults { rate_limited: 1.0, ..Default::default() })]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    });
+    let before = g.clock().now();
+    let reset = match client.registration_token(&org()).await.unwrap_err() {
+        GithubError::RateLimited { reset } => reset,
+        e => panic!("{e:?}"),
+    };
+    assert!(reset >= before + chrono::Duration::seconds(59), "{reset} vs {before}");
+    g.set_faults(GithubFaults::default());
+    let sent = g.calls().len();
+    // Lists, JIT registrations, deletes: nothing is sent while the secondary limit holds.
+    client.invalidate_runners(&org()).await;
+    assert!(matches!(client.list_runners(&org()).await, Err(GithubError::RateLimited { .. })));
+    assert!(matches!(client.delete_runner(&org(), 1).await, Err(GithubError::RateLimited { .. })));
+    assert_eq!(g.calls().len(), sent);
+    while g.clock().now() <= reset {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.registration_token(&org()).await.unwrap();
+}
+
+#[tokio::test]
+async fn primary_limit_answered_429_is_understood_too() {
+    let g =
+        sim(1800.0, GithubSimConfig { rate_limit: 2, rate_limit_status: 429, ..Default::default() }).await;
+    let hub = hub_for(&g, 0);
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    client.registration_token(&org()).await.unwrap();
+    client.registration_token(&org()).await.unwrap();
+    let e = client.registration_token(&org()).await.unwrap_err();
+    assert!(matches!(e, GithubError::RateLimited { .. }), "{e:?}");
+    assert_eq!(ok_calls(&g, "registration_token", 429), 1);
+}
