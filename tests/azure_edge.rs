@@ -579,8 +579,8 @@ async fn retry_after_pauses_the_bucket_for_every_caller() {
 
 #[tokio::test]
 async fn a_burst_of_500_creates_is_never_throttled_and_never_beyond_quota() {
-    // 1 simulated hour per real second: ACI windows of 5 min / 1 h become 83 ms / 1 s.
-    let scale = 3600.0;
+    // 1 simulated hour per 2 real seconds: ACI windows of 5 min / 1 h become 167 ms / 2 s.
+    let scale = 1800.0;
     let cfg = ArmSimConfig {
         token_lifetime_secs: 36_000,
         quotas: Quotas {
@@ -598,8 +598,8 @@ async fn a_burst_of_500_creates_is_never_throttled_and_never_beyond_quota() {
     let real = |sim_secs: f64| Duration::from_secs_f64(sim_secs / scale);
     let rate = RateLimitConfig {
         creates: vec![
-            WindowLimit { limit: 50, window: real(300.0).mul_f64(1.5) },
-            WindowLimit { limit: 150, window: real(3600.0).mul_f64(1.2) },
+            WindowLimit { limit: 50, window: real(300.0).mul_f64(2.0) },
+            WindowLimit { limit: 150, window: real(3600.0).mul_f64(1.25) },
         ],
         reads: BucketLimit { capacity: 1000.0, refill_per_sec: 1000.0 },
         writes: BucketLimit { capacity: 1000.0, refill_per_sec: 1000.0 },
@@ -618,7 +618,10 @@ async fn a_burst_of_500_creates_is_never_throttled_and_never_beyond_quota() {
         tasks.push(tokio::spawn(async move { c.create_group(SUB, RG, &format!("burst-{i}"), &g).await }));
     }
     for t in tasks {
-        assert_eq!(t.await.unwrap().unwrap().status, 201);
+        match t.await.unwrap() {
+            Ok(a) => assert_eq!(a.status, 201),
+            Err(e) => panic!("create failed: {e:?}; sim calls: {:?}", h.call_counts()),
+        }
     }
     assert_eq!(h.throttled_count(), 0, "no 429 answers");
     assert_eq!(h.quota_rejections(), 0, "no request beyond the quota");
@@ -634,8 +637,8 @@ async fn a_burst_of_500_creates_is_never_throttled_and_never_beyond_quota() {
 #[tokio::test]
 async fn workload_identity_token_file_is_reread_on_rotation() {
     let scale = 600.0;
-    // One real second of token lifetime.
-    let cfg = ArmSimConfig { token_lifetime_secs: 600, ..ArmSimConfig::default() };
+    // Two real seconds of token lifetime.
+    let cfg = ArmSimConfig { token_lifetime_secs: 1200, ..ArmSimConfig::default() };
     let h = sim(cfg, scale).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("azure-identity-token");
@@ -657,13 +660,13 @@ async fn workload_identity_token_file_is_reread_on_rotation() {
     // The kubelet rotates the projected token.
     let second = h.default_assertion_claims(3600).unwrap();
     std::fs::write(&file, h.federated_assertion(&second)).unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await; // the ARM token expires
+    tokio::time::sleep(Duration::from_millis(2100)).await; // the ARM token expires
     assert_eq!(c.get_group(SUB, RG, "nope").await.unwrap(), None);
     assert_eq!(h.accepted_assertions(), vec![first.jti, second.jti], "next token used the new assertion");
 
     // A missing file is a credential error.
     std::fs::remove_file(&file).unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let e = c.get_group(SUB, RG, "nope").await.unwrap_err();
     assert!(matches!(e, AzureError::Credential { .. }), "{e:?}");
 }

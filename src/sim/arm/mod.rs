@@ -119,7 +119,8 @@ pub struct DeniedAction {
 #[serde(default, rename_all = "camelCase")]
 pub struct FaultConfig {
     pub seed: u64,
-    /// Per operation: `create`, `get`, `delete`, `list`, `listAll`, `stop`, `operation`, `token`.
+    /// Per operation: `create`, `get`, `delete`, `list`, `listAll`, `stop`, `start`, `restart`,
+    /// `operation`, `token`.
     pub ops: BTreeMap<String, OpFaults>,
     /// Per location: how many container groups the region can hold (beyond it: 409
     /// `ServiceUnavailable`). 0 = no capacity at all. Locations not listed are unlimited.
