@@ -463,15 +463,26 @@ fn values_schema_and_guards_reject_bad_values() {
 
 // ---- against the local control plane (kube-apiserver v1.20.2) ----
 
+/// The machine's kubectl, else the one `scripts/helm` extracted next to helm (same npm package).
+fn kubectl_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let on_path =
+            Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success());
+        let bundled = helm_bin().with_file_name("kubectl");
+        if on_path || !bundled.exists() { PathBuf::from("kubectl") } else { bundled }
+    })
+}
+
 fn kubectl(cp: &control_plane::ControlPlane, args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
-    let mut child = Command::new("kubectl")
+    let mut child = Command::new(kubectl_bin())
         .args(args)
         .env("KUBECONFIG", &cp.kubeconfig)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kubectl is part of the machine image");
+        .expect("kubectl runs (the machine's, or the one installed by `scripts/helm version`)");
     if let Some(input) = stdin {
         child.stdin.take().unwrap().write_all(input).unwrap();
     }
