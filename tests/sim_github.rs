@@ -1211,3 +1211,58 @@ async fn sim_cli_starts_fast_prints_endpoints_and_writes_app_credentials() {
     assert_eq!(r.status(), 200);
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn restarted_container_re_registers_and_rate_limits_are_controllable_over_http() {
+    let g = sim(60.0, GithubSimConfig::default()).await;
+    let c = Conform::new(&g.url());
+    let tok = installation_token(&g, &c, 1001).await;
+    let reg = c
+        .call(
+            "POST",
+            "/orgs/{org}/actions/runners/registration-token",
+            "/orgs/octo-org/actions/runners/registration-token",
+            &tok,
+            None,
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("{}/octo-org", g.url());
+    let env = vec![("RUNNER_URL", url.as_str(), false), ("RUNNER_TOKEN", reg.as_str(), true)];
+    let exits: Exits = Arc::default();
+    let rt = g.runtime();
+    rt.start(container("restarty", env.clone()), notifier(&exits, "restarty"));
+    wait_for("online", Duration::from_secs(5), || {
+        g.runners().iter().any(|r| r.name == "restarty" && r.online)
+    })
+    .await;
+    let first = g.runners()[0].id;
+    // The container restarts (restart policy): the old process is gone, config.sh --replace.
+    rt.start(container("restarty", env), notifier(&exits, "restarty"));
+    assert!(!g.runners()[0].online, "offline while the new process boots");
+    wait_for("re-registered", Duration::from_secs(5), || {
+        g.runners().iter().any(|r| r.name == "restarty" && r.online && r.id != first)
+    })
+    .await;
+    assert_eq!(g.runners().len(), 1);
+    assert!(exits.lock().unwrap().is_empty());
+
+    let http = reqwest::Client::new();
+    let r = http
+        .put(format!("{}/_sim/github/rate-limits", g.url()))
+        .body(r#"{"perHour": 1, "secondaryPerMinute": 100}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let lt = "/orgs/{org}/actions/runners";
+    let statuses = [
+        c.call("GET", lt, "/orgs/octo-org/actions/runners?page=1", &tok, None).await.status,
+        c.call("GET", lt, "/orgs/octo-org/actions/runners?page=2", &tok, None).await.status,
+    ];
+    // One request was already used by the registration token.
+    assert_eq!(statuses, [403, 403]);
+}

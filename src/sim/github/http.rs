@@ -24,7 +24,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/github/jobs", get(sim_jobs).post(sim_enqueue))
         .route("/_sim/github/calls", get(sim_calls))
         .route("/_sim/github/calls/log", get(sim_call_log))
-        .route("/_sim/github/rate-limits", get(sim_rate_limits))
+        .route("/_sim/github/rate-limits", get(sim_rate_limits).put(sim_rate_limits_put))
         .route("/_sim/github/env", get(sim_env))
         .route("/_sim/github/deliveries", get(sim_deliveries))
         .route("/_sim/github/webhook", get(sim_webhook_get).put(sim_webhook_put))
@@ -369,6 +369,23 @@ async fn sim_call_log(State(s): S) -> Response {
 
 async fn sim_rate_limits(State(s): S) -> Response {
     Json(s.rate_limits()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LimitsPut {
+    per_hour: u64,
+    secondary_per_minute: u64,
+}
+
+async fn sim_rate_limits_put(State(s): S, body: Bytes) -> Response {
+    match serde_json::from_slice::<LimitsPut>(&body) {
+        Ok(l) => {
+            s.set_rate_limit(l.per_hour, l.secondary_per_minute);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({"message": e.to_string()}))).into_response(),
+    }
 }
 
 async fn sim_env(State(s): S) -> Response {

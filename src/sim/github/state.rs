@@ -1134,11 +1134,14 @@ impl Shared {
         let p = st.cfg.faults.crash_before_registration;
         let crash = p > 0.0 && st.rng.r#gen::<f64>() < p;
         let ready_at = now + Duration::milliseconds(st.cfg.runner_startup_ms as i64);
-        // A restarted container replaces the old process of the same group.
-        st.procs.insert(
+        // A restarted container replaces the old process of the same group: its runner is gone.
+        let old = st.procs.insert(
             c.group_id.clone(),
             Proc { container: c, exit, phase: Phase::Booting { ready_at, crash } },
         );
+        if let Some(Proc { phase: Phase::Running { runner_id }, .. }) = old {
+            self.runner_lost(&mut st, runner_id, now);
+        }
     }
 
     pub fn container_killed(&self, group_id: &str) {
