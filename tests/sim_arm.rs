@@ -382,6 +382,13 @@ async fn create_get_list_delete_conform_to_the_spec() {
     let counts = h.call_counts();
     assert_eq!(counts["create"][&201], 1);
     assert_eq!(counts["delete"][&204], 1);
+    // Re-created under the same name: env names are those of the new incarnation only.
+    let mut again = body.clone();
+    again["properties"]["containers"][0]["properties"]["environmentVariables"] =
+        json!([{"name": "ONLY", "value": "1"}]);
+    assert_eq!(arm.put("runner-a1b2c", &again).await.status, 201);
+    assert_eq!(h.env_names("runner-a1b2c"), vec![("runner".to_string(), "ONLY".to_string(), false)]);
+    assert_eq!(h.env_records().len(), 2);
 }
 
 #[tokio::test]

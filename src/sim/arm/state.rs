@@ -63,6 +63,8 @@ pub struct ContainerSummary {
 #[serde(rename_all = "camelCase")]
 pub struct EnvRecord {
     pub group_id: String,
+    /// Distinguishes re-created groups with the same id.
+    pub incarnation: u64,
     pub group_name: String,
     pub container: String,
     /// (name, secure)
@@ -578,10 +580,10 @@ impl Shared {
         let Some(last) = st.env_records.iter().rev().find(|r| r.group_name == group) else {
             return Vec::new();
         };
-        let gid = last.group_id.clone();
+        let (gid, inc) = (last.group_id.clone(), last.incarnation);
         st.env_records
             .iter()
-            .filter(|r| r.group_id == gid)
+            .filter(|r| r.group_id == gid && r.incarnation == inc)
             .flat_map(|r| r.names.iter().map(|(n, s)| (r.container.clone(), n.clone(), *s)))
             .collect()
     }
@@ -884,6 +886,7 @@ impl Shared {
         for c in &containers {
             st.env_records.push(EnvRecord {
                 group_id: id.clone(),
+                incarnation: generation,
                 group_name: name.to_string(),
                 container: c.name.clone(),
                 names: c.env.iter().map(|e| (e.name.clone(), e.secure)).collect(),
@@ -1167,6 +1170,13 @@ impl Shared {
             }
             for k in gone {
                 st.groups.remove(&k);
+            }
+            // Operation-status records live for a simulated day after their group is gone.
+            if st.ops.len() > 1000 {
+                let groups = &st.groups;
+                st.ops.retain(|_, op| {
+                    groups.contains_key(&op.group_key) || now - op.started < chrono::Duration::days(1)
+                });
             }
         }
         for id in kills {
