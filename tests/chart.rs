@@ -192,6 +192,16 @@ fn chart_crd_is_the_single_source() {
 }
 
 #[test]
+fn chart_app_version_is_the_crate_version() {
+    let chart_yaml = yaml_docs(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap()).remove(0);
+    assert_eq!(
+        chart_yaml["appVersion"].as_str().unwrap(),
+        env!("CARGO_PKG_VERSION"),
+        "Chart.yaml appVersion (the default image tag) must follow Cargo.toml's version"
+    );
+}
+
+#[test]
 fn helm_lint_strict_is_clean_with_defaults_and_max_values() {
     let (chart, max) = (chart(), max_values());
     for extra in [vec![], vec!["-f", max.to_str().unwrap()]] {
@@ -835,6 +845,14 @@ fn gitops_examples_reference_the_chart_with_valid_values() {
                     Value::Null => continue,
                     v => v,
                 }
+            }
+            Some("GitRepository") => {
+                // The chart's CRD is a symlink into crds/: the source must keep both folders.
+                let ignore = doc["spec"]["ignore"].as_str().unwrap_or_default();
+                for keep in ["!/charts/", "!/crds/", "!/examples/flux/"] {
+                    assert!(ignore.lines().any(|l| l.trim() == keep), "{}: ignore lacks {keep}", rel(&file));
+                }
+                continue;
             }
             Some("Kustomization") if doc["apiVersion"].as_str().unwrap().starts_with("kustomize.toolkit") => {
                 let path = doc["spec"]["path"].as_str().unwrap();
