@@ -327,6 +327,9 @@ impl GithubClient {
         let jwt = auth::mint_app_jwt(&issuer, pem.expose(), Utc::now())?;
         let path = format!("/app/installations/{installation_id}/access_tokens");
         let resp = self.execute("access_token", Method::POST, &path, &jwt, None, None).await?;
+        if Self::is_rate_limited(resp.status, &resp.headers, &resp.body) {
+            return Err(self.classify("access_token", &resp));
+        }
         match resp.status.as_u16() {
             201 | 200 => {}
             401 => {

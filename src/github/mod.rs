@@ -5,6 +5,26 @@
 //! Entry point: [`GithubHub`] (one per controller, shared by every pool). It hands out
 //! [`GithubClient`]s per (base URL, credentials); clients of the same installation share one
 //! installation-token cache, and pools on the same scope share one runner list per interval.
+//!
+//! ```no_run
+//! # async fn demo(pem: String) -> Result<(), aci_runner_controller::github::GithubError> {
+//! use aci_runner_controller::github::{Credentials, GithubHub, HubConfig, Scope, Secret};
+//! let hub = GithubHub::new(HubConfig::default());
+//! let creds = Credentials::App {
+//!     app_id: None,
+//!     client_id: Some("Iv23li…".into()),
+//!     installation_id: 12345,
+//!     private_key_pem: Secret::new(pem),
+//! };
+//! let gh = hub.client("https://api.github.com", creds)?;
+//! let scope = Scope::Org("my-org".into());
+//! let runners = gh.list_runners(&scope).await?; // Arc<Vec<Runner>>, shared and ETag-cached
+//! let group = gh.runner_group_id(&scope, "aci").await?; // cached
+//! let jit = gh.generate_jit_config(&scope, "pool-abcde", &["aci".into()], group, None).await?;
+//! // ... create the container group with ACTIONS_RUNNER_INPUT_JITCONFIG = jit.encoded ...
+//! gh.delete_runner(&scope, jit.runner_id).await?; // Err(Busy) while it runs a job
+//! # let _ = runners; Ok(()) }
+//! ```
 mod auth;
 mod client;
 pub mod metrics;
