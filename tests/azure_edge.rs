@@ -436,6 +436,15 @@ async fn each_error_class_from_the_simulator() {
     let e = client_with(&h, RateLimitConfig::default(), bad, None).get_group(SUB, RG, "x").await.unwrap_err();
     assert!(matches!(e, AzureError::Credential { retryable: false, .. }), "{e:?}");
 
+    // A missing group is `None`; a missing subscription is an error.
+    let known = ArmSimConfig { subscriptions: vec![SUB.into()], ..ArmSimConfig::default() };
+    let h2 = sim(known, 600.0).await;
+    let reg2 = CredentialRegistry::new(cloud(&h2), Duration::from_secs(300));
+    let c2 = client_with(&h2, RateLimitConfig::default(), reg2.get(&secret_spec(&h2)), None);
+    assert_eq!(c2.get_group(SUB, RG, "missing").await.unwrap(), None);
+    let e = c2.get_group("0f0f0f0f-0000-0000-0000-000000000000", RG, "missing").await.unwrap_err();
+    assert!(matches!(&e, AzureError::NotFound { code: Some(c), .. } if c == "SubscriptionNotFound"), "{e:?}");
+
     // Nobody listening: transient, retryable, no HTTP status.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

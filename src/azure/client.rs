@@ -319,7 +319,13 @@ impl AzureClient {
         };
         match self.exchange("get", RequestKind::Read, sub, "", fut).instrument(span).await {
             Ok(cg) => Ok(Some(observe(&cg))),
-            Err(AzureError::NotFound { .. }) => Ok(None),
+            // Only the group itself missing means "none"; a missing subscription or resource
+            // group is an error the caller must see.
+            Err(AzureError::NotFound { code, .. })
+                if code.as_deref().is_none_or(|c| c.eq_ignore_ascii_case("ResourceNotFound")) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
