@@ -49,3 +49,36 @@ pub fn mint_app_jwt(issuer: &str, private_key_pem: &str, now: DateTime<Utc>) -> 
     token
         .map_err(|e| GithubError::Auth { message: format!("cannot sign the App JWT: {e}"), permission: None })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwts_minted_in_the_same_second_differ_and_respect_github_limits() {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        let pem = key.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+        let now = Utc::now();
+        let a = mint_app_jwt("12345", &pem, now).unwrap();
+        let b = mint_app_jwt("12345", &pem, now).unwrap();
+        assert_ne!(a, b);
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.validate_exp = false;
+        v.required_spec_claims.clear();
+        let public =
+            rsa::pkcs8::EncodePublicKey::to_public_key_pem(&key.to_public_key(), rsa::pkcs8::LineEnding::LF)
+                .unwrap();
+        let dk = jsonwebtoken::DecodingKey::from_rsa_pem(public.as_bytes()).unwrap();
+        let c = jsonwebtoken::decode::<serde_json::Value>(&a, &dk, &v).unwrap().claims;
+        assert_eq!(c["iss"], 12345);
+        assert_eq!(c["iat"].as_i64().unwrap(), now.timestamp() - 60);
+        assert!(c["exp"].as_i64().unwrap() - now.timestamp() <= 600);
+        let c =
+            jsonwebtoken::decode::<serde_json::Value>(&mint_app_jwt("Iv1.abc", &pem, now).unwrap(), &dk, &v)
+                .unwrap()
+                .claims;
+        assert_eq!(c["iss"], "Iv1.abc");
+        assert!(matches!(mint_app_jwt("1", "not a pem", now), Err(GithubError::Auth { .. })));
+    }
+}
