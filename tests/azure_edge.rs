@@ -725,6 +725,7 @@ async fn metrics_cover_operations_and_buckets() {
     c.create_group(SUB, RG, "m1", &group("m1")).await.unwrap();
     c.get_group(SUB, RG, "m1").await.unwrap();
     let _ = c.create_group(SUB, RG, "Bad_Name", &group("Bad_Name")).await;
+    assert_eq!(c.list_groups(SUB, RG).await.unwrap().len(), 1);
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
     let mut text = String::new();
@@ -733,6 +734,10 @@ async fn metrics_cover_operations_and_buckets() {
     assert!(text.contains(r#"azure_arm_requests_total{operation="create",status_class="4xx"} 1"#), "{text}");
     assert!(text.contains(r#"azure_arm_requests_total{operation="get",status_class="2xx"} 1"#), "{text}");
     assert!(text.contains("azure_arm_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains(r#"azure_arm_requests_total{operation="list",status_class="2xx"} 1"#),
+        "one page, one request: {text}"
+    );
     assert!(text.contains(r#"azure_ratelimit_bucket_level{subscription="9d4f1c1e-2b7a-4f5e-8c3d-1a2b3c4d5e6f",bucket="creates:westeurope:300s"} 98"#), "{text}");
     assert!(!text.contains(&h.client_secret()));
 }

@@ -341,6 +341,9 @@ impl AzureClient {
                 .await?
             {
                 out.extend(list.value.iter().map(observe).filter(ObservedGroup::managed_by_controller));
+                if list.next_link.as_deref().is_none_or(str::is_empty) {
+                    break; // last page: no request (and no rate-limit token) for the stream's end
+                }
             }
             Ok(out)
         }
