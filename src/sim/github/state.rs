@@ -337,6 +337,8 @@ struct State {
     next_runner_id: i64,
     jobs: BTreeMap<i64, JobRecord>,
     next_job_id: i64,
+    /// Ids of jobs not completed yet (the ticker never scans finished jobs).
+    open_jobs: std::collections::BTreeSet<i64>,
     next_run_id: i64,
     run_numbers: HashMap<String, i64>,
     procs: HashMap<String, Proc>,
@@ -393,6 +395,7 @@ impl Shared {
                 next_runner_id: 1,
                 jobs: BTreeMap::new(),
                 next_job_id: 1_000_001,
+                open_jobs: std::collections::BTreeSet::new(),
                 next_run_id: 50_001,
                 run_numbers: HashMap::new(),
                 procs: HashMap::new(),
@@ -1088,6 +1091,7 @@ impl Shared {
                 die_at: None,
             };
             st.jobs.insert(id, j.clone());
+            st.open_jobs.insert(id);
             self.webhook(&mut st, "queued", &j);
             out.push(j);
         }
@@ -1168,6 +1172,7 @@ impl Shared {
             j.conclusion = Some("failure".into());
             j.completed_at = Some(now);
             let j = j.clone();
+            st.open_jobs.remove(&job_id);
             self.webhook(st, "completed", &j);
         }
     }
@@ -1325,8 +1330,12 @@ impl Shared {
         }
 
         // 2. Finish (or kill) running jobs.
-        let running: Vec<i64> =
-            st.jobs.values().filter(|j| j.status == JobStatus::InProgress).map(|j| j.id).collect();
+        let running: Vec<i64> = st
+            .open_jobs
+            .iter()
+            .filter(|id| st.jobs.get(id).is_some_and(|j| j.status == JobStatus::InProgress))
+            .copied()
+            .collect();
         for id in running {
             let Some(j) = st.jobs.get(&id) else { continue };
             let runner_id = j.runner_id.unwrap_or(0);
@@ -1346,6 +1355,7 @@ impl Shared {
             if started + Duration::milliseconds(j.duration_ms as i64) > now {
                 continue;
             }
+            st.open_jobs.remove(&id);
             let Some(j) = st.jobs.get_mut(&id) else { continue };
             j.status = JobStatus::Completed;
             j.conclusion = Some("success".into());
@@ -1369,22 +1379,33 @@ impl Shared {
         }
 
         // 3. Assign queued jobs to idle online runners (oldest job first, lowest runner id first).
-        let queued: Vec<i64> =
-            st.jobs.values().filter(|j| j.status == JobStatus::Queued).map(|j| j.id).collect();
+        let mut idle: Vec<i64> = st.runners.values().filter(|r| r.online && !r.busy).map(|r| r.id).collect();
+        let queued: Vec<i64> = st
+            .open_jobs
+            .iter()
+            .filter(|id| st.jobs.get(id).is_some_and(|j| j.status == JobStatus::Queued))
+            .copied()
+            .collect();
         for id in queued {
+            if idle.is_empty() {
+                break;
+            }
             let Some(j) = st.jobs.get(&id) else { continue };
             let want: Vec<String> = j.labels.iter().map(|l| l.to_ascii_lowercase()).collect();
             let repo = j.repo.clone();
             let duration = j.duration_ms;
-            let pick = st
-                .runners
-                .values()
-                .find(|r| {
-                    r.online && !r.busy && r.scope.covers_repo(&repo) && {
-                        let have = r.all_labels_lower();
-                        want.iter().all(|w| have.contains(w))
-                    }
+            let pick = idle
+                .iter()
+                .position(|rid| {
+                    st.runners.get(rid).is_some_and(|r| {
+                        r.scope.covers_repo(&repo) && {
+                            let have = r.all_labels_lower();
+                            want.iter().all(|w| have.contains(w))
+                        }
+                    })
                 })
+                .map(|i| idle.remove(i))
+                .and_then(|rid| st.runners.get(&rid))
                 .map(|r| (r.id, r.name.clone(), r.group_id, r.group_name.clone()));
             let Some((rid, rname, gid, gname)) = pick else { continue };
             let p = st.cfg.faults.runner_death_mid_job;
