@@ -113,6 +113,10 @@ enum Phase {
     TimedOut,
     /// Offline registration without a group (GC candidate).
     OfflineNoGroup,
+    /// Its removal was asked for more than `removal_ttl` ago and the lists still show it.
+    Removing {
+        reason: RemovalReason,
+    },
 }
 
 /// One runner of this pool: a group, a registration, or both (same name).
@@ -243,6 +247,22 @@ impl<'i, 'a> Pass<'i, 'a> {
 
     fn has_event(&self, reason: &str) -> bool {
         self.events.iter().any(|e| e.reason == reason)
+    }
+
+    /// Was the removal of `name` requested recently (the lists may still show it)?
+    fn removal_pending(&mut self, name: &str) -> bool {
+        match self.st.removing.get(name) {
+            Some(r) => {
+                let due = after(r.since, self.input.config.removal_ttl);
+                if due > self.now {
+                    self.wake.push(due);
+                    true
+                } else {
+                    false
+                }
+            }
+            None => false,
+        }
     }
 
     fn reset_on_generation_change(&mut self) {
@@ -390,9 +410,13 @@ impl<'i, 'a> Pass<'i, 'a> {
                 }
                 Action::DeleteGroup { name, .. }
                 | Action::UnregisterRunner { name, .. }
-                | Action::ReleaseGroup { name } => match &f.error.kind {
-                    EdgeErrorKind::NotFound | EdgeErrorKind::Conflict => {}
-                    EdgeErrorKind::Auth { .. } => {
+                | Action::ReleaseGroup { name } => {
+                    if f.error.kind == EdgeErrorKind::NotFound {
+                        continue;
+                    }
+                    // Not removed: ask again next pass.
+                    self.st.removing.remove(name);
+                    if let EdgeErrorKind::Auth { .. } = f.error.kind {
                         let reason = failure_reason_of(&f.error.kind);
                         if counted.contains(&reason) {
                             continue;
@@ -400,8 +424,7 @@ impl<'i, 'a> Pass<'i, 'a> {
                         counted.push(reason);
                         self.record_failure(reason, format!("removing {name}: {}", f.error.message));
                     }
-                    _ => {}
-                },
+                }
             }
         }
     }
@@ -413,6 +436,8 @@ impl<'i, 'a> Pass<'i, 'a> {
         let all_names: BTreeSet<String> =
             groups.iter().map(|g| g.name.clone()).chain(runners.iter().map(|r| r.name.clone())).collect();
         let runners_by_id: BTreeMap<u64, &ObservedRunner> = runners.iter().map(|r| (r.id, r)).collect();
+        // A removal is complete once neither list shows the name.
+        self.st.removing.retain(|n, _| all_names.contains(n));
         let runners_by_name: BTreeMap<&str, &ObservedRunner> =
             runners.iter().map(|r| (r.name.as_str(), r)).collect();
 
@@ -465,6 +490,10 @@ impl<'i, 'a> Pass<'i, 'a> {
             }
             let phase = if r.busy {
                 Phase::Busy
+            } else if self.removal_pending(&r.name) {
+                Phase::Terminating
+            } else if let Some(rm) = self.st.removing.get(&r.name) {
+                Phase::Removing { reason: rm.reason }
             } else if self.st.in_flight.contains_key(&r.name) {
                 Phase::InFlight
             } else if r.online {
@@ -513,8 +542,12 @@ impl<'i, 'a> Pass<'i, 'a> {
         if r.is_some_and(|r| r.busy) {
             return Phase::Busy;
         }
-        if g.provisioning == GroupProvisioning::Deleting {
+        if g.provisioning == GroupProvisioning::Deleting || self.removal_pending(&g.name) {
             return Phase::Terminating;
+        }
+        if let Some(r) = self.st.removing.get(&g.name) {
+            // Asked before, still listed after removal_ttl: ask again.
+            return Phase::Removing { reason: r.reason };
         }
         if let Some((reason, message)) = group_failure(g) {
             return Phase::Failed { reason, message };
@@ -771,6 +804,14 @@ impl<'i, 'a> Pass<'i, 'a> {
         }
         status.conditions = conditions::build(prev_conditions, &wanted, self.input.pool.generation, self.now);
         status.usage = self.usage(view);
+        for a in &self.actions {
+            let reason = match a {
+                Action::UnregisterRunner { reason, .. } | Action::DeleteGroup { reason, .. } => *reason,
+                Action::ReleaseGroup { .. } => RemovalReason::PoolDeleted,
+                Action::CreateRunner { .. } => continue,
+            };
+            self.st.removing.insert(a.name().to_string(), Removal { since: self.now, reason });
+        }
         // In-flight names keep their "used" mark.
         for name in self.st.in_flight.keys() {
             self.st.used_names.insert(name.clone(), self.now);
@@ -877,7 +918,9 @@ impl<'i, 'a> Pass<'i, 'a> {
                     removed += 1;
                 }
                 Phase::Terminating => {
-                    if let Some(r) = u.runner.filter(|r| !r.busy) {
+                    if let Some(r) = u.runner.filter(|r| !r.busy)
+                        && !self.removal_pending(&u.name)
+                    {
                         self.actions.push(Action::UnregisterRunner {
                             id: r.id,
                             name: r.name.clone(),
@@ -897,11 +940,15 @@ impl<'i, 'a> Pass<'i, 'a> {
                         collected.push(r.name.clone());
                     }
                 }
+                Phase::Removing { reason } => {
+                    self.remove_unit(u, *reason, true);
+                    removed += 1;
+                }
                 Phase::Busy | Phase::Idle | Phase::Provisioning | Phase::InFlight => {}
             }
         }
         for (g, r) in &view.stale_groups {
-            if r.is_some_and(|r| r.busy) {
+            if r.is_some_and(|r| r.busy) || self.removal_pending(&g.name) {
                 continue;
             }
             if self.gc_confirmed(GcKey::Group(g.name.clone()), &mut marks) {
@@ -915,6 +962,7 @@ impl<'i, 'a> Pass<'i, 'a> {
             self.st.pending_unregister.iter().map(|(i, n)| (*i, n.clone())).collect();
         for (id, name) in pending {
             match view.runners_by_id.get(&id) {
+                Some(_) if self.removal_pending(&name) => {}
                 Some(r) if !r.busy && !r.online => {
                     self.actions.push(Action::UnregisterRunner {
                         id,
@@ -1272,6 +1320,8 @@ impl<'i, 'a> Pass<'i, 'a> {
                     if now < drain_deadline {
                         draining += 1;
                         self.wake.push(drain_deadline);
+                    } else if self.removal_pending(&u.name) {
+                        waiting += 1;
                     } else {
                         // The job did not finish within drainTimeout: stop the container first
                         // (GitHub refuses to delete a busy runner), then unregister.
@@ -1293,7 +1343,9 @@ impl<'i, 'a> Pass<'i, 'a> {
                     }
                 }
                 Phase::Terminating => {
-                    if let Some(r) = u.runner.filter(|r| !r.busy) {
+                    if let Some(r) = u.runner.filter(|r| !r.busy)
+                        && !self.removal_pending(&u.name)
+                    {
                         self.actions.push(Action::UnregisterRunner {
                             id: r.id,
                             name: r.name.clone(),
@@ -1310,7 +1362,7 @@ impl<'i, 'a> Pass<'i, 'a> {
             }
         }
         for (id, name) in self.st.pending_unregister.clone() {
-            if view.runners_by_id.get(&id).is_some_and(|r| !r.busy) {
+            if view.runners_by_id.get(&id).is_some_and(|r| !r.busy) && !self.removal_pending(&name) {
                 self.actions.push(Action::UnregisterRunner { id, name, reason: RemovalReason::CreateFailed });
                 removing += 1;
             }

@@ -89,6 +89,12 @@ fn random_fx(rng: &mut StdRng) -> Fx {
         if rng.gen_bool(0.3) {
             fx.state.seen_online.insert(name.clone());
         }
+        if rng.gen_bool(0.2) {
+            let reason = if rng.gen_bool(0.5) { RemovalReason::ScaleDown } else { RemovalReason::Recycled };
+            fx.state
+                .removing
+                .insert(name.clone(), Removal { since: t0() - mins(rng.gen_range(0..6)), reason });
+        }
     }
     // Registrations without groups (ours and others', busy or not).
     for _ in 0..rng.gen_range(0..4) {

@@ -1427,3 +1427,52 @@ fn deletion_stuck_in_deleting_is_bounded() {
     let warn = p.events.iter().find(|e| e.reason == "CleanupAbandoned").unwrap();
     assert!(warn.message.contains("pool-stuck"), "{}", warn.message);
 }
+
+#[test]
+fn removals_are_not_repeated_or_misread_while_lists_lag() {
+    // Scale-down of an idle runner; the (cached) lists still show the group afterwards, and the
+    // registration is gone: it must not look like a registration timeout.
+    let mut fx = idle_fx(&[("pool-idle1", 30), ("pool-idle2", 30)], &[], 1);
+    let p = fx.run();
+    assert_eq!(destructive(&p).len(), 2);
+    let removed = destructive(&p)[0].name().to_string();
+    assert!(p.state.removing.contains_key(&removed));
+    fx.carry(&p, mins(1));
+    let keep: Vec<ObservedRunner> =
+        fx.runners.as_ref().unwrap().iter().filter(|r| r.name != removed).cloned().collect();
+    fx.runners = Ok(keep);
+    let p = fx.run();
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.state.failures, 0);
+    assert_eq!((p.status.idle, p.status.terminating), (1, 1));
+    // Still listed after removal_ttl: asked again.
+    fx.carry(&p, mins(3));
+    let p = fx.run();
+    assert_eq!(
+        destructive(&p),
+        vec![&Action::DeleteGroup {
+            name: removed.clone(),
+            reason: RemovalReason::ScaleDown,
+            only_if_unregistered: None
+        }]
+    );
+    assert_eq!(p.state.failures, 0);
+    // Gone from the lists: forgotten.
+    fx.carry(&p, mins(1));
+    fx.groups = Ok(fx.groups.as_ref().unwrap().iter().filter(|g| g.name != removed).cloned().collect());
+    let p = fx.run();
+    assert!(!p.state.removing.contains_key(&removed));
+
+    // A failed delete is asked again at once.
+    let mut fx = idle_fx(&[("pool-idle1", 30), ("pool-idle2", 30)], &[], 1);
+    let p = fx.run();
+    let actions = p.actions.clone();
+    fx.carry(&p, chrono::Duration::seconds(10));
+    fx.failures = vec![ActionFailure {
+        action: actions[1].clone(),
+        error: EdgeError::new(EdgeErrorKind::Transient, "ARM 500"),
+        registered_runner: None,
+    }];
+    let p = fx.run();
+    assert!(p.actions.iter().any(|a| a.name() == actions[1].name()), "{:?}", p.actions);
+}

@@ -341,6 +341,9 @@ pub struct PlannerConfig {
     /// During deletion: after drainTimeout plus this grace, every pass that is not done counts
     /// as a failed attempt (a group stuck in `Deleting` cannot wedge the finalizer).
     pub deletion_grace: Duration,
+    /// After asking to remove a group or registration, how long to wait for the lists to stop
+    /// showing it before asking again (lists may be cached or lag).
+    pub removal_ttl: Duration,
     /// How long used names are remembered (beyond what the lists show).
     pub name_retention: Duration,
     pub prices: Option<PriceTable>,
@@ -365,6 +368,7 @@ impl Default for PlannerConfig {
             max_creates_per_pass: 20,
             deletion_max_attempts: 10,
             deletion_grace: Duration::from_secs(1800),
+            removal_ttl: Duration::from_secs(180),
             name_retention: Duration::from_secs(24 * 3600),
             prices: None,
         }
@@ -439,6 +443,13 @@ pub struct QuotaWait {
     pub message: String,
 }
 
+/// A removal the planner asked for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Removal {
+    pub since: DateTime<Utc>,
+    pub reason: RemovalReason,
+}
+
 /// State carried between passes (in memory). Everything in it is rebuildable: losing it only
 /// delays garbage collection, scale-down and backoff decisions.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -468,6 +479,8 @@ pub struct PoolState {
     /// Seconds of each group's lifetime already added to `status.usage`.
     pub usage_accounted: BTreeMap<String, f64>,
     pub deletion_attempts: u32,
+    /// Groups/registrations whose removal was requested.
+    pub removing: BTreeMap<String, Removal>,
     /// Names of this pool's groups and registrations last observed (for the abandon warning).
     pub last_known: BTreeSet<String>,
 }
