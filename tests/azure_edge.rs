@@ -290,6 +290,9 @@ async fn create_get_list_delete_through_the_crate_with_pinned_api_version() {
     assert_eq!((ctr.name.as_str(), ctr.state.as_deref(), ctr.restart_count), ("runner", Some("Running"), 0));
     assert!(ctr.start_time.is_some());
     assert!(g.id.ends_with("/containerGroups/linux-0abcd"));
+    let events: Vec<&str> = g.events.iter().filter_map(|e| e.name.as_deref()).collect();
+    assert_eq!(events, vec!["Pulling", "Pulled", "Started"]);
+    assert!(g.events.iter().all(|e| e.last_timestamp.is_some() && e.count == Some(1)));
 
     // Exit → Succeeded with the exit code visible to the planner.
     assert!(h.exit_container("linux-1abcd", 0));

@@ -78,6 +78,33 @@ pub struct ObservedGroup {
     pub container: Option<ObservedContainer>,
     pub priority: Option<String>,
     pub restart_policy: Option<String>,
+    /// Group events, then the first container's events (e.g. `Pulling`, `Started`, `Killing`).
+    pub events: Vec<ObservedEvent>,
+}
+
+/// One `instanceView` event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedEvent {
+    pub name: Option<String>,
+    pub message: Option<String>,
+    pub type_: Option<String>,
+    pub count: Option<i32>,
+    pub last_timestamp: Option<DateTime<Utc>>,
+}
+
+fn events_of(
+    events: &[azure_mgmt_containerinstance::package_preview_2024_05::models::Event],
+) -> Vec<ObservedEvent> {
+    events
+        .iter()
+        .map(|e| ObservedEvent {
+            name: e.name.clone(),
+            message: e.message.clone(),
+            type_: e.type_.clone(),
+            count: e.count,
+            last_timestamp: chrono_of(e.last_timestamp),
+        })
+        .collect()
 }
 
 impl ObservedGroup {
@@ -143,6 +170,18 @@ pub fn observe(cg: &ContainerGroup) -> ObservedGroup {
         container,
         priority: json_str(&p.priority),
         restart_policy: json_str(&p.restart_policy),
+        events: p
+            .instance_view
+            .iter()
+            .flat_map(|iv| events_of(&iv.events))
+            .chain(
+                p.containers
+                    .first()
+                    .and_then(|c| c.properties.instance_view.as_ref())
+                    .into_iter()
+                    .flat_map(|iv| events_of(&iv.events)),
+            )
+            .collect(),
     }
 }
 
