@@ -414,8 +414,13 @@ impl<'i, 'a> Pass<'i, 'a> {
                     if f.error.kind == EdgeErrorKind::NotFound {
                         continue;
                     }
-                    // Not removed: ask again next pass.
-                    self.st.removing.remove(name);
+                    if f.error.kind == EdgeErrorKind::Conflict {
+                        // GitHub refused (the runner took a job): decide again from scratch.
+                        self.st.removing.remove(name);
+                    } else if let Some(r) = self.st.removing.get_mut(name) {
+                        // Not removed: ask again next pass, for the same reason.
+                        r.since = DateTime::<Utc>::MIN_UTC;
+                    }
                     if let EdgeErrorKind::Auth { .. } = f.error.kind {
                         let reason = failure_reason_of(&f.error.kind);
                         if counted.contains(&reason) {

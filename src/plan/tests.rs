@@ -1474,5 +1474,37 @@ fn removals_are_not_repeated_or_misread_while_lists_lag() {
         registered_runner: None,
     }];
     let p = fx.run();
-    assert!(p.actions.iter().any(|a| a.name() == actions[1].name()), "{:?}", p.actions);
+    let again: Vec<&Action> = destructive(&p).into_iter().filter(|a| a.name() == actions[1].name()).collect();
+    assert!(!again.is_empty(), "{:?}", p.actions);
+    assert!(
+        again.iter().all(|a| matches!(
+            a,
+            Action::DeleteGroup { reason: RemovalReason::ScaleDown, .. }
+                | Action::UnregisterRunner { reason: RemovalReason::ScaleDown, .. }
+        )),
+        "{again:?}"
+    );
+    // GitHub refusing the unregister (busy): the decision is dropped, and the busy runner kept.
+    let mut fx = idle_fx(&[("pool-idle1", 30), ("pool-idle2", 30)], &[], 1);
+    let p = fx.run();
+    let unreg = p.actions[0].clone();
+    let name = unreg.name().to_string();
+    fx.carry(&p, chrono::Duration::seconds(10));
+    fx.failures = vec![ActionFailure {
+        action: unreg,
+        error: EdgeError::new(EdgeErrorKind::Conflict, "runner is busy"),
+        registered_runner: None,
+    }];
+    let runners: Vec<ObservedRunner> = fx
+        .runners
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|r| if r.name == name { ObservedRunner { busy: true, ..r.clone() } } else { r.clone() })
+        .collect();
+    fx.runners = Ok(runners);
+    let p = fx.run();
+    assert!(!p.state.removing.contains_key(&name));
+    assert!(p.actions.iter().all(|a| a.name() != name), "{:?}", p.actions);
+    assert_eq!(p.status.busy, 1);
 }
