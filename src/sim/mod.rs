@@ -123,6 +123,13 @@ pub struct SimArgs {
     /// Secret for webhook signatures (default: generated; written to the credentials file).
     #[arg(long, env = "SIM_WEBHOOK_SECRET")]
     pub webhook_secret: Option<String>,
+    /// JSON file with a full ARM simulator configuration (`ArmSimConfig`, camelCase, all optional);
+    /// the flags above and below override it.
+    #[arg(long)]
+    pub arm_config: Option<PathBuf>,
+    /// JSON file with a full GitHub simulator configuration (`GithubSimConfig`, camelCase).
+    #[arg(long)]
+    pub github_config: Option<PathBuf>,
     /// Simulated image pull time in milliseconds (ARM).
     #[arg(long)]
     pub image_pull_ms: Option<u64>,
@@ -151,6 +158,16 @@ pub fn run_cli(args: SimArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let mut opts = SimOptions { time_scale: args.time_scale, seed: args.seed, ..Default::default() };
+        if let Some(p) = &args.arm_config {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+            opts.arm = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        }
+        if let Some(p) = &args.github_config {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+            opts.github = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        }
         opts.arm.listen = args.listen;
         opts.github.listen = args.github_listen.unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 0));
         if let Some(ms) = args.image_pull_ms {

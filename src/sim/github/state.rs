@@ -532,7 +532,10 @@ impl Shared {
     }
 
     pub fn record_delivery(&self, d: DeliveryRecord) {
-        self.st().deliveries.push(d);
+        let mut st = self.st();
+        if st.deliveries.len() < MAX_CALL_RECORDS {
+            st.deliveries.push(d);
+        }
     }
 
     // ------------------------------------------------------------------ auth
