@@ -29,7 +29,7 @@ pub mod template;
 
 pub use client::{
     API_VERSION, AzureClient, AzureClientConfig, CRATE_API_VERSION, CreateAccepted, ObservedContainer,
-    ObservedGroup,
+    ObservedEvent, ObservedGroup,
 };
 pub use credentials::{CachedCredential, CloudConfig, CredentialRegistry, CredentialSpec};
 pub use error::{ArmFailure, AzureError, classify};
