@@ -16,7 +16,7 @@ enum Command {
     /// Print the RunnerPool CustomResourceDefinition as YAML.
     Crd,
     /// Run the simulated Azure (ARM/ACI, Entra ID) and GitHub (App, runners, jobs, webhooks).
-    Sim(aci_runner_controller::sim::SimArgs),
+    Sim(Box<aci_runner_controller::sim::SimArgs>),
 }
 
 fn init_tracing(format: &str) {
@@ -38,6 +38,6 @@ fn main() -> anyhow::Result<()> {
             print!("{}", aci_runner_controller::crd::crd_yaml()?);
             Ok(())
         }
-        Command::Sim(args) => aci_runner_controller::sim::run_cli(args),
+        Command::Sim(args) => aci_runner_controller::sim::run_cli(*args),
     }
 }
