@@ -26,6 +26,7 @@
 //! # let _ = runners; Ok(()) }
 //! ```
 mod auth;
+pub mod bridge;
 mod client;
 pub mod metrics;
 pub mod webhook;
