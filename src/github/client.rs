@@ -97,6 +97,8 @@ struct ListCache {
     runners: Arc<Vec<Runner>>,
 }
 
+/// (base URL + principal, scope): pools using the same credentials on a scope share one list;
+/// other credentials never see a list they could not read themselves.
 type ListKey = (String, Scope);
 
 struct HubInner {
@@ -545,7 +547,7 @@ impl GithubClient {
     // ------------------------------------------------------------------ runners
 
     fn list_cache(&self, scope: &Scope) -> Arc<AsyncMutex<ListCache>> {
-        lock(&self.hub.lists).entry((self.base.clone(), scope.clone())).or_default().clone()
+        lock(&self.hub.lists).entry((self.auth_key.clone(), scope.clone())).or_default().clone()
     }
 
     /// Drop the cached list so the next [`Self::list_runners`] asks GitHub (ETags still apply).
