@@ -12,6 +12,8 @@ pub mod types;
 mod prop_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod world_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
