@@ -84,12 +84,10 @@ impl World {
                     });
                 }
                 Action::UnregisterRunner { id, name, .. } => {
-                    if let Some(r) = self.runners.iter().find(|r| r.id == *id) {
-                        if r.busy {
-                            // GitHub refuses to delete a busy runner.
-                            self.violations.push(format!("unregister of busy {name}"));
-                            continue;
-                        }
+                    if self.runners.iter().any(|r| r.id == *id && r.busy) {
+                        // GitHub refuses to delete a busy runner.
+                        self.violations.push(format!("unregister of busy {name}"));
+                        continue;
                     }
                     self.runners.retain(|r| r.id != *id);
                     unregistered.insert(*id);
