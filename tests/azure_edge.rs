@@ -744,3 +744,96 @@ async fn metrics_cover_operations_and_buckets() {
     assert!(text.contains(r#"azure_ratelimit_bucket_level{subscription="9d4f1c1e-2b7a-4f5e-8c3d-1a2b3c4d5e6f",bucket="creates:westeurope:300s"} 98"#), "{text}");
     assert!(!text.contains(&h.client_secret()));
 }
+
+// ------------------------------------------------------------------ logs
+
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<String>>>);
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, "{}={:?} ", field.name(), value);
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut f = Fields(format!("new span {}: ", attrs.metadata().name()));
+        attrs.record(&mut f);
+        self.0.lock().unwrap().push(f.0);
+    }
+    fn on_record(
+        &self,
+        _: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut f = Fields("record: ".into());
+        values.record(&mut f);
+        self.0.lock().unwrap().push(f.0);
+    }
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut f = Fields(format!("{} {}: ", event.metadata().level(), event.metadata().target()));
+        event.record(&mut f);
+        self.0.lock().unwrap().push(f.0);
+    }
+}
+
+#[tokio::test]
+async fn no_secret_in_any_log_line_and_spans_carry_the_correlation_id() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+
+    let h = sim(ArmSimConfig::default(), 600.0).await;
+    let reg = CredentialRegistry::new(cloud(&h), Duration::from_secs(300));
+    let cred = reg.get(&secret_spec(&h));
+    let c = client_with(&h, RateLimitConfig::default(), cred.clone(), None);
+    let g = group("logged-1");
+    c.create_group(SUB, RG, "logged-1", &g).await.unwrap();
+    c.get_group(SUB, RG, "logged-1").await.unwrap();
+    c.list_groups(SUB, RG).await.unwrap();
+    let _ = c.create_group(SUB, RG, "Bad_Name", &group("Bad_Name")).await.unwrap_err();
+    c.delete_group(SUB, RG, "logged-1").await.unwrap();
+    // Workload identity too.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let assertion = h.federated_assertion(&h.default_assertion_claims(3600).unwrap());
+    std::fs::write(&file, &assertion).unwrap();
+    let wi = reg.get(&CredentialSpec::WorkloadIdentity {
+        tenant_id: h.tenant_id(),
+        client_id: h.client_id(),
+        token_file: file,
+    });
+    client_with(&h, RateLimitConfig::default(), wi, None).get_group(SUB, RG, "x").await.unwrap();
+    let bearer = cred.get_token(&["https://management.azure.com/.default"]).await.unwrap();
+
+    let lines = capture.0.lock().unwrap().clone();
+    assert!(lines.len() > 10, "{lines:?}");
+    for secret in [
+        h.client_secret(),
+        bearer.token.secret().to_string(),
+        assertion,
+        "eyJqaXQiOiJjb25maWcifQ==".to_string(), // JIT config
+        "npm-secret".to_string(),               // secureEnvFrom value
+    ] {
+        for l in &lines {
+            assert!(!l.contains(&secret), "secret in log line: {l}");
+        }
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("record: correlation_id=")),
+        "ARM's correlation id is recorded on the span: {lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("new span azure.create_group")));
+    // DEBUG lines of the HTTP stack were captured too (so the check above covers them).
+    assert!(lines.iter().any(|l| l.contains("performing request")), "{lines:?}");
+}

@@ -195,11 +195,24 @@ pub struct CreateAccepted {
     pub async_operation: Option<String>,
 }
 
-/// Turns every non-success ARM answer into an error carrying the parsed [`ArmFailure`]
-/// (status, code, message, `Retry-After`, correlation id), and records ARM's correlation id on the
-/// current tracing span. Runs inside the (disabled) retry policy, right before the transport.
-#[derive(Debug)]
-struct ArmAnswerPolicy;
+/// Sends the request itself and turns every non-success ARM answer into an error carrying the
+/// parsed [`ArmFailure`] (status, code, message, `Retry-After`, correlation id); records ARM's
+/// correlation id on the current tracing span.
+///
+/// It is the first per-call policy and does not call the rest of the pipeline: azure_core 0.21's
+/// transport policy logs every request at DEBUG with `{request:#?}`, whose header redaction is
+/// inverted (it prints the `Authorization` value) and which includes the body (`secureValue`s),
+/// and its retry policy logs requests at TRACE. Skipping them keeps secrets out of every log line
+/// at every level; retries are the reconciler's business anyway.
+struct ArmAnswerPolicy {
+    http: Arc<dyn azure_core::HttpClient>,
+}
+
+impl std::fmt::Debug for ArmAnswerPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArmAnswerPolicy")
+    }
+}
 
 fn header_of(headers: &azure_core::headers::Headers, name: &str) -> Option<String> {
     headers.iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str().to_string())
@@ -207,14 +220,9 @@ fn header_of(headers: &azure_core::headers::Headers, name: &str) -> Option<Strin
 
 #[async_trait::async_trait]
 impl Policy for ArmAnswerPolicy {
-    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
-        let Some((first, rest)) = next.split_first() else {
-            return Err(azure_core::Error::message(
-                ErrorKind::Other,
-                "ARM policy is not followed by a transport",
-            ));
-        };
-        let rsp = first.send(ctx, request, rest).await?;
+    async fn send(&self, _ctx: &Context, request: &mut Request, _next: &[Arc<dyn Policy>]) -> PolicyResult {
+        request.insert_header("user-agent", concat!("aci-runner-controller/", env!("CARGO_PKG_VERSION")));
+        let rsp = self.http.execute_request(request).await?;
         if let Some(id) = header_of(rsp.headers(), "x-ms-correlation-request-id") {
             tracing::Span::current().record("correlation_id", id.as_str());
         }
@@ -270,7 +278,9 @@ impl AzureClient {
         let mut endpoint = cfg.arm_endpoint.clone();
         endpoint.query_pairs_mut().clear().append_pair("api-version", &cfg.api_version);
         let mut options = ClientOptions::default().retry(RetryOptions::none());
-        options.per_retry_policies_mut().push(Arc::new(ArmAnswerPolicy));
+        options
+            .per_call_policies_mut()
+            .push(Arc::new(ArmAnswerPolicy { http: azure_core::new_http_client() }));
         let aci = AciClient::new(endpoint, credential, vec![cfg.scope.clone()], options);
         Self { aci, limiter, metrics, cfg }
     }
