@@ -49,7 +49,7 @@ fn ok_calls(g: &GithubSimHandle, op: &str, status: u16) -> u64 {
 #[tokio::test]
 async fn fifty_pools_one_installation_one_token_mint_and_one_list() {
     let g = sim(10.0, GithubSimConfig::default()).await;
-    let hub = hub_for(&g, 30);
+    let hub = hub_for(&g, 600);
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
@@ -83,7 +83,7 @@ async fn token_renewed_before_expiry_and_dropped_on_401() {
 #[tokio::test]
 async fn unchanged_runner_list_uses_304_and_costs_nothing() {
     let g = sim(60.0, GithubSimConfig { default_per_page: 30, ..Default::default() }).await;
-    let hub = hub_for(&g, 5);
+    let hub = hub_for(&g, 30);
     let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
     // 150 runners: the list spans two pages of 100.
     for i in 0..150 {
@@ -97,8 +97,8 @@ async fn unchanged_runner_list_uses_304_and_costs_nothing() {
     let again = client.list_runners(&org()).await.unwrap();
     assert!(Arc::ptr_eq(&first, &again));
     assert_eq!(g.calls().len(), calls_before);
-    // After the interval (5 s simulated = 83 ms real): revalidated with If-None-Match.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // After the interval (30 s simulated = 0.5 s real): revalidated with If-None-Match.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let third = client.list_runners(&org()).await.unwrap();
     assert_eq!(third.len(), 150);
     assert_eq!(g.not_modified_counts().get("list_runners"), Some(&2), "both pages answered 304");
@@ -422,20 +422,20 @@ async fn edge_metrics_are_exported() {
 
 #[tokio::test]
 async fn token_rejected_with_401_is_dropped_and_reminted() {
-    // The client uses the real clock while the simulator runs 7200x faster: the installation token
-    // looks valid to the client but the simulator expires it after 0.5 s real (as when clocks or
+    // The client uses the real clock while the simulator runs 3600x faster: the installation token
+    // looks valid to the client but the simulator expires it after 1 s real (as when clocks or
     // revocations disagree). GETs are sent once more with a fresh token; the stale one is dropped.
-    let g = sim(7200.0, GithubSimConfig::default()).await;
+    let g = sim(3600.0, GithubSimConfig::default()).await;
     let hub = GithubHub::new(HubConfig { list_interval: chrono::Duration::zero(), ..Default::default() });
     let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
     client.list_runners(&org()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     client.invalidate_runners(&org()).await;
     client.list_runners(&org()).await.unwrap();
     assert_eq!(g.tokens_minted().get(&1001), Some(&2));
     assert_eq!(ok_calls(&g, "list_runners", 401), 1);
     // POSTs are not replayed: the 401 surfaces once, the next call mints a new token.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let e = client.registration_token(&org()).await.unwrap_err();
     assert!(matches!(e, GithubError::Auth { .. }), "{e:?}");
     assert_eq!(ok_calls(&g, "registration_token", 401), 1);

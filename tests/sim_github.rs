@@ -749,7 +749,8 @@ async fn offline_ephemeral_runners_disappear_after_a_simulated_day() {
     // 1 real second = 2 simulated days.
     let g = sim(172_800.0, GithubSimConfig::default()).await;
     let c = Conform::new(&g.url());
-    let tok = installation_token(&g, &c, 1001).await;
+    // A PAT: an installation token would expire in 20 ms real at this scale.
+    let tok = g.app_credentials().pats[0].clone();
     let r = c
         .call(
             "POST",
@@ -766,8 +767,7 @@ async fn offline_ephemeral_runners_disappear_after_a_simulated_day() {
 
 #[tokio::test]
 async fn app_auth_rules() {
-    // Scale 3600: a 1 h installation token expires after 1 s real.
-    let g = sim(3600.0, GithubSimConfig::default()).await;
+    let g = sim(10.0, GithubSimConfig::default()).await;
     let c = Conform::new(&g.url());
     let creds = g.app_credentials();
     let at_t = "/app/installations/{installation_id}/access_tokens";
@@ -832,9 +832,14 @@ async fn app_auth_rules() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // Installation tokens expire after 1 h simulated.
+    // Installation tokens expire after 1 h simulated (scale 3600: 1 s real).
+    let fast = sim(3600.0, GithubSimConfig::default()).await;
+    let cf = Conform::new(&fast.url());
+    let short = installation_token(&fast, &cf, 1001).await;
+    let r = cf.call("GET", lt, "/orgs/octo-org/actions/runners", &short, None).await;
+    assert_eq!(r.status, 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = c.call("GET", lt, "/orgs/octo-org/actions/runners", &tok, None).await;
+    let r = cf.call("GET", lt, "/orgs/octo-org/actions/runners", &short, None).await;
     assert_eq!(r.status, 401);
     // No auth at all.
     let r = reqwest::Client::new()
