@@ -4,7 +4,8 @@
 //!
 //! Entry point: [`GithubHub`] (one per controller, shared by every pool). It hands out
 //! [`GithubClient`]s per (base URL, credentials); clients of the same installation share one
-//! installation-token cache, and pools on the same scope share one runner list per interval.
+//! installation-token cache, and pools using the same credentials on the same scope share one
+//! runner list per interval.
 //!
 //! ```no_run
 //! # async fn demo(pem: String) -> Result<(), aci_runner_controller::github::GithubError> {
