@@ -1086,3 +1086,69 @@ async fn managed_identity_endpoint_and_sim_http_api() {
         http.get(format!("{}/_sim/arm/groups", h.url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(groups, json!([]));
 }
+
+#[tokio::test]
+async fn access_tokens_expire_in_simulated_time() {
+    let mut c = cfg();
+    c.token_lifetime_secs = 60; // 0.1 s at scale 600
+    let (h, _rt) = start(c).await;
+    let arm = Arm::new(&h).await;
+    assert_eq!(arm.get("x").await.status, 404);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = arm.get("x").await;
+    assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("ExpiredAuthenticationToken")));
+    // Audience check: a token for another resource is refused.
+    let v: Value = reqwest::Client::new()
+        .post(format!("{}/{}/oauth2/v2.0/token", h.url(), h.tenant_id()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &h.client_id()),
+            ("client_secret", &h.client_secret()),
+            ("scope", "https://vault.azure.net/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other = Arm {
+        base: h.url(),
+        tok: v["access_token"].as_str().unwrap().to_string(),
+        http: reqwest::Client::new(),
+    };
+    let r = other.get("x").await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (401, Some("InvalidAuthenticationTokenAudience"))
+    );
+    // OAuth errors use Entra's shape.
+    let r = reqwest::Client::new()
+        .post(format!("{}/{}/oauth2/v2.0/token", h.url(), h.tenant_id()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &h.client_id()),
+            ("client_secret", "nope"),
+            ("scope", "https://management.azure.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "invalid_client");
+    assert_eq!(e["error_codes"][0], 7000215);
+    let r = reqwest::Client::new()
+        .post(format!("{}/{}/oauth2/v2.0/token", h.url(), h.tenant_id()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &h.client_id()),
+            ("client_secret", &h.client_secret()),
+            ("scope", "https://management.azure.com/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_scope");
+}
