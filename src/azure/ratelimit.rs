@@ -157,13 +157,14 @@ impl RateLimiter {
                 while w.grants.front().is_some_and(|t| now.saturating_duration_since(*t) >= lim.window) {
                     w.grants.pop_front();
                 }
-                if w.grants.len() as u64 >= u64::from(lim.limit) {
-                    let idx = w.grants.len() - lim.limit.max(1) as usize;
+                if lim.limit == 0 {
+                    // A zero quota never frees up; report one window as the wait.
+                    create_wait = create_wait.max(lim.window);
+                } else if w.grants.len() as u64 >= u64::from(lim.limit) {
+                    // The request may go once the oldest grant that keeps the window full expires.
+                    let idx = w.grants.len() - lim.limit as usize;
                     let free_at = w.grants.get(idx).map(|t| *t + lim.window).unwrap_or(now);
                     create_wait = create_wait.max(free_at.saturating_duration_since(now));
-                    if lim.limit == 0 {
-                        create_wait = create_wait.max(lim.window);
-                    }
                 }
             }
         }
@@ -304,6 +305,13 @@ mod tests {
         l.acquire(RequestKind::Write, "s", "westeurope").await.unwrap();
         tokio::time::sleep(Duration::from_millis(210)).await;
         l.acquire(RequestKind::Create, "s", "westeurope").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_zero_create_quota_refuses_without_panicking() {
+        let l = limiter(vec![WindowLimit { limit: 0, window: Duration::from_secs(300) }], Duration::ZERO);
+        let e = l.acquire(RequestKind::Create, "s", "westeurope").await.unwrap_err();
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(300)));
     }
 
     #[tokio::test]
