@@ -1245,15 +1245,12 @@ impl Shared {
             .collect();
         let group = Self::env(c, "RUNNER_GROUP").unwrap_or("").trim();
         let groups = self.groups_of(st, &scope);
-        let (gid, gname) = if group.is_empty() {
-            groups[0].clone()
-        } else {
-            groups
-                .iter()
-                .find(|(_, n)| n.eq_ignore_ascii_case(group))
-                .cloned()
-                .ok_or("runner group not found")?
-        };
+        let wanted = if group.is_empty() { "Default" } else { group };
+        let (gid, gname) = groups
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(wanted))
+            .cloned()
+            .ok_or("runner group not found")?;
         let ephemeral = Self::env(c, "RUNNER_EPHEMERAL").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         if let Some(old) = st.runners.values().find(|r| r.scope == scope && r.name == name) {
             if old.online {
