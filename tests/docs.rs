@@ -485,3 +485,29 @@ fn ci_workflow_runs_the_same_checks_as_ci_run() {
         assert!(all.contains(check), ".github/workflows/ci.yml does not run {check:?}");
     }
 }
+
+#[test]
+fn runner_pools_shown_in_the_docs_are_valid() {
+    let fenced = regex::Regex::new(r"(?s)```yaml\n(.*?)```").unwrap();
+    let mut checked = 0;
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for block in fenced.captures_iter(&text) {
+            if !block[1].contains("kind: RunnerPool") {
+                continue;
+            }
+            for doc in serde_yaml::Deserializer::from_str(&block[1]) {
+                let doc = Value::deserialize(doc).unwrap();
+                if doc["kind"] != "RunnerPool" {
+                    continue;
+                }
+                let spec: aci_runner_controller::crd::RunnerPoolSpec =
+                    serde_json::from_value(doc["spec"].clone())
+                        .unwrap_or_else(|e| panic!("{}: RunnerPool does not parse: {e}", file.display()));
+                spec.validate().unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 1, "the quickstart shows a RunnerPool");
+}
