@@ -698,6 +698,12 @@ async fn quotas_throttling_capacity_images_and_permissions() {
     let ra: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(ra >= 1);
     assert_eq!(h.quota_rejections(), 3);
+    h.set_quotas(Quotas { creates_per_5min: 0, ..Quotas::default() });
+    let r = arm.put("q7", &east).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (429, Some("ContainerGroupCreationRateExceeded"))
+    );
 
     // Capacity.
     h.set_quotas(Quotas::default());

@@ -812,16 +812,23 @@ impl Shared {
             window.pop_front();
         }
         let in_5 = window.iter().filter(|t| now - **t < chrono::Duration::minutes(5)).count();
-        let limited = if in_5 as u64 >= u64::from(q.creates_per_5min) {
-            window
-                .iter()
-                .find(|t| now - **t < chrono::Duration::minutes(5))
-                .map(|t| (*t + chrono::Duration::minutes(5), "5 minutes", q.creates_per_5min))
-        } else if window.len() as u64 >= u64::from(q.creates_per_hour) {
-            window.front().map(|t| (*t + chrono::Duration::hours(1), "hour", q.creates_per_hour))
-        } else {
-            None
+        // When a full window frees a slot: the grant that keeps it full expires.
+        let free_at = |times: Vec<DateTime<Utc>>, limit: u32, span: chrono::Duration| {
+            if limit == 0 {
+                return Some(now + span);
+            }
+            (times.len() as u64 >= u64::from(limit))
+                .then(|| times.get(times.len() - limit as usize).map(|t| *t + span))
+                .flatten()
         };
+        let five = chrono::Duration::minutes(5);
+        let recent: Vec<DateTime<Utc>> = window.iter().filter(|t| now - **t < five).copied().collect();
+        let limited = free_at(recent, q.creates_per_5min, five)
+            .map(|t| (t, "5 minutes", q.creates_per_5min))
+            .or_else(|| {
+                free_at(window.iter().copied().collect(), q.creates_per_hour, chrono::Duration::hours(1))
+                    .map(|t| (t, "hour", q.creates_per_hour))
+            });
         let remaining_5 = u64::from(q.creates_per_5min).saturating_sub(in_5 as u64 + 1);
         let remaining_h = u64::from(q.creates_per_hour).saturating_sub(window.len() as u64 + 1);
         if let Some((free_at, per, limit)) = limited {
