@@ -1,8 +1,21 @@
 //! Conversions to the planner's types, so the controller's GitHub port stays a thin adapter.
 use chrono::{DateTime, Utc};
 
-use super::{GithubError, Runner};
+use super::{GithubError, Runner, Scope};
+use crate::crd::GithubSpec;
 use crate::plan::{EdgeError, EdgeErrorKind, ObservedRunner};
+
+/// The pool's registration scope (`None` when the spec names none or an invalid repository; the
+/// CRD's validation makes exactly one of the three present).
+pub fn scope_of(spec: &GithubSpec) -> Option<Scope> {
+    if let Some(r) = &spec.repository {
+        return Scope::repo(r);
+    }
+    if let Some(o) = &spec.organization {
+        return Some(Scope::Org(o.clone()));
+    }
+    spec.enterprise.as_ref().map(|e| Scope::Enterprise(e.clone()))
+}
 
 /// Classify a GitHub edge error for the planner. `now` is the clock the reset was computed on.
 /// A busy runner is a `Conflict` (GitHub refused the delete; retry after the job).
@@ -65,5 +78,11 @@ mod tests {
         };
         let o = observed_runner(&r);
         assert!(o.online && o.busy && o.id == 7 && o.labels.len() == 2);
+        let spec: GithubSpec =
+            serde_json::from_value(serde_json::json!({"repository": "o/r", "labels": ["aci"]})).unwrap();
+        assert_eq!(scope_of(&spec), Some(Scope::Repo { owner: "o".into(), repo: "r".into() }));
+        let spec: GithubSpec =
+            serde_json::from_value(serde_json::json!({"enterprise": "e", "labels": ["aci"]})).unwrap();
+        assert_eq!(scope_of(&spec), Some(Scope::Enterprise("e".into())));
     }
 }
