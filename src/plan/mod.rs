@@ -513,6 +513,7 @@ impl<'i, 'a> Pass<'i, 'a> {
         // In-flight creates: drop the ones the list now shows, expire lost ones.
         let listed: BTreeSet<&str> = groups.iter().map(|g| g.name.as_str()).collect();
         let in_flight = std::mem::take(&mut self.st.in_flight);
+        let mut lost = Vec::new();
         for (name, f) in in_flight {
             if listed.contains(name.as_str()) {
                 // ARM accepted the create: quota is available again.
@@ -522,12 +523,7 @@ impl<'i, 'a> Pass<'i, 'a> {
             let expires = after(f.since, self.input.config.in_flight_ttl);
             if expires <= now {
                 self.st.used_names.insert(name.clone(), now);
-                if self.input.pool.deletion_timestamp.is_none() {
-                    self.record_failure(
-                        FailureReason::Transient,
-                        format!("container group {name} never appeared in {} after its create", f.location),
-                    );
-                }
+                lost.push(name);
                 continue;
             }
             self.wake.push(expires);
@@ -535,6 +531,13 @@ impl<'i, 'a> Pass<'i, 'a> {
                 units.push(Unit { name: name.clone(), group: None, runner: None, phase: Phase::InFlight });
             }
             self.st.in_flight.insert(name, f);
+        }
+        if !lost.is_empty() && self.input.pool.deletion_timestamp.is_none() {
+            // One failure per pass, however many creates were lost.
+            self.record_failure(
+                FailureReason::Transient,
+                format!("container group(s) never appeared after their create: {}", list_names(&lost)),
+            );
         }
         units.sort_by(|a, b| a.name.cmp(&b.name));
 

@@ -1049,10 +1049,12 @@ fn long_pool_names_give_valid_runner_names() {
 fn lost_in_flight_create_expires_and_counts() {
     let mut fx = Fx::new();
     fx.spec.scaling.min_idle = 1;
-    fx.state.in_flight.insert(
-        "pool-lost1".into(),
-        InFlight { since: t0() - mins(11), location: "westeurope".into(), priority: Priority::Regular },
-    );
+    for n in ["pool-lost1", "pool-lost2"] {
+        fx.state.in_flight.insert(
+            n.into(),
+            InFlight { since: t0() - mins(11), location: "westeurope".into(), priority: Priority::Regular },
+        );
+    }
     let p = fx.run();
     assert!(!p.state.in_flight.contains_key("pool-lost1"));
     assert_eq!(p.state.failures, 1);

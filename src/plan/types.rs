@@ -272,6 +272,10 @@ pub struct ActionFailure {
     pub error: EdgeError,
     /// For a failed `CreateRunner` in JIT mode: the runner id GitHub registered before the group
     /// create failed (the planner unregisters it).
+    ///
+    /// Actions the controller skipped because an earlier one failed (e.g. the remaining creates
+    /// after a QuotaExceeded) must be reported too, with the error that stopped execution;
+    /// otherwise the planner counts them as in flight until `in_flight_ttl`.
     pub registered_runner: Option<u64>,
 }
 
