@@ -416,6 +416,22 @@ fn prometheus_rule_alerts_on_the_controller_metrics() {
         // No job matcher: the metric names are unique to this controller, whatever scrapes them.
         assert!(!expr.contains("job="), "{alert}: {expr}");
     }
+    // Every expression (including the maximal values' additional rule) is valid PromQL.
+    let max = render(&["-f", max_values().to_str().unwrap()]);
+    let max_rules = find(&max, "PrometheusRule", "arc-max")["spec"]["groups"][0]["rules"].as_array().unwrap();
+    assert_eq!(max_rules.len(), 6);
+    for r in rules.iter().chain(max_rules) {
+        let expr = r["expr"].as_str().unwrap();
+        if let Err(e) = promql_parser::parser::parse(expr) {
+            panic!("{}: invalid PromQL {expr:?}: {e}", r["alert"]);
+        }
+    }
+    for r in rules {
+        for key in ["summary", "description"] {
+            assert!(r["annotations"][key].is_string(), "{} lacks {key}", r["alert"]);
+        }
+    }
+    assert!(promql_parser::parser::parse("sum by (pool (x)").is_err(), "the parser rejects bad PromQL");
     // Prometheus templating survives Helm's templating.
     let stalled = rules.iter().find(|r| r["alert"] == "AciRunnerPoolStalled").unwrap();
     assert!(stalled["annotations"]["summary"].as_str().unwrap().contains("{{ $labels.pool }}"));
