@@ -352,6 +352,19 @@ async fn create_get_list_delete_conform_to_the_spec() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body["tags"]["team"], "platform");
 
+    // PATCH updates tags only.
+    let r = arm
+        .call(
+            reqwest::Method::PATCH,
+            &arm.group_url(SUB, RG, "runner-a1b2c", "2023-05-01"),
+            Some(&json!({"tags": {"only": "this"}})),
+        )
+        .await;
+    check_answer(&r);
+    assert_eq!((r.status, r.body["tags"].clone()), (200, json!({"only": "this"})));
+    assert_eq!(arm.get("runner-a1b2c").await.body["tags"], json!({"only": "this"}));
+    assert_eq!(arm.put("runner-a1b2c", &upd).await.status, 200);
+
     // List by resource group and by subscription.
     let list_url = format!(
         "{}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerInstance/containerGroups?api-version=2023-05-01",

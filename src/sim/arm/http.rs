@@ -186,6 +186,7 @@ fn op_name(route: Option<&Route>, method: &Method) -> &'static str {
         (Some(Route::Item { .. }), &Method::GET) => "get",
         (Some(Route::Item { .. }), &Method::PUT) => "create",
         (Some(Route::Item { .. }), &Method::DELETE) => "delete",
+        (Some(Route::Item { .. }), &Method::PATCH) => "update",
         (Some(Route::Action { action, .. }), _) if eq(action, "start") => "start",
         (Some(Route::Action { action, .. }), _) if eq(action, "restart") => "restart",
         (Some(Route::Action { action, .. }), _) if eq(action, "stop") => "stop",
@@ -199,7 +200,9 @@ fn op_name(route: Option<&Route>, method: &Method) -> &'static str {
 
 fn action_for(route: &Route, method: &Method) -> &'static str {
     match (route, method) {
-        (Route::Item { .. }, &Method::PUT) => "Microsoft.ContainerInstance/containerGroups/write",
+        (Route::Item { .. }, &Method::PUT | &Method::PATCH) => {
+            "Microsoft.ContainerInstance/containerGroups/write"
+        }
         (Route::Item { .. }, &Method::DELETE) => "Microsoft.ContainerInstance/containerGroups/delete",
         (Route::Action { action, .. }, _) if eq(action, "start") => {
             "Microsoft.ContainerInstance/containerGroups/start/action"
@@ -347,6 +350,14 @@ fn handle(
             ),
         },
         (Route::Item { sub, rg, name }, &Method::DELETE) => s.delete(sub, rg, name, &api_version),
+        (Route::Item { sub, rg, name }, &Method::PATCH) => match serde_json::from_slice::<Value>(body) {
+            Ok(v) => s.update_tags(sub, rg, name, &v),
+            Err(e) => Answer::error(
+                400,
+                "InvalidRequestContent",
+                format!("The request content was invalid and could not be deserialized: '{e}'."),
+            ),
+        },
         (Route::Action { sub, rg, name, action }, &Method::POST) if eq(action, "start") => {
             s.start_group(sub, rg, name, &api_version)
         }

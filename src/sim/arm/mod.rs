@@ -119,7 +119,7 @@ pub struct DeniedAction {
 #[serde(default, rename_all = "camelCase")]
 pub struct FaultConfig {
     pub seed: u64,
-    /// Per operation: `create`, `get`, `delete`, `list`, `listAll`, `stop`, `start`, `restart`,
+    /// Per operation: `create`, `update`, `get`, `delete`, `list`, `listAll`, `stop`, `start`, `restart`,
     /// `operation`, `token`.
     pub ops: BTreeMap<String, OpFaults>,
     /// Per location: how many container groups the region can hold (beyond it: 409

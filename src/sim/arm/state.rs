@@ -931,6 +931,52 @@ impl Shared {
             .header("x-ms-ratelimit-remaining-resource", resource)
     }
 
+    /// `PATCH` (the `Resource` body): only tags can be updated.
+    pub fn update_tags(&self, sub: &str, rg: &str, name: &str, body: &Value) -> Answer {
+        let mut st = self.st();
+        let Some(g) = st.groups.get_mut(&group_key(sub, rg, name)) else {
+            return not_found(rg, name);
+        };
+        if let Some(t) = body.get("tags") {
+            let Some(t) = t.as_object() else {
+                return Answer::error(
+                    400,
+                    "InvalidRequestContent",
+                    "The 'tags' property must be an object of strings.",
+                );
+            };
+            let mut tags = BTreeMap::new();
+            for (k, v) in t {
+                let Some(v) = v.as_str() else {
+                    return Answer::error(
+                        400,
+                        "InvalidTemplate",
+                        format!("The value of tag '{k}' must be a string."),
+                    );
+                };
+                if k.chars().any(|c| matches!(c, '<' | '>' | '%' | '&' | '\\' | '?' | '/')) {
+                    return Answer::error(
+                        400,
+                        "InvalidTagNameCharacters",
+                        format!(
+                            "The tag names '{k}' have reserved characters '<,>,%,&,\\,?,/' or control characters."
+                        ),
+                    );
+                }
+                tags.insert(k.clone(), v.to_string());
+            }
+            if tags.len() > 50 {
+                return Answer::error(
+                    400,
+                    "InvalidTag",
+                    format!("The resource has {} tags; at most 50 are allowed.", tags.len()),
+                );
+            }
+            g.tags = tags;
+        }
+        Answer::ok(200, self.render(g))
+    }
+
     pub fn delete(&self, sub: &str, rg: &str, name: &str, api_version: &str) -> Answer {
         let cfg = self.cfg();
         let key = group_key(sub, rg, name);
@@ -1023,7 +1069,9 @@ impl Shared {
         o.insert("name".into(), json!(g.name));
         o.insert("type".into(), json!(RESOURCE_TYPE));
         o.insert("location".into(), json!(g.location));
-        if !g.tags.is_empty() {
+        if g.tags.is_empty() {
+            o.remove("tags");
+        } else {
             o.insert("tags".into(), json!(g.tags));
         }
         if let Some(p) = o.get_mut("properties").and_then(Value::as_object_mut) {
