@@ -853,7 +853,12 @@ async fn spec_examples_replay_and_answers_validate() {
     let (h, _rt) = start(c).await;
     let arm = Arm::new(&h).await;
     let dir = aci_runner_controller::testing::specs::specs_dir().join("azure/examples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| {
+            panic!("{e}: {}", aci_runner_controller::testing::specs::missing_message("azure/examples/"))
+        })
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert_eq!(files.len(), 10);
     for f in files {
