@@ -1258,7 +1258,20 @@ impl<'i, 'a> Pass<'i, 'a> {
             blockers.push(format!("cleanup not finished by {}", overdue.to_rfc3339()));
         }
         if !blockers.is_empty() {
-            self.st.deletion_attempts = self.st.deletion_attempts.saturating_add(1);
+            // Attempts are spaced by an exponential backoff, so that a burst of passes (triggers,
+            // requeues) cannot use the budget up during a short outage.
+            let spacing = |attempts: u32| {
+                let exp = attempts.saturating_sub(1).min(20);
+                cfg.backoff_base.saturating_mul(1u32 << exp).min(cfg.backoff_max)
+            };
+            let due = self.st.deletion_last_attempt.map(|t| after(t, spacing(self.st.deletion_attempts)));
+            if due.is_none_or(|d| d <= now) {
+                self.st.deletion_attempts = self.st.deletion_attempts.saturating_add(1);
+                self.st.deletion_last_attempt = Some(now);
+            }
+            if let Some(t) = self.st.deletion_last_attempt {
+                self.wake.push(after(t, spacing(self.st.deletion_attempts)));
+            }
         }
 
         if self.st.deletion_attempts >= cfg.deletion_max_attempts {

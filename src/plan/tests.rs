@@ -1267,6 +1267,16 @@ fn deletion_never_wedges() {
     }
     let p = last.unwrap();
     assert_eq!(p.finalizer, FinalizerDecision::Remove);
+    // Attempts are spaced: many passes within the backoff count once.
+    let mut burst = fx.clone();
+    burst.state.deletion_attempts = 0;
+    burst.state.deletion_last_attempt = None;
+    for _ in 0..10 {
+        let q = burst.run();
+        assert_eq!(q.finalizer, FinalizerDecision::Keep);
+        assert_eq!(q.state.deletion_attempts, 1);
+        burst.carry(&q, chrono::Duration::seconds(1));
+    }
     let warn = p.events.iter().find(|e| e.reason == "CleanupAbandoned").unwrap();
     assert_eq!(warn.type_, EventType::Warning);
     assert!(warn.message.contains("pool-idle1"), "{}", warn.message);

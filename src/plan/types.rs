@@ -483,6 +483,7 @@ pub struct PoolState {
     /// Seconds of each group's lifetime already added to `status.usage`.
     pub usage_accounted: BTreeMap<String, f64>,
     pub deletion_attempts: u32,
+    pub deletion_last_attempt: Option<DateTime<Utc>>,
     /// Groups/registrations whose removal was requested.
     pub removing: BTreeMap<String, Removal>,
     /// Names of this pool's groups and registrations last observed (for the abandon warning).
