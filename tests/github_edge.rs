@@ -82,7 +82,8 @@ async fn token_renewed_before_expiry_and_dropped_on_401() {
 
 #[tokio::test]
 async fn unchanged_runner_list_uses_304_and_costs_nothing() {
-    let g = sim(60.0, GithubSimConfig { default_per_page: 30, ..Default::default() }).await;
+    // 150 registrations in a burst: lift GitHub's 80-writes-per-minute secondary limit.
+    let g = sim(60.0, GithubSimConfig { secondary_writes_per_minute: 1000, ..Default::default() }).await;
     let hub = hub_for(&g, 30);
     let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
     // 150 runners: the list spans two pages of 100.

@@ -902,6 +902,34 @@ async fn rate_limits_primary_secondary_and_etag_free() {
 }
 
 #[tokio::test]
+async fn content_creating_requests_have_their_own_secondary_limit() {
+    let g = sim(1.0, GithubSimConfig::default()).await;
+    let c = Conform::new(&g.url());
+    let pat = g.app_credentials().pats[0].clone();
+    let mut statuses = Vec::new();
+    for i in 0..82 {
+        let r = c
+            .call(
+                "POST",
+                "/orgs/{org}/actions/runners/generate-jitconfig",
+                "/orgs/octo-org/actions/runners/generate-jitconfig",
+                &pat,
+                Some(json!({"name": format!("burst-{i}"), "runner_group_id": 1, "labels": ["aci"]})),
+            )
+            .await;
+        statuses.push(r.status);
+        if r.status == 403 {
+            assert!(r.headers.contains_key("retry-after"));
+        }
+    }
+    assert!(statuses[..80].iter().all(|s| *s == 201));
+    assert_eq!(&statuses[80..], &[403, 403]);
+    // Reads are still fine.
+    let r = c.call("GET", "/orgs/{org}/actions/runners", "/orgs/octo-org/actions/runners", &pat, None).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
 async fn faults_are_reproducible_from_the_seed() {
     async fn run(seed: u64) -> (Vec<u16>, usize) {
         let faults = GithubFaults {

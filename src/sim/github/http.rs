@@ -219,7 +219,15 @@ fn serve(s: &Shared, route: Route, p: &Principal, uri: &Uri, headers: &HeaderMap
     if *p == Principal::App {
         return Answer::error(401, "A JSON web token cannot be used to access this endpoint");
     }
-    let rl = match s.consume(p) {
+    let write = matches!(
+        route,
+        Route::CreateRunnerGroup(_)
+            | Route::Jit(_)
+            | Route::RegToken(_)
+            | Route::RemoveToken(_)
+            | Route::DeleteRunner(..)
+    );
+    let rl = match s.consume(p, write) {
         Ok(h) => h,
         Err(a) => return a,
     };

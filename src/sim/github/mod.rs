@@ -135,6 +135,9 @@ pub struct GithubSimConfig {
     pub rate_limit: u64,
     /// Secondary limit: requests per installation / PAT per simulated minute.
     pub secondary_limit_per_minute: u64,
+    /// Secondary limit on content-creating requests (POST/DELETE) per simulated minute
+    /// (GitHub documents 80).
+    pub secondary_writes_per_minute: u64,
     /// Status of primary rate-limit answers: 403 (GitHub's usual) or 429.
     pub rate_limit_status: u16,
     /// JWT clock tolerance in seconds.
@@ -205,6 +208,7 @@ impl Default for GithubSimConfig {
             registration_token_lifetime_secs: 3600,
             rate_limit: 5000,
             secondary_limit_per_minute: 900,
+            secondary_writes_per_minute: 80,
             rate_limit_status: 403,
             jwt_leeway_secs: 60,
             runner_startup_ms: 3_000,

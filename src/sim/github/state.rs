@@ -304,6 +304,8 @@ struct Limit {
     used: u64,
     minute_start: Option<DateTime<Utc>>,
     minute_count: u64,
+    /// Content-creating requests (POST/DELETE) in the current minute.
+    writes_in_minute: u64,
     refused: u64,
     not_modified: u64,
 }
@@ -733,11 +735,12 @@ impl Shared {
 
     /// Count the request against the principal's limits. `Err` = refused (403/429 answer).
     /// Returns the rate-limit headers to attach.
-    pub fn consume(&self, p: &Principal) -> Result<Vec<(String, String)>, Answer> {
+    pub fn consume(&self, p: &Principal, write: bool) -> Result<Vec<(String, String)>, Answer> {
         let now = self.now();
         let mut st = self.st();
         let limit = st.cfg.rate_limit;
         let secondary = st.cfg.secondary_limit_per_minute;
+        let secondary_writes = st.cfg.secondary_writes_per_minute;
         let status = st.cfg.rate_limit_status;
         let key = p.key();
         let l = st.limits.entry(key).or_default();
@@ -754,7 +757,7 @@ impl Shared {
             a.headers.push(("retry-after".into(), wait.to_string()));
             return Err(a);
         }
-        if l.minute_count >= secondary {
+        if l.minute_count >= secondary || (write && l.writes_in_minute >= secondary_writes) {
             l.refused += 1;
             let retry =
                 l.minute_start.map(|m| (m + Duration::minutes(1) - now).num_seconds().max(1)).unwrap_or(60);
@@ -766,6 +769,9 @@ impl Shared {
         }
         l.used += 1;
         l.minute_count += 1;
+        if write {
+            l.writes_in_minute += 1;
+        }
         Ok(rate_headers(limit, limit - l.used, l.used, reset))
     }
 
@@ -1458,6 +1464,7 @@ fn roll(l: &mut Limit, now: DateTime<Utc>) {
         _ => {
             l.minute_start = Some(now);
             l.minute_count = 0;
+            l.writes_in_minute = 0;
         }
     }
 }
