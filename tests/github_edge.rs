@@ -525,3 +525,72 @@ async fn primary_limit_answered_429_is_understood_too() {
     assert!(matches!(e, GithubError::RateLimited { .. }), "{e:?}");
     assert_eq!(ok_calls(&g, "registration_token", 429), 1);
 }
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_even_at_trace_level() {
+    let cap = Capture::default();
+    let writer = cap.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let g = sim(60.0, GithubSimConfig::default()).await;
+    let hub = hub_for(&g, 0);
+    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let jit = client.generate_jit_config(&org(), "quiet-1", &["aci".into()], 1, None).await.unwrap();
+    let reg = client.registration_token(&org()).await.unwrap();
+    let _ = client.generate_jit_config(&org(), "quiet-1", &["aci".into()], 1, None).await.unwrap_err();
+    client.list_runners(&org()).await.unwrap();
+    client.delete_runner(&org(), jit.runner_id).await.unwrap();
+    let pat = g.app_credentials().pats[0].clone();
+    let pc = hub.client(&g.url(), Credentials::Pat { token: Secret::new(pat.clone()) }).unwrap();
+    pc.list_runners(&org()).await.unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::channel::<DemandSignal>(4);
+    let app = aci_runner_controller::github::webhook::router(Secret::new("hook-secret-value"), tx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let body = br#"{"action":"queued","workflow_job":{"id":1,"labels":["body-marker-xyz"]}}"#.to_vec();
+    let r = reqwest::Client::new()
+        .post(&url)
+        .header("x-github-event", "workflow_job")
+        .header("x-hub-signature-256", "sha256=00")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let logs = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("JIT registration conflict"), "logs were captured: {logs}");
+    let key = g.app_credentials().private_key_pem;
+    let key_line = key.lines().nth(1).unwrap();
+    for (what, secret) in [
+        ("JIT config", jit.encoded.expose()),
+        ("registration token", reg.token.expose()),
+        ("PAT", pat.as_str()),
+        ("App key", key_line),
+        ("webhook secret", "hook-secret-value"),
+        ("unauthenticated webhook body", "body-marker-xyz"),
+    ] {
+        assert!(!logs.contains(secret), "{what} leaked into the logs");
+    }
+    // Installation tokens never appear either.
+    assert!(!logs.contains("ghs_"), "an installation token leaked into the logs");
+}
