@@ -594,3 +594,20 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     // Installation tokens never appear either.
     assert!(!logs.contains("ghs_"), "an installation token leaked into the logs");
 }
+
+/// The controller boxes these futures (`BoxFuture: Send`): they must be `Send`.
+#[allow(dead_code)]
+fn edge_futures_are_send(c: &aci_runner_controller::github::GithubClient, s: &Scope) {
+    fn send<T: Send>(_: T) {}
+    send(c.list_runners(s));
+    send(c.generate_jit_config(s, "n", &[], 1, None));
+    send(c.registration_token(s));
+    send(c.remove_token(s));
+    send(c.delete_runner(s, 1));
+    send(c.get_runner(s, 1));
+    send(c.find_runner_by_name(s, "n"));
+    send(c.runner_group_id(s, "g"));
+    send(c.runner_version_deprecation(s, "2.0.0"));
+    send(c.queued_jobs("o", "r"));
+    send(c.invalidate_runners(s));
+}
