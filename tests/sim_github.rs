@@ -413,6 +413,10 @@ async fn every_operation_conforms_to_the_rest_description() {
     // Rate limit endpoint and ETag revalidation (304 not counted).
     let r = c.call("GET", "/rate_limit", "/rate_limit", &tok, None).await;
     assert_eq!(r.status, 200);
+    let used = r.body["resources"]["core"]["used"].as_u64().unwrap();
+    assert!(used > 10);
+    let r = c.call("GET", "/rate_limit", "/rate_limit", &tok, None).await;
+    assert_eq!(r.body["rate"]["used"].as_u64().unwrap(), used, "/rate_limit is free");
     let r = c.call("GET", lt, "/orgs/octo-org/actions/runners", &tok, None).await;
     let etag = r.headers["etag"].to_str().unwrap().to_string();
     let used_before = r.headers["x-ratelimit-used"].to_str().unwrap().parse::<u64>().unwrap();

@@ -219,6 +219,10 @@ fn serve(s: &Shared, route: Route, p: &Principal, uri: &Uri, headers: &HeaderMap
     if *p == Principal::App {
         return Answer::error(401, "A JSON web token cannot be used to access this endpoint");
     }
+    if let Route::RateLimit = route {
+        // GitHub: "Accessing this endpoint does not count against your REST API rate limit."
+        return Answer::ok(200, s.rate_limit_body(p));
+    }
     let write = matches!(
         route,
         Route::CreateRunnerGroup(_)
