@@ -1196,6 +1196,13 @@ impl<'i, 'a> Pass<'i, 'a> {
             Some(("ScalingDown".into(), summary.clone()))
         } else if removed > 0 || terminating > 0 {
             Some(("Recycling".into(), summary.clone()))
+        } else if failing {
+            let why = self
+                .st
+                .last_failure
+                .as_ref()
+                .map_or("recovering from failures".to_string(), |f| f.message.clone());
+            Some(("Backoff".into(), why))
         } else {
             None
         };

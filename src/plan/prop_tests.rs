@@ -257,6 +257,19 @@ fn check(fx: &Fx, p: &Plan, case: usize) {
         assert!(!conditions::is_true(&p.status.conditions, conditions::STALLED));
     }
     assert!(p.requeue_after >= fx.config.min_requeue && p.requeue_after <= fx.config.resync);
+    // Status and reason agree.
+    for c in &p.status.conditions {
+        let positive_only = ["RunnersReady"];
+        let negative_only = ["Converged", "NotStalled", "Stalled"];
+        if c.status == "True" {
+            assert!(!negative_only.contains(&c.reason.as_str()), "{} True with {}", c.type_, c.reason);
+        } else {
+            assert!(!positive_only.contains(&c.reason.as_str()), "{} False with {}", c.type_, c.reason);
+            if c.type_ == conditions::READY {
+                assert!(!negative_only.contains(&c.reason.as_str()), "Ready False with {}", c.reason);
+            }
+        }
+    }
     // Reasons are the documented ones.
     for c in &p.status.conditions {
         assert!(
