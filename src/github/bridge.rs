@@ -1,7 +1,8 @@
 //! Conversions to the planner's types, so the controller's GitHub port stays a thin adapter.
 use chrono::{DateTime, Utc};
 
-use super::{GithubError, Runner, Scope};
+use super::{DemandSignal, GithubError, Runner, Scope};
+use crate::controller::demand::{JobAction, JobEvent};
 use crate::crd::GithubSpec;
 use crate::plan::{EdgeError, EdgeErrorKind, ObservedRunner};
 
@@ -31,6 +32,17 @@ pub fn edge_error(e: &GithubError, now: DateTime<Utc>) -> EdgeError {
         GithubError::InvalidRequest(_) => EdgeErrorKind::InvalidRequest,
     };
     EdgeError::new(kind, e.to_string())
+}
+
+/// A webhook demand signal as the controller's demand store takes it.
+pub fn job_event(s: &DemandSignal) -> JobEvent {
+    JobEvent {
+        job_id: s.job_id,
+        action: JobAction::parse(&s.action),
+        labels: s.labels.clone(),
+        repository: s.repository.clone(),
+        organization: s.organization.clone(),
+    }
 }
 
 /// The planner's view of a runner registration.
@@ -84,5 +96,15 @@ mod tests {
         let spec: GithubSpec =
             serde_json::from_value(serde_json::json!({"enterprise": "e", "labels": ["aci"]})).unwrap();
         assert_eq!(scope_of(&spec), Some(Scope::Enterprise("e".into())));
+        let ev = job_event(&DemandSignal {
+            delivery_id: None,
+            job_id: 9,
+            action: "in_progress".into(),
+            labels: vec!["aci".into()],
+            runner_name: Some("p-1".into()),
+            repository: Some("o/r".into()),
+            organization: None,
+        });
+        assert_eq!((ev.job_id, ev.action, ev.repository.as_deref()), (9, JobAction::InProgress, Some("o/r")));
     }
 }
