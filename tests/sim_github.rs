@@ -1303,3 +1303,67 @@ async fn restarted_container_re_registers_and_rate_limits_are_controllable_over_
     // One request was already used by the registration token.
     assert_eq!(statuses, [403, 403]);
 }
+
+#[tokio::test]
+async fn composed_twenty_jit_groups_each_run_one_job() {
+    use aci_runner_controller::github::{Credentials, GithubHub, Scope, Secret};
+    let sim = aci_runner_controller::sim::start(aci_runner_controller::sim::SimOptions {
+        time_scale: 120.0,
+        seed: 5,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let creds = sim.github.app_credentials();
+    let clock = sim.clock.clone();
+    let hub = GithubHub::new(aci_runner_controller::github::HubConfig {
+        clock: Arc::new(move || clock.now()),
+        ..Default::default()
+    });
+    let gh = hub
+        .client(
+            &sim.github.url(),
+            Credentials::App {
+                app_id: Some(creds.app_id.to_string()),
+                client_id: None,
+                installation_id: 1001,
+                private_key_pem: Secret::new(creds.private_key_pem.clone()),
+            },
+        )
+        .unwrap();
+    let org = Scope::Org("octo-org".into());
+    let tok = arm_token(&sim).await;
+    let http = reqwest::Client::new();
+    let names: Vec<String> = (0..20).map(|i| format!("bulk-{i:05}")).collect();
+    for name in &names {
+        let jit = gh.generate_jit_config(&org, name, &["bulk".into()], 1, None).await.unwrap();
+        let env = json!([{"name": "ACTIONS_RUNNER_INPUT_JITCONFIG", "secureValue": jit.encoded.expose()}]);
+        let url = format!(
+            "{}/subscriptions/00000000-0000-0000-0000-0000000000bb/resourceGroups/bulk/providers/Microsoft.ContainerInstance/containerGroups/{name}?api-version=2023-05-01",
+            sim.arm.url()
+        );
+        let r = http.put(url).bearer_auth(&tok).json(&group_body("Never", env)).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    sim.github
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["bulk".into()],
+            duration_secs: 60.0,
+            count: 20,
+            ..Default::default()
+        })
+        .unwrap();
+    wait_for("20 jobs done", Duration::from_secs(20), || {
+        sim.github.jobs().iter().filter(|j| j.conclusion.as_deref() == Some("success")).count() == 20
+    })
+    .await;
+    let runners_used: BTreeSet<String> =
+        sim.github.jobs().into_iter().filter_map(|j| j.runner_name).collect();
+    assert_eq!(runners_used.len(), 20, "each ephemeral runner ran exactly one job");
+    wait_for("groups succeeded", Duration::from_secs(20), || {
+        names.iter().all(|n| sim.arm.group(n).is_some_and(|g| g.state == "Succeeded"))
+    })
+    .await;
+    gh.invalidate_runners(&org).await;
+    assert!(gh.list_runners(&org).await.unwrap().is_empty(), "GitHub removed every ephemeral runner");
+}
