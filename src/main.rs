@@ -15,6 +15,8 @@ struct Cli {
 enum Command {
     /// Print the RunnerPool CustomResourceDefinition as YAML.
     Crd,
+    /// Run the controller: reconcile RunnerPools into ACI container groups and GitHub runners.
+    Run(Box<aci_runner_controller::controller::run::RunArgs>),
     /// Run the simulated Azure (ARM/ACI, Entra ID) and GitHub (App, runners, jobs, webhooks).
     Sim(Box<aci_runner_controller::sim::SimArgs>),
 }
@@ -39,5 +41,24 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sim(args) => aci_runner_controller::sim::run_cli(*args),
+        Command::Run(args) => run(*args),
     }
+}
+
+fn run(args: aci_runner_controller::controller::run::RunArgs) -> anyhow::Result<()> {
+    use aci_runner_controller::azure::CredentialSpec;
+    use aci_runner_controller::controller::run::{build_edges, run_with, shutdown_signal};
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let identity = match CredentialSpec::from_env() {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                tracing::warn!(error = %e, "no controller Azure identity; pools need azure.credentialsSecretRef");
+                None
+            }
+        };
+        let client = kube::Client::try_default().await?;
+        let edges = build_edges(&args, identity, std::sync::Arc::new(chrono::Utc::now))?;
+        run_with(args, client, edges, shutdown_signal()).await
+    })
 }

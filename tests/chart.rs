@@ -408,7 +408,7 @@ fn prometheus_rule_alerts_on_the_controller_metrics() {
         ("AciRunnerPoolStalled", "aci_runner_controller_pool_stalled"),
         ("AciRunnerGarbageCollectionBacklog", "aci_runner_controller_gc_pending"),
         ("AciRunnerGithubRateLimitLow", "aci_runner_controller_github_rate_limit_remaining"),
-        ("AciRunnerArmThrottling", "aci_runner_controller_arm_throttled_total"),
+        ("AciRunnerArmThrottling", "aci_runner_controller_azure_ratelimit_pauses_total"),
         ("AciRunnerReconcileErrors", "aci_runner_controller_reconcile_errors_total"),
     ] {
         let expr = by_alert(alert);

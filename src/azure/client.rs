@@ -23,7 +23,9 @@ use super::credentials::CloudConfig;
 use super::error::{ArmFailure, AzureError, from_core};
 use super::metrics::AzureMetrics;
 use super::ratelimit::{RateLimiter, RequestKind};
-use super::template::{MANAGED_BY_VALUE, TAG_CREATED, TAG_MANAGED_BY, TAG_POOL_UID, TAG_SPEC_HASH};
+use super::template::{
+    MANAGED_BY_VALUE, TAG_CREATED, TAG_MANAGED_BY, TAG_POOL_UID, TAG_RELEASED, TAG_SPEC_HASH,
+};
 
 /// The stable API version the controller pins.
 pub const API_VERSION: &str = "2023-05-01";
@@ -409,6 +411,43 @@ impl AzureClient {
             Ok(rsp.into_raw_response().status() as u16)
         };
         match self.exchange("delete", RequestKind::Write, sub, "", fut).instrument(span).await {
+            Ok(_) | Err(AzureError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl AzureClient {
+    /// Hand the group over to its owner (orphan deletion policy): PATCH its tags without
+    /// `aci-runners-managed-by`, so no controller lists, recycles or garbage-collects it again.
+    /// The provenance tags (pool, runner, created) stay for the humans who find it, and
+    /// `aci-runners-released` records when. A group that is already gone is success.
+    pub async fn release_group(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), AzureError> {
+        let Some(current) = self.get_group(sub, rg, name).await? else {
+            return Ok(());
+        };
+        let mut tags: serde_json::Map<String, serde_json::Value> = current
+            .tags
+            .into_iter()
+            .filter(|(k, _)| k != TAG_MANAGED_BY)
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        tags.insert(TAG_RELEASED.to_string(), serde_json::Value::String(now.to_rfc3339()));
+        let mut resource = azure_mgmt_containerinstance::package_preview_2024_05::models::Resource::new();
+        resource.tags = Some(serde_json::Value::Object(tags));
+        let span = tracing::info_span!("azure.release_group", subscription = %sub, resource_group = %rg, group = %name, correlation_id = tracing::field::Empty);
+        let req = self.aci.container_groups_client().update(sub, rg, name, resource);
+        let fut = async move {
+            let rsp = req.send().await?;
+            Ok(rsp.into_raw_response().status() as u16)
+        };
+        match self.exchange("update", RequestKind::Write, sub, "", fut).instrument(span).await {
             Ok(_) | Err(AzureError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }

@@ -18,6 +18,8 @@ pub const TAG_POOL_UID: &str = "aci-runners-pool-uid";
 pub const TAG_RUNNER: &str = "aci-runners-runner";
 pub const TAG_SPEC_HASH: &str = "aci-runners-spec-hash";
 pub const TAG_CREATED: &str = "aci-runners-created";
+/// Set when the controller handed the group to its owner (orphan deletion policy).
+pub const TAG_RELEASED: &str = "aci-runners-released";
 
 /// The container's name inside every runner group.
 pub const CONTAINER_NAME: &str = "runner";

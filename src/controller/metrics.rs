@@ -20,6 +20,19 @@ pub struct RunnerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StalledLabels {
+    pub namespace: String,
+    pub pool: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub namespace: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: String,
     pub result: String,
@@ -35,6 +48,10 @@ pub struct Metrics {
     actions: Family<ActionLabels, Counter>,
     demand_queue: Gauge,
     webhook_deliveries: Family<ActionLabels, Counter>,
+    pool_stalled: Family<StalledLabels, Gauge>,
+    gc_pending: Family<PoolLabels, Gauge>,
+    /// Last stalled reason per pool (so that a changed reason resets the old series to 0).
+    stalled_reasons: Mutex<std::collections::HashMap<(String, String), String>>,
 }
 
 impl Default for Metrics {
@@ -53,6 +70,8 @@ impl Metrics {
         let actions = Family::<ActionLabels, Counter>::default();
         let demand_queue = Gauge::default();
         let webhook_deliveries = Family::<ActionLabels, Counter>::default();
+        let pool_stalled = Family::<StalledLabels, Gauge>::default();
+        let gc_pending = Family::<PoolLabels, Gauge>::default();
         registry.register("runners", "Runners by pool and state", runners.clone());
         registry.register("reconcile", "Reconcile passes", reconciles.clone());
         registry.register("reconcile_errors", "Reconcile passes that failed", reconcile_errors.clone());
@@ -68,6 +87,16 @@ impl Metrics {
             "workflow_job webhook deliveries by action and result",
             webhook_deliveries.clone(),
         );
+        registry.register(
+            "pool_stalled",
+            "1 while the pool's Stalled condition is True (label: its reason), else 0",
+            pool_stalled.clone(),
+        );
+        registry.register(
+            "gc_pending",
+            "Registrations and container groups marked for garbage collection, awaiting confirmation",
+            gc_pending.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             runners,
@@ -77,7 +106,49 @@ impl Metrics {
             actions,
             demand_queue,
             webhook_deliveries,
+            pool_stalled,
+            gc_pending,
+            stalled_reasons: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Add the edges' series (`azure_*`, `github_*`) to the exposition.
+    pub fn register_edges(&self, azure: &crate::azure::AzureMetrics, github: &crate::github::GithubMetrics) {
+        if let Ok(mut reg) = self.registry.lock() {
+            azure.register(&mut reg);
+            github.register(&mut reg);
+        }
+    }
+
+    /// Stalled state and GC backlog of one pool.
+    pub fn observe_pool_health(&self, pool: &PoolMeta, status: &RunnerPoolStatus, gc_pending: usize) {
+        let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled" && c.status == "True");
+        let reason = stalled.map(|c| c.reason.clone()).unwrap_or_default();
+        let key = (pool.namespace.clone(), pool.name.clone());
+        if let Ok(mut last) = self.stalled_reasons.lock() {
+            if let Some(prev) = last.get(&key)
+                && *prev != reason
+            {
+                self.pool_stalled
+                    .get_or_create(&StalledLabels {
+                        namespace: key.0.clone(),
+                        pool: key.1.clone(),
+                        reason: prev.clone(),
+                    })
+                    .set(0);
+            }
+            if !reason.is_empty() {
+                self.pool_stalled
+                    .get_or_create(&StalledLabels {
+                        namespace: key.0.clone(),
+                        pool: key.1.clone(),
+                        reason: reason.clone(),
+                    })
+                    .set(1);
+            }
+            last.insert(key.clone(), reason);
+        }
+        self.gc_pending.get_or_create(&PoolLabels { namespace: key.0, pool: key.1 }).set(gc_pending as i64);
     }
 
     pub fn observe_pool(&self, pool: &PoolMeta, status: &RunnerPoolStatus, took: Duration) {

@@ -1,7 +1,9 @@
 //! kube-runtime wiring: watch RunnerPools, feed the pure planner, execute its actions through
 //! the edges, write status by server-side apply, publish Events, hold the finalizer.
+pub mod azure_port;
 pub mod demand;
 pub mod gc;
+pub mod github_port;
 pub mod metrics;
 pub mod ports;
 pub mod run;
@@ -161,7 +163,19 @@ async fn remove_finalizer(api: &Api<RunnerPool>, pool: &RunnerPool) -> Result<()
 async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> Vec<ActionFailure> {
     let mut failures = Vec::new();
     let mut unregistered: BTreeSet<u64> = BTreeSet::new();
+    // Set by the first create that hit quota, capacity or throttling: the rest of this pass's
+    // creates would hit the same wall, so they are reported with that error instead of sent.
+    let mut create_wall: Option<EdgeError> = None;
     for action in actions {
+        if let (Action::CreateRunner { .. }, Some(error)) = (action, &create_wall) {
+            ctx.metrics.action("create_runner", "skipped");
+            failures.push(ActionFailure {
+                action: action.clone(),
+                error: error.clone(),
+                registered_runner: None,
+            });
+            continue;
+        }
         let result: Result<Option<u64>, (EdgeError, Option<u64>)> = match action {
             Action::CreateRunner { name, location, priority, registration } => {
                 create_runner(ctx, pool, name, location, *priority, registration).await
@@ -200,11 +214,10 @@ async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> Vec<A
                 let quota_or_capacity =
                     matches!(error.kind, EdgeErrorKind::QuotaExceeded | EdgeErrorKind::CapacityUnavailable);
                 let throttled = matches!(error.kind, EdgeErrorKind::Throttled { .. });
-                failures.push(ActionFailure { action: action.clone(), error, registered_runner });
-                // Further creates in this pass would hit the same wall.
                 if matches!(action, Action::CreateRunner { .. }) && (quota_or_capacity || throttled) {
-                    break;
+                    create_wall = Some(error.clone());
                 }
+                failures.push(ActionFailure { action: action.clone(), error, registered_runner });
             }
         }
     }
@@ -369,6 +382,7 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
     }
     publish_events(&ctx, &pool, &decided.events).await;
     ctx.metrics.observe_pool(&meta, &decided.status, started.elapsed());
+    ctx.metrics.observe_pool_health(&meta, &decided.status, decided.state.gc_marks.len());
 
     if deleting && decided.finalizer == FinalizerDecision::Remove {
         info!(pool = %meta.name, namespace = %meta.namespace, "cleanup done; removing finalizer");

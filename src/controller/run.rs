@@ -112,17 +112,28 @@ async fn acquire_leadership(
     Ok((rx, handle))
 }
 
+/// What `run_with` acts through, built by `main` for production and by tests for the simulator.
+pub struct Edges {
+    pub cloud: Arc<dyn super::ports::Cloud>,
+    pub forge: Arc<dyn super::ports::Forge>,
+    /// The webhook receiver's router and the demand signals it produces.
+    pub webhook: Option<(axum::Router, mpsc::Receiver<JobEvent>)>,
+    pub demand: Arc<DemandStore>,
+    /// Planner tuning; `gc_grace` and `resync` are taken from the flags.
+    pub planner: PlannerConfig,
+    pub metrics: Arc<Metrics>,
+    /// Source of the now-time (the simulator's clock in tests).
+    pub clock: crate::github::Clock,
+}
+
 /// Run the controller with the given edges until shutdown (or until leadership is lost).
 pub async fn run_with(
     args: RunArgs,
     client: Client,
-    cloud: Arc<dyn super::ports::Cloud>,
-    forge: Arc<dyn super::ports::Forge>,
-    webhook: Option<(axum::Router, mpsc::Receiver<JobEvent>)>,
-    demand: Arc<DemandStore>,
+    edges: Edges,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let Edges { cloud, forge, webhook, demand, planner, metrics, clock } = edges;
     let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(args.health_listen)
         .await
@@ -149,9 +160,10 @@ pub async fn run_with(
         let demand = demand.clone();
         let metrics = metrics.clone();
         let tx = trigger_tx.clone();
+        let clock = clock.clone();
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
-                let changed = demand.apply(&ev, chrono::Utc::now());
+                let changed = demand.apply(&ev, clock());
                 metrics.demand(demand.len());
                 if changed {
                     let _ = tx.try_send(());
@@ -203,20 +215,51 @@ pub async fn run_with(
 
     let (all_pools, _pools_task) = all_pools_store(client.clone()).await;
     all_pools.wait_until_ready().await.context("listing RunnerPools")?;
-    let planner =
-        PlannerConfig { gc_grace: args.gc_grace, resync: args.resync_interval, ..PlannerConfig::default() };
-    let ctx = Arc::new(Context::new(client, cloud, forge, demand, planner, metrics, all_pools));
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let planner = PlannerConfig { gc_grace: args.gc_grace, resync: args.resync_interval, ..planner };
+    let mut ctx = Context::new(client, cloud, forge, demand, planner, metrics, all_pools);
+    ctx.clock = clock;
+    let ctx = Arc::new(ctx);
+
+    // Orphan container groups (pools deleted while no controller ran, foreign uids): one pass
+    // per interval over every resource group in use, mark then confirm.
+    {
+        let ctx = ctx.clone();
+        let every = (args.gc_grace / 2)
+            .clamp(Duration::from_secs(1), args.resync_interval.max(Duration::from_secs(1)));
+        let mut stop = stop_rx.clone();
+        let mut lost = lost_rx.clone();
+        tokio::spawn(async move {
+            let mut marks = super::gc::Marks::new();
+            let mut t = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = t.tick() => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = lost.wait_for(|l| *l) => break,
+                }
+                let n = super::gc::orphan_pass(&ctx, &mut marks).await;
+                if n > 0 {
+                    info!(deleted = n, "orphan garbage collection pass");
+                }
+            }
+        });
+    }
     let shard = Shard { namespaces: args.namespaces.clone(), label_selector: args.selector.clone() };
 
+    let (lease_rx, lease_task) = match leadership {
+        Some((rx, task)) => (Some(rx), Some(task)),
+        None => (None, None),
+    };
+    // Dropping the receiver (when the controller stops) makes the lease manager release the Lease.
     let lost = async move {
-        match leadership {
-            Some((mut rx, _task)) => {
+        match lease_rx {
+            Some(mut rx) => {
                 let _ = rx.wait_for(|l| !*l).await;
             }
             None => futures::future::pending::<()>().await,
         }
     };
-    let (lost_tx, mut lost_rx) = watch::channel(false);
     let stop_or_lost = {
         let mut stop = stop_rx.clone();
         async move {
@@ -228,6 +271,10 @@ pub async fn run_with(
     };
     let triggers = tokio_stream_from(trigger_rx);
     run_controller(ctx, shard, triggers, stop_or_lost).await;
+    if let Some(task) = lease_task {
+        // Let the release reach the API server, so a successor need not wait for expiry.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     if *lost_rx.borrow_and_update() {
         anyhow::bail!("lost leadership; exiting so that a fresh replica can take over");
     }
@@ -237,4 +284,71 @@ pub async fn run_with(
 
 fn tokio_stream_from(mut rx: mpsc::Receiver<()>) -> impl futures::Stream<Item = ()> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// The production edges: Azure through `azure_mgmt_containerinstance` (the controller's own
+/// identity is `identity`; pools may bring a service principal), GitHub through octocrab, the
+/// webhook receiver when a secret file is configured. Tests call this with the simulator's
+/// endpoints, so they drive exactly the production path.
+pub fn build_edges(
+    args: &RunArgs,
+    identity: Option<crate::azure::CredentialSpec>,
+    clock: crate::github::Clock,
+) -> anyhow::Result<Edges> {
+    use crate::azure::{
+        AzureClientConfig, AzureMetrics, CloudConfig, CredentialRegistry, RateLimitConfig, RateLimiter,
+    };
+    use crate::github::{GithubHub, HubConfig, Secret};
+
+    let arm = args.arm_endpoint.trim_end_matches('/');
+    let scope = args.arm_scope.clone().unwrap_or_else(|| format!("{arm}/.default"));
+    let cloud = CloudConfig::custom(&args.azure_authority_host, &args.arm_endpoint, &scope)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let azure_metrics = AzureMetrics::new();
+    let limiter = RateLimiter::new(RateLimitConfig::default(), azure_metrics.clone());
+    let registry = CredentialRegistry::new(cloud.clone(), Duration::from_secs(300));
+    let cloud_port = super::azure_port::AzurePort::new(
+        registry,
+        identity,
+        AzureClientConfig::from_cloud(&cloud),
+        limiter,
+        azure_metrics.clone(),
+        Duration::from_secs(2),
+    );
+    let hub = GithubHub::new(HubConfig { clock: clock.clone(), ..HubConfig::default() });
+    let metrics = Arc::new(Metrics::new());
+    metrics.register_edges(&azure_metrics, hub.metrics());
+    let webhook = match &args.webhook_secret_file {
+        None => None,
+        Some(path) => {
+            let secret = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the webhook secret {}", path.display()))?;
+            let secret = secret.trim_end_matches(['\n', '\r']).to_string();
+            anyhow::ensure!(!secret.is_empty(), "the webhook secret file {} is empty", path.display());
+            let (sig_tx, mut sig_rx) = mpsc::channel(1024);
+            let (ev_tx, ev_rx) = mpsc::channel(1024);
+            tokio::spawn(async move {
+                while let Some(sig) = sig_rx.recv().await {
+                    if ev_tx.send(crate::github::bridge::job_event(&sig)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let router = crate::github::webhook::router_with_metrics(
+                Secret::new(secret),
+                sig_tx,
+                Some(hub.metrics().clone()),
+            );
+            Some((router, ev_rx))
+        }
+    };
+    Ok(Edges {
+        cloud: Arc::new(cloud_port),
+        forge: Arc::new(super::github_port::GithubPort::new(hub, clock.clone())),
+        webhook,
+        demand: Arc::new(DemandStore::default()),
+        planner: PlannerConfig::default(),
+        metrics,
+        clock,
+    })
 }

@@ -1,0 +1,297 @@
+//! [`Cloud`] through the Azure edge: one shared credential per identity, one client per identity,
+//! and the tagged container-group list of a resource group shared by every pool in it for a
+//! short interval (so N pools in one resource group cost one list, not N).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+
+use super::ports::{AzureCredentials, Cloud, CreateGroup, PoolContext, RunnerSecret};
+use crate::azure::template::{TAG_CREATED, TAG_POOL_NAME, TAG_POOL_NAMESPACE, TAG_POOL_UID};
+use crate::azure::{
+    self, AzureClient, AzureClientConfig, AzureError, AzureMetrics, CredentialRegistry, CredentialSpec,
+    RateLimiter,
+};
+use crate::crd::Priority;
+use crate::plan::{
+    ContainerState, EdgeError, EdgeErrorKind, GroupProvisioning, ObservedContainer, ObservedGroup,
+};
+
+/// Map an Azure edge error to the planner's classification (messages carry no secrets).
+pub fn edge_error(e: &AzureError) -> EdgeError {
+    let kind = match e {
+        AzureError::Throttled { retry_after, .. } => {
+            EdgeErrorKind::Throttled { retry_after: Some(*retry_after) }
+        }
+        AzureError::Transient { .. } | AzureError::Unexpected(_) => EdgeErrorKind::Transient,
+        AzureError::Credential { retryable: true, .. } => EdgeErrorKind::Transient,
+        AzureError::Credential { retryable: false, .. } => EdgeErrorKind::Auth { permission: None },
+        AzureError::QuotaExceeded { .. } => EdgeErrorKind::QuotaExceeded,
+        AzureError::CapacityUnavailable { .. } => EdgeErrorKind::CapacityUnavailable,
+        AzureError::InvalidImage { .. } => EdgeErrorKind::InvalidImage,
+        AzureError::Auth { permission, .. } => EdgeErrorKind::Auth { permission: permission.clone() },
+        AzureError::Conflict { .. } => EdgeErrorKind::Conflict,
+        AzureError::NotFound { .. } => EdgeErrorKind::NotFound,
+        AzureError::InvalidSpec { .. } => EdgeErrorKind::InvalidRequest,
+    };
+    EdgeError::new(kind, e.to_string())
+}
+
+fn provisioning(s: Option<&str>) -> GroupProvisioning {
+    match s.map(str::to_ascii_lowercase).as_deref() {
+        Some("pending") | Some("accepted") => GroupProvisioning::Pending,
+        Some("creating") | Some("updating") | Some("repairing") => GroupProvisioning::Creating,
+        Some("succeeded") => GroupProvisioning::Succeeded,
+        Some("failed") | Some("canceled") | Some("unhealthy") => GroupProvisioning::Failed,
+        Some("deleting") => GroupProvisioning::Deleting,
+        Some(_) => GroupProvisioning::Unknown,
+        None => GroupProvisioning::Pending,
+    }
+}
+
+/// Reduce the edge's observation to the planner's.
+pub fn observed(g: &azure::ObservedGroup, cpu_mem: (f64, f64)) -> ObservedGroup {
+    let container = g.container.as_ref().and_then(|c| {
+        let state = match c.state.as_deref() {
+            Some("Running") => ContainerState::Running,
+            Some("Terminated") => ContainerState::Terminated { exit_code: c.exit_code },
+            Some("Waiting") => ContainerState::Waiting { reason: c.detail_status.clone() },
+            Some(_) => ContainerState::Waiting { reason: c.detail_status.clone() },
+            None => return None,
+        };
+        Some(ObservedContainer {
+            state,
+            started_at: c.start_time,
+            finished_at: c.finish_time,
+            restart_count: c.restart_count,
+        })
+    });
+    let created = g
+        .tags
+        .get(TAG_CREATED)
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc));
+    ObservedGroup {
+        name: g.name.clone(),
+        pool_uid: g.tags.get(TAG_POOL_UID).cloned(),
+        pool_namespace: g.tags.get(TAG_POOL_NAMESPACE).cloned(),
+        pool_name: g.tags.get(TAG_POOL_NAME).cloned(),
+        location: g.location.clone(),
+        provisioning: provisioning(g.provisioning_state.as_deref()),
+        container,
+        failure: None,
+        created,
+        priority: if g.priority.as_deref() == Some("Spot") { Priority::Spot } else { Priority::Regular },
+        cpu: cpu_mem.0,
+        memory_gb: cpu_mem.1,
+    }
+}
+
+type ListKey = (String, String, String);
+
+/// The Azure edge behind the [`Cloud`] port.
+pub struct AzurePort {
+    registry: CredentialRegistry,
+    controller_identity: Option<CredentialSpec>,
+    cfg: AzureClientConfig,
+    limiter: Arc<RateLimiter>,
+    metrics: AzureMetrics,
+    clients: Mutex<HashMap<String, AzureClient>>,
+    /// (identity, subscription, resource group) → (fetched at, list).
+    lists: tokio::sync::Mutex<HashMap<ListKey, (Instant, Vec<azure::ObservedGroup>)>>,
+    list_ttl: Duration,
+}
+
+impl AzurePort {
+    pub fn new(
+        registry: CredentialRegistry,
+        controller_identity: Option<CredentialSpec>,
+        cfg: AzureClientConfig,
+        limiter: Arc<RateLimiter>,
+        metrics: AzureMetrics,
+        list_ttl: Duration,
+    ) -> Self {
+        Self {
+            registry,
+            controller_identity,
+            cfg,
+            limiter,
+            metrics,
+            clients: Mutex::new(HashMap::new()),
+            lists: tokio::sync::Mutex::new(HashMap::new()),
+            list_ttl,
+        }
+    }
+
+    fn identity(&self, pool: &PoolContext) -> Result<(String, CredentialSpec), EdgeError> {
+        match &pool.azure {
+            AzureCredentials::Controller => {
+                self.controller_identity.clone().map(|s| ("controller".to_string(), s)).ok_or_else(|| {
+                    EdgeError::new(EdgeErrorKind::Auth { permission: None }, "no Azure identity configured")
+                })
+            }
+            AzureCredentials::ServicePrincipal { tenant_id, client_id, client_secret } => Ok((
+                format!("sp:{tenant_id}:{client_id}"),
+                CredentialSpec::ClientSecret {
+                    tenant_id: tenant_id.clone(),
+                    client_id: client_id.clone(),
+                    client_secret: client_secret.expose().to_string(),
+                },
+            )),
+        }
+    }
+
+    fn client(&self, pool: &PoolContext) -> Result<(String, AzureClient), EdgeError> {
+        let (key, spec) = self.identity(pool)?;
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let c = clients
+            .entry(key.clone())
+            .or_insert_with(|| {
+                AzureClient::new(
+                    self.registry.get(&spec),
+                    self.cfg.clone(),
+                    self.limiter.clone(),
+                    self.metrics.clone(),
+                )
+            })
+            .clone();
+        Ok((key, c))
+    }
+
+    async fn invalidate(&self, identity: &str, pool: &PoolContext) {
+        let key = (identity.to_string(), sub(pool), rg(pool));
+        self.lists.lock().await.remove(&key);
+    }
+}
+
+fn sub(pool: &PoolContext) -> String {
+    pool.spec.azure.subscription_id.to_lowercase()
+}
+fn rg(pool: &PoolContext) -> String {
+    pool.spec.azure.resource_group.to_lowercase()
+}
+
+impl Cloud for AzurePort {
+    fn list_groups<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<Vec<ObservedGroup>, EdgeError>> {
+        Box::pin(async move {
+            let (identity, client) = self.client(pool)?;
+            let key = (identity, sub(pool), rg(pool));
+            // Holding the lock while listing makes concurrent pools of one resource group wait
+            // for the same list instead of sending their own.
+            let mut lists = self.lists.lock().await;
+            let fresh =
+                lists.get(&key).filter(|(at, _)| at.elapsed() < self.list_ttl).map(|(_, l)| l.clone());
+            let groups = match fresh {
+                Some(l) => l,
+                None => {
+                    let l = client
+                        .list_groups(&pool.spec.azure.subscription_id, &pool.spec.azure.resource_group)
+                        .await
+                        .map_err(|e| edge_error(&e))?;
+                    lists.insert(key, (Instant::now(), l.clone()));
+                    l
+                }
+            };
+            drop(lists);
+            let res = (pool.spec.runner.cpu, pool.spec.runner.memory_gb);
+            Ok(groups.iter().map(|g| observed(g, res)).collect())
+        })
+    }
+
+    fn create_group<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        req: CreateGroup,
+    ) -> BoxFuture<'a, Result<(), EdgeError>> {
+        Box::pin(async move {
+            let (identity, client) = self.client(pool)?;
+            let registration = match req.secret {
+                RunnerSecret::Jit { encoded } => {
+                    azure::RunnerRegistration::Jit { encoded_config: encoded.expose().to_string() }
+                }
+                RunnerSecret::Token { url, token, labels, runner_group, ephemeral } => {
+                    azure::RunnerRegistration::Token {
+                        url,
+                        token: token.expose().to_string(),
+                        labels,
+                        group: runner_group,
+                        ephemeral,
+                    }
+                }
+            };
+            let input = azure::RunnerTemplateInput {
+                name: req.name.clone(),
+                location: req.location.clone(),
+                priority: req.priority,
+                registration,
+                secure_env: pool
+                    .secure_env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_string()))
+                    .collect(),
+                registry_password: pool.registry_credentials.as_ref().map(|(u, p)| azure::RegistryPassword {
+                    username: u.clone(),
+                    password: p.expose().to_string(),
+                }),
+                created: req.created,
+            };
+            let meta = azure::PoolMeta {
+                namespace: pool.meta.namespace.clone(),
+                name: pool.meta.name.clone(),
+                uid: pool.meta.uid.clone(),
+                spec_hash: pool.spec_hash.clone(),
+            };
+            let group = azure::container_group(&pool.spec, &meta, &input);
+            let r = client
+                .create_group(
+                    &pool.spec.azure.subscription_id,
+                    &pool.spec.azure.resource_group,
+                    &req.name,
+                    &group,
+                )
+                .await;
+            self.invalidate(&identity, pool).await;
+            r.map(|_| ()).map_err(|e| edge_error(&e))
+        })
+    }
+
+    fn delete_group<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), EdgeError>> {
+        Box::pin(async move {
+            let (identity, client) = self.client(pool)?;
+            let r = client
+                .delete_group(&pool.spec.azure.subscription_id, &pool.spec.azure.resource_group, name)
+                .await;
+            self.invalidate(&identity, pool).await;
+            r.map_err(|e| edge_error(&e))
+        })
+    }
+
+    fn release_group<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), EdgeError>> {
+        Box::pin(async move {
+            let (identity, client) = self.client(pool)?;
+            let r = client
+                .release_group(
+                    &pool.spec.azure.subscription_id,
+                    &pool.spec.azure.resource_group,
+                    name,
+                    Utc::now(),
+                )
+                .await;
+            self.invalidate(&identity, pool).await;
+            r.map_err(|e| edge_error(&e))
+        })
+    }
+}

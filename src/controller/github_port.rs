@@ -1,0 +1,103 @@
+//! [`Forge`] through the GitHub edge: one [`GithubHub`] for the process (shared installation
+//! tokens, ETag-cached runner lists per scope, rate-limit budget), a client per pool credentials.
+use futures::future::BoxFuture;
+
+use super::ports::{Forge, GithubCredentials, JitRegistration, PoolContext, SecretString};
+use crate::github::bridge::{edge_error, observed_runner, scope_of};
+use crate::github::{Credentials, GithubClient, GithubHub, Scope, Secret};
+use crate::plan::{EdgeError, EdgeErrorKind, ObservedRunner};
+
+/// The GitHub edge behind the [`Forge`] port.
+pub struct GithubPort {
+    hub: GithubHub,
+    clock: crate::github::Clock,
+}
+
+impl GithubPort {
+    /// `clock` must be the clock the hub computes rate-limit resets on.
+    pub fn new(hub: GithubHub, clock: crate::github::Clock) -> Self {
+        Self { hub, clock }
+    }
+
+    pub fn hub(&self) -> &GithubHub {
+        &self.hub
+    }
+
+    fn client(&self, pool: &PoolContext) -> Result<(GithubClient, Scope), EdgeError> {
+        let scope = scope_of(&pool.spec.github).ok_or_else(|| {
+            EdgeError::new(
+                EdgeErrorKind::InvalidRequest,
+                "spec.github names no valid organization, repository or enterprise",
+            )
+        })?;
+        let creds = match &pool.github {
+            GithubCredentials::App { app_id, client_id, installation_id, private_key } => Credentials::App {
+                app_id: app_id.clone(),
+                client_id: client_id.clone(),
+                installation_id: *installation_id,
+                private_key_pem: Secret::new(private_key.expose()),
+            },
+            GithubCredentials::Token { token } => Credentials::Pat { token: Secret::new(token.expose()) },
+        };
+        let client = self.hub.client(&pool.spec.github.api_url, creds).map_err(|e| self.err(&e))?;
+        Ok((client, scope))
+    }
+
+    fn err(&self, e: &crate::github::GithubError) -> EdgeError {
+        edge_error(e, (self.clock)())
+    }
+}
+
+impl Forge for GithubPort {
+    fn list_runners<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<Vec<ObservedRunner>, EdgeError>> {
+        Box::pin(async move {
+            let (client, scope) = self.client(pool)?;
+            let runners = client.list_runners(&scope).await.map_err(|e| self.err(&e))?;
+            Ok(runners.iter().map(observed_runner).collect())
+        })
+    }
+
+    fn register_jit<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        name: &'a str,
+        labels: &'a [String],
+        runner_group: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<JitRegistration, EdgeError>> {
+        Box::pin(async move {
+            let (client, scope) = self.client(pool)?;
+            let group =
+                client.runner_group_id(&scope, runner_group.unwrap_or("")).await.map_err(|e| self.err(&e))?;
+            let jit = client
+                .generate_jit_config(&scope, name, labels, group, Some(&pool.spec.runner.work_folder))
+                .await
+                .map_err(|e| self.err(&e))?;
+            Ok(JitRegistration { runner_id: jit.runner_id, encoded: SecretString::new(jit.encoded.expose()) })
+        })
+    }
+
+    fn registration_token<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<(String, SecretString), EdgeError>> {
+        Box::pin(async move {
+            let (client, scope) = self.client(pool)?;
+            let t = client.registration_token(&scope).await.map_err(|e| self.err(&e))?;
+            Ok((t.url, SecretString::new(t.token.expose())))
+        })
+    }
+
+    fn unregister<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        runner_id: u64,
+    ) -> BoxFuture<'a, Result<(), EdgeError>> {
+        Box::pin(async move {
+            let (client, scope) = self.client(pool)?;
+            client.delete_runner(&scope, runner_id).await.map_err(|e| self.err(&e))
+        })
+    }
+}
