@@ -360,13 +360,20 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
         m.insert(meta.uid.clone(), PoolMemory { state: decided.state.clone(), failures });
     }
 
-    // Report.
+    // Report. kube-apiserver 1.20's server-side apply turns an empty string into null, which the
+    // CRD schema then rejects; an empty condition message is written as its reason instead.
+    let mut status = decided.status.clone();
+    for c in &mut status.conditions {
+        if c.message.is_empty() {
+            c.message = c.reason.clone();
+        }
+    }
     let status_patch = serde_json::json!({
         "apiVersion": "aci-runners.dev/v1alpha1",
         "kind": "RunnerPool",
-        "status": decided.status,
+        "status": status,
     });
-    if pool.status.as_ref() != Some(&decided.status) {
+    if pool.status.as_ref() != Some(&status) {
         match api
             .patch_status(
                 &meta.name,
