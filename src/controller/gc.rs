@@ -15,14 +15,20 @@ use crate::plan::{self, Action, OrphanInput};
 pub type Marks = BTreeMap<(String, String), BTreeMap<String, DateTime<Utc>>>;
 
 /// One GC pass over every resource group some pool uses. Returns the number of deletions issued.
-pub async fn orphan_pass(ctx: &Context, marks: &mut Marks) -> usize {
+///
+/// Only resource groups used by pools of this controller's namespaces are swept (`namespaces`
+/// empty = all): their Secrets are the ones this controller may read, and their runner lists
+/// tell which runners are busy. Orphans are recognised against every pool in the cluster.
+pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks) -> usize {
     let pools = ctx.all_pools.state();
     let live_uids: BTreeSet<String> = pools.iter().filter_map(|p| p.uid()).collect();
     let live_pools: BTreeSet<(String, String)> =
         pools.iter().map(|p| (p.namespace().unwrap_or_default(), p.name_any())).collect();
     let mut by_rg: BTreeMap<(String, String), Vec<&std::sync::Arc<RunnerPool>>> = BTreeMap::new();
+    let mine =
+        |p: &RunnerPool| namespaces.is_empty() || p.namespace().is_some_and(|ns| namespaces.contains(&ns));
     for p in &pools {
-        if p.metadata.deletion_timestamp.is_some() {
+        if p.metadata.deletion_timestamp.is_some() || !mine(p) {
             continue;
         }
         by_rg

@@ -229,6 +229,7 @@ pub async fn run_with(
             .clamp(Duration::from_secs(1), args.resync_interval.max(Duration::from_secs(1)));
         let mut stop = stop_rx.clone();
         let mut lost = lost_rx.clone();
+        let namespaces = args.namespaces.clone();
         tokio::spawn(async move {
             let mut marks = super::gc::Marks::new();
             let mut t = tokio::time::interval(every);
@@ -238,7 +239,7 @@ pub async fn run_with(
                     _ = stop.wait_for(|s| *s) => break,
                     _ = lost.wait_for(|l| *l) => break,
                 }
-                let n = super::gc::orphan_pass(&ctx, &mut marks).await;
+                let n = super::gc::orphan_pass(&ctx, &namespaces, &mut marks).await;
                 if n > 0 {
                     info!(deleted = n, "orphan garbage collection pass");
                 }
