@@ -353,23 +353,11 @@ fn anchors(md: &str) -> BTreeSet<String> {
 #[test]
 fn operations_guide_covers_every_condition_reason_and_alerted_metric() {
     let ops = read("docs/operations.md");
-    for reason in [
-        "InvalidSpec",
-        "SecretNotFound",
-        "SecretKeyMissing",
-        "InvalidAppKey",
-        "AuthFailed",
-        "MissingPermission",
-        "InvalidImage",
-        "QuotaExceeded",
-        "Provisioning",
-        "ScalingUp",
-        "ScalingDown",
-        "Recycling",
-        "Draining",
-        "Backoff",
-        "RunnersReady",
-    ] {
+    // Every reason the planner can write into a condition or an Event.
+    let reasons = aci_runner_controller::plan::conditions::CONDITION_REASONS
+        .iter()
+        .chain(aci_runner_controller::plan::conditions::EVENT_REASONS);
+    for reason in reasons {
         assert!(ops.contains(&format!("`{reason}`")), "docs/operations.md does not explain `{reason}`");
     }
     let rule = read("charts/aci-runner-controller/templates/prometheusrule.yaml");
