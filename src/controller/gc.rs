@@ -81,11 +81,11 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
                 match ctx.cloud.delete_group(first, name).await {
                     Ok(()) => {
                         deleted += 1;
-                        ctx.metrics.action("delete_orphan_group", "ok");
+                        ctx.metrics.action("delete_group", "Orphaned", "ok");
                         info!(group = %name, subscription = %key.0, resource_group = %key.1, "deleted orphaned container group");
                     }
                     Err(e) => {
-                        ctx.metrics.action("delete_orphan_group", "error");
+                        ctx.metrics.action("delete_group", "Orphaned", "error");
                         warn!(group = %name, error = %e.message, "deleting orphaned container group failed");
                     }
                 }

@@ -38,6 +38,15 @@ pub struct ActionLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionReasonLabels {
+    pub action: String,
+    /// Why a removal happened (`ScaleDown`, `Recycled`, `GarbageCollected`, `Orphaned`, ...);
+    /// `Create` for creates, `Release` for the orphan deletion policy.
+    pub reason: String,
+    pub result: String,
+}
+
 /// Every metric the controller exports, registered under the `aci_runner_controller` prefix.
 pub struct Metrics {
     pub registry: Mutex<Registry>,
@@ -45,7 +54,7 @@ pub struct Metrics {
     reconciles: Counter,
     reconcile_errors: Counter,
     reconcile_duration: Histogram,
-    actions: Family<ActionLabels, Counter>,
+    actions: Family<ActionReasonLabels, Counter>,
     demand_queue: Gauge,
     webhook_deliveries: Family<ActionLabels, Counter>,
     pool_stalled: Family<StalledLabels, Gauge>,
@@ -67,7 +76,7 @@ impl Metrics {
         let reconciles = Counter::default();
         let reconcile_errors = Counter::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        let actions = Family::<ActionLabels, Counter>::default();
+        let actions = Family::<ActionReasonLabels, Counter>::default();
         let demand_queue = Gauge::default();
         let webhook_deliveries = Family::<ActionLabels, Counter>::default();
         let pool_stalled = Family::<StalledLabels, Gauge>::default();
@@ -80,7 +89,7 @@ impl Metrics {
             "Duration of a reconcile pass",
             reconcile_duration.clone(),
         );
-        registry.register("actions", "Actions executed by kind and result", actions.clone());
+        registry.register("actions", "Actions executed by kind, reason and result", actions.clone());
         registry.register("demand_queue_length", "Queued jobs known from webhooks", demand_queue.clone());
         registry.register(
             "webhook_deliveries",
@@ -176,8 +185,14 @@ impl Metrics {
         self.reconcile_errors.inc();
     }
 
-    pub fn action(&self, action: &str, result: &str) {
-        self.actions.get_or_create(&ActionLabels { action: action.into(), result: result.into() }).inc();
+    pub fn action(&self, action: &str, reason: &str, result: &str) {
+        self.actions
+            .get_or_create(&ActionReasonLabels {
+                action: action.into(),
+                reason: reason.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn demand(&self, queued: usize) {

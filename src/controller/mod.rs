@@ -168,7 +168,7 @@ async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> Vec<A
     let mut create_wall: Option<EdgeError> = None;
     for action in actions {
         if let (Action::CreateRunner { .. }, Some(error)) = (action, &create_wall) {
-            ctx.metrics.action("create_runner", "skipped");
+            ctx.metrics.action("create_runner", "Create", "skipped");
             failures.push(ActionFailure {
                 action: action.clone(),
                 error: error.clone(),
@@ -206,10 +206,15 @@ async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> Vec<A
             }
         };
         let kind = action_kind(action);
+        let reason = match action {
+            Action::CreateRunner { .. } => "Create",
+            Action::UnregisterRunner { reason, .. } | Action::DeleteGroup { reason, .. } => reason.as_str(),
+            Action::ReleaseGroup { .. } => "Release",
+        };
         match result {
-            Ok(_) => ctx.metrics.action(kind, "ok"),
+            Ok(_) => ctx.metrics.action(kind, reason, "ok"),
             Err((error, registered_runner)) => {
-                ctx.metrics.action(kind, "error");
+                ctx.metrics.action(kind, reason, "error");
                 warn!(pool = %pool.meta.name, action = kind, name = action.name(), error = %error.message, "action failed");
                 let quota_or_capacity =
                     matches!(error.kind, EdgeErrorKind::QuotaExceeded | EdgeErrorKind::CapacityUnavailable);
