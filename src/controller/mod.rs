@@ -51,7 +51,13 @@ pub enum ReconcileError {
 struct PoolMemory {
     state: PoolState,
     failures: Vec<ActionFailure>,
+    /// When `status.usage` was last written (usage alone changes every pass; it is written at
+    /// most once per [`USAGE_WRITE_INTERVAL`] unless something else in the status changed).
+    usage_written: Option<std::time::Instant>,
 }
+
+/// Shortest interval between status writes that only update `status.usage`.
+pub const USAGE_WRITE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -362,7 +368,10 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
         _ => Vec::new(),
     };
     if let Ok(mut m) = ctx.memory.lock() {
-        m.insert(meta.uid.clone(), PoolMemory { state: decided.state.clone(), failures });
+        m.insert(
+            meta.uid.clone(),
+            PoolMemory { state: decided.state.clone(), failures, usage_written: memory.usage_written },
+        );
     }
 
     // Report. kube-apiserver 1.20's server-side apply turns an empty string into null, which the
@@ -378,7 +387,17 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
         "kind": "RunnerPool",
         "status": status,
     });
-    if pool.status.as_ref() != Some(&status) {
+    let without_usage =
+        |s: &crate::crd::RunnerPoolStatus| crate::crd::RunnerPoolStatus { usage: None, ..s.clone() };
+    let changed = pool.status.as_ref().map(without_usage) != Some(without_usage(&status));
+    let usage_due = pool.status.as_ref().map(|s| &s.usage) != Some(&status.usage)
+        && memory.usage_written.is_none_or(|t| t.elapsed() >= USAGE_WRITE_INTERVAL);
+    if changed || usage_due {
+        if let Ok(mut m) = ctx.memory.lock()
+            && let Some(entry) = m.get_mut(&meta.uid)
+        {
+            entry.usage_written = Some(std::time::Instant::now());
+        }
         match api
             .patch_status(
                 &meta.name,
