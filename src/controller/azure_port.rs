@@ -102,6 +102,28 @@ pub struct AzurePort {
     /// (identity, subscription, resource group) → (fetched at, list).
     lists: tokio::sync::Mutex<HashMap<ListKey, (Instant, Vec<azure::ObservedGroup>)>>,
     list_ttl: Duration,
+    /// Woken when a fresh list differs from the previous one (every pool of the resource group
+    /// then reconciles at once instead of at its next requeue).
+    changes: Option<tokio::sync::mpsc::Sender<()>>,
+}
+
+/// What matters for a reconcile in a group list (names and states), order-independent.
+fn fingerprint(
+    groups: &[azure::ObservedGroup],
+) -> Vec<(String, Option<String>, Option<String>, Option<String>)> {
+    let mut f: Vec<_> = groups
+        .iter()
+        .map(|g| {
+            (
+                g.name.clone(),
+                g.provisioning_state.clone(),
+                g.state.clone(),
+                g.container.as_ref().and_then(|c| c.state.clone()),
+            )
+        })
+        .collect();
+    f.sort();
+    f
 }
 
 impl AzurePort {
@@ -122,7 +144,14 @@ impl AzurePort {
             clients: Mutex::new(HashMap::new()),
             lists: tokio::sync::Mutex::new(HashMap::new()),
             list_ttl,
+            changes: None,
         }
+    }
+
+    /// Signal `tx` whenever a refreshed list of a resource group differs from the previous one.
+    pub fn with_change_signal(mut self, tx: tokio::sync::mpsc::Sender<()>) -> Self {
+        self.changes = Some(tx);
+        self
     }
 
     fn identity(&self, pool: &PoolContext) -> Result<(String, CredentialSpec), EdgeError> {
@@ -162,7 +191,14 @@ impl AzurePort {
 
     async fn invalidate(&self, identity: &str, pool: &PoolContext) {
         let key = (identity.to_string(), sub(pool), rg(pool));
-        self.lists.lock().await.remove(&key);
+        // Mark stale but keep it: the next list is compared with it for the change signal.
+        let mut lists = self.lists.lock().await;
+        match (Instant::now().checked_sub(self.list_ttl + Duration::from_secs(1)), lists.get_mut(&key)) {
+            (Some(stale), Some(entry)) => entry.0 = stale,
+            _ => {
+                lists.remove(&key);
+            }
+        }
     }
 }
 
@@ -193,7 +229,12 @@ impl Cloud for AzurePort {
                         .list_groups(&pool.spec.azure.subscription_id, &pool.spec.azure.resource_group)
                         .await
                         .map_err(|e| edge_error(&e))?;
-                    lists.insert(key, (Instant::now(), l.clone()));
+                    let previous = lists.insert(key, (Instant::now(), l.clone()));
+                    if let (Some(tx), Some((_, prev))) = (&self.changes, previous)
+                        && fingerprint(&prev) != fingerprint(&l)
+                    {
+                        let _ = tx.try_send(());
+                    }
                     l
                 }
             };

@@ -11,12 +11,23 @@ use crate::plan::{EdgeError, EdgeErrorKind, ObservedRunner};
 pub struct GithubPort {
     hub: GithubHub,
     clock: crate::github::Clock,
+    /// Woken when a scope's runner list differs from the one seen before (see `with_change_signal`).
+    changes: Option<tokio::sync::mpsc::Sender<()>>,
+    /// Last fingerprint per (API URL, scope).
+    seen: std::sync::Mutex<std::collections::HashMap<(String, Scope), Vec<(u64, bool, bool)>>>,
 }
 
 impl GithubPort {
     /// `clock` must be the clock the hub computes rate-limit resets on.
     pub fn new(hub: GithubHub, clock: crate::github::Clock) -> Self {
-        Self { hub, clock }
+        Self { hub, clock, changes: None, seen: Default::default() }
+    }
+
+    /// Signal `tx` whenever a scope's shared runner list changes (a runner came online, went
+    /// offline, took or finished a job), so that every pool on the scope reconciles at once.
+    pub fn with_change_signal(mut self, tx: tokio::sync::mpsc::Sender<()>) -> Self {
+        self.changes = Some(tx);
+        self
     }
 
     pub fn hub(&self) -> &GithubHub {
@@ -56,6 +67,18 @@ impl Forge for GithubPort {
         Box::pin(async move {
             let (client, scope) = self.client(pool)?;
             let runners = client.list_runners(&scope).await.map_err(|e| self.err(&e))?;
+            if let Some(tx) = &self.changes {
+                let mut f: Vec<(u64, bool, bool)> =
+                    runners.iter().map(|r| (r.id, r.online(), r.busy)).collect();
+                f.sort_unstable();
+                let key = (pool.spec.github.api_url.clone(), scope.clone());
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(prev) = seen.insert(key, f.clone())
+                    && prev != f
+                {
+                    let _ = tx.try_send(());
+                }
+            }
             Ok(runners.iter().map(observed_runner).collect())
         })
     }

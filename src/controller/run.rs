@@ -124,6 +124,8 @@ pub struct Edges {
     pub metrics: Arc<Metrics>,
     /// Source of the now-time (the simulator's clock in tests).
     pub clock: crate::github::Clock,
+    /// Signals from the edges that a shared Azure or GitHub list changed.
+    pub list_changes: Option<mpsc::Receiver<()>>,
 }
 
 /// Run the controller with the given edges until shutdown (or until leadership is lost).
@@ -133,7 +135,7 @@ pub async fn run_with(
     edges: Edges,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Edges { cloud, forge, webhook, demand, planner, metrics, clock } = edges;
+    let Edges { cloud, forge, webhook, demand, planner, metrics, clock, list_changes } = edges;
     let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(args.health_listen)
         .await
@@ -168,6 +170,15 @@ pub async fn run_with(
                 if changed {
                     let _ = tx.try_send(());
                 }
+            }
+        });
+    }
+    // A shared list changed: wake every pool (debounced by the controller).
+    if let Some(mut changes) = list_changes {
+        let tx = trigger_tx.clone();
+        tokio::spawn(async move {
+            while changes.recv().await.is_some() {
+                let _ = tx.try_send(());
             }
         });
     }
@@ -308,6 +319,7 @@ pub fn build_edges(
     let azure_metrics = AzureMetrics::new();
     let limiter = RateLimiter::new(RateLimitConfig::default(), azure_metrics.clone());
     let registry = CredentialRegistry::new(cloud.clone(), Duration::from_secs(300));
+    let (changes_tx, changes_rx) = mpsc::channel(16);
     let cloud_port = super::azure_port::AzurePort::new(
         registry,
         identity,
@@ -315,7 +327,8 @@ pub fn build_edges(
         limiter,
         azure_metrics.clone(),
         Duration::from_secs(2),
-    );
+    )
+    .with_change_signal(changes_tx.clone());
     let hub = GithubHub::new(HubConfig { clock: clock.clone(), ..HubConfig::default() });
     let metrics = Arc::new(Metrics::new());
     metrics.register_edges(&azure_metrics, hub.metrics());
@@ -345,11 +358,14 @@ pub fn build_edges(
     };
     Ok(Edges {
         cloud: Arc::new(cloud_port),
-        forge: Arc::new(super::github_port::GithubPort::new(hub, clock.clone())),
+        forge: Arc::new(
+            super::github_port::GithubPort::new(hub, clock.clone()).with_change_signal(changes_tx),
+        ),
         webhook,
         demand: Arc::new(DemandStore::default()),
         planner: PlannerConfig::default(),
         metrics,
         clock,
+        list_changes: Some(changes_rx),
     })
 }
