@@ -1,0 +1,627 @@
+//! The reconciler end to end (issue 6, tests 2–5): demand scaling through webhooks, scale-down
+//! of idle runners only, garbage collection (leaked registrations, crashed groups, orphans of a
+//! pool deleted while no controller ran) and deletion (drain, drainTimeout, orphan policy).
+//!
+//! Real kube-apiserver (scripts/control-plane), the simulated Azure and GitHub, and the
+//! controller (`run_with`, production edges) in this process; one namespace, simulator and
+//! controller per test.
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use aci_runner_controller::azure::template::{TAG_MANAGED_BY, TAG_POOL_NAME, TAG_POOL_UID};
+use aci_runner_controller::crd::RunnerPool;
+use aci_runner_controller::sim::github::{EnqueueJobs, JobStatus};
+use aci_runner_controller::sim::{self, Simulator};
+use aci_runner_controller::testing::control_plane::setup;
+use aci_runner_controller::testing::harness::*;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(40);
+
+async fn get_pool(client: &kube::Client, ns: &str, name: &str) -> Option<RunnerPool> {
+    Api::<RunnerPool>::namespaced(client.clone(), ns).get_opt(name).await.ok().flatten()
+}
+
+async fn delete_pool(client: &kube::Client, ns: &str, name: &str) {
+    Api::<RunnerPool>::namespaced(client.clone(), ns).delete(name, &DeleteParams::default()).await.unwrap();
+}
+
+/// Pool status summary for failure messages.
+async fn describe(client: &kube::Client, ns: &str, name: &str, sim: &Simulator) -> String {
+    let status = get_pool(client, ns, name).await.map(|p| p.status);
+    let groups: Vec<(String, String, Vec<String>)> = groups_of(sim, name)
+        .into_iter()
+        .map(|g| (g.name, g.state, g.containers.iter().map(|c| format!("{}:{:?}", c.state, c.exit_code)).collect()))
+        .collect();
+    let runners: Vec<(String, i64, bool, bool)> =
+        runners_of(sim, name).into_iter().map(|r| (r.name, r.id, r.online, r.busy)).collect();
+    format!("status {status:?}\ngroups {groups:?}\nrunners (name, id, online, busy) {runners:?}")
+}
+
+/// Wait until the pool is Ready with `idle` idle runners (and as many groups and online runners).
+async fn wait_ready(client: &kube::Client, ns: &str, name: &str, sim: &Simulator, idle: i32) -> RunnerPool {
+    let ready = eventually(T, || async {
+        let p = get_pool(client, ns, name).await?;
+        let st = p.status.as_ref()?;
+        let ok = condition(&p, "Ready").map(|c| c.0) == Some("True".into())
+            && st.idle == idle
+            && st.busy == 0
+            && groups_of(sim, name).len() == idle as usize
+            && runners_of(sim, name).iter().filter(|r| r.online && !r.busy).count() == idle as usize;
+        ok.then_some(p)
+    })
+    .await;
+    match ready {
+        Some(p) => p,
+        None => panic!("pool {name} never Ready with {idle} idle\n{}", describe(client, ns, name, sim).await),
+    }
+}
+
+fn names<T>(items: &[T], f: impl Fn(&T) -> &str) -> BTreeSet<String> {
+    items.iter().map(|i| f(i).to_string()).collect()
+}
+
+/// Sim time of the first successful GitHub `DELETE .../runners/{id}`.
+fn unregistered_at(sim: &Simulator, id: i64) -> Option<chrono::DateTime<chrono::Utc>> {
+    let suffix = format!("/actions/runners/{id}");
+    sim.github
+        .calls()
+        .into_iter()
+        .find(|c| c.op == "delete_runner" && c.path.ends_with(&suffix) && c.status < 300)
+        .map(|c| c.at)
+}
+
+/// Sim time of the first successful ARM `DELETE .../containerGroups/{name}`.
+fn group_deleted_at(sim: &Simulator, name: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let suffix = format!("/containerGroups/{name}");
+    sim.arm
+        .calls()
+        .into_iter()
+        .find(|c| c.op == "delete" && c.path.split('?').next().is_some_and(|p| p.ends_with(&suffix)) && c.status < 300)
+        .map(|c| c.at)
+}
+
+/// Register a runner directly through the simulated GitHub API (a PAT), as a leaked JIT
+/// registration whose container never started: it stays offline.
+async fn leak_registration(sim: &Simulator, name: &str, labels: &[&str]) -> i64 {
+    let creds = sim.github.app_credentials();
+    let pat = creds.pats.first().expect("the simulator has a PAT").clone();
+    let r = reqwest::Client::new()
+        .post(format!("{}/orgs/{ORG}/actions/runners/generate-jitconfig", sim.github.url()))
+        .bearer_auth(pat)
+        .header("accept", "application/vnd.github+json")
+        .header("user-agent", "e2e")
+        .json(&json!({"name": name, "runner_group_id": 1, "labels": labels}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(status.is_success(), "generate-jitconfig answered {status}: {body}");
+    body["runner"]["id"].as_i64().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. demand via webhook → scale up within maxRunners; jobs complete; runners recycled; 2 idle.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-burst").await.unwrap();
+    let sim = sim::start(fast_sim_options(2)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let secret = "e2e-burst-webhook-secret";
+    let opts = ControllerOptions { webhook_secret: Some(secret.into()), ..ControllerOptions::for_namespace(&ns) };
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    assert!(ctl.webhook_addr.is_some());
+    connect_webhooks(&sim, &ctl, secret);
+    let (min_idle, max_runners) = (2, 6);
+    apply_pool(
+        &client,
+        &ns,
+        &pool_manifest("burst", &sim, json!({"scaling": {"minIdle": min_idle, "maxRunners": max_runners}})),
+    )
+    .await
+    .unwrap();
+    wait_ready(&client, &ns, "burst", &sim, min_idle).await;
+    let initial: BTreeSet<String> = names(&groups_of(&sim, "burst"), |g| &g.name);
+
+    let jobs = sim
+        .github
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["self-hosted".into(), "aci".into()],
+            duration_secs: 3.0,
+            count: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let job_ids: BTreeSet<i64> = jobs.iter().map(|j| j.id).collect();
+    assert_eq!(job_ids.len(), 10);
+
+    // Poll: the most groups that existed at once, and whether the controller ever wanted more
+    // than busy + minIdle (only queued demand from the webhooks can make it want that).
+    let mut max_groups = 0usize;
+    let mut max_registrations = 0usize;
+    let mut demand_seen = false;
+    let mut all_groups = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut converged = None;
+    while tokio::time::Instant::now() < deadline {
+        let groups = groups_of(&sim, "burst");
+        let regs = runners_of(&sim, "burst");
+        max_groups = max_groups.max(groups.len());
+        max_registrations = max_registrations.max(regs.len());
+        all_groups.extend(groups.iter().map(|g| g.name.clone()));
+        if let Some(p) = get_pool(&client, &ns, "burst").await
+            && let Some(st) = p.status.clone()
+        {
+            if st.desired > st.busy + min_idle {
+                demand_seen = true;
+            }
+            let done = sim
+                .github
+                .jobs()
+                .iter()
+                .filter(|j| job_ids.contains(&j.id) && j.status == JobStatus::Completed)
+                .count()
+                == 10;
+            let settled = done
+                && groups.len() == min_idle as usize
+                && regs.len() == min_idle as usize
+                && regs.iter().all(|r| r.online && !r.busy)
+                && condition(&p, "Ready").map(|c| c.0) == Some("True".into())
+                && (st.idle, st.busy, st.desired) == (min_idle, 0, min_idle);
+            if settled {
+                converged = Some(());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if converged.is_none() {
+        let jobs: Vec<_> =
+            sim.github.jobs().into_iter().map(|j| (j.id, j.status, j.conclusion, j.runner_name)).collect();
+        panic!("never converged back to {min_idle} idle; jobs {jobs:?}\n{}", describe(&client, &ns, "burst", &sim).await);
+    }
+
+    // Scaled up because of the queued jobs, within maxRunners (and no quota was hit).
+    assert!(demand_seen, "the controller never wanted more than busy + minIdle: webhook demand was not used");
+    assert!(max_groups > min_idle as usize, "never scaled above minIdle: max {max_groups} groups");
+    assert!(max_groups <= max_runners as usize, "{max_groups} groups > maxRunners {max_runners}");
+    assert!(max_registrations <= max_runners as usize, "{max_registrations} registrations > maxRunners");
+    assert_eq!(sim.arm.quota_rejections(), 0);
+    // Every webhook delivery was accepted by the controller.
+    let deliveries = sim.github.deliveries();
+    assert!(!deliveries.is_empty());
+    assert!(deliveries.iter().all(|d| d.status.is_some_and(|s| (200..300).contains(&s))), "{deliveries:?}");
+
+    // Every job succeeded, each on its own (ephemeral) runner, and none of those runners is left.
+    let done: Vec<_> = sim.github.jobs().into_iter().filter(|j| job_ids.contains(&j.id)).collect();
+    assert!(done.iter().all(|j| j.conclusion.as_deref() == Some("success")), "{done:?}");
+    let ran_on: BTreeSet<String> = done.iter().filter_map(|j| j.runner_name.clone()).collect();
+    assert_eq!(ran_on.len(), 10, "ephemeral runners take one job each: {ran_on:?}");
+    assert!(ran_on.iter().all(|n| n.starts_with("burst-")), "{ran_on:?}");
+    assert!(ran_on.iter().all(|n| all_groups.contains(n) || initial.contains(n)));
+
+    // End state: exactly minIdle idle runners; nothing else in Azure or GitHub.
+    let groups = sim.arm.groups();
+    let runners = sim.github.runners();
+    assert_eq!(groups.len(), min_idle as usize, "{groups:?}");
+    assert_eq!(runners.len(), min_idle as usize, "{runners:?}");
+    assert_eq!(names(&groups, |g| &g.name), names(&runners, |r| &r.name));
+    assert!(runners.iter().all(|r| r.online && !r.busy && r.jobs_done == 0), "{runners:?}");
+    assert!(groups.iter().all(|g| !ran_on.contains(&g.name)));
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. minIdle lowered → idle runners removed (registration, then group); the busy one untouched.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the_busy_one() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-shrink").await.unwrap();
+    let sim = sim::start(fast_sim_options(3)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply_pool(&client, &ns, &pool_manifest("shrink", &sim, json!({"scaling": {"minIdle": 3}}))).await.unwrap();
+    wait_ready(&client, &ns, "shrink", &sim, 3).await;
+
+    // One long job: one runner becomes busy; the controller keeps 3 idle besides it.
+    let job = sim
+        .github
+        .enqueue_jobs(EnqueueJobs { labels: vec!["aci".into()], duration_secs: 15.0, count: 1, ..Default::default() })
+        .unwrap()
+        .remove(0);
+    let settled = eventually(T, || async {
+        let p = get_pool(&client, &ns, "shrink").await?;
+        let st = p.status.as_ref()?;
+        let busy: Vec<_> = runners_of(&sim, "shrink").into_iter().filter(|r| r.busy).collect();
+        let ok = (st.busy, st.idle) == (1, 3) && busy.len() == 1 && groups_of(&sim, "shrink").len() == 4;
+        ok.then(|| busy[0].clone())
+    })
+    .await;
+    let Some(busy) = settled else {
+        panic!("never 1 busy + 3 idle\n{}", describe(&client, &ns, "shrink", &sim).await);
+    };
+    assert_eq!(sim.github.jobs().iter().find(|j| j.id == job.id).and_then(|j| j.runner_name.clone()), Some(busy.name.clone()));
+    let idle: BTreeMap<String, i64> = runners_of(&sim, "shrink")
+        .into_iter()
+        .filter(|r| !r.busy)
+        .map(|r| (r.name, r.id))
+        .collect();
+    assert_eq!(idle.len(), 3);
+
+    apply_pool(&client, &ns, &pool_manifest("shrink", &sim, json!({"scaling": {"minIdle": 0}}))).await.unwrap();
+
+    // The idle runners go; the busy one stays (group and registration) while its job runs.
+    let shrunk = eventually(T, || async {
+        let groups = names(&groups_of(&sim, "shrink"), |g| &g.name);
+        let regs = runners_of(&sim, "shrink");
+        let job_running = sim.github.jobs().iter().any(|j| j.id == job.id && j.status != JobStatus::Completed);
+        if job_running {
+            assert!(groups.contains(&busy.name), "the busy runner's group was removed while its job ran");
+            assert!(regs.iter().any(|r| r.id == busy.id), "the busy runner was unregistered while its job ran");
+        }
+        let only_busy = groups == BTreeSet::from([busy.name.clone()])
+            && regs.len() == 1
+            && regs[0].id == busy.id
+            && regs[0].busy;
+        let p = get_pool(&client, &ns, "shrink").await?;
+        let st = p.status.as_ref()?;
+        (only_busy && (st.desired, st.idle, st.busy) == (1, 0, 1)).then_some(())
+    })
+    .await;
+    if shrunk.is_none() {
+        panic!("idle runners not removed\n{}", describe(&client, &ns, "shrink", &sim).await);
+    }
+    assert!(
+        sim.github.jobs().iter().any(|j| j.id == job.id && j.status != JobStatus::Completed),
+        "the job ended before the idle runners were removed: the test proves nothing"
+    );
+    assert!(unregistered_at(&sim, busy.id).is_none(), "the busy runner was unregistered");
+    assert!(group_deleted_at(&sim, &busy.name).is_none(), "the busy runner's group was deleted");
+    for (name, id) in &idle {
+        let unreg = unregistered_at(&sim, *id).unwrap_or_else(|| panic!("{name} was never unregistered"));
+        let deleted = group_deleted_at(&sim, name).unwrap_or_else(|| panic!("{name}'s group was never deleted"));
+        assert!(unreg <= deleted, "{name}: group deleted at {deleted} before unregistering at {unreg}");
+    }
+
+    // When the job ends, the ephemeral runner is recycled and nothing is left (minIdle 0).
+    let empty = eventually(T, || async {
+        let done = sim.github.jobs().iter().any(|j| j.id == job.id && j.conclusion.as_deref() == Some("success"));
+        let p = get_pool(&client, &ns, "shrink").await?;
+        let st = p.status.as_ref()?;
+        (done
+            && groups_of(&sim, "shrink").is_empty()
+            && runners_of(&sim, "shrink").is_empty()
+            && (st.desired, st.idle, st.busy) == (0, 0, 0)
+            && condition(&p, "Ready").map(|c| c.0) == Some("True".into()))
+        .then_some(())
+    })
+    .await;
+    if empty.is_none() {
+        let jobs: Vec<_> = sim.github.jobs().into_iter().map(|j| (j.id, j.status, j.conclusion)).collect();
+        panic!("busy runner not recycled after its job; jobs {jobs:?}\n{}", describe(&client, &ns, "shrink", &sim).await);
+    }
+    assert!(sim.arm.groups().is_empty());
+    assert!(sim.github.runners().is_empty());
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4a. GC: an offline registration with the pool's prefix and labels but no group is removed.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_period() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-leak").await.unwrap();
+    let sim = sim::start(fast_sim_options(4)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let opts = ControllerOptions::for_namespace(&ns);
+    let grace = opts.gc_grace;
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    apply_pool(&client, &ns, &pool_manifest("leak", &sim, json!({"scaling": {"minIdle": 1}}))).await.unwrap();
+    wait_ready(&client, &ns, "leak", &sim, 1).await;
+    let own = runners_of(&sim, "leak").remove(0);
+
+    let leaked_at = sim.clock.now();
+    let leaked = leak_registration(&sim, "leak-zzzzz", &["aci"]).await;
+    // Not this pool's: other labels; a name that is not `<pool>-<5 chars>`; another prefix.
+    let foreign_labels = leak_registration(&sim, "leak-yyyyy", &["gpu"]).await;
+    let foreign_name = leak_registration(&sim, "leak-zzzzzz", &["aci"]).await;
+    let foreign_prefix = leak_registration(&sim, "leaky-zzzzz", &["aci"]).await;
+    let r = sim.github.runners().into_iter().find(|r| r.id == leaked).unwrap();
+    assert!(!r.online && r.labels.contains(&"aci".to_string()), "{r:?}");
+
+    let gone = eventually(T, || async { sim.github.runners().iter().all(|r| r.id != leaked).then_some(()) }).await;
+    if gone.is_none() {
+        panic!("leaked registration never removed\n{}", describe(&client, &ns, "leak", &sim).await);
+    }
+    // Mark, then confirm: not removed before the grace period.
+    let at = unregistered_at(&sim, leaked).unwrap();
+    let waited = (at - leaked_at).to_std().unwrap_or_default();
+    assert!(waited >= grace, "removed {waited:?} after it appeared (grace {grace:?})");
+
+    // A few more passes: nothing else was touched.
+    tokio::time::sleep(grace * 2).await;
+    let ids: BTreeSet<i64> = sim.github.runners().iter().map(|r| r.id).collect();
+    for id in [foreign_labels, foreign_name, foreign_prefix, own.id as i64] {
+        assert!(ids.contains(&id), "registration {id} was removed; left: {ids:?}");
+    }
+    assert_eq!(groups_of(&sim, "leak").len(), 1);
+    assert!(group_deleted_at(&sim, &own.name).is_none());
+    let p = get_pool(&client, &ns, "leak").await.unwrap();
+    assert_eq!(condition(&p, "Ready").map(|c| c.0).as_deref(), Some("True"), "{:?}", p.status);
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4b. A crashed group is replaced: its registration and group go, a new runner comes up.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_runner_group_is_removed_and_replaced() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-crash").await.unwrap();
+    let sim = sim::start(fast_sim_options(5)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply_pool(&client, &ns, &pool_manifest("crash", &sim, json!({"scaling": {"minIdle": 2}}))).await.unwrap();
+    wait_ready(&client, &ns, "crash", &sim, 2).await;
+    let before = runners_of(&sim, "crash");
+    let victim = before[0].clone();
+    let survivor = before[1].clone();
+
+    assert!(sim.arm.exit_container(&victim.name, 137), "no running container in {}", victim.name);
+
+    let replaced = eventually(T, || async {
+        let groups = names(&groups_of(&sim, "crash"), |g| &g.name);
+        let regs = runners_of(&sim, "crash");
+        let p = get_pool(&client, &ns, "crash").await?;
+        let st = p.status.as_ref()?;
+        let ok = !groups.contains(&victim.name)
+            && regs.iter().all(|r| r.id != victim.id)
+            && groups.contains(&survivor.name)
+            && groups.len() == 2
+            && regs.len() == 2
+            && regs.iter().all(|r| r.online)
+            && (st.idle, st.busy) == (2, 0)
+            && condition(&p, "Ready").map(|c| c.0) == Some("True".into());
+        ok.then_some(())
+    })
+    .await;
+    if replaced.is_none() {
+        panic!("crashed runner {} not replaced\n{}", victim.name, describe(&client, &ns, "crash", &sim).await);
+    }
+    assert!(unregistered_at(&sim, victim.id).is_some());
+    assert!(group_deleted_at(&sim, &victim.name).is_some());
+    assert!(unregistered_at(&sim, survivor.id).is_none(), "the healthy runner was touched");
+    assert!(group_deleted_at(&sim, &survivor.name).is_none(), "the healthy runner was touched");
+    // A crash after the runner was online is not a provisioning failure.
+    let p = get_pool(&client, &ns, "crash").await.unwrap();
+    assert_eq!(condition(&p, "Stalled").map(|c| c.0).as_deref(), Some("False"));
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4c. Orphans: groups of a pool deleted while no controller ran are removed after a restart.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_after_restart() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-orphan").await.unwrap();
+    let sim = sim::start(fast_sim_options(6)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let opts = ControllerOptions::for_namespace(&ns);
+    let grace = opts.gc_grace;
+    let ctl = start_controller(&client, &sim, opts.clone()).await.unwrap();
+    // Same subscription and resource group (the harness default) for both.
+    apply_pool(&client, &ns, &pool_manifest("gone", &sim, json!({"scaling": {"minIdle": 2}}))).await.unwrap();
+    apply_pool(&client, &ns, &pool_manifest("kept", &sim, json!({"scaling": {"minIdle": 1}}))).await.unwrap();
+    let gone = wait_ready(&client, &ns, "gone", &sim, 2).await;
+    wait_ready(&client, &ns, "kept", &sim, 1).await;
+    let gone_groups = names(&groups_of(&sim, "gone"), |g| &g.name);
+    let kept_groups = names(&groups_of(&sim, "kept"), |g| &g.name);
+    let kept_runners: BTreeSet<i64> = runners_of(&sim, "kept").iter().map(|r| r.id).collect();
+
+    ctl.stop().await.unwrap();
+    // Pool "gone" disappears without its finalizer running.
+    let api = Api::<RunnerPool>::namespaced(client.clone(), &ns);
+    api.patch("gone", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    delete_pool(&client, &ns, "gone").await;
+    let deleted = eventually(T, || async { get_pool(&client, &ns, "gone").await.is_none().then_some(()) }).await;
+    assert!(deleted.is_some(), "pool gone was not deleted");
+    assert_eq!(names(&groups_of(&sim, "gone"), |g| &g.name), gone_groups, "nothing ran the finalizer");
+
+    let restarted_at = sim.clock.now();
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    let collected = eventually(T, || async { groups_of(&sim, "gone").is_empty().then_some(()) }).await;
+    if collected.is_none() {
+        panic!("orphaned groups never collected\n{}", describe(&client, &ns, "gone", &sim).await);
+    }
+    for g in &gone_groups {
+        let at = group_deleted_at(&sim, g).unwrap();
+        let waited = (at - restarted_at).to_std().unwrap_or_default();
+        assert!(waited >= grace, "{g} deleted {waited:?} after the restart (grace {grace:?})");
+    }
+    let _ = gone;
+
+    // Pool "kept" is untouched.
+    tokio::time::sleep(grace).await;
+    assert_eq!(names(&groups_of(&sim, "kept"), |g| &g.name), kept_groups);
+    let now_runners: BTreeSet<i64> = runners_of(&sim, "kept").iter().map(|r| r.id).collect();
+    assert_eq!(now_runners, kept_runners);
+    for g in &kept_groups {
+        assert!(group_deleted_at(&sim, g).is_none(), "{g} of the live pool was deleted");
+    }
+    let p = get_pool(&client, &ns, "kept").await.unwrap();
+    assert_eq!(condition(&p, "Ready").map(|c| c.0).as_deref(), Some("True"), "{:?}", p.status);
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5a. Deleting a pool with a busy runner: idle ones go at once, the busy one when its job ends.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-drain").await.unwrap();
+    let sim = sim::start(fast_sim_options(7)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply_pool(&client, &ns, &pool_manifest("drain", &sim, json!({"scaling": {"minIdle": 1}}))).await.unwrap();
+    wait_ready(&client, &ns, "drain", &sim, 1).await;
+    let job = sim
+        .github
+        .enqueue_jobs(EnqueueJobs { labels: vec!["aci".into()], duration_secs: 8.0, count: 1, ..Default::default() })
+        .unwrap()
+        .remove(0);
+    // One busy, one new idle.
+    let busy = eventually(T, || async {
+        let p = get_pool(&client, &ns, "drain").await?;
+        let st = p.status.as_ref()?;
+        let regs = runners_of(&sim, "drain");
+        let busy: Vec<_> = regs.iter().filter(|r| r.busy).cloned().collect();
+        ((st.busy, st.idle) == (1, 1) && busy.len() == 1 && regs.len() == 2).then(|| busy[0].clone())
+    })
+    .await;
+    let Some(busy) = busy else { panic!("never 1 busy + 1 idle\n{}", describe(&client, &ns, "drain", &sim).await) };
+
+    delete_pool(&client, &ns, "drain").await;
+
+    // The idle runner goes; the busy one and the pool stay while the job runs.
+    let drained = eventually(T, || async {
+        let job_running = sim.github.jobs().iter().any(|j| j.id == job.id && j.status != JobStatus::Completed);
+        let p = get_pool(&client, &ns, "drain").await;
+        if job_running {
+            assert!(p.is_some(), "the finalizer was removed while a runner was busy");
+            assert!(groups_of(&sim, "drain").iter().any(|g| g.name == busy.name), "busy group deleted");
+            assert!(runners_of(&sim, "drain").iter().any(|r| r.id == busy.id), "busy runner unregistered");
+        }
+        let p = p?;
+        let only_busy = names(&groups_of(&sim, "drain"), |g| &g.name) == BTreeSet::from([busy.name.clone()])
+            && runners_of(&sim, "drain").len() == 1;
+        let draining = condition(&p, "Ready") == Some(("False".into(), "Draining".into()));
+        (job_running && only_busy && draining).then_some(())
+    })
+    .await;
+    if drained.is_none() {
+        panic!("not draining with only the busy runner left\n{}", describe(&client, &ns, "drain", &sim).await);
+    }
+
+    // The job completes; then everything is gone and the finalizer is removed.
+    let finished = eventually(T, || async {
+        let gone = get_pool(&client, &ns, "drain").await.is_none();
+        (gone && groups_of(&sim, "drain").is_empty() && runners_of(&sim, "drain").is_empty()).then_some(())
+    })
+    .await;
+    if finished.is_none() {
+        panic!("pool not removed after its job\n{}", describe(&client, &ns, "drain", &sim).await);
+    }
+    let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    assert_eq!(j.conclusion.as_deref(), Some("success"), "{j:?}");
+    assert!(sim.arm.groups().is_empty());
+    assert!(sim.github.runners().is_empty());
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5b. ... or until drainTimeout: then the busy runner is removed too.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-drainto").await.unwrap();
+    let sim = sim::start(fast_sim_options(8)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply_pool(
+        &client,
+        &ns,
+        &pool_manifest("hurry", &sim, json!({"scaling": {"minIdle": 1, "drainTimeout": "3s"}})),
+    )
+    .await
+    .unwrap();
+    wait_ready(&client, &ns, "hurry", &sim, 1).await;
+    let job = sim
+        .github
+        .enqueue_jobs(EnqueueJobs { labels: vec!["aci".into()], duration_secs: 120.0, count: 1, ..Default::default() })
+        .unwrap()
+        .remove(0);
+    let busy = eventually(T, || async { runners_of(&sim, "hurry").into_iter().find(|r| r.busy) }).await;
+    let Some(busy) = busy else { panic!("never busy\n{}", describe(&client, &ns, "hurry", &sim).await) };
+
+    let deleted_at = sim.clock.now();
+    delete_pool(&client, &ns, "hurry").await;
+    let finished = eventually(T, || async {
+        let gone = get_pool(&client, &ns, "hurry").await.is_none();
+        (gone && groups_of(&sim, "hurry").is_empty() && runners_of(&sim, "hurry").is_empty()).then_some(())
+    })
+    .await;
+    if finished.is_none() {
+        panic!("pool not removed after drainTimeout\n{}", describe(&client, &ns, "hurry", &sim).await);
+    }
+    // Not before drainTimeout; well before the job would have ended.
+    let at = group_deleted_at(&sim, &busy.name).unwrap();
+    let waited = (at - deleted_at).to_std().unwrap_or_default();
+    assert!(waited >= Duration::from_secs(3), "busy group deleted {waited:?} after the deletion");
+    let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    assert_ne!(j.conclusion.as_deref(), Some("success"), "{j:?}");
+    assert!(sim.arm.groups().is_empty());
+    assert!(sim.github.runners().is_empty());
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5c. deletion-policy orphan: resources stay, released (no managed-by tag); finalizer removed.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pool_with_the_orphan_policy_releases_its_runners_and_leaves_them_running() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-release").await.unwrap();
+    let sim = sim::start(fast_sim_options(9)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let opts = ControllerOptions::for_namespace(&ns);
+    let grace = opts.gc_grace;
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    let mut manifest = pool_manifest("keep", &sim, json!({"scaling": {"minIdle": 2}}));
+    manifest["metadata"]["annotations"] = json!({"aci-runners.dev/deletion-policy": "orphan"});
+    apply_pool(&client, &ns, &manifest).await.unwrap();
+    // Another live pool in the same resource group, so that orphan GC sweeps it.
+    apply_pool(&client, &ns, &pool_manifest("other", &sim, json!({"scaling": {"minIdle": 1}}))).await.unwrap();
+    let keep = wait_ready(&client, &ns, "keep", &sim, 2).await;
+    wait_ready(&client, &ns, "other", &sim, 1).await;
+    let uid = keep.metadata.uid.clone().unwrap();
+    let groups = names(&groups_of(&sim, "keep"), |g| &g.name);
+    let runners: BTreeSet<i64> = runners_of(&sim, "keep").iter().map(|r| r.id).collect();
+
+    delete_pool(&client, &ns, "keep").await;
+    let gone = eventually(T, || async { get_pool(&client, &ns, "keep").await.is_none().then_some(()) }).await;
+    if gone.is_none() {
+        panic!("finalizer never removed\n{}", describe(&client, &ns, "keep", &sim).await);
+    }
+    // Released: still there, running, no longer tagged as managed; provenance tags kept.
+    for name in &groups {
+        let g = sim.arm.group(name).unwrap_or_else(|| panic!("group {name} was deleted"));
+        assert!(!g.tags.contains_key(TAG_MANAGED_BY), "{name} still managed: {:?}", g.tags);
+        assert_eq!(g.tags.get(TAG_POOL_UID), Some(&uid));
+        assert_eq!(g.tags.get(TAG_POOL_NAME).map(String::as_str), Some("keep"));
+        assert!(g.containers.iter().all(|c| c.state == "Running"), "{g:?}");
+    }
+    // Several GC passes later, nothing was deleted or unregistered.
+    tokio::time::sleep(grace * 3).await;
+    assert_eq!(names(&groups_of(&sim, "keep"), |g| &g.name), groups);
+    let now: BTreeSet<i64> = runners_of(&sim, "keep").iter().filter(|r| r.online).map(|r| r.id).collect();
+    assert_eq!(now, runners, "registrations of the released runners changed");
+    for name in &groups {
+        assert!(group_deleted_at(&sim, name).is_none());
+    }
+    for id in &runners {
+        assert!(unregistered_at(&sim, *id).is_none());
+    }
+    assert_eq!(groups_of(&sim, "other").len(), 1);
+    ctl.stop().await.unwrap();
+}
