@@ -1,0 +1,590 @@
+//! The reconciler under stress, end to end (issue 6, tests 6–9): a real kube-apiserver
+//! (scripts/control-plane), the simulated Azure and GitHub, and the controller (`run_with`,
+//! production edges) in this process.
+//!
+//! 6. a controller killed mid scale-up and restarted: no duplicates, no leaks, Ready.
+//! 7. faults: quota, primary-location capacity, inaccessible image, GitHub 5xx bursts.
+//! 8. two replicas with leader election: only the leader acts; the standby takes over.
+//! 9. missing Secret, bad App key, invalid spec: Stalled with the right reason, nothing deleted.
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aci_runner_controller::crd::RunnerPool;
+use aci_runner_controller::sim::arm::{FaultConfig, Quotas};
+use aci_runner_controller::sim::github::{GhOpFaults, GithubFaults, OPERATIONS};
+use aci_runner_controller::sim::{self, Simulator};
+use aci_runner_controller::testing::control_plane::setup;
+use aci_runner_controller::testing::harness::*;
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(40);
+
+async fn get_pool(client: &Client, ns: &str, name: &str) -> Option<RunnerPool> {
+    Api::<RunnerPool>::namespaced(client.clone(), ns).get_opt(name).await.ok().flatten()
+}
+
+/// What the simulator holds for a pool, for failure messages.
+fn world(sim: &Simulator, pool: &str) -> String {
+    let groups: Vec<String> = groups_of(sim, pool)
+        .iter()
+        .map(|g| {
+            let c = g.containers.first().map(|c| c.state.clone()).unwrap_or_default();
+            format!("{}@{}({}/{}/{c})", g.name, g.location, g.provisioning_state, g.state)
+        })
+        .collect();
+    let runners: Vec<String> = runners_of(sim, pool)
+        .iter()
+        .map(|r| format!("{}#{}(online={} busy={})", r.name, r.id, r.online, r.busy))
+        .collect();
+    format!("groups {groups:?}; runners {runners:?}")
+}
+
+/// Wait until `pred` holds for the pool; panic with the status and the simulator's view if not.
+async fn wait_pool(
+    client: &Client,
+    sim: &Simulator,
+    ns: &str,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&RunnerPool) -> bool,
+) -> RunnerPool {
+    let got = eventually(timeout, || async {
+        let p = get_pool(client, ns, name).await?;
+        pred(&p).then_some(p)
+    })
+    .await;
+    match got {
+        Some(p) => p,
+        None => {
+            let status = get_pool(client, ns, name).await.and_then(|p| p.status);
+            panic!("pool {name}: never {what}; status {status:#?}; {}", world(sim, name));
+        }
+    }
+}
+
+fn cond_is(p: &RunnerPool, type_: &str, status: &str, reason: Option<&str>) -> bool {
+    condition(p, type_).is_some_and(|(s, r)| s == status && reason.is_none_or(|want| r == want))
+}
+
+fn ready_with(p: &RunnerPool, idle: i32) -> bool {
+    cond_is(p, "Ready", "True", None)
+        && p.status.as_ref().is_some_and(|s| s.idle == idle && s.busy == 0 && s.desired == idle)
+        && p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
+}
+
+/// Every container group of the pool has exactly one registration of the same name and every
+/// registration of the pool has its group; all of them online. Returns the names.
+fn one_to_one_online(sim: &Simulator, pool: &str) -> Option<BTreeSet<String>> {
+    let groups = groups_of(sim, pool);
+    let runners = runners_of(sim, pool);
+    let group_names: BTreeSet<String> = groups.iter().map(|g| g.name.clone()).collect();
+    let runner_names: BTreeSet<String> = runners.iter().map(|r| r.name.clone()).collect();
+    (group_names.len() == groups.len()
+        && runner_names.len() == runners.len()
+        && group_names == runner_names
+        && runners.iter().all(|r| r.online))
+    .then_some(group_names)
+}
+
+/// Wait until the pool is Ready with `n` idle runners and the simulator shows exactly `n`
+/// groups, each with its one online registration, and nothing else.
+async fn wait_settled(client: &Client, sim: &Simulator, ns: &str, pool: &str, n: i32) -> BTreeSet<String> {
+    let timeout = T;
+    let got = eventually(timeout, || async {
+        let p = get_pool(client, ns, pool).await?;
+        if !ready_with(&p, n) {
+            return None;
+        }
+        one_to_one_online(sim, pool).filter(|names| names.len() == n as usize)
+    })
+    .await;
+    match got {
+        Some(names) => names,
+        None => {
+            let status = get_pool(client, ns, pool).await.and_then(|p| p.status);
+            panic!("pool {pool}: never settled at {n}; status {status:#?}; {}", world(sim, pool));
+        }
+    }
+}
+
+/// (type, reason, message) of the Events about a pool.
+async fn events_of(client: &Client, ns: &str, pool: &str) -> Vec<(String, String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    let list = api.list(&ListParams::default()).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(pool))
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+/// Wait for a Warning Event with `reason` about the pool.
+async fn wait_warning(client: &Client, ns: &str, pool: &str, reason: &str) -> String {
+    let got = eventually(Duration::from_secs(15), || async {
+        events_of(client, ns, pool)
+            .await
+            .into_iter()
+            .find(|(t, r, _)| t == "Warning" && r == reason)
+            .map(|(_, _, m)| m)
+    })
+    .await;
+    match got {
+        Some(m) => m,
+        None => {
+            panic!("no Warning event {reason} for {pool}; events: {:#?}", events_of(client, ns, pool).await)
+        }
+    }
+}
+
+/// Sum of the samples of a metric family whose labels contain every `filter`.
+fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// Samples the number of a pool's container groups until dropped; keeps the maximum.
+struct GroupSampler {
+    max: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GroupSampler {
+    fn start(sim: &Simulator, pool: &str) -> Self {
+        let max = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sim, pool, m, s) = (sim.clone(), pool.to_string(), max.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                m.fetch_max(groups_of(&sim, &pool).len(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Self { max, stop, task }
+    }
+
+    async fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.max.load(Ordering::Relaxed)
+    }
+}
+
+async fn apply(client: &Client, ns: &str, sim: &Simulator, name: &str, patch: Value) -> RunnerPool {
+    apply_pool(client, ns, &pool_manifest(name, sim, patch)).await.unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Kill the controller mid scale-up, restart: no duplicates, converges.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_scale_up_then_restarted_converges_without_duplicates_or_leaks() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-kill").await.unwrap();
+    let sim = sim::start(fast_sim_options(6)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let sampler = GroupSampler::start(&sim, "kill");
+
+    let first = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply(&client, &ns, &sim, "kill", json!({"scaling": {"minIdle": 5, "maxRunners": 5}})).await;
+    // Kill as soon as the first registration exists: the pass creating five runners is under way.
+    let started = eventually(Duration::from_secs(20), || async {
+        (!runners_of(&sim, "kill").is_empty()).then_some(())
+    })
+    .await;
+    first.kill();
+    assert!(started.is_some(), "the first controller never registered a runner");
+    let at_kill = world(&sim, "kill");
+    tracing::info!(%at_kill, "killed the controller");
+
+    // A few hundred milliseconds without any controller (requests already sent finish).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    let names = wait_settled(&client, &sim, &ns, "kill", 5).await;
+    // Stays settled: nothing more is created or removed (no late duplicates).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(one_to_one_online(&sim, "kill"), Some(names.clone()), "{}", world(&sim, "kill"));
+    let max = sampler.finish().await;
+    assert!(max <= 5, "up to {max} container groups existed at once for maxRunners 5 (at kill: {at_kill})");
+    // Registrations the killed pass left without a group were collected: every registration of
+    // the simulated GitHub is one of the five groups.
+    let all: Vec<String> = sim.github.runners().into_iter().map(|r| r.name).collect();
+    assert_eq!(all.len(), 5, "leftover registrations: {all:?} (at kill: {at_kill})");
+    let m = second.metrics().await.unwrap();
+    assert_eq!(metric_sum(&m, "aci_runner_controller_reconcile_errors_total", &[]), 0.0, "{m}");
+    second.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Faults.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_exceeded_stalls_with_an_event_and_recovers_when_raised() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-quota").await.unwrap();
+    let sim = sim::start(fast_sim_options(71)).await.unwrap();
+    // Room for two 1-vCPU runners in the region.
+    sim.arm.set_quotas(Quotas { cores: 2.0, ..Quotas::default() });
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply(&client, &ns, &sim, "quota", json!({"scaling": {"minIdle": 4, "maxRunners": 6}})).await;
+
+    // docs/planner.md: QuotaExceeded → wait with Stalled `QuotaExceeded` (one event).
+    let p = wait_pool(&client, &sim, &ns, "quota", "Stalled/QuotaExceeded", T, |p| {
+        cond_is(p, "Stalled", "True", Some("QuotaExceeded"))
+    })
+    .await;
+    assert!(cond_is(&p, "Ready", "False", None), "{:?}", p.status);
+    let msg = wait_warning(&client, &ns, "quota", "QuotaExceeded").await;
+    assert!(msg.contains("StandardCores") || msg.to_lowercase().contains("quota"), "{msg}");
+    // Within the quota, the two runners that fit were created and nothing beyond it.
+    let cores: f64 = groups_of(&sim, "quota").iter().map(|g| g.cpu).sum();
+    assert!(cores <= 2.0 + 1e-9, "{}", world(&sim, "quota"));
+    assert!(sim.arm.quota_rejections() > 0);
+
+    // Quota raised: the pool recovers on its own (no spec change).
+    sim.arm.set_quotas(Quotas::default());
+    wait_settled(&client, &sim, &ns, "quota", 4).await;
+    let p = get_pool(&client, &ns, "quota").await.unwrap();
+    assert!(cond_is(&p, "Stalled", "False", None), "{:?}", p.status);
+    ctl.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_unavailable_in_the_primary_location_spills_to_fallback_locations() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-spill").await.unwrap();
+    let sim = sim::start(fast_sim_options(72)).await.unwrap();
+    // westeurope holds one container group, then answers 409 ServiceUnavailable.
+    let faults = FaultConfig { capacity: [("westeurope".to_string(), 1)].into(), ..FaultConfig::default() };
+    sim.arm.set_faults(faults);
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply(
+        &client,
+        &ns,
+        &sim,
+        "spill",
+        json!({"azure": {"fallbackLocations": ["northeurope"]}, "scaling": {"minIdle": 3, "maxRunners": 5}}),
+    )
+    .await;
+
+    wait_settled(&client, &sim, &ns, "spill", 3).await;
+    let groups = groups_of(&sim, "spill");
+    let west = groups.iter().filter(|g| g.location == "westeurope").count();
+    let north = groups.iter().filter(|g| g.location == "northeurope").count();
+    assert!(west <= 1, "{}", world(&sim, "spill"));
+    assert_eq!(west + north, 3, "{}", world(&sim, "spill"));
+    assert!(north >= 2, "{}", world(&sim, "spill"));
+    let msg = wait_warning(&client, &ns, "spill", "CapacityUnavailable").await;
+    assert!(msg.contains("westeurope"), "{msg}");
+    let p = get_pool(&client, &ns, "spill").await.unwrap();
+    assert!(cond_is(&p, "Stalled", "False", None), "{:?}", p.status);
+    ctl.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inaccessible_image_stalls_with_invalid_image_and_leaks_no_registration() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-image").await.unwrap();
+    let sim = sim::start(fast_sim_options(73)).await.unwrap();
+    let image = "registry.example.invalid/private/runner:1.0";
+    let faults = FaultConfig { inaccessible_images: [image.to_string()].into(), ..FaultConfig::default() };
+    sim.arm.set_faults(faults);
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply(&client, &ns, &sim, "image", json!({"runner": {"image": image}, "scaling": {"minIdle": 2}})).await;
+
+    let p = wait_pool(&client, &sim, &ns, "image", "Stalled/InvalidImage", T, |p| {
+        cond_is(p, "Stalled", "True", Some("InvalidImage"))
+    })
+    .await;
+    assert!(cond_is(&p, "Ready", "False", Some("InvalidImage")), "{:?}", p.status);
+    let msg = wait_warning(&client, &ns, "image", "InvalidImage").await;
+    assert!(msg.contains("InaccessibleImage") || msg.contains("not accessible"), "{msg}");
+    assert!(groups_of(&sim, "image").is_empty(), "{}", world(&sim, "image"));
+    // The JIT registrations minted for the refused creates are removed.
+    let leaked =
+        eventually(Duration::from_secs(10), || async { runners_of(&sim, "image").is_empty().then_some(()) })
+            .await;
+    assert!(leaked.is_some(), "registrations of refused creates leaked: {}", world(&sim, "image"));
+
+    // The change the Stalled pool waits for: back to the default image → Ready.
+    apply(&client, &ns, &sim, "image", json!({"scaling": {"minIdle": 2}})).await;
+    wait_settled(&client, &sim, &ns, "image", 2).await;
+    ctl.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_server_error_bursts_leave_no_leaked_groups_or_registrations() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-gh5xx").await.unwrap();
+    let sim = sim::start(fast_sim_options(74)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply(&client, &ns, &sim, "gh", json!({"scaling": {"minIdle": 2, "maxRunners": 8}})).await;
+    wait_settled(&client, &sim, &ns, "gh", 2).await;
+
+    // Bursts of 5xx on every GitHub operation while the pool scales up and then down.
+    let burst = GithubFaults {
+        ops: OPERATIONS
+            .iter()
+            .map(|op| (op.to_string(), GhOpFaults { server_error: 0.5, ..GhOpFaults::default() }))
+            .collect(),
+        ..GithubFaults::default()
+    };
+    sim.github.set_faults(burst.clone());
+    apply(&client, &ns, &sim, "gh", json!({"scaling": {"minIdle": 5, "maxRunners": 8}})).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    sim.github.set_faults(GithubFaults::default());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sim.github.set_faults(GithubFaults { seed: 7, ..burst });
+    apply(&client, &ns, &sim, "gh", json!({"scaling": {"minIdle": 1, "maxRunners": 8}})).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let errors: u64 = sim
+        .github
+        .call_counts()
+        .values()
+        .flat_map(|by_status| by_status.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| *n))
+        .sum();
+    assert!(errors > 0, "the bursts injected no 5xx: {:?}", sim.github.call_counts());
+    sim.github.set_faults(GithubFaults::default());
+
+    // After the faults: one idle runner, its group, nothing else in Azure or GitHub.
+    wait_settled(&client, &sim, &ns, "gh", 1).await;
+    let all: Vec<String> = sim.github.runners().into_iter().map(|r| r.name).collect();
+    assert_eq!(all.len(), 1, "leftover registrations: {all:?}");
+    assert_eq!(sim.arm.groups().len(), 1, "leftover groups: {}", world(&sim, "gh"));
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Two replicas: only the leader acts; the standby takes over after a graceful stop.
+// ---------------------------------------------------------------------------------------------
+
+async fn readyz(ctl: &ControllerHandle) -> String {
+    match reqwest::get(format!("http://{}/readyz", ctl.health_addr)).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_only_the_leader_acts_and_the_standby_takes_over() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-leader").await.unwrap();
+    let sim = sim::start(fast_sim_options(8)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let opts = |id: &str| ControllerOptions {
+        leader_election: true,
+        lease_name: "aci-runner-controller-e2e".into(),
+        lease_namespace: Some(ns.clone()),
+        identity: Some(id.into()),
+        ..ControllerOptions::for_namespace(&ns)
+    };
+    let a = start_controller(&client, &sim, opts("replica-a")).await.unwrap();
+    let leads =
+        eventually(Duration::from_secs(15), || async { (readyz(&a).await == "ok (leader)").then_some(()) })
+            .await;
+    assert!(leads.is_some(), "replica-a never became leader: {}", readyz(&a).await);
+    let b = start_controller(&client, &sim, opts("replica-b")).await.unwrap();
+    assert_eq!(readyz(&b).await, "ok (standby)");
+
+    apply(&client, &ns, &sim, "leader", json!({"scaling": {"minIdle": 2}})).await;
+    let first = wait_settled(&client, &sim, &ns, "leader", 2).await;
+    // Let the standby see several resync intervals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ma = a.metrics().await.unwrap();
+    let mb = b.metrics().await.unwrap();
+    assert!(
+        metric_sum(
+            &ma,
+            "aci_runner_controller_actions_total",
+            &["action=\"create_runner\"", "result=\"ok\""]
+        ) >= 2.0,
+        "{ma}"
+    );
+    assert!(metric_sum(&ma, "aci_runner_controller_reconcile_total", &[]) > 0.0, "{ma}");
+    assert_eq!(metric_sum(&mb, "aci_runner_controller_actions_total", &[]), 0.0, "standby acted: {mb}");
+    assert_eq!(
+        metric_sum(&mb, "aci_runner_controller_reconcile_total", &[]),
+        0.0,
+        "standby reconciled: {mb}"
+    );
+    assert_eq!(readyz(&b).await, "ok (standby)");
+    assert_eq!(one_to_one_online(&sim, "leader"), Some(first.clone()));
+
+    // Graceful stop of the leader releases the Lease; the standby takes over and acts.
+    a.stop().await.unwrap();
+    let took_over =
+        eventually(Duration::from_secs(25), || async { (readyz(&b).await == "ok (leader)").then_some(()) })
+            .await;
+    assert!(took_over.is_some(), "replica-b never took over: {}", readyz(&b).await);
+    // The same runners are adopted, not replaced.
+    assert_eq!(one_to_one_online(&sim, "leader"), Some(first.clone()), "{}", world(&sim, "leader"));
+    apply(&client, &ns, &sim, "leader", json!({"scaling": {"minIdle": 3}})).await;
+    let after = wait_settled(&client, &sim, &ns, "leader", 3).await;
+    assert!(first.is_subset(&after), "{first:?} vs {after:?}");
+    let mb = b.metrics().await.unwrap();
+    assert_eq!(
+        metric_sum(
+            &mb,
+            "aci_runner_controller_actions_total",
+            &["action=\"create_runner\"", "result=\"ok\""]
+        ),
+        1.0,
+        "{mb}"
+    );
+    b.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Bad input: Stalled with the right reason, a Warning Event, nothing deleted.
+// ---------------------------------------------------------------------------------------------
+
+async fn apply_secret(client: &Client, ns: &str, name: &str, data: Value) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    aci_runner_controller::testing::harness::apply(
+        &api,
+        name,
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-badinput").await.unwrap();
+    let sim = sim::start(fast_sim_options(9)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let creds = sim.github.app_credentials();
+    apply_secret(
+        &client,
+        &ns,
+        "bad-key",
+        json!({"appId": creds.app_id.to_string(), "installationId": "1001", "privateKey": "-----BEGIN RSA PRIVATE KEY-----\nnot a key\n-----END RSA PRIVATE KEY-----\n"}),
+    )
+    .await;
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+
+    // A pool with runners, whose Secret is later deleted, broken, and whose spec is made invalid.
+    apply(
+        &client,
+        &ns,
+        &sim,
+        "keeps",
+        json!({"github": {"appSecretRef": {"name": "keeps-app"}}, "scaling": {"minIdle": 2}}),
+    )
+    .await;
+    apply_app_secret(&client, &ns, "keeps-app", &sim).await.unwrap();
+    // Pools that are bad from the start.
+    apply(&client, &ns, &sim, "nosecret", json!({"github": {"appSecretRef": {"name": "absent"}}})).await;
+    apply(&client, &ns, &sim, "badkey", json!({"github": {"appSecretRef": {"name": "bad-key"}}})).await;
+    // minIdle > maxRunners: a CEL rule the 1.20 API server does not enforce; validate() does.
+    apply(&client, &ns, &sim, "invalid", json!({"scaling": {"minIdle": 8, "maxRunners": 4}})).await;
+
+    for (pool, reason) in
+        [("nosecret", "SecretNotFound"), ("badkey", "InvalidAppKey"), ("invalid", "InvalidSpec")]
+    {
+        let p = wait_pool(&client, &sim, &ns, pool, &format!("Stalled/{reason}"), T, |p| {
+            cond_is(p, "Stalled", "True", Some(reason))
+        })
+        .await;
+        assert!(cond_is(&p, "Ready", "False", Some(reason)), "{pool}: {:?}", p.status);
+        assert!(cond_is(&p, "Reconciling", "False", None), "{pool}: {:?}", p.status);
+        let msg = wait_warning(&client, &ns, pool, reason).await;
+        assert!(!msg.contains("BEGIN") && !msg.contains("not a key"), "{pool}: event leaks the key: {msg}");
+        let cond_msg =
+            p.status.as_ref().unwrap().conditions.iter().map(|c| c.message.clone()).collect::<Vec<_>>();
+        assert!(cond_msg.iter().all(|m| !m.contains("not a key")), "{cond_msg:?}");
+        assert!(groups_of(&sim, pool).is_empty(), "{pool}: {}", world(&sim, pool));
+        assert!(runners_of(&sim, pool).is_empty(), "{pool}: {}", world(&sim, pool));
+    }
+    let p = get_pool(&client, &ns, "invalid").await.unwrap();
+    let msg = condition(&p, "Stalled").map(|_| {
+        p.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Stalled").unwrap().message.clone()
+    });
+    assert!(msg.as_deref().is_some_and(|m| m.contains("minIdle")), "{msg:?}");
+
+    let names = wait_settled(&client, &sim, &ns, "keeps", 2).await;
+    let unchanged = |what: &str| {
+        assert_eq!(one_to_one_online(&sim, "keeps"), Some(names.clone()), "{what}: {}", world(&sim, "keeps"));
+    };
+
+    // The Secret is deleted: Stalled SecretNotFound; the runners stay (past gc grace and timeouts).
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets.delete("keeps-app", &DeleteParams::default()).await.unwrap();
+    wait_pool(&client, &sim, &ns, "keeps", "Stalled/SecretNotFound", T, |p| {
+        cond_is(p, "Stalled", "True", Some("SecretNotFound"))
+    })
+    .await;
+    wait_warning(&client, &ns, "keeps", "SecretNotFound").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    unchanged("Secret deleted");
+
+    // The Secret comes back with a broken key: Stalled InvalidAppKey; still nothing deleted.
+    apply_secret(
+        &client,
+        &ns,
+        "keeps-app",
+        json!({"appId": creds.app_id.to_string(), "installationId": "1001", "privateKey": "garbage"}),
+    )
+    .await;
+    wait_pool(&client, &sim, &ns, "keeps", "Stalled/InvalidAppKey", T, |p| {
+        cond_is(p, "Stalled", "True", Some("InvalidAppKey"))
+    })
+    .await;
+    wait_warning(&client, &ns, "keeps", "InvalidAppKey").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    unchanged("bad key");
+
+    // Good Secret, invalid spec: Stalled InvalidSpec; still nothing deleted.
+    apply_app_secret(&client, &ns, "keeps-app", &sim).await.unwrap();
+    apply(
+        &client,
+        &ns,
+        &sim,
+        "keeps",
+        json!({"github": {"appSecretRef": {"name": "keeps-app"}}, "scaling": {"minIdle": 8, "maxRunners": 4}}),
+    )
+    .await;
+    wait_pool(&client, &sim, &ns, "keeps", "Stalled/InvalidSpec", T, |p| {
+        cond_is(p, "Stalled", "True", Some("InvalidSpec"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    unchanged("invalid spec");
+
+    // Fixed: Ready again with the very same runners.
+    apply(
+        &client,
+        &ns,
+        &sim,
+        "keeps",
+        json!({"github": {"appSecretRef": {"name": "keeps-app"}}, "scaling": {"minIdle": 2}}),
+    )
+    .await;
+    let again = wait_settled(&client, &sim, &ns, "keeps", 2).await;
+    assert_eq!(again, names, "{}", world(&sim, "keeps"));
+    let m = ctl.metrics().await.unwrap();
+    assert_eq!(
+        metric_sum(&m, "aci_runner_controller_actions_total", &["action=\"delete_group\""]),
+        0.0,
+        "{m}"
+    );
+    ctl.stop().await.unwrap();
+}
