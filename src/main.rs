@@ -19,6 +19,8 @@ enum Command {
     Run(Box<aci_runner_controller::controller::run::RunArgs>),
     /// Run the simulated Azure (ARM/ACI, Entra ID) and GitHub (App, runners, jobs, webhooks).
     Sim(Box<aci_runner_controller::sim::SimArgs>),
+    /// The demo driver, benchmarks and fault soak (controller as its own process).
+    Bench(Box<aci_runner_controller::bench::BenchCli>),
 }
 
 fn init_tracing(format: &str) {
@@ -42,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Sim(args) => aci_runner_controller::sim::run_cli(*args),
         Command::Run(args) => run(*args),
+        Command::Bench(cli) => aci_runner_controller::bench::run_cli(*cli),
     }
 }
 

@@ -1,0 +1,30 @@
+//! The demo driver, the benchmarks and the fault soak (`aci-runner-controller bench ...`).
+//!
+//! Everything here drives the controller from the outside: the controller runs as its own
+//! process (`aci-runner-controller run`) against the simulator and a real API server, exactly
+//! as in production but with endpoints and credentials pointing at the simulator.
+pub mod demo;
+pub mod observe;
+
+/// `aci-runner-controller bench ...`
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchCli {
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum BenchCommand {
+    /// The workload, live view and summary of `scripts/demo` (the processes are started by the script).
+    Demo(Box<demo::DemoArgs>),
+}
+
+/// Run a `bench` subcommand.
+pub fn run_cli(cli: BenchCli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            BenchCommand::Demo(args) => demo::run(*args).await,
+        }
+    })
+}
