@@ -5,6 +5,8 @@
 //! as in production but with endpoints and credentials pointing at the simulator.
 pub mod demo;
 pub mod observe;
+pub mod procs;
+pub mod soak;
 
 /// `aci-runner-controller bench ...`
 #[derive(clap::Args, Debug, Clone)]
@@ -17,6 +19,8 @@ pub struct BenchCli {
 pub enum BenchCommand {
     /// The workload, live view and summary of `scripts/demo` (the processes are started by the script).
     Demo(Box<demo::DemoArgs>),
+    /// Randomized fault schedules against the controller process; invariants after settling.
+    Soak(Box<soak::SoakArgs>),
 }
 
 /// Run a `bench` subcommand.
@@ -25,6 +29,21 @@ pub fn run_cli(cli: BenchCli) -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             BenchCommand::Demo(args) => demo::run(*args).await,
+            BenchCommand::Soak(args) => {
+                let args = *args;
+                let report = soak::run(args.clone()).await?;
+                print!("{}", soak::markdown(&report, &args));
+                println!("\nwritten: {}/soak.json, {}/soak.md", args.out.display(), args.out.display());
+                if report.passed < report.seeds {
+                    anyhow::bail!(
+                        "{} of {} seeds violated an invariant: {:?}",
+                        report.seeds - report.passed,
+                        report.seeds,
+                        report.failed_seeds
+                    );
+                }
+                Ok(())
+            }
         }
     })
 }

@@ -1,0 +1,232 @@
+//! The controller as its own process (`aci-runner-controller run`), pointed at an in-process
+//! simulator: started, killed (SIGKILL) and restarted by the benchmarks and the soak.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::sim::Simulator;
+
+/// Errors starting or watching the controller process.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("cannot find this program's executable: {0}")]
+    Exe(std::io::Error),
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the controller: {0}")]
+    Spawn(std::io::Error),
+    #[error("the controller did not answer /healthz within 20 s (log: {0})")]
+    NotHealthy(PathBuf),
+}
+
+/// How to start the controller.
+#[derive(Clone, Debug)]
+pub struct ControllerSpec {
+    pub kubeconfig: PathBuf,
+    pub namespaces: Vec<String>,
+    pub resync: String,
+    pub gc_grace: String,
+    pub leader_election: bool,
+    pub lease_namespace: String,
+    /// Directory for the log and the webhook secret.
+    pub dir: PathBuf,
+    pub webhook_secret: String,
+    /// `RUST_LOG` of the controller.
+    pub log_filter: String,
+}
+
+/// A running controller process.
+pub struct ControllerProc {
+    child: Option<Child>,
+    pub health_url: String,
+    pub webhook_url: String,
+    pub log: PathBuf,
+    /// Incarnation (0, 1, ...; each restart appends to the same log).
+    pub starts: u32,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl ControllerProc {
+    /// Start `aci-runner-controller run` against `sim` and wait for `/healthz`.
+    pub async fn start(sim: &Simulator, spec: ControllerSpec) -> Result<Self, ProcError> {
+        std::fs::create_dir_all(&spec.dir)
+            .map_err(|source| ProcError::Io { path: spec.dir.clone(), source })?;
+        let secret_file = spec.dir.join("webhook-secret");
+        std::fs::write(&secret_file, &spec.webhook_secret)
+            .map_err(|source| ProcError::Io { path: secret_file.clone(), source })?;
+        let health_port = free_port().map_err(ProcError::Spawn)?;
+        let webhook_port = free_port().map_err(ProcError::Spawn)?;
+        let arm = sim.arm.url();
+        let args: Vec<String> = vec![
+            "run".into(),
+            "--namespaces".into(),
+            spec.namespaces.join(","),
+            "--leader-election".into(),
+            spec.leader_election.to_string(),
+            "--lease-namespace".into(),
+            spec.lease_namespace.clone(),
+            "--lease-name".into(),
+            format!("aci-runner-controller-{}", spec.lease_namespace),
+            "--health-listen".into(),
+            format!("127.0.0.1:{health_port}"),
+            "--webhook-listen".into(),
+            format!("127.0.0.1:{webhook_port}"),
+            "--webhook-secret-file".into(),
+            secret_file.display().to_string(),
+            "--arm-endpoint".into(),
+            arm.clone(),
+            "--azure-authority-host".into(),
+            arm,
+            "--arm-scope".into(),
+            "https://management.azure.com/.default".into(),
+            "--resync-interval".into(),
+            spec.resync.clone(),
+            "--gc-grace".into(),
+            spec.gc_grace.clone(),
+        ];
+        let env = vec![
+            ("KUBECONFIG".to_string(), spec.kubeconfig.display().to_string()),
+            ("AZURE_TENANT_ID".to_string(), sim.arm.tenant_id()),
+            ("AZURE_CLIENT_ID".to_string(), sim.arm.client_id()),
+            ("AZURE_CLIENT_SECRET".to_string(), sim.arm.client_secret()),
+            ("RUST_LOG".to_string(), spec.log_filter.clone()),
+        ];
+        let log = spec.dir.join("controller.log");
+        let mut p = Self {
+            child: None,
+            health_url: format!("http://127.0.0.1:{health_port}"),
+            webhook_url: format!("http://127.0.0.1:{webhook_port}{}", crate::github::WEBHOOK_PATH),
+            log,
+            starts: 0,
+            env,
+            args,
+        };
+        p.spawn().await?;
+        Ok(p)
+    }
+
+    async fn spawn(&mut self) -> Result<(), ProcError> {
+        let exe = std::env::current_exe().map_err(ProcError::Exe)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|source| ProcError::Io { path: self.log.clone(), source })?;
+        let err = log.try_clone().map_err(|source| ProcError::Io { path: self.log.clone(), source })?;
+        let mut cmd = Command::new(exe);
+        cmd.args(&self.args).stdin(Stdio::null()).stdout(log).stderr(err);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        // The controller's Azure identity comes from these variables only.
+        cmd.env_remove("AZURE_FEDERATED_TOKEN_FILE");
+        let child = cmd.spawn().map_err(ProcError::Spawn)?;
+        self.child = Some(child);
+        self.starts += 1;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = format!("{}/healthz", self.health_url);
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline || self.exited() {
+                return Err(ProcError::NotHealthy(self.log.clone()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The process id (while running).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Has the process exited on its own?
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// SIGKILL: an abrupt end, as when a node dies.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Graceful stop (SIGTERM), SIGKILL after 10 s.
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same ports with the same flags (after `kill` or `stop`).
+    pub async fn restart(&mut self) -> Result<(), ProcError> {
+        self.kill();
+        self.spawn().await
+    }
+
+    /// Resident set size in bytes (Linux `/proc`), while running.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kb: u64 =
+            status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// User + system CPU time consumed so far (Linux `/proc`), while running.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
+        // Fields after the command name (which is in parentheses and may contain spaces).
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = f.get(11)?.parse().ok()?;
+        let stime: u64 = f.get(12)?.parse().ok()?;
+        Some(Duration::from_secs_f64((utime + stime) as f64 / clock_ticks() as f64))
+    }
+
+    /// Lines of the log that show a panic.
+    pub fn panics(&self) -> Vec<String> {
+        panics_in(&self.log)
+    }
+}
+
+impl Drop for ControllerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// Lines of a log file that show a panic.
+pub fn panics_in(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("panicked at"))
+        .map(str::to_string)
+        .collect()
+}
