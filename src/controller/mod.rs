@@ -328,8 +328,12 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
 
     // Observe through the edges (only with usable credentials; otherwise the lists count as failed).
     let unusable = || EdgeError::new(EdgeErrorKind::Auth { permission: None }, "credentials unavailable");
+    // Fix: a pool being deleted is observed even when its spec is invalid (e.g. minIdle above
+    // maxRunners, which API servers before 1.25 accept): its cleanup needs only the Secret and the
+    // Azure coordinates, and without the lists it was abandoned after the bounded retries,
+    // leaking every runner. A live pool with an invalid spec is still not observed.
     let (groups, runners) = match &pool_ctx {
-        Some(pc) if pool.spec.validate().is_ok() => {
+        Some(pc) if deleting || pool.spec.validate().is_ok() => {
             let (g, r) = futures::join!(ctx.cloud.list_groups(pc), ctx.forge.list_runners(pc));
             (g, r)
         }
