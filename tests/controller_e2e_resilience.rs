@@ -292,6 +292,48 @@ async fn killed_mid_scale_up_then_restarted_converges_without_duplicates_or_leak
     third.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_scale_down_then_restarted_finishes_it_without_failures() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-killdown").await.unwrap();
+    let sim = sim::start(fast_sim_options(61)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let first = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply(&client, &ns, &sim, "down", json!({"scaling": {"minIdle": 6, "maxRunners": 6}})).await;
+    let before = wait_settled(&client, &sim, &ns, "down", 6).await;
+    let trace = ConditionTrace::start(&client, &ns, "down");
+
+    // Scale down to one; killed between an unregister and the delete of its group.
+    apply(&client, &ns, &sim, "down", json!({"scaling": {"minIdle": 1, "maxRunners": 6}})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let hit = loop {
+        let (groups, runners) = (groups_of(&sim, "down").len(), runners_of(&sim, "down").len());
+        if runners < groups && groups < 6 {
+            break true;
+        }
+        if groups <= 1 || tokio::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    };
+    first.kill();
+    let at_kill = world(&sim, "down");
+    assert!(hit, "no moment with a group lacking its registration: {at_kill}");
+
+    let second = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    let after = wait_settled(&client, &sim, &ns, "down", 1).await;
+    assert!(after.is_subset(&before), "the survivor is one of the old runners: {after:?} vs {before:?}");
+    assert_eq!(sim.github.runners().len(), 1, "{}", world(&sim, "down"));
+    assert_eq!(sim.arm.groups().len(), 1, "{}", world(&sim, "down"));
+    let seen = trace.finish().await;
+    // Runners the killed controller was removing are not failures of the pool.
+    assert!(seen.iter().all(|l| l.contains("Stalled=False")), "{seen:#?} (at kill: {at_kill})");
+    let warnings: Vec<_> =
+        events_of(&client, &ns, "down").await.into_iter().filter(|(t, _, _)| t == "Warning").collect();
+    assert!(warnings.is_empty(), "{warnings:#?} (at kill: {at_kill})");
+    second.stop().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Faults.
 // ---------------------------------------------------------------------------------------------
@@ -711,5 +753,38 @@ async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
         0.0,
         "{m}"
     );
+    ctl.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pool_whose_spec_became_invalid_still_removes_its_runners() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-invdel").await.unwrap();
+    let sim = sim::start(fast_sim_options(91)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply(&client, &ns, &sim, "invdel", json!({"scaling": {"minIdle": 2, "maxRunners": 4}})).await;
+    wait_settled(&client, &sim, &ns, "invdel", 2).await;
+    // An edit the 1.20 API server accepts and validate() rejects: Stalled, runners kept.
+    apply(&client, &ns, &sim, "invdel", json!({"scaling": {"minIdle": 8, "maxRunners": 4}})).await;
+    wait_pool(&client, &sim, &ns, "invdel", "Stalled/InvalidSpec", T, |p| {
+        cond_is(p, "Stalled", "True", Some("InvalidSpec"))
+    })
+    .await;
+    assert_eq!(groups_of(&sim, "invdel").len(), 2, "{}", world(&sim, "invdel"));
+
+    // Deleting it: the Secret and Azure are fine, so the cleanup is done, not abandoned.
+    let api: Api<RunnerPool> = Api::namespaced(client.clone(), &ns);
+    api.delete("invdel", &DeleteParams::default()).await.unwrap();
+    let gone =
+        eventually(T, || async { get_pool(&client, &ns, "invdel").await.is_none().then_some(()) }).await;
+    let events = events_of(&client, &ns, "invdel").await;
+    assert!(gone.is_some(), "the pool was not removed; {}; events {events:#?}", world(&sim, "invdel"));
+    assert!(
+        groups_of(&sim, "invdel").is_empty() && runners_of(&sim, "invdel").is_empty(),
+        "left behind: {}; events {events:#?}",
+        world(&sim, "invdel")
+    );
+    assert!(!events.iter().any(|(_, r, _)| r == "CleanupAbandoned"), "{events:#?}");
     ctl.stop().await.unwrap();
 }
