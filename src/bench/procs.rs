@@ -111,7 +111,13 @@ impl ControllerProc {
     }
 
     async fn spawn(&mut self) -> Result<(), ProcError> {
-        let exe = std::env::current_exe().map_err(ProcError::Exe)?;
+        // `/proc/self/exe` (in the forked child: this very program) still works when the file
+        // was replaced by a rebuild meanwhile; elsewhere the path of the executable.
+        let exe = if Path::new("/proc/self/exe").exists() {
+            PathBuf::from("/proc/self/exe")
+        } else {
+            std::env::current_exe().map_err(ProcError::Exe)?
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
