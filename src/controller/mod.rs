@@ -396,6 +396,9 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
     let changed = pool.status.as_ref().map(without_usage) != Some(without_usage(&status));
     let usage_due = pool.status.as_ref().map(|s| &s.usage) != Some(&status.usage)
         && memory.usage_written.is_none_or(|t| t.elapsed() >= USAGE_WRITE_INTERVAL);
+    // The object as of our status write: a status write bumps the resourceVersion, and the
+    // finalizer patch below is conditional on it (an older version always answers 409).
+    let mut written: Option<RunnerPool> = None;
     if changed || usage_due {
         if let Ok(mut m) = ctx.memory.lock()
             && let Some(entry) = m.get_mut(&meta.uid)
@@ -410,7 +413,7 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
             )
             .await
         {
-            Ok(_) => {}
+            Ok(updated) => written = Some(updated),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
@@ -421,7 +424,9 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
 
     if deleting && decided.finalizer == FinalizerDecision::Remove {
         info!(pool = %meta.name, namespace = %meta.namespace, "cleanup done; removing finalizer");
-        remove_finalizer(&api, &pool).await?;
+        // Fix: with the resourceVersion of the pass's own status write, not the stale one of
+        // `pool` (which made every cleanup fail once with 409 and wait for the error requeue).
+        remove_finalizer(&api, written.as_ref().unwrap_or(&pool)).await?;
         if let Ok(mut m) = ctx.memory.lock() {
             m.remove(&meta.uid);
         }
