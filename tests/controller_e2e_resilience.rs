@@ -621,6 +621,12 @@ async fn two_replicas_only_the_leader_acts_and_the_standby_takes_over() {
 // 9. Bad input: Stalled with the right reason, a Warning Event, nothing deleted.
 // ---------------------------------------------------------------------------------------------
 
+fn other_rsa_key_pem() -> String {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+    key.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).unwrap().to_string()
+}
+
 async fn apply_secret(client: &Client, ns: &str, name: &str, data: Value) {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
     aci_runner_controller::testing::harness::apply(
@@ -646,6 +652,13 @@ async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
         json!({"appId": creds.app_id.to_string(), "installationId": "1001", "privateKey": "-----BEGIN RSA PRIVATE KEY-----\nnot a key\n-----END RSA PRIVATE KEY-----\n"}),
     )
     .await;
+    apply_secret(
+        &client,
+        &ns,
+        "no-installation",
+        json!({"appId": creds.app_id.to_string(), "privateKey": creds.private_key_pem}),
+    )
+    .await;
     let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
 
     // A pool with runners, whose Secret is later deleted, broken, and whose spec is made invalid.
@@ -661,12 +674,17 @@ async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
     // Pools that are bad from the start.
     apply(&client, &ns, &sim, "nosecret", json!({"github": {"appSecretRef": {"name": "absent"}}})).await;
     apply(&client, &ns, &sim, "badkey", json!({"github": {"appSecretRef": {"name": "bad-key"}}})).await;
+    apply(&client, &ns, &sim, "nokey", json!({"github": {"appSecretRef": {"name": "no-installation"}}}))
+        .await;
     // minIdle > maxRunners: a CEL rule the 1.20 API server does not enforce; validate() does.
     apply(&client, &ns, &sim, "invalid", json!({"scaling": {"minIdle": 8, "maxRunners": 4}})).await;
 
-    for (pool, reason) in
-        [("nosecret", "SecretNotFound"), ("badkey", "InvalidAppKey"), ("invalid", "InvalidSpec")]
-    {
+    for (pool, reason) in [
+        ("nosecret", "SecretNotFound"),
+        ("badkey", "InvalidAppKey"),
+        ("nokey", "SecretKeyMissing"),
+        ("invalid", "InvalidSpec"),
+    ] {
         let p = wait_pool(&client, &sim, &ns, pool, &format!("Stalled/{reason}"), T, |p| {
             cond_is(p, "Stalled", "True", Some(reason))
         })
@@ -786,5 +804,55 @@ async fn deleting_a_pool_whose_spec_became_invalid_still_removes_its_runners() {
         world(&sim, "invdel")
     );
     assert!(!events.iter().any(|(_, r, _)| r == "CleanupAbandoned"), "{events:#?}");
+    ctl.stop().await.unwrap();
+}
+
+/// A Secret with a well-formed RSA key that is not the App's (rotated, mixed up, or someone
+/// else's installation id with a key of their own): GitHub refuses its JWT, so the pool is
+/// Stalled AuthFailed, and stays so when another pool (here in another namespace) holds the
+/// right key for the same installation: its installation token must not be lent to a pool that
+/// cannot mint one itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_app_key_stalls_auth_failed_and_never_borrows_another_pools_token() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-wrongkey").await.unwrap();
+    let sim = sim::start(fast_sim_options(92)).await.unwrap();
+    let creds = sim.github.app_credentials();
+    apply_secret(
+        &client,
+        &ns,
+        "wrong-key",
+        json!({"appId": creds.app_id.to_string(), "installationId": "1001", "privateKey": other_rsa_key_pem()}),
+    )
+    .await;
+    let other_ns =
+        aci_runner_controller::testing::control_plane::test_namespace(&client, "e2e-rightkey").await.unwrap();
+    apply_app_secret(&client, &other_ns, "github-app", &sim).await.unwrap();
+    let opts = ControllerOptions {
+        namespaces: vec![ns.clone(), other_ns.clone()],
+        ..ControllerOptions::for_namespace(&ns)
+    };
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+
+    apply(&client, &ns, &sim, "wrongkey", json!({"github": {"appSecretRef": {"name": "wrong-key"}}})).await;
+    wait_pool(&client, &sim, &ns, "wrongkey", "Stalled/AuthFailed", T, |p| {
+        cond_is(p, "Stalled", "True", Some("AuthFailed"))
+    })
+    .await;
+    wait_warning(&client, &ns, "wrongkey", "AuthFailed").await;
+
+    // The right key for the same installation, in another namespace.
+    apply(&client, &other_ns, &sim, "rightkey", json!({"scaling": {"minIdle": 1}})).await;
+    wait_settled(&client, &sim, &other_ns, "rightkey", 1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let p = get_pool(&client, &ns, "wrongkey").await.unwrap();
+    assert!(
+        cond_is(&p, "Stalled", "True", Some("AuthFailed")),
+        "the pool with the wrong key acts with another pool's installation token: {:#?}; {}",
+        p.status,
+        world(&sim, "wrongkey")
+    );
+    assert!(runners_of(&sim, "wrongkey").is_empty(), "{}", world(&sim, "wrongkey"));
+    assert!(groups_of(&sim, "wrongkey").is_empty(), "{}", world(&sim, "wrongkey"));
     ctl.stop().await.unwrap();
 }
