@@ -3,6 +3,7 @@
 //! Everything here drives the controller from the outside: the controller runs as its own
 //! process (`aci-runner-controller run`) against the simulator and a real API server, exactly
 //! as in production but with endpoints and credentials pointing at the simulator.
+pub mod bench;
 pub mod demo;
 pub mod observe;
 pub mod procs;
@@ -19,6 +20,8 @@ pub struct BenchCli {
 pub enum BenchCommand {
     /// The workload, live view and summary of `scripts/demo` (the processes are started by the script).
     Demo(Box<demo::DemoArgs>),
+    /// The performance figures P1..P6 (JSON result and markdown report).
+    Run(Box<bench::BenchArgs>),
     /// Randomized fault schedules against the controller process; invariants after settling.
     Soak(Box<soak::SoakArgs>),
 }
@@ -29,6 +32,14 @@ pub fn run_cli(cli: BenchCli) -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             BenchCommand::Demo(args) => demo::run(*args).await,
+            BenchCommand::Run(args) => {
+                let command = std::env::args().collect::<Vec<_>>().join(" ");
+                let args = *args;
+                let report = bench::run(args.clone(), command).await?;
+                print!("{}", bench::markdown(&report));
+                println!("\nwritten: {}/bench.json, {}/bench.md", args.out.display(), args.out.display());
+                Ok(())
+            }
             BenchCommand::Soak(args) => {
                 let args = *args;
                 let report = soak::run(args.clone()).await?;

@@ -1,0 +1,551 @@
+//! `aci-runner-controller bench run`: the performance figures P1..P6 of issue 9, measured with the
+//! controller as its own process (production flags unless stated) against the simulator (in this
+//! process, time scale 1) and a local control plane. Writes `bench.json` and `bench.md`.
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use kube::Client;
+use kube::api::Api;
+use serde::Serialize;
+use serde_json::json;
+
+use super::observe::percentile;
+use super::procs::{ControllerProc, ControllerSpec};
+use crate::crd::RunnerPool;
+use crate::sim::Simulator;
+use crate::sim::arm::{BucketSpec, Quotas};
+use crate::sim::github::{EnqueueJobs, WebhookTarget};
+use crate::testing::control_plane::{ControlPlane, install_crd, test_namespace};
+use crate::testing::harness::{apply_app_secret, apply_pool, fast_sim_options, pool_manifest};
+
+/// Flags of `bench run`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Where `bench.json`, `bench.md` and the controller logs go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// P1/P2: jobs sent one after the other to an empty pool.
+    #[arg(long, default_value_t = 30)]
+    pub p1_samples: usize,
+    /// P3: numbers of idle pools (one scope) to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    pub p3_pools: Vec<usize>,
+    /// P3/P6: length of the steady-state window.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub p3_window: Duration,
+    /// P4/P5: runners to reach from zero (0 = skip P4).
+    #[arg(long, default_value_t = 1000)]
+    pub p4_runners: u32,
+    /// Controller resync interval for every scenario (the production default is 60s).
+    #[arg(long, default_value = "60s")]
+    pub resync: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::crd::parse_duration(s)
+}
+
+/// One figure beside its goal.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Figure {
+    pub id: String,
+    pub what: String,
+    /// `None` = not measured.
+    pub value: Option<f64>,
+    pub unit: String,
+    pub goal: String,
+    /// `None` when not measured.
+    pub met: Option<bool>,
+    pub notes: String,
+}
+
+/// `bench.json`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BenchReport {
+    pub started: DateTime<Utc>,
+    pub machine: String,
+    pub command: String,
+    pub figures: Vec<Figure>,
+    pub details: serde_json::Value,
+    pub wall_secs: f64,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok())
+        })
+        .map(|kb| format!("{:.1} GiB RAM", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores available, {mem}, Linux {}", kernel.trim())
+}
+
+struct Scenario {
+    client: Client,
+    ns: String,
+    sim: Simulator,
+    ctl: ControllerProc,
+}
+
+async fn scenario(
+    cp: &ControlPlane,
+    client: &Client,
+    args: &BenchArgs,
+    name: &str,
+    tweak: impl FnOnce(&mut crate::sim::SimOptions),
+) -> anyhow::Result<Scenario> {
+    let ns = test_namespace(client, &format!("bench-{name}")).await?;
+    let mut opts = fast_sim_options(1);
+    tweak(&mut opts);
+    let sim = crate::sim::start(opts).await?;
+    apply_app_secret(client, &ns, "github-app", &sim).await?;
+    let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let ctl = ControllerProc::start(
+        &sim,
+        ControllerSpec {
+            kubeconfig: cp.kubeconfig.clone(),
+            namespaces: vec![ns.clone()],
+            resync: args.resync.clone(),
+            gc_grace: "2m".into(),
+            leader_election: false,
+            lease_namespace: ns.clone(),
+            dir: args.out.join(name),
+            webhook_secret: secret.clone(),
+            log_filter: "info".into(),
+        },
+    )
+    .await?;
+    sim.github.set_webhook(Some(WebhookTarget { url: ctl.webhook_url.clone(), secret }));
+    Ok(Scenario { client: client.clone(), ns, sim, ctl })
+}
+
+impl Scenario {
+    async fn finish(mut self) {
+        self.ctl.stop().await;
+        let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())
+            .delete(&self.ns, &Default::default())
+            .await;
+    }
+}
+
+async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// P1 and P2: jobs one at a time to a pool with no idle runners.
+async fn p1_p2(
+    cp: &ControlPlane,
+    client: &Client,
+    args: &BenchArgs,
+) -> anyhow::Result<(Vec<Figure>, serde_json::Value)> {
+    let s = scenario(cp, client, args, "p1", |_| {}).await?;
+    let pool = pool_manifest(
+        "lat",
+        &s.sim,
+        json!({"scaling": {"minIdle": 0, "maxRunners": 5, "scaleDownDelay": "1s"}}),
+    );
+    apply_pool(client, &s.ns, &pool).await?;
+    let pools: Api<RunnerPool> = Api::namespaced(client.clone(), &s.ns);
+    wait_for(Duration::from_secs(60), || async {
+        let p = pools.get_opt("lat").await.ok().flatten()?;
+        (p.status?.observed_generation.is_some()).then_some(())
+    })
+    .await
+    .context("the P1 pool was never reconciled")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls_before = s.sim.github.calls().len();
+    let creates_before = s.sim.arm.creates_accepted();
+    let mut lat_ms: Vec<f64> = Vec::new();
+    let mut missed = 0;
+    for _ in 0..args.p1_samples {
+        let jobs = s
+            .sim
+            .github
+            .enqueue_jobs(EnqueueJobs {
+                repo: "octo-org/other-repo".into(),
+                labels: vec!["self-hosted".into(), "aci".into()],
+                duration_secs: 0.2,
+                count: 1,
+                ..EnqueueJobs::default()
+            })
+            .map_err(|e| anyhow::anyhow!("enqueue: {e}"))?;
+        let Some(job) = jobs.first().cloned() else { anyhow::bail!("the simulator enqueued no job") };
+        let created = job.created_at;
+        let put = wait_for(Duration::from_secs(30), || async {
+            s.sim.arm.calls().into_iter().find(|c| c.op == "create" && c.at >= created).map(|c| c.at)
+        })
+        .await;
+        match put {
+            Some(at) => lat_ms.push((at - created).num_microseconds().unwrap_or(0) as f64 / 1000.0),
+            None => missed += 1,
+        }
+        // The job runs, its runner goes, the pool is empty again.
+        wait_for(Duration::from_secs(60), || async {
+            let done = s.sim.github.jobs().iter().any(|j| j.id == job.id && j.completed_at.is_some());
+            let empty = s.sim.arm.groups().is_empty();
+            (done && empty).then_some(())
+        })
+        .await
+        .context("a P1 job did not finish or its runner was not removed within 60 s")?;
+    }
+    let calls: Vec<_> = s.sim.github.calls().into_iter().skip(calls_before).collect();
+    let lifecycles = (s.sim.arm.creates_accepted() - creates_before).max(1);
+    let mut by_op = std::collections::BTreeMap::<String, u64>::new();
+    for c in &calls {
+        *by_op.entry(c.op.clone()).or_default() += 1;
+    }
+    let free = calls.iter().filter(|c| c.status == 304).count();
+    s.finish().await;
+    lat_ms.sort_by(|a, b| a.total_cmp(b));
+    let p50 = percentile(&lat_ms, 50.0);
+    let p99 = percentile(&lat_ms, 99.0);
+    let per = calls.len() as f64 / lifecycles as f64;
+    let per_counted = (calls.len() - free) as f64 / lifecycles as f64;
+    let figures = vec![
+        Figure {
+            id: "P1".into(),
+            what: "webhook in → container-group PUT out, p50".into(),
+            value: Some(p50),
+            unit: "ms".into(),
+            goal: "—".into(),
+            met: None,
+            notes: format!(
+                "{} jobs one at a time to a pool with minIdle 0; from the job's creation (the webhook is sent then) to the simulator answering the PUT; includes the JIT config call",
+                lat_ms.len()
+            ),
+        },
+        Figure {
+            id: "P1".into(),
+            what: "webhook in → container-group PUT out, p99".into(),
+            value: Some(p99),
+            unit: "ms".into(),
+            goal: "≤ 100 ms".into(),
+            met: Some(p99 <= 100.0 && missed == 0),
+            notes: format!(
+                "{missed} job(s) without a PUT within 30 s; with {} samples p99 is the maximum",
+                lat_ms.len()
+            ),
+        },
+        Figure {
+            id: "P2".into(),
+            what: "GitHub calls per runner lifecycle (lists amortized)".into(),
+            value: Some(per),
+            unit: "calls".into(),
+            goal: "≤ 3".into(),
+            met: Some(per <= 3.0),
+            notes: format!(
+                "{} calls for {lifecycles} lifecycles ({per_counted:.2} per lifecycle counting only non-304 answers); by operation: {by_op:?}",
+                calls.len()
+            ),
+        },
+    ];
+    Ok((figures, json!({"p1LatenciesMs": lat_ms, "p2CallsByOp": by_op, "lifecycles": lifecycles})))
+}
+
+/// P3 and P6 (and an RSS reading): N idle pools of one scope, steady state.
+async fn p3(
+    cp: &ControlPlane,
+    client: &Client,
+    args: &BenchArgs,
+    n: usize,
+) -> anyhow::Result<(f64, f64, u64, serde_json::Value)> {
+    let s = scenario(cp, client, args, &format!("p3-{n}"), |_| {}).await?;
+    for i in 0..n {
+        let pool =
+            pool_manifest(&format!("idle-{i}"), &s.sim, json!({"scaling": {"minIdle": 0, "maxRunners": 5}}));
+        apply_pool(client, &s.ns, &pool).await?;
+    }
+    let pools: Api<RunnerPool> = Api::namespaced(client.clone(), &s.ns);
+    wait_for(Duration::from_secs(120), || async {
+        let l = pools.list(&Default::default()).await.ok()?;
+        let done = l
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().is_some_and(|st| st.observed_generation.is_some()))
+            .count();
+        (done == n).then_some(())
+    })
+    .await
+    .context("the P3 pools were never all reconciled")?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let t0 = Utc::now();
+    let cpu0 = s.ctl.cpu_time();
+    let w0 = Instant::now();
+    tokio::time::sleep(args.p3_window).await;
+    let wall = w0.elapsed();
+    let cpu1 = s.ctl.cpu_time();
+    let rss = s.ctl.rss_bytes().unwrap_or(0);
+    let calls: Vec<_> = s.sim.github.calls().into_iter().filter(|c| c.at >= t0).collect();
+    let mut by_op = std::collections::BTreeMap::<String, u64>::new();
+    for c in &calls {
+        *by_op.entry(format!("{} {}", c.op, c.status)).or_default() += 1;
+    }
+    let per_hour = calls.len() as f64 * 3600.0 / wall.as_secs_f64();
+    let cpu_pct = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => (b.saturating_sub(a)).as_secs_f64() / wall.as_secs_f64() * 100.0,
+        _ => f64::NAN,
+    };
+    s.finish().await;
+    Ok((
+        per_hour,
+        cpu_pct,
+        rss,
+        json!({"pools": n, "windowSecs": wall.as_secs_f64(), "calls": calls.len(), "byOp": by_op}),
+    ))
+}
+
+/// P4 and P5: from zero to `r` runners in one pool, ARM write bucket the binding quota.
+async fn p4(
+    cp: &ControlPlane,
+    client: &Client,
+    args: &BenchArgs,
+) -> anyhow::Result<(Vec<Figure>, serde_json::Value)> {
+    let r = args.p4_runners;
+    let writes = BucketSpec { capacity: 200.0, refill_per_sec: 10.0 };
+    let quotas = Quotas {
+        container_groups: r + 100,
+        cores: f64::from(r) + 100.0,
+        creates_per_5min: 1_000_000,
+        creates_per_hour: 1_000_000,
+        reads: BucketSpec { capacity: 250.0, refill_per_sec: 25.0 },
+        writes,
+    };
+    // No GitHub limit binds here: a raised hourly limit and content-creation limit (GitHub's
+    // 80 JIT configs per minute would make the ramp GitHub-bound, not ARM-bound).
+    let s = scenario(cp, client, args, "p4", |o| {
+        o.arm.quotas = quotas;
+        o.github.rate_limit = 15_000;
+        o.github.secondary_limit_per_minute = 100_000;
+        o.github.secondary_writes_per_minute = 100_000;
+    })
+    .await?;
+    let opts = fast_sim_options(1);
+    let provisioning = Duration::from_millis(
+        opts.arm.provisioning_delay_ms + opts.arm.image_pull_delay_ms + opts.github.runner_startup_ms,
+    );
+    let burst = writes.capacity.min(f64::from(r));
+    let ideal =
+        Duration::from_secs_f64((f64::from(r) - burst).max(0.0) / writes.refill_per_sec) + provisioning;
+    let pool = pool_manifest(
+        "fleet",
+        &s.sim,
+        json!({"scaling": {"minIdle": r, "maxRunners": r, "scaleDownDelay": "10m"}}),
+    );
+    let t0 = Instant::now();
+    apply_pool(client, &s.ns, &pool).await?;
+    let mut peak_rss = 0;
+    let reached = wait_for(ideal * 4 + Duration::from_secs(120), || {
+        peak_rss = peak_rss.max(s.ctl.rss_bytes().unwrap_or(0));
+        let online = s.sim.github.runners().iter().filter(|x| x.online).count();
+        async move { (online >= r as usize).then_some(()) }
+    })
+    .await;
+    let took = t0.elapsed();
+    // Hold the fleet a little: the controller now tracks r runners.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let rss = s.ctl.rss_bytes().unwrap_or(0);
+    peak_rss = peak_rss.max(rss);
+    let online = s.sim.github.runners().iter().filter(|x| x.online).count();
+    let arm429 = s.sim.arm.throttled_count();
+    let gh_refused: u64 = s.sim.github.rate_limits().iter().map(|x| x.refused).sum();
+    let ratio = took.as_secs_f64() / ideal.as_secs_f64();
+    s.finish().await;
+    let figures = vec![
+        Figure {
+            id: "P4".into(),
+            what: format!("time to {r} runners from zero / quota-bound ideal"),
+            value: reached.map(|_| ratio),
+            unit: "×".into(),
+            goal: "≤ 1.05".into(),
+            met: reached.map(|_| ratio <= 1.05),
+            notes: format!(
+                "took {:.1} s, ideal {:.1} s (ARM write bucket {} + {}/s binding, plus {} ms provisioning); {online} online at the end",
+                took.as_secs_f64(),
+                ideal.as_secs_f64(),
+                writes.capacity,
+                writes.refill_per_sec,
+                provisioning.as_millis()
+            ),
+        },
+        Figure {
+            id: "P4".into(),
+            what: "429s (ARM) + rate-limited answers (GitHub) on the way".into(),
+            value: Some((arm429 + gh_refused) as f64),
+            unit: "answers".into(),
+            goal: "0".into(),
+            met: Some(arm429 + gh_refused == 0),
+            notes: format!("ARM 429s {arm429}, GitHub refused {gh_refused}"),
+        },
+        Figure {
+            id: "P5".into(),
+            what: format!("controller RSS with {r} runners tracked"),
+            value: Some(rss as f64 / 1_048_576.0),
+            unit: "MiB".into(),
+            goal: "≤ 64 MB at 10,000 runners".into(),
+            met: None,
+            notes: format!(
+                "peak {:.1} MiB during the ramp; measured at {r} runners, not at 10,000 (the simulator's quota and this machine's 2 cores); debug builds are larger than release",
+                peak_rss as f64 / 1_048_576.0
+            ),
+        },
+    ];
+    Ok((
+        figures,
+        json!({"runners": r, "tookSecs": took.as_secs_f64(), "idealSecs": ideal.as_secs_f64(), "online": online, "rssBytes": rss, "peakRssBytes": peak_rss}),
+    ))
+}
+
+/// Run the benchmarks; writes `bench.json` and `bench.md` into `args.out`.
+pub async fn run(args: BenchArgs, command: String) -> anyhow::Result<BenchReport> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let cp_dir = std::env::temp_dir().join(format!("aci-rc-bench-cp-{}", std::process::id()));
+    let cp = ControlPlane::start_in(&cp_dir)?;
+    let res = run_on(&cp, &args).await;
+    cp.stop();
+    let _ = std::fs::remove_dir_all(&cp_dir);
+    let (figures, details) = res?;
+    let report = BenchReport {
+        started: Utc::now() - chrono::Duration::from_std(started.elapsed()).unwrap_or_default(),
+        machine: machine(),
+        command,
+        figures,
+        details,
+        wall_secs: started.elapsed().as_secs_f64(),
+    };
+    std::fs::write(args.out.join("bench.json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(args.out.join("bench.md"), markdown(&report))?;
+    Ok(report)
+}
+
+async fn run_on(cp: &ControlPlane, args: &BenchArgs) -> anyhow::Result<(Vec<Figure>, serde_json::Value)> {
+    let client = cp.client().await?;
+    install_crd(&client).await?;
+    let mut figures = Vec::new();
+    let mut details = serde_json::Map::new();
+    eprintln!("P1/P2: {} jobs, one at a time", args.p1_samples);
+    let (f, d) = p1_p2(cp, &client, args).await?;
+    figures.extend(f);
+    details.insert("p1p2".into(), d);
+    let mut p3_rows = Vec::new();
+    let mut max_n = 0;
+    let mut cpu_at_max = f64::NAN;
+    for &n in &args.p3_pools {
+        eprintln!("P3: {n} idle pool(s), {} s window", args.p3_window.as_secs());
+        let (per_hour, cpu, rss, d) = p3(cp, &client, args, n).await?;
+        figures.push(Figure {
+            id: "P3".into(),
+            what: format!("steady-state GitHub calls per hour per scope, {n} idle pool(s)"),
+            value: Some(per_hour),
+            unit: "calls/h".into(),
+            goal: "≤ 120".into(),
+            met: Some(per_hour <= 120.0),
+            notes: format!(
+                "{} calls in {:.0} s, extrapolated; pools with minIdle 0 on one org; resync {}; controller RSS {:.1} MiB, CPU {cpu:.2} %",
+                d["calls"],
+                d["windowSecs"].as_f64().unwrap_or(0.0),
+                args.resync,
+                rss as f64 / 1_048_576.0
+            ),
+        });
+        if n >= max_n {
+            max_n = n;
+            cpu_at_max = cpu;
+        }
+        p3_rows.push(d);
+    }
+    details.insert("p3".into(), serde_json::Value::Array(p3_rows));
+    figures.push(Figure {
+        id: "P6".into(),
+        what: format!("controller CPU in steady state, {max_n} pools"),
+        value: (!cpu_at_max.is_nan()).then_some(cpu_at_max),
+        unit: "% of one core".into(),
+        goal: "≤ 2 % with 100 pools".into(),
+        met: (!cpu_at_max.is_nan() && max_n >= 100).then_some(cpu_at_max <= 2.0),
+        notes: format!("user+system time of the controller process over the P3 window ({max_n} idle pools)"),
+    });
+    if args.p4_runners > 0 {
+        eprintln!("P4/P5: zero to {} runners", args.p4_runners);
+        let (f, d) = p4(cp, &client, args).await?;
+        figures.extend(f);
+        details.insert("p4p5".into(), d);
+    } else {
+        for (id, what, goal) in [
+            ("P4", "time to 1,000 runners from zero / the quota-bound ideal", "≤ 1.05, 0 429s"),
+            ("P5", "controller RSS with 10,000 runners tracked", "≤ 64 MB"),
+        ] {
+            figures.push(Figure {
+                id: id.into(),
+                what: what.into(),
+                value: None,
+                unit: String::new(),
+                goal: goal.into(),
+                met: None,
+                notes: "not measured in this run (--p4-runners 0)".into(),
+            });
+        }
+    }
+    Ok((figures, serde_json::Value::Object(details)))
+}
+
+/// The markdown report: every figure beside its goal.
+pub fn markdown(r: &BenchReport) -> String {
+    let mut s = format!(
+        "## Benchmarks\n\nMachine: {}\n\nCommand: `{}` ({:.0} s wall time, started {})\n\n",
+        r.machine,
+        r.command,
+        r.wall_secs,
+        r.started.format("%Y-%m-%d %H:%M UTC")
+    );
+    s += "| | figure | measured | goal | goal met | notes |\n| --- | --- | --- | --- | --- | --- |\n";
+    for f in &r.figures {
+        let v = match f.value {
+            Some(v) if v.abs() >= 100.0 => format!("{v:.0} {}", f.unit),
+            Some(v) => format!("{v:.2} {}", f.unit),
+            None => "not measured".into(),
+        };
+        let met = match f.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            f.id,
+            f.what,
+            v,
+            f.goal,
+            met,
+            f.notes.replace('|', "/")
+        );
+    }
+    s
+}
