@@ -116,6 +116,16 @@ async fn leak_registration(sim: &Simulator, name: &str, labels: &[&str]) -> i64 
     body["runner"]["id"].as_i64().unwrap()
 }
 
+/// GitHub `DELETE .../runners/{id}` calls refused (422: the runner is busy).
+fn refused_unregisters(sim: &Simulator, id: i64) -> usize {
+    let suffix = format!("/actions/runners/{id}");
+    sim.github
+        .calls()
+        .iter()
+        .filter(|c| c.op == "delete_runner" && c.path.ends_with(&suffix) && c.status == 422)
+        .count()
+}
+
 /// `aci_runner_controller_reconcile_errors_total` of a controller.
 async fn reconcile_errors(ctl: &ControllerHandle) -> f64 {
     let m = ctl.metrics().await.unwrap();
@@ -324,6 +334,10 @@ async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the
     assert!(job_running(), "the job ended before the idle runners were removed: the test proves nothing");
     assert!(others.len() >= 2, "{others:?}");
     assert!(unregistered_at(&sim, busy.id).is_none(), "the busy runner was unregistered");
+    // A stale list may make the controller try once; GitHub's refusal must then refresh its view
+    // instead of the same refused DELETE going out every pass.
+    let refused = refused_unregisters(&sim, busy.id);
+    assert!(refused <= 2, "{refused} refused unregisters of the busy runner");
     assert!(group_deleted_at(&sim, &busy.name).is_none(), "the busy runner's group was deleted");
     for (name, id) in &others {
         let unreg = unregistered_at(&sim, *id).unwrap_or_else(|| panic!("{name} was never unregistered"));
@@ -584,6 +598,10 @@ async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
     }
     let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
     assert_eq!(j.conclusion.as_deref(), Some("success"), "{j:?}");
+    // A stale list may make the controller try once; GitHub's refusal must then refresh its view
+    // instead of the same refused DELETE going out every pass.
+    let refused = refused_unregisters(&sim, busy.id);
+    assert!(refused <= 2, "{refused} refused unregisters of the busy runner");
     assert!(unregistered_at(&sim, busy.id).is_none() || j.completed_at.is_some());
     assert!(group_deleted_at(&sim, &busy.name).is_none_or(|at| j.completed_at.is_some_and(|c| at >= c)));
     assert!(sim.arm.groups().is_empty());
@@ -625,8 +643,13 @@ async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
     let busy = eventually(T, || async { runners_of(&sim, "hurry").into_iter().find(|r| r.busy) }).await;
     let Some(busy) = busy else { panic!("never busy\n{}", describe(&client, &ns, "hurry", &sim).await) };
 
-    let deleted_at = sim.clock.now();
     delete_pool(&client, &ns, "hurry").await;
+    // drainTimeout counts from the deletionTimestamp (whole seconds, so up to 1 s before the call).
+    let deleted_at = get_pool(&client, &ns, "hurry")
+        .await
+        .and_then(|p| p.metadata.deletion_timestamp)
+        .map(|t| chrono::DateTime::<chrono::Utc>::from_timestamp(t.0.as_second(), 0).unwrap())
+        .expect("the pool waits for its busy runner");
     let finished = eventually(T, || async {
         let gone = get_pool(&client, &ns, "hurry").await.is_none();
         (gone && groups_of(&sim, "hurry").is_empty() && runners_of(&sim, "hurry").is_empty()).then_some(())
@@ -636,9 +659,13 @@ async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
         panic!("pool not removed after drainTimeout\n{}", describe(&client, &ns, "hurry", &sim).await);
     }
     // Not before drainTimeout; well before the job would have ended.
+    // A stale list may make the controller try once; GitHub's refusal must then refresh its view
+    // instead of the same refused DELETE going out every pass.
+    let refused = refused_unregisters(&sim, busy.id);
+    assert!(refused <= 2, "{refused} refused unregisters of the busy runner");
     let at = group_deleted_at(&sim, &busy.name).unwrap();
     let waited = (at - deleted_at).to_std().unwrap_or_default();
-    assert!(waited >= Duration::from_secs(3), "busy group deleted {waited:?} after the deletion");
+    assert!(waited >= Duration::from_secs(3), "busy group deleted {waited:?} after the deletionTimestamp");
     let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
     assert_ne!(j.conclusion.as_deref(), Some("success"), "{j:?}");
     assert!(sim.arm.groups().is_empty());

@@ -120,7 +120,14 @@ impl Forge for GithubPort {
     ) -> BoxFuture<'a, Result<(), EdgeError>> {
         Box::pin(async move {
             let (client, scope) = self.client(pool)?;
-            client.delete_runner(&scope, runner_id).await.map_err(|e| self.err(&e))
+            let r = client.delete_runner(&scope, runner_id).await;
+            if let Err(crate::github::GithubError::Busy(_)) = &r {
+                // Fix: GitHub says the runner is busy, so the shared list that showed it idle is
+                // stale. Refresh it on the next pass; otherwise every pass until the list
+                // interval ends decides the same removal and sends the same refused DELETE.
+                client.invalidate_runners(&scope).await;
+            }
+            r.map_err(|e| self.err(&e))
         })
     }
 }
