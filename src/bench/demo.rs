@@ -197,7 +197,7 @@ pub async fn frame(sim: &SimApi, client: &Client, ns: &str, job_ids: &[i64]) -> 
 }
 
 fn bar(done: usize, total: usize, width: usize) -> String {
-    let filled = if total == 0 { 0 } else { (done * width / total).min(width) };
+    let filled = (done * width).checked_div(total).unwrap_or(0).min(width);
     format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
 }
 
@@ -329,7 +329,7 @@ fn plan_jobs(args: &DemoArgs) -> Vec<Planned> {
             }
         })
         .collect();
-    v.sort_by(|a, b| a.at.cmp(&b.at));
+    v.sort_by_key(|a| a.at);
     v
 }
 

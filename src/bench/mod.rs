@@ -3,9 +3,9 @@
 //! Everything here drives the controller from the outside: the controller runs as its own
 //! process (`aci-runner-controller run`) against the simulator and a real API server, exactly
 //! as in production but with endpoints and credentials pointing at the simulator.
-pub mod bench;
 pub mod demo;
 pub mod observe;
+pub mod perf;
 pub mod procs;
 pub mod soak;
 
@@ -21,7 +21,7 @@ pub enum BenchCommand {
     /// The workload, live view and summary of `scripts/demo` (the processes are started by the script).
     Demo(Box<demo::DemoArgs>),
     /// The performance figures P1..P6 (JSON result and markdown report).
-    Run(Box<bench::BenchArgs>),
+    Run(Box<perf::BenchArgs>),
     /// Randomized fault schedules against the controller process; invariants after settling.
     Soak(Box<soak::SoakArgs>),
 }
@@ -35,8 +35,8 @@ pub fn run_cli(cli: BenchCli) -> anyhow::Result<()> {
             BenchCommand::Run(args) => {
                 let command = std::env::args().collect::<Vec<_>>().join(" ");
                 let args = *args;
-                let report = bench::run(args.clone(), command).await?;
-                print!("{}", bench::markdown(&report));
+                let report = perf::run(args.clone(), command).await?;
+                print!("{}", perf::markdown(&report));
                 println!("\nwritten: {}/bench.json, {}/bench.md", args.out.display(), args.out.display());
                 Ok(())
             }

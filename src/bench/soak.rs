@@ -280,7 +280,7 @@ pub async fn run_seed(
         })
         .collect();
     let mut plan = plan;
-    plan.sort_by(|a, b| a.0.cmp(&b.0));
+    plan.sort_by_key(|a| a.0);
     let t0 = Instant::now();
     let mut next = 0;
     let mut job_ids: Vec<i64> = Vec::new();
