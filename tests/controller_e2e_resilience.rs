@@ -561,13 +561,25 @@ async fn two_replicas_only_the_leader_acts_and_the_standby_takes_over() {
         identity: Some(id.into()),
         ..ControllerOptions::for_namespace(&ns)
     };
-    let a = start_controller(&client, &sim, opts("replica-a")).await.unwrap();
-    let leads =
-        eventually(Duration::from_secs(15), || async { (readyz(&a).await == "ok (leader)").then_some(()) })
-            .await;
-    assert!(leads.is_some(), "replica-a never became leader: {}", readyz(&a).await);
-    let b = start_controller(&client, &sim, opts("replica-b")).await.unwrap();
-    assert_eq!(readyz(&b).await, "ok (standby)");
+    // Both start at once (as a Deployment's replicas do): they race to create the Lease.
+    let (x, y) = tokio::join!(
+        start_controller(&client, &sim, opts("replica-a")),
+        start_controller(&client, &sim, opts("replica-b"))
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let leader = eventually(Duration::from_secs(15), || async {
+        match (readyz(&x).await.as_str(), readyz(&y).await.as_str()) {
+            ("ok (leader)", "ok (standby)") => Some(true),
+            ("ok (standby)", "ok (leader)") => Some(false),
+            _ => None,
+        }
+    })
+    .await;
+    let Some(x_leads) = leader else {
+        panic!("no single leader: {} / {}", readyz(&x).await, readyz(&y).await);
+    };
+    assert!(!x.is_finished() && !y.is_finished(), "a replica exited");
+    let (a, b) = if x_leads { (x, y) } else { (y, x) };
 
     apply(&client, &ns, &sim, "leader", json!({"scaling": {"minIdle": 2}})).await;
     let first = wait_settled(&client, &sim, &ns, "leader", 2).await;
@@ -615,6 +627,50 @@ async fn two_replicas_only_the_leader_acts_and_the_standby_takes_over() {
         "{mb}"
     );
     b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_is_taken_stops_acting() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    init_test_logging();
+    let (client, ns) = setup("e2e-steal").await.unwrap();
+    let sim = sim::start(fast_sim_options(81)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let opts = ControllerOptions {
+        leader_election: true,
+        lease_name: "aci-runner-controller-steal".into(),
+        lease_namespace: Some(ns.clone()),
+        identity: Some("replica-a".into()),
+        ..ControllerOptions::for_namespace(&ns)
+    };
+    let a = start_controller(&client, &sim, opts).await.unwrap();
+    apply(&client, &ns, &sim, "steal", json!({"scaling": {"minIdle": 1}})).await;
+    wait_settled(&client, &sim, &ns, "steal", 1).await;
+
+    // Another holder takes the Lease (e.g. replica-a's renewals did not reach the API server in
+    // time and a successor acquired it): replica-a must notice and stop acting.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    leases
+        .patch(
+            "aci-runner-controller-steal",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {
+                "holderIdentity": "intruder", "acquireTime": now, "renewTime": now,
+                "leaseDurationSeconds": 3600
+            }})),
+        )
+        .await
+        .unwrap();
+    let exited = eventually(Duration::from_secs(25), || async { a.is_finished().then_some(()) }).await;
+    assert!(exited.is_some(), "replica-a still runs after losing its Lease");
+    let res = a.stop().await;
+    assert!(res.as_ref().is_err_and(|e| e.to_string().contains("lost leadership")), "{res:?}");
+
+    // Nobody acts while the intruder holds the Lease.
+    apply(&client, &ns, &sim, "steal", json!({"scaling": {"minIdle": 2}})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(groups_of(&sim, "steal").len(), 1, "{}", world(&sim, "steal"));
 }
 
 // ---------------------------------------------------------------------------------------------
