@@ -537,6 +537,37 @@ async fn azure_errors_and_throttling_leave_no_leaked_groups_or_registrations() {
     ctl.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_runners_stall_the_pool_and_it_recovers_once_they_stop_crashing() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-crash").await.unwrap();
+    let sim = sim::start(fast_sim_options(76)).await.unwrap();
+    // Every runner process exits with 1 before it registers (a broken image entrypoint).
+    sim.arm.set_faults(FaultConfig { crash_before_registration: 1.0, ..FaultConfig::default() });
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply(&client, &ns, &sim, "crash", json!({"scaling": {"minIdle": 2, "maxRunners": 4}})).await;
+
+    // docs/planner.md: the same failure `stall_after` (3) times in a row → Stalled with it.
+    wait_pool(&client, &sim, &ns, "crash", "Stalled/ContainerCrashed", T, |p| {
+        cond_is(p, "Stalled", "True", Some("ContainerCrashed"))
+    })
+    .await;
+    wait_warning(&client, &ns, "crash", "ContainerCrashed").await;
+    let groups = groups_of(&sim, "crash").len();
+    assert!(groups <= 4, "{}", world(&sim, "crash"));
+
+    // The cause goes away without a spec change: creates still retry after the backoff.
+    sim.arm.set_faults(FaultConfig::default());
+    wait_settled(&client, &sim, &ns, "crash", 2).await;
+    let p = get_pool(&client, &ns, "crash").await.unwrap();
+    assert!(cond_is(&p, "Stalled", "False", None), "{:?}", p.status);
+    // Crashed groups and their registrations were all removed.
+    assert_eq!(sim.arm.groups().len(), 2, "{}", world(&sim, "crash"));
+    assert_eq!(sim.github.runners().len(), 2, "{}", world(&sim, "crash"));
+    ctl.stop().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. Two replicas: only the leader acts; the standby takes over after a graceful stop.
 // ---------------------------------------------------------------------------------------------
