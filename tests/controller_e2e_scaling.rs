@@ -116,6 +116,43 @@ async fn leak_registration(sim: &Simulator, name: &str, labels: &[&str]) -> i64 
     body["runner"]["id"].as_i64().unwrap()
 }
 
+/// Events (events.k8s.io/v1) about a pool: (type, reason, note), oldest first.
+async fn events_of(client: &kube::Client, ns: &str, pool: &str) -> Vec<(String, String, String)> {
+    use k8s_openapi::api::events::v1::Event;
+    let list = Api::<Event>::namespaced(client.clone(), ns).list(&Default::default()).await.unwrap();
+    let mut evs: Vec<_> = list
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool))
+        .collect();
+    evs.sort_by_key(|e| e.metadata.creation_timestamp.clone());
+    evs.into_iter()
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+/// Wait for an Event with this reason (and a note containing `needle`) about the pool.
+async fn expect_event(client: &kube::Client, ns: &str, pool: &str, reason: &str, needle: &str) {
+    let found = eventually(Duration::from_secs(10), || async {
+        events_of(client, ns, pool)
+            .await
+            .iter()
+            .any(|(_, r, n)| r == reason && n.contains(needle))
+            .then_some(())
+    })
+    .await;
+    if found.is_none() {
+        panic!("no {reason} event mentioning {needle:?} for {pool}: {:?}", events_of(client, ns, pool).await);
+    }
+}
+
+/// No Warning Event about the pool.
+async fn expect_no_warnings(client: &kube::Client, ns: &str, pool: &str) {
+    let evs = events_of(client, ns, pool).await;
+    let warnings: Vec<_> = evs.iter().filter(|(t, _, _)| t == "Warning").collect();
+    assert!(warnings.is_empty(), "warnings for {pool}: {warnings:?}");
+}
+
 /// GitHub `DELETE .../runners/{id}` calls refused (422: the runner is busy).
 fn refused_unregisters(sim: &Simulator, id: i64) -> usize {
     let suffix = format!("/actions/runners/{id}");
@@ -160,6 +197,7 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     .unwrap();
     wait_ready(&client, &ns, "burst", &sim, min_idle).await;
     let initial: BTreeSet<String> = names(&groups_of(&sim, "burst"), |g| &g.name);
+    let t0 = std::time::Instant::now();
 
     let jobs = sim
         .github
@@ -181,6 +219,7 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     let mut all_groups = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut converged = None;
+    let mut jobs_done_after = None;
     while tokio::time::Instant::now() < deadline {
         let groups = groups_of(&sim, "burst");
         let regs = runners_of(&sim, "burst");
@@ -200,6 +239,9 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
                 .filter(|j| job_ids.contains(&j.id) && j.status == JobStatus::Completed)
                 .count()
                 == 10;
+            if done && jobs_done_after.is_none() {
+                jobs_done_after = Some(t0.elapsed());
+            }
             let settled = done
                 && groups.len() == min_idle as usize
                 && regs.len() == min_idle as usize
@@ -207,6 +249,7 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
                 && condition(&p, "Ready").map(|c| c.0) == Some("True".into())
                 && (st.idle, st.busy, st.desired) == (min_idle, 0, min_idle);
             if settled {
+                eprintln!("burst: jobs done after {jobs_done_after:?}, settled after {:?}", t0.elapsed());
                 converged = Some(());
                 break;
             }
@@ -249,6 +292,9 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     assert_eq!(names(&groups, |g| &g.name), names(&runners, |r| &r.name));
     assert!(runners.iter().all(|r| r.online && !r.busy && r.jobs_done == 0), "{runners:?}");
     assert!(groups.iter().all(|g| !ran_on.contains(&g.name)));
+    expect_event(&client, &ns, "burst", "ScaledUp", "").await;
+    expect_event(&client, &ns, "burst", "RunnerRecycled", "").await;
+    expect_no_warnings(&client, &ns, "burst").await;
     ctl.stop().await.unwrap();
 }
 
@@ -365,6 +411,10 @@ async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the
     }
     assert!(sim.arm.groups().is_empty());
     assert!(sim.github.runners().is_empty());
+    let first_removed = others.keys().next().unwrap().clone();
+    expect_event(&client, &ns, "shrink", "ScaledDown", &first_removed).await;
+    expect_event(&client, &ns, "shrink", "RunnerRecycled", &busy.name).await;
+    expect_no_warnings(&client, &ns, "shrink").await;
     ctl.stop().await.unwrap();
     eprintln!("test 3 took {:?}", started.elapsed());
 }
@@ -414,6 +464,8 @@ async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_peri
     assert!(group_deleted_at(&sim, &own.name).is_none());
     let p = get_pool(&client, &ns, "leak").await.unwrap();
     assert_eq!(condition(&p, "Ready").map(|c| c.0).as_deref(), Some("True"), "{:?}", p.status);
+    expect_event(&client, &ns, "leak", "GarbageCollected", "leak-zzzzz").await;
+    expect_no_warnings(&client, &ns, "leak").await;
     ctl.stop().await.unwrap();
 }
 
@@ -467,6 +519,8 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
     // A crash after the runner was online is not a provisioning failure.
     let p = get_pool(&client, &ns, "crash").await.unwrap();
     assert_eq!(condition(&p, "Stalled").map(|c| c.0).as_deref(), Some("False"));
+    expect_event(&client, &ns, "crash", "RunnerRecycled", &victim.name).await;
+    expect_no_warnings(&client, &ns, "crash").await;
     ctl.stop().await.unwrap();
 }
 
@@ -608,6 +662,8 @@ async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
     assert!(sim.github.runners().is_empty());
     // Cleanup ends without a failed pass (e.g. a finalizer patch refused with 409).
     assert_eq!(reconcile_errors(&ctl).await, 0.0);
+    expect_event(&client, &ns, "drain", "CleanupComplete", "").await;
+    expect_no_warnings(&client, &ns, "drain").await;
     ctl.stop().await.unwrap();
     eprintln!("test 5a took {:?}", started.elapsed());
 }
@@ -727,5 +783,9 @@ async fn deleting_a_pool_with_the_orphan_policy_releases_its_runners_and_leaves_
     assert_eq!(groups_of(&sim, "other").len(), 1);
     // Cleanup ends without a failed pass (e.g. a finalizer patch refused with 409).
     assert_eq!(reconcile_errors(&ctl).await, 0.0);
+    let some_group = groups.iter().next().unwrap().clone();
+    expect_event(&client, &ns, "keep", "Orphaned", &some_group).await;
+    expect_no_warnings(&client, &ns, "keep").await;
+    expect_no_warnings(&client, &ns, "other").await;
     ctl.stop().await.unwrap();
 }
