@@ -334,6 +334,48 @@ async fn killed_mid_scale_down_then_restarted_finishes_it_without_failures() {
     second.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_deletion_then_restarted_finishes_the_cleanup() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-killdel").await.unwrap();
+    let sim = sim::start(fast_sim_options(62)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let first = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply(&client, &ns, &sim, "del", json!({"scaling": {"minIdle": 6, "maxRunners": 6}})).await;
+    wait_settled(&client, &sim, &ns, "del", 6).await;
+
+    // Deleted; the controller is killed while the cleanup is under way.
+    let api: Api<RunnerPool> = Api::namespaced(client.clone(), &ns);
+    api.delete("del", &DeleteParams::default()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let hit = loop {
+        let (groups, runners) = (groups_of(&sim, "del").len(), runners_of(&sim, "del").len());
+        if runners < 6 && groups > 0 {
+            break true;
+        }
+        if groups == 0 || tokio::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    };
+    first.kill();
+    let at_kill = world(&sim, "del");
+    assert!(hit, "no moment in the middle of the cleanup: {at_kill}");
+    assert!(
+        get_pool(&client, &ns, "del").await.is_some(),
+        "the finalizer was dropped before the cleanup ended"
+    );
+
+    let second = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    let gone = eventually(T, || async { get_pool(&client, &ns, "del").await.is_none().then_some(()) }).await;
+    let events = events_of(&client, &ns, "del").await;
+    assert!(gone.is_some(), "pool not removed after restart: {}; {events:#?}", world(&sim, "del"));
+    assert!(sim.arm.groups().is_empty(), "left behind: {} (at kill: {at_kill})", world(&sim, "del"));
+    assert!(sim.github.runners().is_empty(), "left behind: {} (at kill: {at_kill})", world(&sim, "del"));
+    assert!(!events.iter().any(|(_, r, _)| r == "CleanupAbandoned"), "{events:#?}");
+    second.stop().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Faults.
 // ---------------------------------------------------------------------------------------------
