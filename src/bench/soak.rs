@@ -49,6 +49,10 @@ pub struct SoakArgs {
     /// Keep the controller logs of passing seeds too.
     #[arg(long)]
     pub keep_logs: bool,
+    /// Restart the kube-apiserver (same flags, etcd keeps the state) at random times, about
+    /// this far apart; `0s` = never.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub apiserver_restart_every: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -149,6 +153,8 @@ pub struct SeedResult {
     pub leaked_registrations: usize,
     pub panics: usize,
     pub controller_starts: u32,
+    /// kube-apiserver restarts while this seed ran.
+    pub apiserver_restarts: usize,
     pub stalled_reasons: BTreeSet<String>,
     pub unexplained_stalled: BTreeSet<String>,
     pub injected: Vec<String>,
@@ -176,6 +182,7 @@ pub struct SoakTotals {
     pub leaked_registrations: usize,
     pub panics: usize,
     pub controller_kills: usize,
+    pub apiserver_restarts: usize,
     pub unexplained_stalled: usize,
     pub wall_secs: f64,
 }
@@ -227,6 +234,7 @@ pub async fn run_seed(
     kubeconfig: &Path,
     seed: u64,
     args: &SoakArgs,
+    restarts: &RestartLog,
 ) -> anyhow::Result<SeedResult> {
     let started = Instant::now();
     let schedule = Schedule::draw(seed);
@@ -408,6 +416,7 @@ pub async fn run_seed(
     res.passed = v.is_empty();
     res.violations = v;
     res.secs = started.elapsed().as_secs_f64();
+    res.apiserver_restarts = restarts.between(started, Instant::now());
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .delete(&ns, &DeleteParams::default())
         .await;
@@ -435,7 +444,22 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let cp_dir = std::env::temp_dir().join(format!("aci-rc-soak-cp-{}", std::process::id()));
     let cp = ControlPlane::start_in(&cp_dir)?;
-    let result = run_on(&cp, &args).await;
+    let restarts = RestartLog::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let restarter = (!args.apiserver_restart_every.is_zero()).then(|| {
+        tokio::spawn(restart_apiserver_loop(
+            cp_dir.clone(),
+            args.apiserver_restart_every,
+            args.first_seed,
+            restarts.clone(),
+            stop_rx,
+        ))
+    });
+    let result = run_on(&cp, &args, &restarts).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = restarter {
+        let _ = t.await;
+    }
     cp.stop();
     let _ = std::fs::remove_dir_all(&cp_dir);
     let mut report = result?;
@@ -446,7 +470,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
 }
 
 /// Run the seeds on an existing control plane.
-pub async fn run_on(cp: &ControlPlane, args: &SoakArgs) -> anyhow::Result<SoakReport> {
+pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &RestartLog) -> anyhow::Result<SoakReport> {
     let client = cp.client().await?;
     install_crd(&client).await?;
     let seeds: Vec<u64> = (args.first_seed..args.first_seed + args.seeds).collect();
@@ -456,8 +480,9 @@ pub async fn run_on(cp: &ControlPlane, args: &SoakArgs) -> anyhow::Result<SoakRe
             let client = client.clone();
             let kubeconfig = cp.kubeconfig.clone();
             let args = args.clone();
+            let restarts = restarts.clone();
             async move {
-                match run_seed(&client, &kubeconfig, seed, &args).await {
+                match run_seed(&client, &kubeconfig, seed, &args, &restarts).await {
                     Ok(r) => r,
                     Err(e) => SeedResult {
                         seed,
@@ -489,6 +514,7 @@ pub async fn run_on(cp: &ControlPlane, args: &SoakArgs) -> anyhow::Result<SoakRe
         t.leaked_registrations += r.leaked_registrations;
         t.panics += r.panics;
         t.controller_kills += r.controller_starts.saturating_sub(1) as usize;
+        t.apiserver_restarts = restarts.count();
         t.unexplained_stalled += r.unexplained_stalled.len();
     }
     Ok(SoakReport {
@@ -520,6 +546,10 @@ pub fn markdown(r: &SoakReport, args: &SoakArgs) -> String {
     s += &format!("| Stalled reasons without an injected cause | {} |\n", t.unexplained_stalled);
     s += &format!("| jobs completed | {}/{} |\n", t.jobs_completed, t.jobs);
     s += &format!("| controller SIGKILLs + restarts | {} |\n", t.controller_kills);
+    s += &format!(
+        "| kube-apiserver restarts (shared by the seeds running then) | {} |\n",
+        t.apiserver_restarts
+    );
     s += &format!("| wall time | {:.0} s |\n", t.wall_secs);
     if !r.failed_seeds.is_empty() {
         s += "\nFailed seeds:\n\n";
@@ -533,4 +563,117 @@ pub fn markdown(r: &SoakReport, args: &SoakArgs) -> String {
         }
     }
     s
+}
+
+/// When the kube-apiserver was restarted.
+#[derive(Clone, Default)]
+pub struct RestartLog(std::sync::Arc<std::sync::Mutex<Vec<Instant>>>);
+
+impl RestartLog {
+    fn push(&self, at: Instant) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(at);
+        }
+    }
+    /// Restarts within `[from, to]`.
+    pub fn between(&self, from: Instant, to: Instant) -> usize {
+        self.0.lock().map(|v| v.iter().filter(|t| **t >= from && **t <= to).count()).unwrap_or(0)
+    }
+    pub fn count(&self) -> usize {
+        self.0.lock().map(|v| v.len()).unwrap_or(0)
+    }
+}
+
+/// Restart the control plane's kube-apiserver at random times about `every` apart until `stop`.
+async fn restart_apiserver_loop(
+    cp_dir: PathBuf,
+    every: Duration,
+    seed: u64,
+    log: RestartLog,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xa11ce);
+    let mut children = Vec::new();
+    let ms = every.as_millis() as u64;
+    let mut wait = Duration::from_millis(rng.gen_range(ms / 4..=ms / 2));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        match restart_apiserver(&cp_dir).await {
+            Ok(child) => {
+                log.push(Instant::now());
+                children.push(child);
+            }
+            Err(e) => eprintln!("kube-apiserver restart failed: {e:#}"),
+        }
+        wait = Duration::from_millis(rng.gen_range(ms / 2..=ms * 3 / 2));
+    }
+    // The control plane's stop (by the PID file) ends the last one; reap them all.
+    tokio::task::spawn_blocking(move || {
+        for mut c in children {
+            let _ = c.wait();
+        }
+    });
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next() != Some('Z')))
+        .unwrap_or(false)
+}
+
+/// Stop the kube-apiserver (SIGTERM) and start it again with the same command line; wait until
+/// it answers `/readyz`. The PID file is updated so that the control plane's stop finds it.
+pub async fn restart_apiserver(cp_dir: &Path) -> anyhow::Result<std::process::Child> {
+    let pid_file = cp_dir.join("apiserver.pid");
+    let pid: u32 = std::fs::read_to_string(&pid_file)?.trim().parse().context("apiserver.pid")?;
+    let cmdline =
+        std::fs::read(format!("/proc/{pid}/cmdline")).context("reading the apiserver's command line")?;
+    let argv: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let Some((exe, rest)) = argv.split_first() else { anyhow::bail!("empty apiserver command line") };
+    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if alive(pid) {
+        std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(cp_dir.join("apiserver.log"))?;
+    let err = log.try_clone()?;
+    let child = std::process::Command::new(exe)
+        .args(rest)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .context("starting the kube-apiserver again")?;
+    std::fs::write(&pid_file, child.id().to_string())?;
+    // Ready when an authenticated client gets an answer.
+    let kubeconfig = cp_dir.join("kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["get", "--raw", "/readyz"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the kube-apiserver did not become ready within 60 s after a restart");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
