@@ -495,8 +495,8 @@ pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &RestartLog) -
         for r in futures::future::join_all(runs).await {
             let line = if r.passed {
                 format!(
-                    "seed {:>4}: ok   ({:.0} s, {} jobs, {} controller start(s))",
-                    r.seed, r.secs, r.jobs_total, r.controller_starts
+                    "seed {:>4}: ok   ({:.0} s, {} jobs, {} controller start(s), {} apiserver restart(s))",
+                    r.seed, r.secs, r.jobs_total, r.controller_starts, r.apiserver_restarts
                 )
             } else {
                 format!("seed {:>4}: FAIL {}", r.seed, r.violations.join("; "))
@@ -530,12 +530,13 @@ pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &RestartLog) -
 pub fn markdown(r: &SoakReport, args: &SoakArgs) -> String {
     let t = &r.totals;
     let mut s = format!(
-        "## Fault soak\n\n`aci-runner-controller bench soak --seeds {} --first-seed {} --parallel {} --jobs {} --fault-window {}s`\n\n",
+        "## Fault soak\n\n`aci-runner-controller bench soak --seeds {} --first-seed {} --parallel {} --jobs {} --fault-window {}s --apiserver-restart-every {}s`\n\n",
         args.seeds,
         args.first_seed,
         args.parallel,
         args.jobs,
-        args.fault_window.as_secs()
+        args.fault_window.as_secs(),
+        args.apiserver_restart_every.as_secs()
     );
     s += "| invariant | result |\n| --- | --- |\n";
     s += &format!("| seeds passed | {}/{} |\n", r.passed, r.seeds);
