@@ -29,7 +29,18 @@ pub enum BenchCommand {
 /// Run a `bench` subcommand.
 pub fn run_cli(cli: BenchCli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Ctrl-C / SIGTERM drop the running command: the controller processes it started are killed
+    // (their handles' Drop); the control plane stops with this process (its watchdog).
     rt.block_on(async move {
+        tokio::select! {
+            r = run_command(cli) => r,
+            _ = crate::controller::run::shutdown_signal() => anyhow::bail!("interrupted"),
+        }
+    })
+}
+
+async fn run_command(cli: BenchCli) -> anyhow::Result<()> {
+    {
         match cli.command {
             BenchCommand::Demo(args) => demo::run(*args).await,
             BenchCommand::Run(args) => {
@@ -56,5 +67,5 @@ pub fn run_cli(cli: BenchCli) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-    })
+    }
 }
