@@ -163,6 +163,18 @@ fn refused_unregisters(sim: &Simulator, id: i64) -> usize {
         .count()
 }
 
+/// A sample of the controller's metrics: the first series `name{...}` carrying all `labels`
+/// (0 when there is none).
+async fn metric(ctl: &ControllerHandle, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let m = ctl.metrics().await.unwrap();
+    m.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `aci_runner_controller_reconcile_errors_total` of a controller.
 async fn reconcile_errors(ctl: &ControllerHandle) -> f64 {
     let m = ctl.metrics().await.unwrap();
@@ -295,6 +307,18 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     expect_event(&client, &ns, "burst", "ScaledUp", "").await;
     expect_event(&client, &ns, "burst", "RunnerRecycled", "").await;
     expect_no_warnings(&client, &ns, "burst").await;
+    assert_eq!(metric(&ctl, "aci_runner_controller_demand_queue_length", &[]).await, 0.0);
+    let pool = [("namespace", ns.as_str()), ("pool", "burst")];
+    assert_eq!(
+        metric(&ctl, "aci_runner_controller_runners", &[pool[0], pool[1], ("state", "idle")]).await,
+        2.0
+    );
+    assert_eq!(
+        metric(&ctl, "aci_runner_controller_runners", &[pool[0], pool[1], ("state", "busy")]).await,
+        0.0
+    );
+    let recycled = [("action", "delete_group"), ("reason", "Recycled"), ("result", "ok")];
+    assert!(metric(&ctl, "aci_runner_controller_actions_total", &recycled).await >= 10.0);
     ctl.stop().await.unwrap();
 }
 
@@ -466,6 +490,8 @@ async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_peri
     assert_eq!(condition(&p, "Ready").map(|c| c.0).as_deref(), Some("True"), "{:?}", p.status);
     expect_event(&client, &ns, "leak", "GarbageCollected", "leak-zzzzz").await;
     expect_no_warnings(&client, &ns, "leak").await;
+    let gc = [("action", "unregister_runner"), ("reason", "GarbageCollected"), ("result", "ok")];
+    assert_eq!(metric(&ctl, "aci_runner_controller_actions_total", &gc).await, 1.0);
     ctl.stop().await.unwrap();
 }
 
@@ -521,6 +547,8 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
     assert_eq!(condition(&p, "Stalled").map(|c| c.0).as_deref(), Some("False"));
     expect_event(&client, &ns, "crash", "RunnerRecycled", &victim.name).await;
     expect_no_warnings(&client, &ns, "crash").await;
+    let crashed = [("action", "delete_group"), ("reason", "Crashed"), ("result", "ok")];
+    assert_eq!(metric(&ctl, "aci_runner_controller_actions_total", &crashed).await, 1.0);
     ctl.stop().await.unwrap();
 }
 
@@ -580,6 +608,11 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
     }
     let p = get_pool(&client, &ns, "kept").await.unwrap();
     assert_eq!(condition(&p, "Ready").map(|c| c.0).as_deref(), Some("True"), "{:?}", p.status);
+    let orphaned = [("action", "delete_group"), ("reason", "Orphaned"), ("result", "ok")];
+    assert_eq!(
+        metric(&ctl, "aci_runner_controller_actions_total", &orphaned).await,
+        gone_groups.len() as f64
+    );
     ctl.stop().await.unwrap();
 }
 
