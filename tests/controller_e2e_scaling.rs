@@ -617,6 +617,76 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4d. A pool deleted and re-created under the same name while no controller ran: the groups of
+// the old pool (old uid) are collected by the new pool's passes, its runners are never counted.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_counted() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-reborn").await.unwrap();
+    let sim = sim::start(fast_sim_options(10)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let opts = ControllerOptions::for_namespace(&ns);
+    let grace = opts.gc_grace;
+    let ctl = start_controller(&client, &sim, opts.clone()).await.unwrap();
+    let manifest = pool_manifest("reborn", &sim, json!({"scaling": {"minIdle": 2}}));
+    let old = apply_pool(&client, &ns, &manifest).await.unwrap();
+    wait_ready(&client, &ns, "reborn", &sim, 2).await;
+    let old_uid = old.metadata.uid.clone().unwrap();
+    let old_runners: BTreeMap<String, i64> =
+        runners_of(&sim, "reborn").into_iter().map(|r| (r.name, r.id)).collect();
+
+    ctl.stop().await.unwrap();
+    let api = Api::<RunnerPool>::namespaced(client.clone(), &ns);
+    api.patch("reborn", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    delete_pool(&client, &ns, "reborn").await;
+    let deleted =
+        eventually(T, || async { get_pool(&client, &ns, "reborn").await.is_none().then_some(()) }).await;
+    assert!(deleted.is_some());
+    // Re-created with one idle runner: the two old ones must not count towards it.
+    let manifest = pool_manifest("reborn", &sim, json!({"scaling": {"minIdle": 1}}));
+    let new = apply_pool(&client, &ns, &manifest).await.unwrap();
+    let new_uid = new.metadata.uid.clone().unwrap();
+    assert_ne!(new_uid, old_uid);
+
+    let restarted_at = sim.clock.now();
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    let converged = eventually(T, || async {
+        let groups = groups_of(&sim, "reborn");
+        let regs = runners_of(&sim, "reborn");
+        let p = get_pool(&client, &ns, "reborn").await?;
+        let st = p.status.as_ref()?;
+        let ok = groups.len() == 1
+            && groups.iter().all(|g| g.tags.get(TAG_POOL_UID) == Some(&new_uid))
+            && regs.len() == 1
+            && regs[0].online
+            && !old_runners.contains_key(&regs[0].name)
+            && (st.idle, st.busy, st.desired) == (1, 0, 1)
+            && condition(&p, "Ready").map(|c| c.0) == Some("True".into());
+        ok.then_some(())
+    })
+    .await;
+    if converged.is_none() {
+        panic!("old groups not collected\n{}", describe(&client, &ns, "reborn", &sim).await);
+    }
+    for (name, id) in &old_runners {
+        let deleted = group_deleted_at(&sim, name).unwrap_or_else(|| panic!("{name} never deleted"));
+        let waited = (deleted - restarted_at).to_std().unwrap_or_default();
+        assert!(waited >= grace, "{name} deleted {waited:?} after the restart (grace {grace:?})");
+        let unreg = unregistered_at(&sim, *id).unwrap_or_else(|| panic!("{name} never unregistered"));
+        assert!(unreg <= deleted, "{name}: group deleted before its registration");
+    }
+    // The old runners never counted: the new pool never had more than its own idle runner.
+    let p = get_pool(&client, &ns, "reborn").await.unwrap();
+    assert_eq!(condition(&p, "Stalled").map(|c| c.0).as_deref(), Some("False"));
+    expect_event(&client, &ns, "reborn", "GarbageCollected", "").await;
+    assert!(sim.arm.groups().len() == 1 && sim.github.runners().len() == 1);
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // 5a. Deleting a pool with a busy runner: idle ones go at once, the busy one when its job ends.
 // The pool is deleted as soon as GitHub shows the runner busy (the controller's list may lag).
 // ---------------------------------------------------------------------------------------------
