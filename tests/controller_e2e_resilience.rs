@@ -430,7 +430,10 @@ async fn capacity_unavailable_in_the_primary_location_spills_to_fallback_locatio
     let faults = FaultConfig { capacity: [("westeurope".to_string(), 1)].into(), ..FaultConfig::default() };
     sim.arm.set_faults(faults);
     apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    // Locations cool down for 3 s after CapacityUnavailable (so that recovery fits the test).
+    let mut opts = ControllerOptions::for_namespace(&ns);
+    opts.planner.location_cooldown = Duration::from_secs(3);
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
     apply(
         &client,
         &ns,
@@ -451,6 +454,30 @@ async fn capacity_unavailable_in_the_primary_location_spills_to_fallback_locatio
     assert!(msg.contains("westeurope"), "{msg}");
     let p = get_pool(&client, &ns, "spill").await.unwrap();
     assert!(cond_is(&p, "Stalled", "False", None), "{:?}", p.status);
+
+    // Every location full: the pool waits (Reconciling CapacityUnavailable, not Stalled) ...
+    let full: std::collections::BTreeMap<String, u32> =
+        [("westeurope".to_string(), west as u32), ("northeurope".to_string(), north as u32)].into();
+    sim.arm.set_faults(FaultConfig { capacity: full, ..FaultConfig::default() });
+    apply(
+        &client,
+        &ns,
+        &sim,
+        "spill",
+        json!({"azure": {"fallbackLocations": ["northeurope"]}, "scaling": {"minIdle": 4, "maxRunners": 5}}),
+    )
+    .await;
+    let p = wait_pool(&client, &sim, &ns, "spill", "Reconciling/CapacityUnavailable", T, |p| {
+        cond_is(p, "Reconciling", "True", Some("CapacityUnavailable"))
+    })
+    .await;
+    assert!(cond_is(&p, "Stalled", "False", None), "{:?}", p.status);
+    assert!(cond_is(&p, "Ready", "False", Some("CapacityUnavailable")), "{:?}", p.status);
+    assert_eq!(groups_of(&sim, "spill").len(), 3, "{}", world(&sim, "spill"));
+    // ... and creates once capacity is back (after the cool-down), without a spec change.
+    sim.arm.set_faults(FaultConfig::default());
+    wait_settled(&client, &sim, &ns, "spill", 4).await;
+    assert_eq!(sim.github.runners().len(), 4, "{}", world(&sim, "spill"));
     ctl.stop().await.unwrap();
 }
 
