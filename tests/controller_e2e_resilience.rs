@@ -405,6 +405,19 @@ async fn quota_exceeded_stalls_with_an_event_and_recovers_when_raised() {
     let first = during.iter().position(|l| l.contains("Stalled=True/QuotaExceeded")).unwrap();
     assert!(during[first..].iter().all(|l| l.contains("Stalled=True/QuotaExceeded")), "{during:#?}");
     assert!(sim.arm.quota_rejections() >= 2, "no retry after the quota wait");
+    // Creates refused for quota are retried only after the quota wait (quota_backoff_base = 1 s
+    // here), one at a time: never in the very next pass.
+    let refused: Vec<chrono::DateTime<chrono::Utc>> = sim
+        .arm
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == "create" && c.code.as_deref() == Some("ContainerGroupQuotaReached"))
+        .map(|c| c.at)
+        .collect();
+    for pair in refused.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= chrono::Duration::milliseconds(900), "quota retries {gap} apart: {refused:?}");
+    }
     assert!(cond_is(&p, "Ready", "False", None), "{:?}", p.status);
     let msg = wait_warning(&client, &ns, "quota", "QuotaExceeded").await;
     assert!(msg.contains("StandardCores") || msg.to_lowercase().contains("quota"), "{msg}");

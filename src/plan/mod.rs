@@ -390,7 +390,7 @@ impl<'i, 'a> Pass<'i, 'a> {
                                     format!("{message}; next attempt in {}", fmt_duration(wait)),
                                 );
                             }
-                            self.st.quota = Some(QuotaWait { until, attempts, message });
+                            self.st.quota = Some(QuotaWait { until, attempts, message, since: self.now });
                         }
                         EdgeErrorKind::Throttled { retry_after } => {
                             let until = after(self.now, retry_after.unwrap_or(cfg.backoff_base));
@@ -516,8 +516,13 @@ impl<'i, 'a> Pass<'i, 'a> {
         let mut lost = Vec::new();
         for (name, f) in in_flight {
             if listed.contains(name.as_str()) {
-                // ARM accepted the create: quota is available again.
-                self.st.quota = None;
+                // ARM accepted the create: quota is available again. Fix: only a create sent
+                // after the quota refusal says so; one sent in the same pass as the refused
+                // create (accepted before the quota filled up) cleared the wait too, and the
+                // next pass retried at once instead of after `quota_backoff_base`.
+                if self.st.quota.as_ref().is_none_or(|q| f.since > q.since) {
+                    self.st.quota = None;
+                }
                 continue;
             }
             let expires = after(f.since, self.input.config.in_flight_ttl);

@@ -973,6 +973,37 @@ fn quota_exceeded_waits_and_says_so_then_recovers() {
 }
 
 #[test]
+fn creates_accepted_in_the_pass_of_a_quota_refusal_do_not_end_the_quota_wait() {
+    // Pass 1 creates three; ARM accepts two, then refuses the third for quota. In pass 2 the
+    // two accepted groups are listed: that says nothing about quota now, so no retry before
+    // the quota wait is over.
+    let mut fx = Fx::new();
+    fx.spec.scaling.min_idle = 3;
+    let p = fx.run();
+    let names: Vec<String> = creates(&p).iter().map(|a| a.name().to_string()).collect();
+    assert_eq!(names.len(), 3);
+    fx.carry(&p, chrono::Duration::seconds(1));
+    fx.failures =
+        vec![create_failure(&names[2], "westeurope", Priority::Regular, EdgeErrorKind::QuotaExceeded)];
+    fx.groups =
+        Ok(names[..2].iter().map(|n| group(n, ContainerState::Waiting { reason: None }, 0)).collect());
+    let p = fx.run();
+    assert!(creates(&p).is_empty(), "retried at once: {:?}", p.actions);
+    cond_is(&p, "Stalled", "True", "QuotaExceeded");
+    assert_eq!(p.state.quota.as_ref().unwrap().until, fx.now + mins(1));
+    // After the wait: a single retry; once it is accepted (listed), the quota wait ends.
+    fx.carry(&p, mins(1));
+    let p = fx.run();
+    let retry: Vec<String> = creates(&p).iter().map(|a| a.name().to_string()).collect();
+    assert_eq!(retry.len(), 1, "{:?}", p.actions);
+    fx.carry(&p, chrono::Duration::seconds(5));
+    fx.groups.as_mut().unwrap().push(group(&retry[0], ContainerState::Waiting { reason: None }, 0));
+    let p = fx.run();
+    assert!(p.state.quota.is_none());
+    cond_is(&p, "Stalled", "False", "NotStalled");
+}
+
+#[test]
 fn jit_registration_of_failed_create_is_unregistered() {
     let mut fx = Fx::new();
     fx.spec.scaling.min_idle = 0;
@@ -1398,7 +1429,12 @@ fn unusable_credentials_are_not_reported_as_list_auth_failures() {
 fn no_demand_clears_quota_and_failure_stall() {
     let mut fx = Fx::new();
     fx.spec.scaling.min_idle = 0;
-    fx.state.quota = Some(QuotaWait { until: t0() + mins(5), attempts: 2, message: "quota".into() });
+    fx.state.quota = Some(QuotaWait {
+        until: t0() + mins(5),
+        attempts: 2,
+        message: "quota".into(),
+        since: t0() - mins(1),
+    });
     fx.state.last_failure = Some(FailureRecord {
         reason: FailureReason::InvalidImage,
         message: "image".into(),

@@ -445,6 +445,8 @@ pub struct QuotaWait {
     pub until: DateTime<Utc>,
     pub attempts: u32,
     pub message: String,
+    /// When the refusal was seen: only creates sent after it prove that quota is back.
+    pub since: DateTime<Utc>,
 }
 
 /// A removal the planner asked for.
