@@ -514,6 +514,27 @@ async fn inaccessible_image_stalls_with_invalid_image_and_leaks_no_registration(
     let msg = wait_warning(&client, &ns, "image", "InvalidImage").await;
     assert!(msg.contains("InaccessibleImage") || msg.contains("not accessible"), "{msg}");
     assert!(groups_of(&sim, "image").is_empty(), "{}", world(&sim, "image"));
+    // Refused creates are retried with the per-pool backoff (0.5 s doubling up to 4 s here):
+    // passes of refusals are spaced, the retries go on while Stalled, and never hammer.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let refused: Vec<chrono::DateTime<chrono::Utc>> = sim
+        .arm
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == "create" && c.code.as_deref() == Some("InaccessibleImage"))
+        .map(|c| c.at)
+        .collect();
+    let mut passes: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
+    for t in &refused {
+        if passes.last().is_none_or(|last| *t - *last > chrono::Duration::milliseconds(300)) {
+            passes.push(*t);
+        }
+    }
+    assert!(passes.len() >= 4, "retries stopped: {refused:?}");
+    assert!(refused.len() <= 2 * passes.len(), "more than minIdle creates per pass: {refused:?}");
+    for w in passes.windows(2) {
+        assert!(w[1] - w[0] >= chrono::Duration::milliseconds(450), "not backed off: {passes:?}");
+    }
     // The JIT registrations minted for the refused creates are removed.
     let leaked =
         eventually(Duration::from_secs(10), || async { runners_of(&sim, "image").is_empty().then_some(()) })
