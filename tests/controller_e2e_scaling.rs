@@ -209,6 +209,25 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     .unwrap();
     wait_ready(&client, &ns, "burst", &sim, min_idle).await;
     let initial: BTreeSet<String> = names(&groups_of(&sim, "burst"), |g| &g.name);
+
+    // Jobs this pool cannot run (a label it lacks) are no demand for it.
+    sim.github
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["self-hosted".into(), "aci".into(), "gpu".into()],
+            duration_secs: 3.0,
+            count: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    let t = tokio::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        let p = get_pool(&client, &ns, "burst").await.unwrap();
+        let desired = p.status.as_ref().map(|s| s.desired);
+        assert_eq!(desired, Some(min_idle), "non-matching jobs counted as demand");
+        assert_eq!(groups_of(&sim, "burst").len(), min_idle as usize);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sim.github.deliveries().iter().any(|d| d.action == "queued"), "no webhook was delivered");
     let t0 = std::time::Instant::now();
 
     let jobs = sim
@@ -307,7 +326,8 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     expect_event(&client, &ns, "burst", "ScaledUp", "").await;
     expect_event(&client, &ns, "burst", "RunnerRecycled", "").await;
     expect_no_warnings(&client, &ns, "burst").await;
-    assert_eq!(metric(&ctl, "aci_runner_controller_demand_queue_length", &[]).await, 0.0);
+    // Only the 5 jobs no pool can run are still queued.
+    assert_eq!(metric(&ctl, "aci_runner_controller_demand_queue_length", &[]).await, 5.0);
     let pool = [("namespace", ns.as_str()), ("pool", "burst")];
     assert_eq!(
         metric(&ctl, "aci_runner_controller_runners", &[pool[0], pool[1], ("state", "idle")]).await,
@@ -891,4 +911,106 @@ async fn deleting_a_pool_with_the_orphan_policy_releases_its_runners_and_leaves_
     expect_no_warnings(&client, &ns, "keep").await;
     expect_no_warnings(&client, &ns, "other").await;
     ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2b. The same demand cycle in token mode (seed-style `RUNNER_*` variables), with ephemeral and
+// with persistent runners: scale up within maxRunners, every job succeeds, back to minIdle.
+// ---------------------------------------------------------------------------------------------
+async fn token_mode_burst(prefix: &str, pool: &str, seed: u64, ephemeral: bool) {
+    init_test_logging();
+    let (client, ns) = setup(prefix).await.unwrap();
+    let sim = sim::start(fast_sim_options(seed)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let secret = format!("{prefix}-webhook-secret");
+    let opts =
+        ControllerOptions { webhook_secret: Some(secret.clone()), ..ControllerOptions::for_namespace(&ns) };
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    connect_webhooks(&sim, &ctl, &secret);
+    let (min_idle, max_runners, count) = (1, 4, 6u32);
+    let manifest = pool_manifest(
+        pool,
+        &sim,
+        json!({
+            "scaling": {"minIdle": min_idle, "maxRunners": max_runners},
+            "runner": {"registration": {"mode": "token", "ephemeral": ephemeral}},
+        }),
+    );
+    apply_pool(&client, &ns, &manifest).await.unwrap();
+    wait_ready(&client, &ns, pool, &sim, min_idle).await;
+    for g in groups_of(&sim, pool) {
+        let env = sim.arm.env_names(&g.name);
+        assert!(env.iter().any(|(_, n, secure)| n == "RUNNER_TOKEN" && *secure), "{env:?}");
+        assert!(env.iter().any(|(_, n, secure)| n == "RUNNER_EPHEMERAL" && !*secure), "{env:?}");
+    }
+
+    let job_ids: BTreeSet<i64> = sim
+        .github
+        .enqueue_jobs(EnqueueJobs {
+            // Default labels in GitHub's spelling match case-insensitively.
+            labels: vec!["self-hosted".into(), "Linux".into(), "X64".into(), "aci".into()],
+            duration_secs: 2.0,
+            count,
+            ..Default::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    let mut max_groups = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut settled = false;
+    while tokio::time::Instant::now() < deadline {
+        let groups = groups_of(&sim, pool);
+        let regs = runners_of(&sim, pool);
+        max_groups = max_groups.max(groups.len());
+        let done = sim
+            .github
+            .jobs()
+            .iter()
+            .filter(|j| job_ids.contains(&j.id) && j.status == JobStatus::Completed)
+            .count()
+            == count as usize;
+        if done
+            && groups.len() == min_idle as usize
+            && regs.len() == min_idle as usize
+            && regs.iter().all(|r| r.online && !r.busy)
+            && let Some(p) = get_pool(&client, &ns, pool).await
+            && let Some(st) = p.status.as_ref()
+            && (st.idle, st.busy, st.desired) == (min_idle, 0, min_idle)
+            && condition(&p, "Ready").map(|c| c.0) == Some("True".into())
+        {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !settled {
+        panic!("never converged back to {min_idle} idle\n{}", describe(&client, &ns, pool, &sim).await);
+    }
+    assert!(max_groups > min_idle as usize && max_groups <= max_runners as usize, "max {max_groups} groups");
+    let done: Vec<_> = sim.github.jobs().into_iter().filter(|j| job_ids.contains(&j.id)).collect();
+    assert!(done.iter().all(|j| j.conclusion.as_deref() == Some("success")), "{done:?}");
+    let ran_on: BTreeSet<String> = done.iter().filter_map(|j| j.runner_name.clone()).collect();
+    if ephemeral {
+        assert_eq!(ran_on.len(), count as usize, "ephemeral runners take one job each: {ran_on:?}");
+    }
+    // Nothing else left: one group per registration, same names.
+    let groups = sim.arm.groups();
+    let runners = sim.github.runners();
+    assert_eq!(names(&groups, |g| &g.name), names(&runners, |r| &r.name));
+    assert_eq!(groups.len(), min_idle as usize);
+    expect_no_warnings(&client, &ns, pool).await;
+    assert_eq!(reconcile_errors(&ctl).await, 0.0);
+    ctl.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mode_ephemeral_runners_scale_with_demand_and_recycle() {
+    token_mode_burst("e2e-tok-eph", "tokeph", 11, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_mode_persistent_runners_scale_with_demand_and_scale_down() {
+    token_mode_burst("e2e-tok-pers", "tokpers", 12, false).await;
 }
