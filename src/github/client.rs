@@ -176,7 +176,22 @@ impl GithubHub {
                 format!("pat:{}", &hex::encode(sha2::Sha256::digest(token.expose().as_bytes()))[..12])
             }
         };
-        let auth_key = format!("{base}|{principal}");
+        // Installation tokens, lists and rate state are shared only between clients with the
+        // very same credentials: a pool with a wrong key or issuer for an installation must not
+        // borrow the token another pool obtained with the right one.
+        let credential = match &creds {
+            Credentials::App { app_id, client_id, private_key_pem, .. } => {
+                let mut h = sha2::Sha256::new();
+                h.update(app_id.as_deref().unwrap_or("").as_bytes());
+                h.update([0]);
+                h.update(client_id.as_deref().unwrap_or("").as_bytes());
+                h.update([0]);
+                h.update(private_key_pem.expose().as_bytes());
+                hex::encode(h.finalize())[..12].to_string()
+            }
+            Credentials::Pat { .. } => String::new(),
+        };
+        let auth_key = format!("{base}|{principal}|{credential}");
         Ok(GithubClient { hub: self.inner.clone(), base, creds, principal, auth_key, octo })
     }
 }
