@@ -239,9 +239,11 @@ pub async fn run_seed(
     let started = Instant::now();
     let schedule = Schedule::draw(seed);
     let mut res = SeedResult { seed, injected: describe(&schedule), ..Default::default() };
-    let ns = test_namespace(client, &format!("soak-{seed}")).await?;
+    // Kubernetes writes are retried: the kube-apiserver may be restarting.
+    let prefix = format!("soak-{seed}");
+    let ns = retry(|| test_namespace(client, &prefix)).await?;
     let sim = crate::sim::start(fast_sim_options(seed)).await?;
-    apply_app_secret(client, &ns, "github-app", &sim).await?;
+    retry(|| apply_app_secret(client, &ns, "github-app", &sim)).await?;
     let dir = args.out.join(format!("seed-{seed}"));
     let secret = format!("soak-{}", uuid::Uuid::new_v4().simple());
     let mut ctl = ControllerProc::start(
@@ -270,8 +272,8 @@ pub async fn run_seed(
                "scaling": {"minIdle": 1, "maxRunners": 3}}),
     );
     crate::testing::harness::merge(&mut repo["spec"]["scaling"], scaling);
-    apply_pool(client, &ns, &org).await?;
-    apply_pool(client, &ns, &repo).await?;
+    retry(|| apply_pool(client, &ns, &org)).await?;
+    retry(|| apply_pool(client, &ns, &repo)).await?;
     let pools: Api<RunnerPool> = Api::namespaced(client.clone(), &ns);
 
     // Faults on, workload.
@@ -372,8 +374,14 @@ pub async fn run_seed(
             .count();
         left = 0;
         for p in POOLS {
-            if !matches!(pools.get_opt(p).await, Ok(None)) {
-                left += 1;
+            match pools.get_opt(p).await {
+                Ok(None) => {}
+                // The delete may have been lost in a control-plane restart: ask again.
+                Ok(Some(pool)) if pool.metadata.deletion_timestamp.is_none() => {
+                    let _ = pools.delete(p, &DeleteParams::default()).await;
+                    left += 1;
+                }
+                _ => left += 1,
             }
         }
         res.leaked_groups = groups;
@@ -676,5 +684,21 @@ pub async fn restart_apiserver(cp_dir: &Path) -> anyhow::Result<std::process::Ch
             anyhow::bail!("the kube-apiserver did not become ready within 60 s after a restart");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Retry `f` for up to 60 s (the kube-apiserver may be restarting).
+async fn retry<T, E, F, Fut>(mut f: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
     }
 }
