@@ -1046,3 +1046,49 @@ async fn a_wrong_app_key_stalls_auth_failed_and_never_borrows_another_pools_toke
     assert!(groups_of(&sim, "wrongkey").is_empty(), "{}", world(&sim, "wrongkey"));
     ctl.stop().await.unwrap();
 }
+
+/// Two pools bring their own Azure service principal (`credentialsSecretRef`) with the same
+/// tenant and client id, one with a wrong client secret. The wrong one is Stalled AuthFailed
+/// and must neither poison the other's credentials (created first) nor borrow them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_azure_client_secret_neither_poisons_nor_borrows_anothers_credentials() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-wrongsp").await.unwrap();
+    let other_ns =
+        aci_runner_controller::testing::control_plane::test_namespace(&client, "e2e-rightsp").await.unwrap();
+    let sim = sim::start(fast_sim_options(93)).await.unwrap();
+    let sp = |secret: String| json!({"tenantId": sim.arm.tenant_id(), "clientId": sim.arm.client_id(), "clientSecret": secret});
+    apply_secret(&client, &ns, "azure-sp", sp("not-the-secret".into())).await;
+    apply_secret(&client, &other_ns, "azure-sp", sp(sim.arm.client_secret())).await;
+    for n in [&ns, &other_ns] {
+        apply_app_secret(&client, n, "github-app", &sim).await.unwrap();
+    }
+    let opts = ControllerOptions {
+        namespaces: vec![ns.clone(), other_ns.clone()],
+        ..ControllerOptions::for_namespace(&ns)
+    };
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    let with_sp = json!({"azure": {"credentialsSecretRef": {"name": "azure-sp"}}, "scaling": {"minIdle": 1}});
+
+    apply(&client, &ns, &sim, "wrongsp", with_sp.clone()).await;
+    wait_pool(&client, &sim, &ns, "wrongsp", "Stalled/AuthFailed", T, |p| {
+        cond_is(p, "Stalled", "True", Some("AuthFailed"))
+    })
+    .await;
+    let msg = wait_warning(&client, &ns, "wrongsp", "AuthFailed").await;
+    assert!(!msg.contains("not-the-secret"), "{msg}");
+
+    // Same tenant and client id, right secret, in another namespace: works.
+    apply(&client, &other_ns, &sim, "rightsp", with_sp).await;
+    wait_settled(&client, &sim, &other_ns, "rightsp", 1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let p = get_pool(&client, &ns, "wrongsp").await.unwrap();
+    assert!(
+        cond_is(&p, "Stalled", "True", Some("AuthFailed")),
+        "the pool with the wrong secret acts with another pool's Azure credentials: {:#?}; {}",
+        p.status,
+        world(&sim, "wrongsp")
+    );
+    assert!(groups_of(&sim, "wrongsp").is_empty(), "{}", world(&sim, "wrongsp"));
+    ctl.stop().await.unwrap();
+}

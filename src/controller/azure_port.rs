@@ -161,8 +161,11 @@ impl AzurePort {
                     EdgeError::new(EdgeErrorKind::Auth { permission: None }, "no Azure identity configured")
                 })
             }
+            // Fix: the key includes a hash of the secret. Keyed by tenant and client id alone,
+            // a pool with a wrong secret got (or, created first, poisoned) the client of another
+            // pool with the same service principal, whatever namespace it is in.
             AzureCredentials::ServicePrincipal { tenant_id, client_id, client_secret } => Ok((
-                format!("sp:{tenant_id}:{client_id}"),
+                format!("sp:{tenant_id}:{client_id}:{}", secret_fingerprint(client_secret.expose())),
                 CredentialSpec::ClientSecret {
                     tenant_id: tenant_id.clone(),
                     client_id: client_id.clone(),
@@ -200,6 +203,12 @@ impl AzurePort {
             }
         }
     }
+}
+
+/// Short SHA-256 of a secret: tells credentials apart in cache keys without holding the value.
+fn secret_fingerprint(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(secret.as_bytes())[..8])
 }
 
 fn sub(pool: &PoolContext) -> String {
