@@ -707,6 +707,57 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4e. A registration removed on GitHub (by hand) while its container runs: the runner process
+// stops, and the group is recycled and replaced.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_removed_on_github_is_recycled_and_replaced() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-removed").await.unwrap();
+    let sim = sim::start(fast_sim_options(13)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply_pool(&client, &ns, &pool_manifest("removed", &sim, json!({"scaling": {"minIdle": 2}})))
+        .await
+        .unwrap();
+    wait_ready(&client, &ns, "removed", &sim, 2).await;
+    let before = runners_of(&sim, "removed");
+    let victim = before[0].clone();
+
+    let pat = sim.github.app_credentials().pats.first().expect("the simulator has a PAT").clone();
+    let r = reqwest::Client::new()
+        .delete(format!("{}/orgs/{ORG}/actions/runners/{}", sim.github.url(), victim.id))
+        .bearer_auth(pat)
+        .header("user-agent", "e2e")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+
+    let replaced = eventually(T, || async {
+        let groups = names(&groups_of(&sim, "removed"), |g| &g.name);
+        let regs = runners_of(&sim, "removed");
+        let p = get_pool(&client, &ns, "removed").await?;
+        let st = p.status.as_ref()?;
+        let ok = !groups.contains(&victim.name)
+            && groups.len() == 2
+            && regs.len() == 2
+            && regs.iter().all(|r| r.online && groups.contains(&r.name))
+            && (st.idle, st.busy) == (2, 0)
+            && condition(&p, "Ready").map(|c| c.0) == Some("True".into());
+        ok.then_some(())
+    })
+    .await;
+    if replaced.is_none() {
+        panic!("runner {} not replaced\n{}", victim.name, describe(&client, &ns, "removed", &sim).await);
+    }
+    expect_event(&client, &ns, "removed", "RunnerRecycled", &victim.name).await;
+    expect_no_warnings(&client, &ns, "removed").await;
+    assert_eq!(sim.arm.groups().len(), 2);
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // 5a. Deleting a pool with a busy runner: idle ones go at once, the busy one when its job ends.
 // The pool is deleted as soon as GitHub shows the runner busy (the controller's list may lag).
 // ---------------------------------------------------------------------------------------------
