@@ -183,6 +183,8 @@ pub struct SoakTotals {
     pub panics: usize,
     pub controller_kills: usize,
     pub apiserver_restarts: usize,
+    /// The kube-apiserver was found dead without a planned restart (started again at once).
+    pub apiserver_unexpected_exits: usize,
     pub unexplained_stalled: usize,
     pub wall_secs: f64,
 }
@@ -469,6 +471,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         let _ = t.await;
     }
     cp.stop();
+    let _ = std::fs::copy(cp_dir.join("apiserver.log"), args.out.join("apiserver.log"));
     let _ = std::fs::remove_dir_all(&cp_dir);
     let mut report = result?;
     report.totals.wall_secs = started.elapsed().as_secs_f64();
@@ -523,6 +526,7 @@ pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &RestartLog) -
         t.panics += r.panics;
         t.controller_kills += r.controller_starts.saturating_sub(1) as usize;
         t.apiserver_restarts = restarts.count();
+        t.apiserver_unexpected_exits = restarts.unexpected_exits();
         t.unexplained_stalled += r.unexplained_stalled.len();
     }
     Ok(SoakReport {
@@ -574,26 +578,54 @@ pub fn markdown(r: &SoakReport, args: &SoakArgs) -> String {
     s
 }
 
-/// When the kube-apiserver was restarted.
+/// When the kube-apiserver was restarted, and how often it was found dead without a restart.
 #[derive(Clone, Default)]
-pub struct RestartLog(std::sync::Arc<std::sync::Mutex<Vec<Instant>>>);
+pub struct RestartLog(std::sync::Arc<std::sync::Mutex<(Vec<Instant>, usize)>>);
 
 impl RestartLog {
     fn push(&self, at: Instant) {
         if let Ok(mut v) = self.0.lock() {
-            v.push(at);
+            v.0.push(at);
+        }
+    }
+    fn found_dead(&self) {
+        if let Ok(mut v) = self.0.lock() {
+            v.1 += 1;
         }
     }
     /// Restarts within `[from, to]`.
     pub fn between(&self, from: Instant, to: Instant) -> usize {
-        self.0.lock().map(|v| v.iter().filter(|t| **t >= from && **t <= to).count()).unwrap_or(0)
+        self.0.lock().map(|v| v.0.iter().filter(|t| **t >= from && **t <= to).count()).unwrap_or(0)
     }
     pub fn count(&self) -> usize {
-        self.0.lock().map(|v| v.len()).unwrap_or(0)
+        self.0.lock().map(|v| v.0.len()).unwrap_or(0)
+    }
+    /// Times the kube-apiserver had exited on its own (or was killed by someone else).
+    pub fn unexpected_exits(&self) -> usize {
+        self.0.lock().map(|v| v.1).unwrap_or(0)
     }
 }
 
-/// Restart the control plane's kube-apiserver at random times about `every` apart until `stop`.
+fn read_pid(cp_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(cp_dir.join("apiserver.pid")).ok()?.trim().parse().ok()
+}
+
+/// The kube-apiserver's command line (from `/proc`).
+fn apiserver_argv(cp_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let pid = read_pid(cp_dir).context("reading apiserver.pid")?;
+    let cmdline =
+        std::fs::read(format!("/proc/{pid}/cmdline")).context("reading the apiserver's command line")?;
+    let argv: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    anyhow::ensure!(!argv.is_empty(), "empty apiserver command line");
+    Ok(argv)
+}
+
+/// Restart the control plane's kube-apiserver at random times about `every` apart until `stop`;
+/// start it again at once if it is found dead in between (counted, reported).
 async fn restart_apiserver_loop(
     cp_dir: PathBuf,
     every: Duration,
@@ -601,23 +633,41 @@ async fn restart_apiserver_loop(
     log: RestartLog,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let argv = match apiserver_argv(&cp_dir) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("no kube-apiserver restarts: {e:#}");
+            return;
+        }
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xa11ce);
     let mut children = Vec::new();
     let ms = every.as_millis() as u64;
-    let mut wait = Duration::from_millis(rng.gen_range(ms / 4..=ms / 2));
+    let mut next = Instant::now() + Duration::from_millis(rng.gen_range(ms / 4..=ms / 2));
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        match restart_apiserver(&cp_dir).await {
+        let pid = read_pid(&cp_dir);
+        let dead = !pid.is_some_and(alive);
+        if dead {
+            eprintln!("kube-apiserver (pid {pid:?}) exited without a planned restart; starting it again");
+            log.found_dead();
+        }
+        if !dead && Instant::now() < next {
+            continue;
+        }
+        match restart_apiserver(&cp_dir, &argv).await {
             Ok(child) => {
-                log.push(Instant::now());
+                if !dead {
+                    log.push(Instant::now());
+                }
                 children.push(child);
             }
             Err(e) => eprintln!("kube-apiserver restart failed: {e:#}"),
         }
-        wait = Duration::from_millis(rng.gen_range(ms / 2..=ms * 3 / 2));
+        next = Instant::now() + Duration::from_millis(rng.gen_range(ms / 2..=ms * 3 / 2));
     }
     // The control plane's stop (by the PID file) ends the last one; reap them all.
     tokio::task::spawn_blocking(move || {
@@ -634,27 +684,21 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Stop the kube-apiserver (SIGTERM) and start it again with the same command line; wait until
-/// it answers `/readyz`. The PID file is updated so that the control plane's stop finds it.
-pub async fn restart_apiserver(cp_dir: &Path) -> anyhow::Result<std::process::Child> {
+/// Stop the kube-apiserver (SIGTERM) if it runs and start it again with `argv`; wait until it
+/// answers `/readyz`. The PID file is updated so that the control plane's stop finds it.
+pub async fn restart_apiserver(cp_dir: &Path, argv: &[String]) -> anyhow::Result<std::process::Child> {
     let pid_file = cp_dir.join("apiserver.pid");
-    let pid: u32 = std::fs::read_to_string(&pid_file)?.trim().parse().context("apiserver.pid")?;
-    let cmdline =
-        std::fs::read(format!("/proc/{pid}/cmdline")).context("reading the apiserver's command line")?;
-    let argv: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
     let Some((exe, rest)) = argv.split_first() else { anyhow::bail!("empty apiserver command line") };
-    std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while alive(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if alive(pid) {
-        std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status()?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Some(pid) = read_pid(cp_dir).filter(|p| alive(*p)) {
+        std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while alive(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if alive(pid) {
+            std::process::Command::new("kill").arg("-KILL").arg(pid.to_string()).status()?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(cp_dir.join("apiserver.log"))?;
     let err = log.try_clone()?;
