@@ -1065,3 +1065,50 @@ async fn token_mode_ephemeral_runners_scale_with_demand_and_recycle() {
 async fn token_mode_persistent_runners_scale_with_demand_and_scale_down() {
     token_mode_burst("e2e-tok-pers", "tokpers", 12, false).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5d. Deletion never wedges: the App Secret is gone (as when the namespace is deleted) →
+// bounded retries, then the finalizer is removed with a Warning naming what may be left behind.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pool_without_its_secret_gives_up_after_bounded_retries_and_says_what_is_left() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-nosecret").await.unwrap();
+    let sim = sim::start(fast_sim_options(14)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let mut opts = ControllerOptions::for_namespace(&ns);
+    // A smaller retry budget than the default 10 attempts keeps the test short.
+    opts.planner.deletion_max_attempts = 4;
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    apply_pool(&client, &ns, &pool_manifest("orphaned", &sim, json!({"scaling": {"minIdle": 2}})))
+        .await
+        .unwrap();
+    wait_ready(&client, &ns, "orphaned", &sim, 2).await;
+    let groups = names(&groups_of(&sim, "orphaned"), |g| &g.name);
+
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
+        .delete("github-app", &DeleteParams::default())
+        .await
+        .unwrap();
+    delete_pool(&client, &ns, "orphaned").await;
+    let gone = eventually(Duration::from_secs(50), || async {
+        get_pool(&client, &ns, "orphaned").await.is_none().then_some(())
+    })
+    .await;
+    if gone.is_none() {
+        panic!("deletion wedged\n{}", describe(&client, &ns, "orphaned", &sim).await);
+    }
+    let evs = events_of(&client, &ns, "orphaned").await;
+    let abandoned: Vec<_> =
+        evs.iter().filter(|(t, r, _)| t == "Warning" && r == "CleanupAbandoned").collect();
+    assert_eq!(abandoned.len(), 1, "{evs:#?}");
+    for g in &groups {
+        assert!(abandoned[0].2.contains(g.as_str()), "the warning does not name {g}: {}", abandoned[0].2);
+    }
+    // Nothing was deleted without credentials.
+    for g in &groups {
+        assert!(group_deleted_at(&sim, g).is_none());
+    }
+    assert_eq!(reconcile_errors(&ctl).await, 0.0);
+    ctl.stop().await.unwrap();
+}
