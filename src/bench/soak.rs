@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures::StreamExt;
 use kube::Client;
 use kube::api::{Api, DeleteParams};
 use rand::{Rng, SeedableRng};
@@ -485,39 +486,52 @@ pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &RestartLog) -
     let client = cp.client().await?;
     install_crd(&client).await?;
     let seeds: Vec<u64> = (args.first_seed..args.first_seed + args.seeds).collect();
+    let started = Instant::now();
     let mut results = Vec::new();
-    for chunk in seeds.chunks(args.parallel.max(1)) {
-        let runs = chunk.iter().map(|&seed| {
-            let client = client.clone();
-            let kubeconfig = cp.kubeconfig.clone();
-            let args = args.clone();
-            let restarts = restarts.clone();
-            async move {
-                match run_seed(&client, &kubeconfig, seed, &args, &restarts).await {
-                    Ok(r) => r,
-                    Err(e) => SeedResult {
-                        seed,
-                        violations: vec![format!("the seed could not run: {e:#}")],
-                        ..Default::default()
-                    },
-                }
+    // Up to `parallel` seeds at a time; a new one starts as soon as one ends.
+    let mut runs = futures::stream::iter(seeds.into_iter().map(|seed| {
+        let client = client.clone();
+        let kubeconfig = cp.kubeconfig.clone();
+        let args = args.clone();
+        let restarts = restarts.clone();
+        async move {
+            match run_seed(&client, &kubeconfig, seed, &args, &restarts).await {
+                Ok(r) => r,
+                Err(e) => SeedResult {
+                    seed,
+                    violations: vec![format!("the seed could not run: {e:#}")],
+                    ..Default::default()
+                },
             }
-        });
-        for r in futures::future::join_all(runs).await {
-            let line = if r.passed {
-                format!(
-                    "seed {:>4}: ok   ({:.0} s, {} jobs, {} controller start(s), {} apiserver restart(s))",
-                    r.seed, r.secs, r.jobs_total, r.controller_starts, r.apiserver_restarts
-                )
-            } else {
-                format!("seed {:>4}: FAIL {}", r.seed, r.violations.join("; "))
-            };
-            println!("{line}");
-            results.push(r);
         }
+    }))
+    .buffer_unordered(args.parallel.max(1));
+    while let Some(r) = runs.next().await {
+        let line = if r.passed {
+            format!(
+                "seed {:>4}: ok   ({:.0} s, {} jobs, {} controller start(s), {} apiserver restart(s))",
+                r.seed, r.secs, r.jobs_total, r.controller_starts, r.apiserver_restarts
+            )
+        } else {
+            format!("seed {:>4}: FAIL {}", r.seed, r.violations.join("; "))
+        };
+        println!("{line}");
+        results.push(r);
+        // The report so far (a long soak can be stopped and still leaves its figures).
+        let mut partial = summarize(&results, restarts);
+        partial.totals.wall_secs = started.elapsed().as_secs_f64();
+        if let Ok(text) = serde_json::to_string_pretty(&partial) {
+            let _ = std::fs::write(args.out.join("soak.json"), text);
+        }
+        let _ = std::fs::write(args.out.join("soak.md"), markdown(&partial, args));
     }
+    results.sort_by_key(|r| r.seed);
+    Ok(summarize(&results, restarts))
+}
+
+fn summarize(results: &[SeedResult], restarts: &RestartLog) -> SoakReport {
     let mut t = SoakTotals::default();
-    for r in &results {
+    for r in results {
         t.jobs += r.jobs_total;
         t.jobs_completed += r.jobs_completed;
         t.busy_runners_killed += r.busy_runners_killed;
@@ -525,17 +539,17 @@ pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &RestartLog) -
         t.leaked_registrations += r.leaked_registrations;
         t.panics += r.panics;
         t.controller_kills += r.controller_starts.saturating_sub(1) as usize;
-        t.apiserver_restarts = restarts.count();
-        t.apiserver_unexpected_exits = restarts.unexpected_exits();
         t.unexplained_stalled += r.unexplained_stalled.len();
     }
-    Ok(SoakReport {
+    t.apiserver_restarts = restarts.count();
+    t.apiserver_unexpected_exits = restarts.unexpected_exits();
+    SoakReport {
         seeds: results.len(),
         passed: results.iter().filter(|r| r.passed).count(),
         failed_seeds: results.iter().filter(|r| !r.passed).map(|r| r.seed).collect(),
         totals: t,
-        results,
-    })
+        results: results.to_vec(),
+    }
 }
 
 /// The markdown report.
