@@ -655,7 +655,7 @@ async fn restart_apiserver_loop(
         }
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xa11ce);
-    let mut children = Vec::new();
+    let mut children: Vec<std::process::Child> = Vec::new();
     let ms = every.as_millis() as u64;
     let mut next = Instant::now() + Duration::from_millis(rng.gen_range(ms / 4..=ms / 2));
     loop {
@@ -672,6 +672,7 @@ async fn restart_apiserver_loop(
         if !dead && Instant::now() < next {
             continue;
         }
+        children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
         match restart_apiserver(&cp_dir, &argv).await {
             Ok(child) => {
                 if !dead {
@@ -683,12 +684,9 @@ async fn restart_apiserver_loop(
         }
         next = Instant::now() + Duration::from_millis(rng.gen_range(ms / 2..=ms * 3 / 2));
     }
-    // The control plane's stop (by the PID file) ends the last one; reap them all.
-    tokio::task::spawn_blocking(move || {
-        for mut c in children {
-            let _ = c.wait();
-        }
-    });
+    // The control plane's stop (by the PID file) ends the last one; the exited ones are reaped
+    // here, the last one when this process exits.
+    children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
 }
 
 fn alive(pid: u32) -> bool {
