@@ -426,6 +426,14 @@ async fn quota_exceeded_stalls_with_an_event_and_recovers_when_raised() {
     assert!(cores <= 2.0 + 1e-9, "{}", world(&sim, "quota"));
     assert!(sim.arm.quota_rejections() > 0);
 
+    // A controller restart while the quota lasts: still Stalled, no flap.
+    ctl.stop().await.unwrap();
+    let trace = ConditionTrace::start(&client, &ns, "quota");
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = trace.finish().await;
+    assert!(seen.iter().all(|l| l.contains("Stalled=True/QuotaExceeded")), "{seen:#?}");
+
     // Quota raised: the pool recovers on its own (no spec change).
     sim.arm.set_quotas(Quotas::default());
     wait_settled(&client, &sim, &ns, "quota", 4).await;
@@ -540,6 +548,15 @@ async fn inaccessible_image_stalls_with_invalid_image_and_leaks_no_registration(
         eventually(Duration::from_secs(10), || async { runners_of(&sim, "image").is_empty().then_some(()) })
             .await;
     assert!(leaked.is_some(), "registrations of refused creates leaked: {}", world(&sim, "image"));
+
+    // A controller restart (rolling update, new leader) does not un-stall the pool: nothing
+    // changed, the next attempt fails the same way (no Stalled False/True flap, no alert noise).
+    ctl.stop().await.unwrap();
+    let trace = ConditionTrace::start(&client, &ns, "image");
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let seen = trace.finish().await;
+    assert!(seen.iter().all(|l| l.contains("Stalled=True/InvalidImage")), "{seen:#?}");
 
     // The change the Stalled pool waits for: back to the default image → Ready.
     apply(&client, &ns, &sim, "image", json!({"scaling": {"minIdle": 2}})).await;

@@ -269,6 +269,7 @@ impl<'i, 'a> Pass<'i, 'a> {
 
     fn reset_on_generation_change(&mut self) {
         if self.st.generation != self.input.pool.generation {
+            let fresh = self.st.generation.is_none() && !self.st.initialized;
             // A spec change is the "change" a Stalled pool waits for: forget failure memory.
             self.st.generation = self.input.pool.generation;
             self.st.failures = 0;
@@ -277,7 +278,52 @@ impl<'i, 'a> Pass<'i, 'a> {
             self.st.quota = None;
             self.st.spot_unavailable_until = None;
             self.st.location_cooldown.clear();
+            if fresh {
+                self.resume_stall();
+            }
         }
+    }
+
+    /// Fix: after a controller restart (empty memory), a pool that was Stalled on a repeating
+    /// failure or on quota in this very generation stays Stalled. Its failure memory is seeded
+    /// from the written Stalled condition, so the next attempt (made at once, so that a fix made
+    /// meanwhile is picked up) keeps it Stalled, instead of Stalled flipping to False for
+    /// `stall_after` failed attempts and back to True (with a new Warning) on every restart.
+    fn resume_stall(&mut self) {
+        let Some(prev) = self.input.previous_status else { return };
+        let Some(c) = conditions::find(&prev.conditions, conditions::STALLED) else { return };
+        if c.status != "True" || c.observed_generation != self.input.pool.generation {
+            return;
+        }
+        let since = DateTime::<Utc>::from_timestamp(c.last_transition_time.0.as_second(), 0)
+            .unwrap_or(self.now)
+            .min(self.now);
+        // The messages were written as "<message> (N time(s) in a row...)" and
+        // "<message>; next attempt at ...".
+        let message = match (c.message.rfind(" ("), c.message.rfind("; next attempt at ")) {
+            (Some(i), _) if c.message[i..].contains("time(s) in a row") => c.message[..i].to_string(),
+            (_, Some(i)) => c.message[..i].to_string(),
+            _ => c.message.clone(),
+        };
+        if c.reason == "QuotaExceeded" {
+            self.st.quota = Some(QuotaWait { until: self.now, attempts: 1, message, since });
+            return;
+        }
+        // Auth reasons are not resumed: they stall again at the first failure anyway, and the
+        // lists of the first pass tell whether the credentials were fixed meanwhile.
+        let reason = [
+            FailureReason::InvalidImage,
+            FailureReason::InvalidRequest,
+            FailureReason::RegistrationTimeout,
+            FailureReason::ContainerCrashed,
+            FailureReason::ProvisioningFailed,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == c.reason);
+        let Some(reason) = reason else { return };
+        let Some(count) = reason.stall_threshold(self.input.config.stall_after) else { return };
+        self.st.failures = count;
+        self.st.last_failure = Some(FailureRecord { reason, message, count, at: since });
     }
 
     fn prune_names(&mut self) {

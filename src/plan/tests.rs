@@ -1003,6 +1003,67 @@ fn creates_accepted_in_the_pass_of_a_quota_refusal_do_not_end_the_quota_wait() {
     cond_is(&p, "Stalled", "False", "NotStalled");
 }
 
+fn stalled_status(reason: &str, message: &str, generation: i64) -> RunnerPoolStatus {
+    let wanted = conditions::Conditions {
+        ready: conditions::CondValue::new(false, reason, message),
+        reconciling: conditions::CondValue::new(false, "Stalled", message),
+        stalled: conditions::CondValue::new(true, reason, message),
+    };
+    RunnerPoolStatus {
+        desired: 2,
+        conditions: conditions::build(&[], &wanted, Some(generation), t0() - mins(10)),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_restart_resumes_a_stall_of_the_same_generation() {
+    // Fresh memory (controller restart), the written status says Stalled InvalidImage.
+    let mut fx = Fx::new();
+    fx.state = PoolState::default();
+    fx.prev = Some(stalled_status(
+        "InvalidImage",
+        "creating runner pool-x1234: image refused (3 time(s) in a row; next attempt at 2026-01-01T11:51:00+00:00)",
+        1,
+    ));
+    let p = fx.run();
+    // Still Stalled (no flap, no new Warning), and the next attempt is made at once.
+    cond_is(&p, "Stalled", "True", "InvalidImage");
+    assert!(!has_event(&p, "InvalidImage"));
+    assert_eq!(creates(&p).len(), 2);
+    let c = cond(&p, "Stalled");
+    assert_eq!(c.message.matches("time(s) in a row").count(), 1, "{}", c.message);
+    // It fails the same way: still Stalled, and the backoff continues where it was.
+    let name = creates(&p)[0].name().to_string();
+    fx.carry(&p, chrono::Duration::seconds(5));
+    fx.failures = vec![create_failure(&name, "westeurope", Priority::Regular, EdgeErrorKind::InvalidImage)];
+    let p = fx.run();
+    cond_is(&p, "Stalled", "True", "InvalidImage");
+    assert_eq!(p.state.backoff_until, Some(fx.now + chrono::Duration::seconds(80)));
+
+    // A spec changed while the controller was down is the change the stall waited for.
+    let mut fx = Fx::new();
+    fx.state = PoolState::default();
+    fx.pool.generation = Some(2);
+    fx.prev = Some(stalled_status("InvalidImage", "image refused (3 time(s) in a row)", 1));
+    let p = fx.run();
+    cond_is(&p, "Stalled", "False", "NotStalled");
+
+    // Quota: Stalled until a create is accepted; one retry at once.
+    let mut fx = Fx::new();
+    fx.state = PoolState::default();
+    fx.prev =
+        Some(stalled_status("QuotaExceeded", "quota exceeded in westeurope: cores; next attempt at x", 1));
+    let p = fx.run();
+    cond_is(&p, "Stalled", "True", "QuotaExceeded");
+    assert!(!creates(&p).is_empty());
+    let names: Vec<String> = creates(&p).iter().map(|a| a.name().to_string()).collect();
+    fx.carry(&p, chrono::Duration::seconds(5));
+    fx.groups = Ok(names.iter().map(|n| group(n, ContainerState::Waiting { reason: None }, 0)).collect());
+    let p = fx.run();
+    cond_is(&p, "Stalled", "False", "NotStalled");
+}
+
 #[test]
 fn jit_registration_of_failed_create_is_unregistered() {
     let mut fx = Fx::new();
