@@ -1109,3 +1109,59 @@ async fn a_wrong_azure_client_secret_neither_poisons_nor_borrows_anothers_creden
     assert!(groups_of(&sim, "wrongsp").is_empty(), "{}", world(&sim, "wrongsp"));
     ctl.stop().await.unwrap();
 }
+
+/// Moving a pool to another resource group. Idle runners of the old spec are not replaced
+/// (docs/planner.md, known limits), but once they ran their job (ephemeral JIT runners) their
+/// finished container groups in the old resource group must be removed, not leaked: they are
+/// no longer in the pool's list, and no other pool sweeps that resource group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_left_in_the_old_resource_group_are_removed_after_their_job() {
+    use aci_runner_controller::sim::github::EnqueueJobs;
+    init_test_logging();
+    let (client, ns) = setup("e2e-moverg").await.unwrap();
+    let sim = sim::start(fast_sim_options(94)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
+    apply(&client, &ns, &sim, "move", json!({"scaling": {"minIdle": 2}})).await;
+    let before = wait_settled(&client, &sim, &ns, "move", 2).await;
+
+    apply(
+        &client,
+        &ns,
+        &sim,
+        "move",
+        json!({"azure": {"resourceGroup": "rg-other"}, "scaling": {"minIdle": 2}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The old runners each run a job and finish (ephemeral); new ones come in rg-other.
+    sim.github
+        .enqueue_jobs(EnqueueJobs {
+            repo: format!("{ORG}/octo-repo"),
+            labels: vec!["self-hosted".into(), "aci".into()],
+            duration_secs: 1.0,
+            count: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    let moved = eventually(T, || async {
+        let groups = groups_of(&sim, "move");
+        let p = get_pool(&client, &ns, "move").await?;
+        (ready_with(&p, 2)
+            && groups.len() == 2
+            && groups.iter().all(|g| g.resource_group == "rg-other")
+            && one_to_one_online(&sim, "move").is_some())
+        .then_some(())
+    })
+    .await;
+    let groups: Vec<(String, String, String)> =
+        groups_of(&sim, "move").into_iter().map(|g| (g.name, g.resource_group, g.state)).collect();
+    let jobs: Vec<(String, Option<String>)> =
+        sim.github.jobs().into_iter().map(|j| (format!("{:?}", j.status), j.runner_name)).collect();
+    assert!(
+        moved.is_some(),
+        "old runners {before:?}; now {groups:?}; jobs {jobs:?}; {}",
+        world(&sim, "move")
+    );
+    ctl.stop().await.unwrap();
+}
