@@ -607,6 +607,8 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
     let gone_groups = names(&groups_of(&sim, "gone"), |g| &g.name);
     let kept_groups = names(&groups_of(&sim, "kept"), |g| &g.name);
     let kept_runners: BTreeSet<i64> = runners_of(&sim, "kept").iter().map(|r| r.id).collect();
+    let gone_runners: BTreeMap<String, i64> =
+        runners_of(&sim, "gone").into_iter().map(|r| (r.name, r.id)).collect();
 
     ctl.stop().await.unwrap();
     // Pool "gone" disappears without its finalizer running.
@@ -630,7 +632,13 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
         let at = group_deleted_at(&sim, g).unwrap();
         let waited = (at - restarted_at).to_std().unwrap_or_default();
         assert!(waited >= grace, "{g} deleted {waited:?} after the restart (grace {grace:?})");
+        // Same org as the live pool "kept", whose list shows the orphan's registration: it is
+        // unregistered first (GitHub refuses while busy), then the group goes.
+        let id = gone_runners[g];
+        let unreg = unregistered_at(&sim, id).unwrap_or_else(|| panic!("{g} never unregistered"));
+        assert!(unreg <= at, "{g}: group deleted before its registration");
     }
+    assert!(runners_of(&sim, "gone").is_empty(), "{:?}", runners_of(&sim, "gone"));
     let _ = gone;
 
     // Pool "kept" is untouched.
@@ -646,6 +654,11 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
     let orphaned = [("action", "delete_group"), ("reason", "Orphaned"), ("result", "ok")];
     assert_eq!(
         metric(&ctl, "aci_runner_controller_actions_total", &orphaned).await,
+        gone_groups.len() as f64
+    );
+    let unregistered = [("action", "unregister_runner"), ("reason", "Orphaned"), ("result", "ok")];
+    assert_eq!(
+        metric(&ctl, "aci_runner_controller_actions_total", &unregistered).await,
         gone_groups.len() as f64
     );
     ctl.stop().await.unwrap();
@@ -769,6 +782,83 @@ async fn a_runner_removed_on_github_is_recycled_and_replaced() {
     expect_event(&client, &ns, "removed", "RunnerRecycled", &victim.name).await;
     expect_no_warnings(&client, &ns, "removed").await;
     assert_eq!(sim.arm.groups().len(), 2);
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4f. Orphan GC never kills a busy runner: a runner of the deleted pool that takes a job after
+// the group was marked (while the shared runner list is still cached) keeps its group until
+// the job is done.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_gc_never_deletes_the_group_of_a_runner_that_took_a_job() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-orphbusy").await.unwrap();
+    let sim = sim::start(sim_options(15)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let mut opts = ControllerOptions::for_namespace(&ns);
+    opts.gc_grace = Duration::from_secs(3);
+    let ctl = start_controller(&client, &sim, opts.clone()).await.unwrap();
+    // Pool "left" has labels no job of the test uses; pool "served" takes the job.
+    apply_pool(&client, &ns, &pool_manifest("left", &sim, json!({"github": {"labels": ["spare"]}})))
+        .await
+        .unwrap();
+    apply_pool(&client, &ns, &pool_manifest("served", &sim, json!({"scaling": {"minIdle": 1}})))
+        .await
+        .unwrap();
+    wait_ready(&client, &ns, "served", &sim, 1).await;
+    wait_ready(&client, &ns, "left", &sim, 1).await;
+    let served = runners_of(&sim, "served").remove(0);
+
+    ctl.stop().await.unwrap();
+    let api = Api::<RunnerPool>::namespaced(client.clone(), &ns);
+    api.patch("served", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    delete_pool(&client, &ns, "served").await;
+    let deleted =
+        eventually(T, || async { get_pool(&client, &ns, "served").await.is_none().then_some(()) }).await;
+    assert!(deleted.is_some());
+
+    // The restarted controller lists (runner idle) and marks the orphan; then the runner takes
+    // a job before the mark is confirmed.
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let job = sim
+        .github
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["aci".into()],
+            duration_secs: 8.0,
+            count: 1,
+            ..Default::default()
+        })
+        .unwrap()
+        .remove(0);
+    let busy = eventually(T, || async {
+        runners_of(&sim, "served").iter().any(|r| r.id == served.id && r.busy).then_some(())
+    })
+    .await;
+    assert!(busy.is_some(), "the orphan runner never took the job");
+    // While the job runs, its group stays.
+    let t = tokio::time::Instant::now();
+    while sim.github.jobs().iter().any(|j| j.id == job.id && j.status != JobStatus::Completed) {
+        assert!(
+            groups_of(&sim, "served")
+                .iter()
+                .any(|g| g.name == served.name && g.provisioning_state != "Deleting"),
+            "the busy orphan's group was deleted {:?} into its job",
+            t.elapsed()
+        );
+        assert!(t.elapsed() < T, "the job never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    assert_eq!(j.conclusion.as_deref(), Some("success"), "{j:?}");
+    // Afterwards the orphan is collected.
+    let collected = eventually(T, || async { groups_of(&sim, "served").is_empty().then_some(()) }).await;
+    if collected.is_none() {
+        panic!("orphan never collected\n{}", describe(&client, &ns, "served", &sim).await);
+    }
     ctl.stop().await.unwrap();
 }
 

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::{Context, secrets, spec_hash};
 use crate::crd::RunnerPool;
-use crate::plan::{self, Action, OrphanInput};
+use crate::plan::{self, Action, EdgeErrorKind, OrphanInput};
 
 /// Marks carried between passes, per (subscription, resource group).
 pub type Marks = BTreeMap<(String, String), BTreeMap<String, DateTime<Utc>>>;
@@ -55,10 +55,15 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
         }
         let groups = ctx.cloud.list_groups(first).await;
         let mut busy = BTreeSet::new();
+        // Registrations by name, with the context (scope) of the list that shows them.
+        let mut registrations: BTreeMap<String, (usize, u64)> = BTreeMap::new();
         let mut lists_ok = true;
-        for c in &contexts {
+        for (i, c) in contexts.iter().enumerate() {
             match ctx.forge.list_runners(c).await {
-                Ok(rs) => busy.extend(rs.into_iter().filter(|r| r.busy).map(|r| r.name)),
+                Ok(rs) => {
+                    busy.extend(rs.iter().filter(|r| r.busy).map(|r| r.name.clone()));
+                    registrations.extend(rs.into_iter().map(|r| (r.name, (i, r.id))));
+                }
                 Err(_) => lists_ok = false,
             }
         }
@@ -78,6 +83,24 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
         marks.insert(key.clone(), out.marks);
         for a in &out.actions {
             if let Action::DeleteGroup { name, .. } = a {
+                // Fix: registration first, then group (as for every other removal). The runner
+                // lists may be cached for a while, so "not busy" there does not prove the runner
+                // did not just take a job; GitHub refuses to unregister a busy runner, and then
+                // the group is kept (the mark stays; retried next pass). This also removes the
+                // orphan's registration when its scope is one a live pool of the RG lists.
+                if let Some((i, id)) = registrations.get(name)
+                    && let Some(c) = contexts.get(*i)
+                {
+                    match ctx.forge.unregister(c, *id).await {
+                        Ok(()) => ctx.metrics.action("unregister_runner", "Orphaned", "ok"),
+                        Err(e) if e.kind == EdgeErrorKind::NotFound => {}
+                        Err(e) => {
+                            ctx.metrics.action("unregister_runner", "Orphaned", "error");
+                            info!(group = %name, error = %e.message, "orphaned runner not unregistered (busy?); keeping its group for now");
+                            continue;
+                        }
+                    }
+                }
                 match ctx.cloud.delete_group(first, name).await {
                     Ok(()) => {
                         deleted += 1;
