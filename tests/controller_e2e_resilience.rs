@@ -911,6 +911,16 @@ async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
         p.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Stalled").unwrap().message.clone()
     });
     assert!(msg.as_deref().is_some_and(|m| m.contains("minIdle")), "{msg:?}");
+    // The stalled gauge says the same (what alerts fire on).
+    let m = ctl.metrics().await.unwrap();
+    for (pool, reason) in
+        [("nosecret", "SecretNotFound"), ("badkey", "InvalidAppKey"), ("invalid", "InvalidSpec")]
+    {
+        let pool_label = format!("pool=\"{pool}\"");
+        let reason_label = format!("reason=\"{reason}\"");
+        let v = metric_sum(&m, "aci_runner_controller_pool_stalled", &[&pool_label, &reason_label]);
+        assert_eq!(v, 1.0, "{pool}/{reason}: {m}");
+    }
 
     let names = wait_settled(&client, &sim, &ns, "keeps", 2).await;
     let unchanged = |what: &str| {
