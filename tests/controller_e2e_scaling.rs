@@ -863,6 +863,68 @@ async fn orphan_gc_never_deletes_the_group_of_a_runner_that_took_a_job() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4g. The same for groups of an older pool with the same name (collected by the new pool's
+// passes): a runner that takes a job after the mark keeps its group until the job is done.
+// ---------------------------------------------------------------------------------------------
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_pool_never_deletes_the_group_of_an_older_pools_runner_that_took_a_job() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-rebornbusy").await.unwrap();
+    let sim = sim::start(sim_options(16)).await.unwrap();
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let mut opts = ControllerOptions::for_namespace(&ns);
+    opts.gc_grace = Duration::from_secs(3);
+    let ctl = start_controller(&client, &sim, opts.clone()).await.unwrap();
+    apply_pool(&client, &ns, &pool_manifest("again", &sim, json!({"scaling": {"minIdle": 1}})))
+        .await
+        .unwrap();
+    wait_ready(&client, &ns, "again", &sim, 1).await;
+    let old = runners_of(&sim, "again").remove(0);
+
+    ctl.stop().await.unwrap();
+    let api = Api::<RunnerPool>::namespaced(client.clone(), &ns);
+    api.patch("again", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
+    delete_pool(&client, &ns, "again").await;
+    let deleted =
+        eventually(T, || async { get_pool(&client, &ns, "again").await.is_none().then_some(()) }).await;
+    assert!(deleted.is_some());
+    // Re-created without idle runners: nothing of its own competes for the job.
+    apply_pool(&client, &ns, &pool_manifest("again", &sim, json!({"scaling": {"minIdle": 0}})))
+        .await
+        .unwrap();
+
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let job = sim
+        .github
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["aci".into()],
+            duration_secs: 8.0,
+            count: 1,
+            ..Default::default()
+        })
+        .unwrap()
+        .remove(0);
+    let done = eventually(T, || async {
+        sim.github.jobs().into_iter().find(|j| j.id == job.id && j.status == JobStatus::Completed)
+    })
+    .await;
+    let Some(done) = done else { panic!("job never ended\n{}", describe(&client, &ns, "again", &sim).await) };
+    assert_eq!(done.runner_name.as_deref(), Some(old.name.as_str()), "{done:?}");
+    assert_eq!(done.conclusion.as_deref(), Some("success"), "the old runner was killed mid-job: {done:?}");
+    let collected = eventually(T, || async {
+        (groups_of(&sim, "again").is_empty() && runners_of(&sim, "again").is_empty()).then_some(())
+    })
+    .await;
+    if collected.is_none() {
+        panic!("old group never collected\n{}", describe(&client, &ns, "again", &sim).await);
+    }
+    ctl.stop().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // 5a. Deleting a pool with a busy runner: idle ones go at once, the busy one when its job ends.
 // The pool is deleted as soon as GitHub shows the runner busy (the controller's list may lag).
 // ---------------------------------------------------------------------------------------------

@@ -1014,7 +1014,9 @@ impl<'i, 'a> Pass<'i, 'a> {
             }
             if self.gc_confirmed(GcKey::Group(g.name.clone()), &mut marks) {
                 let u = Unit { name: g.name.clone(), group: Some(g), runner: *r, phase: Phase::Idle };
-                self.remove_unit(&u, RemovalReason::Orphaned, false);
+                // Guarded (fix): the lists may be cached, and an online runner shown idle may
+                // just have taken a job; its group goes only if GitHub let us unregister it.
+                self.remove_unit(&u, RemovalReason::Orphaned, true);
                 collected.push(g.name.clone());
             }
         }

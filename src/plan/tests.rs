@@ -745,6 +745,33 @@ fn stale_group_of_older_pool_with_same_name_is_collected() {
 }
 
 #[test]
+fn stale_group_of_an_online_runner_is_deleted_only_if_its_unregister_succeeds() {
+    // The lists may be cached: an online runner shown idle may just have taken a job. GitHub
+    // refuses to unregister a busy runner, and then its group must stay.
+    let mut fx = Fx::new();
+    fx.spec.scaling.min_idle = 0;
+    let mut old = running("pool-old01");
+    old.pool_uid = Some("uid-dead".into());
+    fx.groups = Ok(vec![old]);
+    fx.runners = Ok(vec![runner(5, "pool-old01", true, false)]);
+    let p = fx.run();
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    fx.carry(&p, mins(3));
+    let p = fx.run();
+    assert_eq!(
+        p.actions,
+        vec![
+            Action::UnregisterRunner { id: 5, name: "pool-old01".into(), reason: RemovalReason::Orphaned },
+            Action::DeleteGroup {
+                name: "pool-old01".into(),
+                reason: RemovalReason::Orphaned,
+                only_if_unregistered: Some(5)
+            },
+        ]
+    );
+}
+
+#[test]
 fn failed_list_deletes_nothing_and_keeps_counts() {
     for (groups_fail, runners_fail) in [(true, false), (false, true), (true, true)] {
         let mut fx = idle_fx(&[("pool-idle1", 60), ("pool-idle2", 60), ("pool-idle3", 60)], &[], 1);
