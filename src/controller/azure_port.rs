@@ -107,10 +107,11 @@ pub struct AzurePort {
     changes: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
+/// Name, provisioning state, group state, container state.
+type GroupPrint = (String, Option<String>, Option<String>, Option<String>);
+
 /// What matters for a reconcile in a group list (names and states), order-independent.
-fn fingerprint(
-    groups: &[azure::ObservedGroup],
-) -> Vec<(String, Option<String>, Option<String>, Option<String>)> {
+fn fingerprint(groups: &[azure::ObservedGroup]) -> Vec<GroupPrint> {
     let mut f: Vec<_> = groups
         .iter()
         .map(|g| {

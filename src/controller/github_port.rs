@@ -7,6 +7,9 @@ use crate::github::bridge::{edge_error, observed_runner, scope_of};
 use crate::github::{Credentials, GithubClient, GithubHub, Scope, Secret};
 use crate::plan::{EdgeError, EdgeErrorKind, ObservedRunner};
 
+/// (id, online, busy) of every runner of a scope, sorted.
+type RunnerPrint = Vec<(u64, bool, bool)>;
+
 /// The GitHub edge behind the [`Forge`] port.
 pub struct GithubPort {
     hub: GithubHub,
@@ -14,7 +17,7 @@ pub struct GithubPort {
     /// Woken when a scope's runner list differs from the one seen before (see `with_change_signal`).
     changes: Option<tokio::sync::mpsc::Sender<()>>,
     /// Last fingerprint per (API URL, scope).
-    seen: std::sync::Mutex<std::collections::HashMap<(String, Scope), Vec<(u64, bool, bool)>>>,
+    seen: std::sync::Mutex<std::collections::HashMap<(String, Scope), RunnerPrint>>,
 }
 
 impl GithubPort {
