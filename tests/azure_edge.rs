@@ -321,6 +321,34 @@ async fn create_get_list_delete_through_the_crate_with_pinned_api_version() {
 }
 
 #[tokio::test]
+async fn subscription_list_spans_resource_groups_and_pages() {
+    let cfg = ArmSimConfig { page_size: 2, ..ArmSimConfig::default() };
+    let h = sim(cfg, 600.0).await;
+    let c = client(&h);
+    for (rg, name) in [(RG, "linux-0abcd"), ("rg-old", "linux-1abcd"), ("rg-old", "linux-2abcd")] {
+        c.create_group(SUB, rg, name, &group(name)).await.unwrap();
+    }
+    let mut foreign = group("someone-else");
+    foreign.resource.tags = Some(json!({"owner": "other-team"}));
+    c.create_group(SUB, "rg-old", "someone-else", &foreign).await.unwrap();
+    let before = h.call_counts().get("listAll").and_then(|m| m.get(&200)).copied().unwrap_or(0);
+
+    let listed = c.list_groups_in_subscription(SUB).await.unwrap();
+    let mut got: Vec<(&str, Option<&str>)> =
+        listed.iter().map(|g| (g.name.as_str(), g.resource_group())).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("linux-0abcd", Some(RG)), ("linux-1abcd", Some("rg-old")), ("linux-2abcd", Some("rg-old"))],
+        "managed groups of every resource group, with the resource group from the ARM id"
+    );
+    assert_eq!(h.call_counts()["listAll"][&200] - before, 2, "two pages of two (four groups)");
+    // The resource-group list still sees only its own.
+    assert_eq!(c.list_groups(SUB, "rg-old").await.unwrap().len(), 2);
+    assert!(c.list_groups_in_subscription("00000000-0000-0000-0000-00000000ffff").await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn create_returns_as_soon_as_arm_accepts_the_put() {
     let mut cfg = ArmSimConfig::default();
     cfg.faults.slow_provisioning_ms = BTreeMap::from([("westeurope".to_string(), 3_600_000)]);

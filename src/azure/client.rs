@@ -128,6 +128,13 @@ impl ObservedGroup {
     pub fn created(&self) -> Option<DateTime<Utc>> {
         self.tag(TAG_CREATED).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.to_utc())
     }
+    /// The resource group the group is in, from its ARM id
+    /// (`/subscriptions/{sub}/resourceGroups/{rg}/providers/...`); `None` when the id has none.
+    pub fn resource_group(&self) -> Option<&str> {
+        let mut parts = self.id.split('/');
+        parts.by_ref().find(|p| p.eq_ignore_ascii_case("resourceGroups"))?;
+        parts.next().filter(|rg| !rg.is_empty())
+    }
 }
 
 fn chrono_of(t: Option<time::OffsetDateTime>) -> Option<DateTime<Utc>> {
@@ -386,6 +393,29 @@ impl AzureClient {
         let span = tracing::info_span!("azure.list_groups", subscription = %sub, resource_group = %rg, correlation_id = tracing::field::Empty);
         async {
             let mut stream = self.aci.container_groups_client().list_by_resource_group(sub, rg).into_stream();
+            let mut out = Vec::new();
+            while let Some(list) = self
+                .exchange("list", RequestKind::Read, sub, "", async { stream.next().await.transpose() })
+                .await?
+            {
+                out.extend(list.value.iter().map(observe).filter(ObservedGroup::managed_by_controller));
+                if list.next_link.as_deref().is_none_or(str::is_empty) {
+                    break; // last page: no request (and no rate-limit token) for the stream's end
+                }
+            }
+            Ok(out)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Every container group of the subscription that this controller manages, in every resource
+    /// group (all pages); [`ObservedGroup::resource_group`] tells where each one is. Needs read
+    /// rights at subscription scope (ARM answers 403 to an identity with resource-group rights).
+    pub async fn list_groups_in_subscription(&self, sub: &str) -> Result<Vec<ObservedGroup>, AzureError> {
+        let span = tracing::info_span!("azure.list_groups_in_subscription", subscription = %sub, correlation_id = tracing::field::Empty);
+        async {
+            let mut stream = self.aci.container_groups_client().list(sub).into_stream();
             let mut out = Vec::new();
             while let Some(list) = self
                 .exchange("list", RequestKind::Read, sub, "", async { stream.next().await.transpose() })

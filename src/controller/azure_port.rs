@@ -16,7 +16,7 @@ use crate::azure::{
 };
 use crate::crd::Priority;
 use crate::plan::{
-    ContainerState, EdgeError, EdgeErrorKind, GroupProvisioning, ObservedContainer, ObservedGroup,
+    ContainerState, EdgeError, EdgeErrorKind, GroupProvisioning, ObservedContainer, ObservedGroup, SweptGroup,
 };
 
 /// Map an Azure edge error to the planner's classification (messages carry no secrets).
@@ -194,7 +194,11 @@ impl AzurePort {
     }
 
     async fn invalidate(&self, identity: &str, pool: &PoolContext) {
-        let key = (identity.to_string(), sub(pool), rg(pool));
+        self.invalidate_at(identity, &sub(pool), &rg(pool)).await;
+    }
+
+    async fn invalidate_at(&self, identity: &str, subscription: &str, resource_group: &str) {
+        let key = (identity.to_string(), subscription.to_lowercase(), resource_group.to_lowercase());
         // Mark stale but keep it: the next list is compared with it for the change signal.
         let mut lists = self.lists.lock().await;
         match (Instant::now().checked_sub(self.list_ttl + Duration::from_secs(1)), lists.get_mut(&key)) {
@@ -322,6 +326,42 @@ impl Cloud for AzurePort {
                 .delete_group(&pool.spec.azure.subscription_id, &pool.spec.azure.resource_group, name)
                 .await;
             self.invalidate(&identity, pool).await;
+            r.map_err(|e| edge_error(&e))
+        })
+    }
+
+    fn list_subscription_groups<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<Vec<SweptGroup>, EdgeError>> {
+        Box::pin(async move {
+            let (_, client) = self.client(pool)?;
+            let groups = client
+                .list_groups_in_subscription(&pool.spec.azure.subscription_id)
+                .await
+                .map_err(|e| edge_error(&e))?;
+            let res = (pool.spec.runner.cpu, pool.spec.runner.memory_gb);
+            Ok(groups
+                .iter()
+                .filter_map(|g| {
+                    let resource_group = g.resource_group()?.to_string();
+                    Some(SweptGroup { resource_group, group: observed(g, res) })
+                })
+                .collect())
+        })
+    }
+
+    fn delete_group_in<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        subscription: &'a str,
+        resource_group: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), EdgeError>> {
+        Box::pin(async move {
+            let (identity, client) = self.client(pool)?;
+            let r = client.delete_group(subscription, resource_group, name).await;
+            self.invalidate_at(&identity, subscription, resource_group).await;
             r.map_err(|e| edge_error(&e))
         })
     }

@@ -6,7 +6,7 @@ use std::fmt;
 use futures::future::BoxFuture;
 
 use crate::crd::{Priority, RunnerPoolSpec};
-use crate::plan::{EdgeError, ObservedGroup, ObservedRunner, PoolMeta};
+use crate::plan::{EdgeError, ObservedGroup, ObservedRunner, PoolMeta, SweptGroup};
 
 /// A secret string: never printed by `Debug`/`Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -97,6 +97,22 @@ pub trait Cloud: Send + Sync {
     fn delete_group<'a>(
         &'a self,
         pool: &'a PoolContext,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), EdgeError>>;
+    /// Every container group carrying the controller's managed-by tag in the pool's subscription,
+    /// in any resource group, each with the resource group it is in (read with the pool's Azure
+    /// identity; needs read rights at subscription scope). Used by the orphan sweep only.
+    fn list_subscription_groups<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<Vec<SweptGroup>, EdgeError>>;
+    /// Delete the group `name` of `subscription`/`resource_group`, which need not be the pool's
+    /// current ones, with the pool's Azure identity; "already gone" is success.
+    fn delete_group_in<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+        subscription: &'a str,
+        resource_group: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<(), EdgeError>>;
     /// Remove the controller's tags from the group (orphan deletion policy).

@@ -24,7 +24,7 @@ use crate::crd::{
     Priority, RegistrationMode, RunnerPoolSpec, RunnerPoolStatus, RunnerPoolUsage, parse_duration,
 };
 
-pub use orphans::{OrphanInput, OrphanPlan, plan_orphan_groups};
+pub use orphans::{OrphanInput, OrphanPlan, SweepDelete, SweptGroup, plan_orphan_groups};
 pub use types::*;
 
 use conditions::{CondValue, Conditions};

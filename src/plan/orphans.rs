@@ -1,92 +1,286 @@
-//! Garbage collection of container groups whose pool no longer exists at all (no live pool with
-//! the group's uid, nor with its namespace/name: the pool planner handles groups of an older pool
-//! with the same name). Run once per listed resource group, not once per pool, so each orphan is
-//! deleted by exactly one caller.
+//! Garbage collection of container groups no pool planner looks after, over one subscription:
+//!
+//! - orphans: no live pool with the group's uid, nor with its namespace/name (the pool planner
+//!   handles groups of an older pool with the same name);
+//! - stranded groups: the pool is live, but the group is in another subscription or resource group
+//!   than the pool's current spec (left behind by a change of `spec.azure.resourceGroup` or
+//!   `subscriptionId`; the pool lists only its current resource group).
+//!
+//! Run once per listed subscription, not once per pool, so each group has exactly one deleter.
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::types::{Action, EdgeError, EventType, ObservedGroup, PlannedEvent, RemovalReason};
+use super::types::{EdgeError, EventType, ObservedGroup, PlannedEvent};
 use super::{after, elapsed};
+
+/// A listed container group and the resource group it is in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweptGroup {
+    pub resource_group: String,
+    pub group: ObservedGroup,
+}
 
 /// Inputs of [`plan_orphan_groups`].
 #[derive(Clone, Debug)]
 pub struct OrphanInput<'a> {
-    /// The tagged group list of one resource group, or the error.
-    pub groups: Result<&'a [ObservedGroup], EdgeError>,
+    /// The subscription listed.
+    pub subscription: &'a str,
+    /// The tagged group list of the subscription (every resource group), or the error.
+    pub groups: Result<&'a [SweptGroup], EdgeError>,
     /// Uids of ALL RunnerPools that exist.
     pub live_pool_uids: &'a BTreeSet<String>,
     /// `(namespace, name)` of all RunnerPools that exist.
     pub live_pools: &'a BTreeSet<(String, String)>,
+    /// uid → current `(subscription, resource group)` of the live pools whose stranded groups
+    /// this pass may delete (their runner lists are in `busy_runners`). Groups of live pools not
+    /// in this map are never touched.
+    pub placements: &'a BTreeMap<String, (String, String)>,
     /// Names of runners any GitHub list shows busy (never touched).
     pub busy_runners: &'a BTreeSet<String>,
-    /// Marks carried from the previous pass: group name → first seen as orphan.
-    pub marks: &'a BTreeMap<String, DateTime<Utc>>,
+    /// Marks carried from the previous pass: (resource group, lower-case; group name) → first
+    /// seen as orphan or stranded.
+    pub marks: &'a BTreeMap<(String, String), DateTime<Utc>>,
     pub grace: Duration,
     pub now: DateTime<Utc>,
+}
+
+/// One group to delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweepDelete {
+    /// As listed (ARM resource group names are case-insensitive).
+    pub resource_group: String,
+    pub name: String,
+    /// The live pool's uid when the group is stranded; `None` for an orphan.
+    pub stranded_from: Option<String>,
 }
 
 /// Output of [`plan_orphan_groups`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct OrphanPlan {
-    /// Only `DeleteGroup { reason: Orphaned }`.
-    pub actions: Vec<Action>,
+    /// Groups to delete now (unregister their runner first, if registered).
+    pub deletes: Vec<SweepDelete>,
     /// Marks to carry into the next pass.
-    pub marks: BTreeMap<String, DateTime<Utc>>,
+    pub marks: BTreeMap<(String, String), DateTime<Utc>>,
     pub events: Vec<PlannedEvent>,
     /// When the next mark becomes due, if any.
     pub requeue_after: Option<Duration>,
 }
 
-/// Mark-then-confirm deletion of groups of pools that no longer exist. A failed list deletes
-/// nothing and keeps the marks.
+/// What the sweep makes of one listed group: `None` = not its business.
+fn classify(input: &OrphanInput<'_>, g: &SweptGroup) -> Option<Option<String>> {
+    let uid = g.group.pool_uid.as_deref()?;
+    if input.live_pool_uids.contains(uid) {
+        let (sub, rg) = input.placements.get(uid)?;
+        let here = sub.eq_ignore_ascii_case(input.subscription) && rg.eq_ignore_ascii_case(&g.resource_group);
+        return (!here).then(|| Some(uid.to_string()));
+    }
+    if let (Some(ns), Some(name)) = (&g.group.pool_namespace, &g.group.pool_name)
+        && input.live_pools.contains(&(ns.clone(), name.clone()))
+    {
+        return None;
+    }
+    Some(None)
+}
+
+/// Mark-then-confirm deletion of orphaned and stranded groups of one subscription. Busy runners
+/// are never touched; a failed list deletes nothing and keeps the marks.
 pub fn plan_orphan_groups(input: &OrphanInput<'_>) -> OrphanPlan {
     let Ok(groups) = &input.groups else {
         return OrphanPlan {
-            actions: Vec::new(),
+            deletes: Vec::new(),
             marks: input.marks.clone(),
             events: Vec::new(),
             requeue_after: None,
         };
     };
-    let mut actions = Vec::new();
+    let mut deletes = Vec::new();
     let mut marks = BTreeMap::new();
     let mut due: Option<DateTime<Utc>> = None;
     for g in groups.iter() {
-        let Some(uid) = g.pool_uid.as_deref() else { continue };
-        if input.live_pool_uids.contains(uid) {
+        let Some(stranded_from) = classify(input, g) else { continue };
+        if input.busy_runners.contains(&g.group.name) {
             continue;
         }
-        if let (Some(ns), Some(name)) = (&g.pool_namespace, &g.pool_name)
-            && input.live_pools.contains(&(ns.clone(), name.clone()))
-        {
-            continue;
-        }
-        if input.busy_runners.contains(&g.name) {
-            continue;
-        }
-        let first = input.marks.get(&g.name).copied().unwrap_or(input.now);
-        marks.insert(g.name.clone(), first);
+        let key = (g.resource_group.to_ascii_lowercase(), g.group.name.clone());
+        let first = input.marks.get(&key).copied().unwrap_or(input.now);
+        marks.insert(key, first);
         let when = after(first, input.grace);
         if when <= input.now {
-            actions.push(Action::DeleteGroup {
-                name: g.name.clone(),
-                reason: RemovalReason::Orphaned,
-                only_if_unregistered: None,
+            deletes.push(SweepDelete {
+                resource_group: g.resource_group.clone(),
+                name: g.group.name.clone(),
+                stranded_from,
             });
         } else {
             due = Some(due.map_or(when, |d| d.min(when)));
         }
     }
     let mut events = Vec::new();
-    if !actions.is_empty() {
-        let names: Vec<&str> = actions.iter().map(|a| a.name()).collect();
+    let (stranded, orphaned): (Vec<&SweepDelete>, Vec<&SweepDelete>) =
+        deletes.iter().partition(|d| d.stranded_from.is_some());
+    for (what, list) in
+        [("orphaned", orphaned), ("stranded (the pool moved to another resource group)", stranded)]
+    {
+        if list.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = list.iter().map(|d| format!("{}/{}", d.resource_group, d.name)).collect();
         events.push(PlannedEvent {
             type_: EventType::Normal,
             reason: "GarbageCollected".into(),
-            message: format!("deleting {} orphaned container group(s): {}", names.len(), names.join(", ")),
+            message: format!("deleting {} {what} container group(s): {}", names.len(), names.join(", ")),
         });
     }
-    OrphanPlan { actions, marks, events, requeue_after: due.map(|d| elapsed(input.now, d)) }
+    OrphanPlan { deletes, marks, events, requeue_after: due.map(|d| elapsed(input.now, d)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests::{mins, running, t0};
+    use crate::plan::types::EdgeErrorKind;
+
+    const SUB: &str = "sub-1";
+
+    fn swept(rg: &str, name: &str, uid: &str) -> SweptGroup {
+        let mut group = running(name);
+        group.pool_uid = Some(uid.into());
+        SweptGroup { resource_group: rg.into(), group }
+    }
+
+    struct Fx {
+        live_uids: BTreeSet<String>,
+        live_pools: BTreeSet<(String, String)>,
+        placements: BTreeMap<String, (String, String)>,
+        busy: BTreeSet<String>,
+    }
+
+    impl Fx {
+        /// Pool `ns/pool` (uid "uid-live") now in `SUB`/`rg-new`.
+        fn new() -> Self {
+            Self {
+                live_uids: ["uid-live".to_string()].into(),
+                live_pools: [("ns".to_string(), "pool".to_string())].into(),
+                placements: [("uid-live".to_string(), (SUB.to_string(), "rg-new".to_string()))].into(),
+                busy: BTreeSet::new(),
+            }
+        }
+        fn run(
+            &self,
+            groups: Result<&[SweptGroup], EdgeError>,
+            marks: &BTreeMap<(String, String), DateTime<Utc>>,
+            now: DateTime<Utc>,
+        ) -> OrphanPlan {
+            plan_orphan_groups(&OrphanInput {
+                subscription: SUB,
+                groups,
+                live_pool_uids: &self.live_uids,
+                live_pools: &self.live_pools,
+                placements: &self.placements,
+                busy_runners: &self.busy,
+                marks,
+                grace: Duration::from_secs(120),
+                now,
+            })
+        }
+    }
+
+    fn key(rg: &str, name: &str) -> (String, String) {
+        (rg.to_string(), name.to_string())
+    }
+
+    #[test]
+    fn stranded_idle_group_is_deleted_after_the_grace() {
+        let fx = Fx::new();
+        let groups =
+            vec![swept("RG-Old", "pool-aaaaa", "uid-live"), swept("rg-new", "pool-bbbbb", "uid-live")];
+        let p1 = fx.run(Ok(&groups), &BTreeMap::new(), t0());
+        assert!(p1.deletes.is_empty());
+        assert_eq!(p1.marks.keys().cloned().collect::<Vec<_>>(), vec![key("rg-old", "pool-aaaaa")]);
+        assert_eq!(p1.requeue_after, Some(Duration::from_secs(120)));
+        let p2 = fx.run(Ok(&groups), &p1.marks, t0() + mins(2));
+        assert_eq!(
+            p2.deletes,
+            vec![SweepDelete {
+                resource_group: "RG-Old".into(),
+                name: "pool-aaaaa".into(),
+                stranded_from: Some("uid-live".into()),
+            }]
+        );
+        assert_eq!(p2.events.len(), 1);
+        assert!(p2.events[0].message.contains("stranded"), "{:?}", p2.events);
+    }
+
+    #[test]
+    fn a_group_in_another_subscription_is_stranded_too() {
+        let mut fx = Fx::new();
+        fx.placements.insert("uid-live".into(), ("sub-2".into(), "rg-new".into()));
+        let groups = vec![swept("rg-new", "pool-aaaaa", "uid-live")];
+        let p1 = fx.run(Ok(&groups), &BTreeMap::new(), t0());
+        let p2 = fx.run(Ok(&groups), &p1.marks, t0() + mins(2));
+        assert_eq!(p2.deletes.len(), 1);
+    }
+
+    #[test]
+    fn stranded_busy_group_is_kept_and_unmarked() {
+        let mut fx = Fx::new();
+        fx.busy.insert("pool-aaaaa".into());
+        let groups = vec![swept("rg-old", "pool-aaaaa", "uid-live")];
+        let marks: BTreeMap<_, _> = [(key("rg-old", "pool-aaaaa"), t0() - mins(10))].into();
+        let p = fx.run(Ok(&groups), &marks, t0());
+        assert!(p.deletes.is_empty());
+        assert!(p.marks.is_empty(), "a busy runner starts a fresh grace once idle");
+    }
+
+    #[test]
+    fn a_failed_list_deletes_nothing_and_keeps_the_marks() {
+        let fx = Fx::new();
+        let marks: BTreeMap<_, _> = [(key("rg-old", "pool-aaaaa"), t0() - mins(10))].into();
+        let p = fx.run(Err(EdgeError::new(EdgeErrorKind::Transient, "x")), &marks, t0());
+        assert!(p.deletes.is_empty() && p.events.is_empty());
+        assert_eq!(p.marks, marks);
+    }
+
+    #[test]
+    fn groups_in_the_current_resource_group_are_never_touched() {
+        let mut fx = Fx::new();
+        // A live pool not in `placements` (another shard's, or being deleted): not ours either.
+        fx.live_uids.insert("uid-other".into());
+        let groups = vec![
+            swept("rg-new", "pool-aaaaa", "uid-live"),
+            swept("RG-NEW", "pool-bbbbb", "uid-live"),
+            swept("rg-elsewhere", "other-ccccc", "uid-other"),
+        ];
+        let long_marked: BTreeMap<_, _> = groups
+            .iter()
+            .map(|g| (key(&g.resource_group.to_ascii_lowercase(), &g.group.name), t0() - mins(60)))
+            .collect();
+        let p = fx.run(Ok(&groups), &long_marked, t0());
+        assert!(p.deletes.is_empty(), "{:?}", p.deletes);
+        assert!(p.marks.is_empty());
+        assert_eq!(p.requeue_after, None);
+    }
+
+    #[test]
+    fn orphans_in_any_resource_group_are_collected() {
+        let fx = Fx::new();
+        let mut dead = swept("rg-gone", "gone-aaaaa", "uid-dead");
+        dead.group.pool_name = Some("gone".into());
+        // An older pool with the live pool's namespace/name: the pool planner's business.
+        let older = swept("rg-new", "pool-ccccc", "uid-older");
+        let groups = vec![dead, older];
+        let p1 = fx.run(Ok(&groups), &BTreeMap::new(), t0());
+        let p2 = fx.run(Ok(&groups), &p1.marks, t0() + mins(2));
+        assert_eq!(
+            p2.deletes,
+            vec![SweepDelete {
+                resource_group: "rg-gone".into(),
+                name: "gone-aaaaa".into(),
+                stranded_from: None
+            }]
+        );
+        assert!(p2.events[0].message.contains("orphaned"));
+    }
 }

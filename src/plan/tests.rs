@@ -1437,37 +1437,41 @@ fn orphan_groups_of_deleted_pools() {
     busy.pool_uid = Some("uid-dead".into());
     let mut untagged = running("x-ccccc");
     untagged.pool_uid = None;
-    let groups = vec![dead, live, renamed, busy, untagged];
+    let groups: Vec<SweptGroup> = [dead, live, renamed, busy, untagged]
+        .into_iter()
+        .map(|group| SweptGroup { resource_group: "rg".into(), group })
+        .collect();
     let live_uids: BTreeSet<String> = [UID.to_string()].into();
     let live_pools: BTreeSet<(String, String)> = [("ns".to_string(), "pool".to_string())].into();
+    let placements: BTreeMap<String, (String, String)> =
+        [(UID.to_string(), ("sub".to_string(), "rg".to_string()))].into();
     let busy_names: BTreeSet<String> = ["gone-bbbbb".to_string()].into();
     let marks = BTreeMap::new();
-    let mk = |groups: Result<&[ObservedGroup], EdgeError>, marks: &BTreeMap<String, DateTime<Utc>>, now| {
-        plan_orphan_groups(&OrphanInput {
-            groups,
-            live_pool_uids: &live_uids,
-            live_pools: &live_pools,
-            busy_runners: &busy_names,
-            marks,
-            grace: Duration::from_secs(120),
-            now,
-        })
-    };
+    let mk =
+        |groups: Result<&[SweptGroup], EdgeError>, marks: &BTreeMap<(String, String), DateTime<Utc>>, now| {
+            plan_orphan_groups(&OrphanInput {
+                subscription: "sub",
+                groups,
+                live_pool_uids: &live_uids,
+                live_pools: &live_pools,
+                placements: &placements,
+                busy_runners: &busy_names,
+                marks,
+                grace: Duration::from_secs(120),
+                now,
+            })
+        };
     let p1 = mk(Ok(&groups), &marks, t0());
-    assert!(p1.actions.is_empty());
-    assert_eq!(p1.marks.keys().collect::<Vec<_>>(), vec!["gone-aaaaa"]);
+    assert!(p1.deletes.is_empty());
+    assert_eq!(p1.marks.keys().collect::<Vec<_>>(), vec![&("rg".to_string(), "gone-aaaaa".to_string())]);
     assert_eq!(p1.requeue_after, Some(Duration::from_secs(120)));
     let failed = mk(Err(EdgeError::new(EdgeErrorKind::Transient, "x")), &p1.marks, t0() + mins(5));
-    assert!(failed.actions.is_empty());
+    assert!(failed.deletes.is_empty());
     assert_eq!(failed.marks, p1.marks);
     let p2 = mk(Ok(&groups), &p1.marks, t0() + mins(2));
     assert_eq!(
-        p2.actions,
-        vec![Action::DeleteGroup {
-            name: "gone-aaaaa".into(),
-            reason: RemovalReason::Orphaned,
-            only_if_unregistered: None
-        }]
+        p2.deletes,
+        vec![SweepDelete { resource_group: "rg".into(), name: "gone-aaaaa".into(), stranded_from: None }]
     );
     assert_eq!(p2.events.len(), 1);
 }
