@@ -588,7 +588,10 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4c. Orphans: groups of a pool deleted while no controller ran are removed after a restart.
+// 4c. Orphans: groups of a pool deleted while no controller ran are removed after a restart,
+// registration first. One of its runners takes a job after the restarted controller marked the
+// groups (its shared runner list, cached for a while, still shows the runner idle): that group
+// must survive until the job is done (GitHub refuses to unregister a busy runner).
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_after_restart() {
@@ -596,19 +599,26 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
     let (client, ns) = setup("e2e-orphan").await.unwrap();
     let sim = sim::start(sim_options(6)).await.unwrap();
     apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let opts = ControllerOptions::for_namespace(&ns);
+    let mut opts = ControllerOptions::for_namespace(&ns);
+    opts.gc_grace = Duration::from_secs(3);
     let grace = opts.gc_grace;
     let ctl = start_controller(&client, &sim, opts.clone()).await.unwrap();
-    // Same subscription and resource group (the harness default) for both.
+    // Same subscription, resource group and org for both; only "gone" can run `aci` jobs.
     apply_pool(&client, &ns, &pool_manifest("gone", &sim, json!({"scaling": {"minIdle": 2}}))).await.unwrap();
-    apply_pool(&client, &ns, &pool_manifest("kept", &sim, json!({"scaling": {"minIdle": 1}}))).await.unwrap();
-    let gone = wait_ready(&client, &ns, "gone", &sim, 2).await;
+    apply_pool(
+        &client,
+        &ns,
+        &pool_manifest("kept", &sim, json!({"scaling": {"minIdle": 1}, "github": {"labels": ["spare"]}})),
+    )
+    .await
+    .unwrap();
+    wait_ready(&client, &ns, "gone", &sim, 2).await;
     wait_ready(&client, &ns, "kept", &sim, 1).await;
     let gone_groups = names(&groups_of(&sim, "gone"), |g| &g.name);
-    let kept_groups = names(&groups_of(&sim, "kept"), |g| &g.name);
-    let kept_runners: BTreeSet<i64> = runners_of(&sim, "kept").iter().map(|r| r.id).collect();
     let gone_runners: BTreeMap<String, i64> =
         runners_of(&sim, "gone").into_iter().map(|r| (r.name, r.id)).collect();
+    let kept_groups = names(&groups_of(&sim, "kept"), |g| &g.name);
+    let kept_runners: BTreeSet<i64> = runners_of(&sim, "kept").iter().map(|r| r.id).collect();
 
     ctl.stop().await.unwrap();
     // Pool "gone" disappears without its finalizer running.
@@ -624,25 +634,47 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
 
     let restarted_at = sim.clock.now();
     let ctl = start_controller(&client, &sim, opts).await.unwrap();
-    let collected = eventually(T, || async { groups_of(&sim, "gone").is_empty().then_some(()) }).await;
+    // After the first GC pass marked the orphans, one of their runners takes a job.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let job = sim
+        .github
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["aci".into()],
+            duration_secs: 8.0,
+            count: 1,
+            ..Default::default()
+        })
+        .unwrap()
+        .remove(0);
+    let collected = eventually(T, || async {
+        let done = sim.github.jobs().iter().any(|j| j.id == job.id && j.status == JobStatus::Completed);
+        (done && groups_of(&sim, "gone").is_empty()).then_some(())
+    })
+    .await;
     if collected.is_none() {
         panic!("orphaned groups never collected\n{}", describe(&client, &ns, "gone", &sim).await);
     }
+    let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    let busy = j.runner_name.clone().unwrap();
+    assert!(gone_groups.contains(&busy), "{j:?}");
+    assert_eq!(j.conclusion.as_deref(), Some("success"), "the orphan was killed mid-job: {j:?}");
     for g in &gone_groups {
         let at = group_deleted_at(&sim, g).unwrap();
         let waited = (at - restarted_at).to_std().unwrap_or_default();
         assert!(waited >= grace, "{g} deleted {waited:?} after the restart (grace {grace:?})");
-        // Same org as the live pool "kept", whose list shows the orphan's registration: it is
-        // unregistered first (GitHub refuses while busy), then the group goes.
-        let id = gone_runners[g];
-        let unreg = unregistered_at(&sim, id).unwrap_or_else(|| panic!("{g} never unregistered"));
-        assert!(unreg <= at, "{g}: group deleted before its registration");
+        if *g == busy {
+            assert!(j.completed_at.is_some_and(|c| at >= c), "{g} deleted at {at} during its job {j:?}");
+        } else {
+            // Same org as the live pool "kept", whose list shows the orphan's registration: it
+            // is unregistered first, then the group goes.
+            let unreg =
+                unregistered_at(&sim, gone_runners[g]).unwrap_or_else(|| panic!("{g} never unregistered"));
+            assert!(unreg <= at, "{g}: group deleted before its registration");
+        }
     }
     assert!(runners_of(&sim, "gone").is_empty(), "{:?}", runners_of(&sim, "gone"));
-    let _ = gone;
 
     // Pool "kept" is untouched.
-    tokio::time::sleep(grace).await;
     assert_eq!(names(&groups_of(&sim, "kept"), |g| &g.name), kept_groups);
     let now_runners: BTreeSet<i64> = runners_of(&sim, "kept").iter().map(|r| r.id).collect();
     assert_eq!(now_runners, kept_runners);
@@ -656,17 +688,13 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
         metric(&ctl, "aci_runner_controller_actions_total", &orphaned).await,
         gone_groups.len() as f64
     );
-    let unregistered = [("action", "unregister_runner"), ("reason", "Orphaned"), ("result", "ok")];
-    assert_eq!(
-        metric(&ctl, "aci_runner_controller_actions_total", &unregistered).await,
-        gone_groups.len() as f64
-    );
     ctl.stop().await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
 // 4d. A pool deleted and re-created under the same name while no controller ran: the groups of
-// the old pool (old uid) are collected by the new pool's passes, its runners are never counted.
+// the old pool (old uid) are collected by the new pool's passes, its runners are never counted,
+// and one that takes a job after the mark keeps its group until the job is done.
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_counted() {
@@ -674,7 +702,8 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
     let (client, ns) = setup("e2e-reborn").await.unwrap();
     let sim = sim::start(sim_options(10)).await.unwrap();
     apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let opts = ControllerOptions::for_namespace(&ns);
+    let mut opts = ControllerOptions::for_namespace(&ns);
+    opts.gc_grace = Duration::from_secs(3);
     let grace = opts.gc_grace;
     let ctl = start_controller(&client, &sim, opts.clone()).await.unwrap();
     let manifest = pool_manifest("reborn", &sim, json!({"scaling": {"minIdle": 2}}));
@@ -701,12 +730,27 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
 
     let restarted_at = sim.clock.now();
     let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    // After the first pass marked the old groups, an old runner (lowest id: GitHub's pick) takes
+    // a job.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let job = sim
+        .github
+        .enqueue_jobs(EnqueueJobs {
+            labels: vec!["aci".into()],
+            duration_secs: 8.0,
+            count: 1,
+            ..Default::default()
+        })
+        .unwrap()
+        .remove(0);
     let converged = eventually(T, || async {
         let groups = groups_of(&sim, "reborn");
         let regs = runners_of(&sim, "reborn");
+        let done = sim.github.jobs().iter().any(|j| j.id == job.id && j.status == JobStatus::Completed);
         let p = get_pool(&client, &ns, "reborn").await?;
         let st = p.status.as_ref()?;
-        let ok = groups.len() == 1
+        let ok = done
+            && groups.len() == 1
             && groups.iter().all(|g| g.tags.get(TAG_POOL_UID) == Some(&new_uid))
             && regs.len() == 1
             && regs[0].online
@@ -719,18 +763,26 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
     if converged.is_none() {
         panic!("old groups not collected\n{}", describe(&client, &ns, "reborn", &sim).await);
     }
+    let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    let busy = j.runner_name.clone().unwrap();
+    assert!(old_runners.contains_key(&busy), "{j:?}");
+    assert_eq!(j.conclusion.as_deref(), Some("success"), "the old runner was killed mid-job: {j:?}");
     for (name, id) in &old_runners {
         let deleted = group_deleted_at(&sim, name).unwrap_or_else(|| panic!("{name} never deleted"));
         let waited = (deleted - restarted_at).to_std().unwrap_or_default();
         assert!(waited >= grace, "{name} deleted {waited:?} after the restart (grace {grace:?})");
-        let unreg = unregistered_at(&sim, *id).unwrap_or_else(|| panic!("{name} never unregistered"));
-        assert!(unreg <= deleted, "{name}: group deleted before its registration");
+        if *name == busy {
+            assert!(j.completed_at.is_some_and(|c| deleted >= c), "{name} deleted during its job {j:?}");
+        } else {
+            let unreg = unregistered_at(&sim, *id).unwrap_or_else(|| panic!("{name} never unregistered"));
+            assert!(unreg <= deleted, "{name}: group deleted before its registration");
+        }
     }
-    // The old runners never counted: the new pool never had more than its own idle runner.
     let p = get_pool(&client, &ns, "reborn").await.unwrap();
     assert_eq!(condition(&p, "Stalled").map(|c| c.0).as_deref(), Some("False"));
     expect_event(&client, &ns, "reborn", "GarbageCollected", "").await;
-    assert!(sim.arm.groups().len() == 1 && sim.github.runners().len() == 1);
+    assert!(sim.arm.groups().iter().filter(|g| g.provisioning_state != "Deleting").count() == 1);
+    assert!(sim.github.runners().len() == 1);
     ctl.stop().await.unwrap();
 }
 
@@ -782,145 +834,6 @@ async fn a_runner_removed_on_github_is_recycled_and_replaced() {
     expect_event(&client, &ns, "removed", "RunnerRecycled", &victim.name).await;
     expect_no_warnings(&client, &ns, "removed").await;
     assert_eq!(sim.arm.groups().len(), 2);
-    ctl.stop().await.unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// 4f. Orphan GC never kills a busy runner: a runner of the deleted pool that takes a job after
-// the group was marked (while the shared runner list is still cached) keeps its group until
-// the job is done.
-// ---------------------------------------------------------------------------------------------
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orphan_gc_never_deletes_the_group_of_a_runner_that_took_a_job() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-orphbusy").await.unwrap();
-    let sim = sim::start(sim_options(15)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let mut opts = ControllerOptions::for_namespace(&ns);
-    opts.gc_grace = Duration::from_secs(3);
-    let ctl = start_controller(&client, &sim, opts.clone()).await.unwrap();
-    // Pool "left" has labels no job of the test uses; pool "served" takes the job.
-    apply_pool(&client, &ns, &pool_manifest("left", &sim, json!({"github": {"labels": ["spare"]}})))
-        .await
-        .unwrap();
-    apply_pool(&client, &ns, &pool_manifest("served", &sim, json!({"scaling": {"minIdle": 1}})))
-        .await
-        .unwrap();
-    wait_ready(&client, &ns, "served", &sim, 1).await;
-    wait_ready(&client, &ns, "left", &sim, 1).await;
-    let served = runners_of(&sim, "served").remove(0);
-
-    ctl.stop().await.unwrap();
-    let api = Api::<RunnerPool>::namespaced(client.clone(), &ns);
-    api.patch("served", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap();
-    delete_pool(&client, &ns, "served").await;
-    let deleted =
-        eventually(T, || async { get_pool(&client, &ns, "served").await.is_none().then_some(()) }).await;
-    assert!(deleted.is_some());
-
-    // The restarted controller lists (runner idle) and marks the orphan; then the runner takes
-    // a job before the mark is confirmed.
-    let ctl = start_controller(&client, &sim, opts).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let job = sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 8.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
-    let busy = eventually(T, || async {
-        runners_of(&sim, "served").iter().any(|r| r.id == served.id && r.busy).then_some(())
-    })
-    .await;
-    assert!(busy.is_some(), "the orphan runner never took the job");
-    // While the job runs, its group stays.
-    let t = tokio::time::Instant::now();
-    while sim.github.jobs().iter().any(|j| j.id == job.id && j.status != JobStatus::Completed) {
-        assert!(
-            groups_of(&sim, "served")
-                .iter()
-                .any(|g| g.name == served.name && g.provisioning_state != "Deleting"),
-            "the busy orphan's group was deleted {:?} into its job",
-            t.elapsed()
-        );
-        assert!(t.elapsed() < T, "the job never ended");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
-    assert_eq!(j.conclusion.as_deref(), Some("success"), "{j:?}");
-    // Afterwards the orphan is collected.
-    let collected = eventually(T, || async { groups_of(&sim, "served").is_empty().then_some(()) }).await;
-    if collected.is_none() {
-        panic!("orphan never collected\n{}", describe(&client, &ns, "served", &sim).await);
-    }
-    ctl.stop().await.unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// 4g. The same for groups of an older pool with the same name (collected by the new pool's
-// passes): a runner that takes a job after the mark keeps its group until the job is done.
-// ---------------------------------------------------------------------------------------------
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_new_pool_never_deletes_the_group_of_an_older_pools_runner_that_took_a_job() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-rebornbusy").await.unwrap();
-    let sim = sim::start(sim_options(16)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let mut opts = ControllerOptions::for_namespace(&ns);
-    opts.gc_grace = Duration::from_secs(3);
-    let ctl = start_controller(&client, &sim, opts.clone()).await.unwrap();
-    apply_pool(&client, &ns, &pool_manifest("again", &sim, json!({"scaling": {"minIdle": 1}})))
-        .await
-        .unwrap();
-    wait_ready(&client, &ns, "again", &sim, 1).await;
-    let old = runners_of(&sim, "again").remove(0);
-
-    ctl.stop().await.unwrap();
-    let api = Api::<RunnerPool>::namespaced(client.clone(), &ns);
-    api.patch("again", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap();
-    delete_pool(&client, &ns, "again").await;
-    let deleted =
-        eventually(T, || async { get_pool(&client, &ns, "again").await.is_none().then_some(()) }).await;
-    assert!(deleted.is_some());
-    // Re-created without idle runners: nothing of its own competes for the job.
-    apply_pool(&client, &ns, &pool_manifest("again", &sim, json!({"scaling": {"minIdle": 0}})))
-        .await
-        .unwrap();
-
-    let ctl = start_controller(&client, &sim, opts).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let job = sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 8.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
-    let done = eventually(T, || async {
-        sim.github.jobs().into_iter().find(|j| j.id == job.id && j.status == JobStatus::Completed)
-    })
-    .await;
-    let Some(done) = done else { panic!("job never ended\n{}", describe(&client, &ns, "again", &sim).await) };
-    assert_eq!(done.runner_name.as_deref(), Some(old.name.as_str()), "{done:?}");
-    assert_eq!(done.conclusion.as_deref(), Some("success"), "the old runner was killed mid-job: {done:?}");
-    let collected = eventually(T, || async {
-        (groups_of(&sim, "again").is_empty() && runners_of(&sim, "again").is_empty()).then_some(())
-    })
-    .await;
-    if collected.is_none() {
-        panic!("old group never collected\n{}", describe(&client, &ns, "again", &sim).await);
-    }
     ctl.stop().await.unwrap();
 }
 
