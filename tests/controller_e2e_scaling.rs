@@ -531,7 +531,8 @@ async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_peri
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4b. A crashed group is replaced: its registration and group go, a new runner comes up.
+// 4b. A crashed group is replaced: its registration and group go, a new runner comes up. The
+// same for a runner whose registration was removed on GitHub by hand (its process stops).
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_runner_group_is_removed_and_replaced() {
@@ -540,15 +541,23 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
     let sim = sim::start(sim_options(5)).await.unwrap();
     apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
     let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
-    apply_pool(&client, &ns, &pool_manifest("crash", &sim, json!({"scaling": {"minIdle": 2}})))
+    apply_pool(&client, &ns, &pool_manifest("crash", &sim, json!({"scaling": {"minIdle": 3}})))
         .await
         .unwrap();
-    wait_ready(&client, &ns, "crash", &sim, 2).await;
+    wait_ready(&client, &ns, "crash", &sim, 3).await;
     let before = runners_of(&sim, "crash");
-    let victim = before[0].clone();
-    let survivor = before[1].clone();
+    let (victim, removed, survivor) = (before[0].clone(), before[1].clone(), before[2].clone());
 
     assert!(sim.arm.exit_container(&victim.name, 137), "no running container in {}", victim.name);
+    let pat = sim.github.app_credentials().pats.first().expect("the simulator has a PAT").clone();
+    let r = reqwest::Client::new()
+        .delete(format!("{}/orgs/{ORG}/actions/runners/{}", sim.github.url(), removed.id))
+        .bearer_auth(pat)
+        .header("user-agent", "e2e")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
 
     let replaced = eventually(T, || async {
         let groups = names(&groups_of(&sim, "crash"), |g| &g.name);
@@ -556,34 +565,39 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
         let p = get_pool(&client, &ns, "crash").await?;
         let st = p.status.as_ref()?;
         let ok = !groups.contains(&victim.name)
-            && regs.iter().all(|r| r.id != victim.id)
+            && !groups.contains(&removed.name)
+            && regs.iter().all(|r| r.id != victim.id && r.id != removed.id)
             && groups.contains(&survivor.name)
-            && groups.len() == 2
-            && regs.len() == 2
-            && regs.iter().all(|r| r.online)
-            && (st.idle, st.busy) == (2, 0)
+            && groups.len() == 3
+            && regs.len() == 3
+            && regs.iter().all(|r| r.online && groups.contains(&r.name))
+            && (st.idle, st.busy) == (3, 0)
             && condition(&p, "Ready").map(|c| c.0) == Some("True".into());
         ok.then_some(())
     })
     .await;
     if replaced.is_none() {
         panic!(
-            "crashed runner {} not replaced\n{}",
+            "runners {} (crashed) and {} (removed) not replaced\n{}",
             victim.name,
+            removed.name,
             describe(&client, &ns, "crash", &sim).await
         );
     }
     assert!(unregistered_at(&sim, victim.id).is_some());
     assert!(group_deleted_at(&sim, &victim.name).is_some());
+    assert!(group_deleted_at(&sim, &removed.name).is_some());
     assert!(unregistered_at(&sim, survivor.id).is_none(), "the healthy runner was touched");
     assert!(group_deleted_at(&sim, &survivor.name).is_none(), "the healthy runner was touched");
     // A crash after the runner was online is not a provisioning failure.
     let p = get_pool(&client, &ns, "crash").await.unwrap();
     assert_eq!(condition(&p, "Stalled").map(|c| c.0).as_deref(), Some("False"));
     expect_event(&client, &ns, "crash", "RunnerRecycled", &victim.name).await;
+    expect_event(&client, &ns, "crash", "RunnerRecycled", &removed.name).await;
     expect_no_warnings(&client, &ns, "crash").await;
     let crashed = [("action", "delete_group"), ("reason", "Crashed"), ("result", "ok")];
     assert_eq!(metric(&ctl, "aci_runner_controller_actions_total", &crashed).await, 1.0);
+    assert_eq!(sim.arm.groups().iter().filter(|g| g.provisioning_state != "Deleting").count(), 3);
     ctl.stop().await.unwrap();
 }
 
@@ -783,57 +797,6 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
     expect_event(&client, &ns, "reborn", "GarbageCollected", "").await;
     assert!(sim.arm.groups().iter().filter(|g| g.provisioning_state != "Deleting").count() == 1);
     assert!(sim.github.runners().len() == 1);
-    ctl.stop().await.unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// 4e. A registration removed on GitHub (by hand) while its container runs: the runner process
-// stops, and the group is recycled and replaced.
-// ---------------------------------------------------------------------------------------------
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_runner_removed_on_github_is_recycled_and_replaced() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-removed").await.unwrap();
-    let sim = sim::start(sim_options(13)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
-    apply_pool(&client, &ns, &pool_manifest("removed", &sim, json!({"scaling": {"minIdle": 2}})))
-        .await
-        .unwrap();
-    wait_ready(&client, &ns, "removed", &sim, 2).await;
-    let before = runners_of(&sim, "removed");
-    let victim = before[0].clone();
-
-    let pat = sim.github.app_credentials().pats.first().expect("the simulator has a PAT").clone();
-    let r = reqwest::Client::new()
-        .delete(format!("{}/orgs/{ORG}/actions/runners/{}", sim.github.url(), victim.id))
-        .bearer_auth(pat)
-        .header("user-agent", "e2e")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
-
-    let replaced = eventually(T, || async {
-        let groups = names(&groups_of(&sim, "removed"), |g| &g.name);
-        let regs = runners_of(&sim, "removed");
-        let p = get_pool(&client, &ns, "removed").await?;
-        let st = p.status.as_ref()?;
-        let ok = !groups.contains(&victim.name)
-            && groups.len() == 2
-            && regs.len() == 2
-            && regs.iter().all(|r| r.online && groups.contains(&r.name))
-            && (st.idle, st.busy) == (2, 0)
-            && condition(&p, "Ready").map(|c| c.0) == Some("True".into());
-        ok.then_some(())
-    })
-    .await;
-    if replaced.is_none() {
-        panic!("runner {} not replaced\n{}", victim.name, describe(&client, &ns, "removed", &sim).await);
-    }
-    expect_event(&client, &ns, "removed", "RunnerRecycled", &victim.name).await;
-    expect_no_warnings(&client, &ns, "removed").await;
-    assert_eq!(sim.arm.groups().len(), 2);
     ctl.stop().await.unwrap();
 }
 
