@@ -82,51 +82,56 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
         pools.iter().map(|p| (p.namespace().unwrap_or_default(), p.name_any())).collect();
     let mine =
         |p: &RunnerPool| namespaces.is_empty() || p.namespace().is_some_and(|ns| namespaces.contains(&ns));
-    // This controller's pools (not being deleted): credentials, and where each one is now.
-    let mut contexts: BTreeMap<String, Option<PoolContext>> = BTreeMap::new();
+    // This controller's pools (not being deleted) with readable credentials, and where each one
+    // is now. A pool whose credentials cannot be read has unknown busy runners: its stranded
+    // groups are left alone, and so is every group of its current resource group (doubt → no
+    // deletes there).
+    let mut contexts: BTreeMap<String, PoolContext> = BTreeMap::new();
     let mut placements: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut by_sub: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut doubt: BTreeSet<(String, String)> = BTreeSet::new();
     for p in &pools {
         if p.metadata.deletion_timestamp.is_some() || !mine(p) {
             continue;
         }
         let Ok(meta) = super::pool_meta(p) else { continue };
-        let src = secrets::KubeSecrets(Api::namespaced(ctx.client.clone(), &meta.namespace));
-        let uid = meta.uid.clone();
-        let context = secrets::resolve(&src, &meta, &p.spec, &spec_hash(p)).await.ok();
         let (sub, rg) =
             (p.spec.azure.subscription_id.to_lowercase(), p.spec.azure.resource_group.to_lowercase());
-        by_sub.entry(sub.clone()).or_default().push(uid.clone());
-        placements.insert(uid.clone(), (sub, rg));
-        contexts.insert(uid, context);
+        let src = secrets::KubeSecrets(Api::namespaced(ctx.client.clone(), &meta.namespace));
+        let uid = meta.uid.clone();
+        match secrets::resolve(&src, &meta, &p.spec, &spec_hash(p)).await {
+            Ok(context) => {
+                by_sub.entry(sub.clone()).or_default().push(uid.clone());
+                placements.insert(uid.clone(), (sub, rg));
+                contexts.insert(uid, context);
+            }
+            Err(_) => {
+                doubt.insert((sub, rg));
+            }
+        }
     }
     marks.retain(|k, _| by_sub.contains_key(k));
     let mut deleted = 0;
     for (sub, uids) in by_sub {
-        let Some(sub_contexts) =
-            uids.iter().map(|u| contexts.get(u).and_then(Option::as_ref)).collect::<Option<Vec<_>>>()
-        else {
-            // A pool whose credentials cannot be read: its busy runners are unknown. Doubt → no deletes.
-            continue;
-        };
-        let (groups, lister, failed_rgs) = list_subscription(ctx, &sub_contexts, &sub).await;
+        let sub_contexts: Vec<&PoolContext> = uids.iter().filter_map(|u| contexts.get(u)).collect();
+        let (groups, lister, mut kept_rgs) = list_subscription(ctx, &sub_contexts, &sub).await;
+        kept_rgs.extend(doubt.iter().filter(|(s, _)| *s == sub).map(|(_, rg)| rg.clone()));
+        let groups: Result<Vec<SweptGroup>, EdgeError> = groups.map(|gs| {
+            gs.into_iter().filter(|g| !kept_rgs.contains(&g.resource_group.to_lowercase())).collect()
+        });
         // Runner lists of the pools of the subscription and of the pools whose stranded groups
         // are here (a pool moved to another subscription): they tell which runners are busy.
         let mut involved: Vec<&PoolContext> = sub_contexts.clone();
-        let mut complete = true;
         for g in groups.as_deref().unwrap_or_default() {
             let Some(uid) = g.group.pool_uid.as_deref() else { continue };
             if placements.get(uid).is_none_or(|(s, _)| *s == sub) {
                 continue;
             }
-            match contexts.get(uid).and_then(Option::as_ref) {
-                Some(c) if !involved.iter().any(|i| i.meta.uid == uid) => involved.push(c),
-                Some(_) => {}
-                None => complete = false,
+            if let Some(c) = contexts.get(uid)
+                && !involved.iter().any(|i| i.meta.uid == uid)
+            {
+                involved.push(c);
             }
-        }
-        if !complete {
-            continue;
         }
         let mut busy = BTreeSet::new();
         // Registrations by name, with the context (scope) of the list that shows them.
@@ -156,9 +161,9 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
             grace: ctx.planner.gc_grace,
             now: (ctx.clock)(),
         });
-        // Marks of resource groups whose list failed are kept (nothing of them was seen).
+        // Marks of resource groups not swept this pass (list failed, or doubt) are kept.
         let mut next = out.marks;
-        next.extend(prev.into_iter().filter(|((rg, _), _)| failed_rgs.contains(rg)));
+        next.extend(prev.into_iter().filter(|((rg, _), _)| kept_rgs.contains(rg)));
         marks.insert(sub.clone(), next);
         for d in &out.deletes {
             let name = &d.name;
