@@ -1175,3 +1175,60 @@ async fn runners_left_in_the_old_resource_group_are_removed_after_their_job() {
     );
     ctl.stop().await.unwrap();
 }
+
+/// An identity with rights on the resource group only cannot list the subscription (ARM answers
+/// every subscription-wide list with an error here): the GC sweep falls back to the resource
+/// groups in use, and orphans there are still collected; the live pool's runners are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_collected_when_the_subscription_cannot_be_listed() {
+    init_test_logging();
+    let (client, ns) = setup("e2e-gcfallback").await.unwrap();
+    let sim = sim::start(fast_sim_options(95)).await.unwrap();
+    let list_all_fails = OpFaults { internal_error: 1.0, ..OpFaults::default() };
+    sim.arm.set_faults(FaultConfig {
+        ops: [("listAll".to_string(), list_all_fails)].into(),
+        ..FaultConfig::default()
+    });
+    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
+    let opts = ControllerOptions::for_namespace(&ns);
+    let ctl = start_controller(&client, &sim, opts.clone()).await.unwrap();
+    apply(&client, &ns, &sim, "gone", json!({"scaling": {"minIdle": 2}})).await;
+    apply(&client, &ns, &sim, "kept", json!({"scaling": {"minIdle": 1}, "github": {"labels": ["spare"]}}))
+        .await;
+    let gone = wait_settled(&client, &sim, &ns, "gone", 2).await;
+    let kept = wait_settled(&client, &sim, &ns, "kept", 1).await;
+
+    // "gone" disappears while no controller runs, without its finalizer.
+    ctl.stop().await.unwrap();
+    let api = Api::<RunnerPool>::namespaced(client.clone(), &ns);
+    let no_finalizer = json!({"metadata": {"finalizers": null}});
+    api.patch("gone", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(no_finalizer))
+        .await
+        .unwrap();
+    api.delete("gone", &DeleteParams::default()).await.unwrap();
+    let deleted =
+        eventually(T, || async { get_pool(&client, &ns, "gone").await.is_none().then_some(()) }).await;
+    assert!(deleted.is_some(), "pool gone was not deleted");
+    assert_eq!(groups_of(&sim, "gone").len(), 2, "nothing ran the finalizer");
+
+    let ctl = start_controller(&client, &sim, opts).await.unwrap();
+    let collected = eventually(T, || async {
+        (groups_of(&sim, "gone").is_empty() && runners_of(&sim, "gone").is_empty()).then_some(())
+    })
+    .await;
+    assert!(collected.is_some(), "orphans {gone:?} never collected; {}", world(&sim, "gone"));
+    let failed_list_all: u64 = sim
+        .arm
+        .call_counts()
+        .get("listAll")
+        .map(|m| m.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| n).sum())
+        .unwrap_or(0);
+    assert!(failed_list_all > 0, "the subscription-wide list was never tried: {:?}", sim.arm.call_counts());
+    assert_eq!(
+        one_to_one_online(&sim, "kept"),
+        Some(kept),
+        "the live pool was touched; {}",
+        world(&sim, "kept")
+    );
+    ctl.stop().await.unwrap();
+}
