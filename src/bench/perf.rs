@@ -300,12 +300,21 @@ async fn p3(
     .await
     .context("the P3 pools were never all reconciled")?;
     tokio::time::sleep(Duration::from_secs(10)).await;
+    let metrics_url = format!("{}/metrics", s.ctl.health_url);
+    let reconciles =
+        |text: &str| super::observe::metric_sum(text, "aci_runner_controller_reconcile_total", &[]);
     let t0 = Utc::now();
+    let rec0 = reconciles(&super::observe::controller_metrics(&metrics_url).await);
     let cpu0 = s.ctl.cpu_time();
     let w0 = Instant::now();
     tokio::time::sleep(args.p3_window).await;
     let wall = w0.elapsed();
     let cpu1 = s.ctl.cpu_time();
+    let rec1 = reconciles(&super::observe::controller_metrics(&metrics_url).await);
+    let mut arm_ops = std::collections::BTreeMap::<String, u64>::new();
+    for c in s.sim.arm.calls().into_iter().filter(|c| c.at >= t0) {
+        *arm_ops.entry(format!("{} {}", c.op, c.status)).or_default() += 1;
+    }
     let rss = s.ctl.rss_bytes().unwrap_or(0);
     let calls: Vec<_> = s.sim.github.calls().into_iter().filter(|c| c.at >= t0).collect();
     let mut by_op = std::collections::BTreeMap::<String, u64>::new();
@@ -322,7 +331,8 @@ async fn p3(
         per_hour,
         cpu_pct,
         rss,
-        json!({"pools": n, "windowSecs": wall.as_secs_f64(), "calls": calls.len(), "byOp": by_op}),
+        json!({"pools": n, "windowSecs": wall.as_secs_f64(), "calls": calls.len(), "byOp": by_op,
+               "reconciles": rec1 - rec0, "armCallsByOp": arm_ops}),
     ))
 }
 
@@ -489,10 +499,12 @@ async fn run_on(cp: &ControlPlane, args: &BenchArgs) -> anyhow::Result<(Vec<Figu
             goal: "≤ 120".into(),
             met: Some(per_hour <= 120.0),
             notes: format!(
-                "{} calls in {:.0} s, extrapolated; pools with minIdle 0 on one org; resync {}; controller RSS {:.1} MiB, CPU {cpu:.2} %",
+                "{} calls in {:.0} s, extrapolated; pools with minIdle 0 on one org; resync {}; {} reconcile passes and ARM calls {} in the window; controller RSS {:.1} MiB, CPU {cpu:.2} %",
                 d["calls"],
                 d["windowSecs"].as_f64().unwrap_or(0.0),
                 args.resync,
+                d["reconciles"],
+                d["armCallsByOp"],
                 rss as f64 / 1_048_576.0
             ),
         });
