@@ -466,6 +466,25 @@ async fn each_error_class_from_the_simulator() {
     });
     let e = client_with(&h, RateLimitConfig::default(), bad, None).get_group(SUB, RG, "x").await.unwrap_err();
     assert!(matches!(e, AzureError::Credential { retryable: false, .. }), "{e:?}");
+    assert!(!e.to_string().contains("wrong"), "the secret must not reach the message: {e}");
+
+    // A throttled or failing token endpoint is transient, never a credential verdict.
+    for faults in [
+        OpFaults { throttle: 1.0, ..OpFaults::default() },
+        OpFaults { internal_error: 1.0, ..OpFaults::default() },
+        OpFaults { unavailable: 1.0, ..OpFaults::default() },
+    ] {
+        h.set_faults(FaultConfig {
+            ops: BTreeMap::from([("token".to_string(), faults)]),
+            ..FaultConfig::default()
+        });
+        let fresh_reg = CredentialRegistry::new(cloud(&h), Duration::from_secs(300));
+        let c = client_with(&h, RateLimitConfig::default(), fresh_reg.get(&secret_spec(&h)), None);
+        let e = c.get_group(SUB, RG, "x").await.unwrap_err();
+        assert!(matches!(e, AzureError::Credential { retryable: true, .. }), "{faults:?}: {e:?}");
+        assert!(e.is_retryable(), "{e:?}");
+    }
+    h.set_faults(FaultConfig::default());
 
     // A missing group is `None`; a missing subscription is an error.
     let known = ArmSimConfig { subscriptions: vec![SUB.into()], ..ArmSimConfig::default() };

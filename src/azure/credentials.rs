@@ -171,7 +171,7 @@ impl CredentialSpec {
 
 enum Source {
     WorkloadIdentity { tenant_id: String, client_id: String, token_file: PathBuf },
-    ClientSecret(azure_identity::ClientSecretCredential),
+    ClientSecret { tenant_id: String, client_id: String, client_secret: String },
     ManagedIdentity { client_id: Option<String>, endpoint: Url },
 }
 
@@ -206,16 +206,7 @@ impl CachedCredential {
             }
             CredentialSpec::ClientSecret { tenant_id, client_id, client_secret } => {
                 let label = format!("client-secret:{client_id}");
-                (
-                    Source::ClientSecret(azure_identity::ClientSecretCredential::new(
-                        http.clone(),
-                        cloud.authority_host.clone(),
-                        tenant_id,
-                        client_id,
-                        client_secret,
-                    )),
-                    label,
-                )
+                (Source::ClientSecret { tenant_id, client_id, client_secret }, label)
             }
             CredentialSpec::ManagedIdentity { client_id, endpoint } => {
                 let label = format!("managed-identity:{}", client_id.as_deref().unwrap_or("system"));
@@ -267,14 +258,86 @@ impl CachedCredential {
                     OffsetDateTime::now_utc() + Duration::from_secs(r.expires_in),
                 ))
             }
-            Source::ClientSecret(c) => c
-                .get_token(scopes)
-                .await
-                .map_err(|e| CoreError::full(ErrorKind::Credential, e, "client secret token request failed")),
+            Source::ClientSecret { tenant_id, client_id, client_secret } => {
+                self.client_secret(tenant_id, client_id, client_secret, scopes).await
+            }
             Source::ManagedIdentity { client_id, endpoint } => {
                 self.managed_identity(client_id.as_deref(), endpoint, scopes).await
             }
         }
+    }
+
+    /// OAuth 2.0 client credentials grant against Entra ID.
+    ///
+    /// Hand-written (a form POST and a JSON answer) instead of azure_identity 0.21's
+    /// `ClientSecretCredential`: that one loses the HTTP status inside the oauth2 crate's error,
+    /// so a throttled or failing token endpoint (429, 5xx) could not be told apart from a wrong
+    /// secret, and a blip stalled pools with `AuthFailed`. Here the status stays in the error
+    /// chain (`ErrorKind::HttpResponse`), which `error::credential_retryable` classifies.
+    async fn client_secret(
+        &self,
+        tenant_id: &str,
+        client_id: &str,
+        client_secret: &str,
+        scopes: &[&str],
+    ) -> azure_core::Result<AccessToken> {
+        let mut url = self.authority_host.clone();
+        url.path_segments_mut()
+            .map_err(|_| cred_err(format!("invalid authority host {}", self.authority_host)))?
+            .pop_if_empty()
+            .extend([tenant_id, "oauth2", "v2.0", "token"]);
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "client_credentials")
+            .append_pair("client_id", client_id)
+            .append_pair("client_secret", client_secret)
+            .append_pair("scope", &scopes.join(" "))
+            .finish();
+        let mut req = Request::new(url, Method::Post);
+        req.insert_header("content-type", "application/x-www-form-urlencoded");
+        req.set_body(form);
+        let rsp =
+            self.http.execute_request(&req).await.map_err(|e| {
+                CoreError::full(ErrorKind::Credential, e, "Entra ID token endpoint unreachable")
+            })?;
+        let status = rsp.status();
+        let (_, headers, body) = rsp.deconstruct();
+        let body = body.collect().await?;
+        if !status.is_success() {
+            // Entra's error answer (`error`, `error_description`, AADSTS code) never echoes the secret.
+            let detail = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    let e = v.get("error")?;
+                    let code = e.as_str().or_else(|| e.get("code").and_then(|c| c.as_str()))?.to_string();
+                    let desc = v
+                        .get("error_description")
+                        .or_else(|| e.get("message"))
+                        .and_then(|d| d.as_str())
+                        .map(|d| d.lines().next().unwrap_or_default().to_string())
+                        .unwrap_or_default();
+                    Some(format!("{code}: {desc}"))
+                })
+                .unwrap_or_default();
+            return Err(CoreError::full(
+                ErrorKind::Credential,
+                CoreError::from(ErrorKind::http_response_from_parts(status, &headers, &body)),
+                format!("Entra ID token endpoint answered {} {detail}", status as u16),
+            ));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| cred_err(format!("token answer is not JSON: {e}")))?;
+        let token = v
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| cred_err("token answer has no access_token"))?;
+        let expires_in = v
+            .get("expires_in")
+            .and_then(|x| x.as_u64().or_else(|| x.as_str().and_then(|s| s.parse().ok())))
+            .unwrap_or(300);
+        Ok(AccessToken::new(
+            Secret::new(token.to_string()),
+            OffsetDateTime::now_utc() + Duration::from_secs(expires_in),
+        ))
     }
 
     async fn managed_identity(
