@@ -247,6 +247,13 @@ async fn killed_mid_scale_up_then_restarted_converges_without_duplicates_or_leak
     init_test_logging();
     let (client, ns) = setup("e2e-kill").await.unwrap();
     let sim = sim::start(fast_sim_options(6)).await.unwrap();
+    // Container-group PUTs take 300 ms (real ARM takes longer): every create leaves a window in
+    // which its runner is registered on GitHub and its group does not exist yet, so the kill
+    // below lands there however loaded the machine is.
+    sim.arm.set_faults(FaultConfig {
+        ops: [("create".to_string(), OpFaults { latency_ms: 300, ..OpFaults::default() })].into(),
+        ..FaultConfig::default()
+    });
     apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
     let sampler = GroupSampler::start(&sim, "kill");
 
@@ -623,6 +630,7 @@ async fn azure_errors_and_throttling_leave_no_leaked_groups_or_registrations() {
         throttle,
         internal_error,
         unavailable,
+        latency_ms: 0,
     };
     let faults = FaultConfig {
         ops: [

@@ -781,7 +781,7 @@ async fn faults_are_reproducible_from_the_seed() {
             seed,
             ops: BTreeMap::from([(
                 "get".to_string(),
-                OpFaults { throttle: 0.2, internal_error: 0.2, unavailable: 0.2 },
+                OpFaults { throttle: 0.2, internal_error: 0.2, unavailable: 0.2, latency_ms: 0 },
             )]),
             ..FaultConfig::default()
         });

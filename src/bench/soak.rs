@@ -84,6 +84,7 @@ impl Schedule {
                         throttle: rng.gen_range(0.0..0.15),
                         internal_error: rng.gen_range(0.0..0.1),
                         unavailable: rng.gen_range(0.0..0.1),
+                        latency_ms: 0,
                     },
                 );
             }

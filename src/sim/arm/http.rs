@@ -245,6 +245,10 @@ async fn arm(State(s): S, method: Method, uri: Uri, headers: HeaderMap, body: By
         .query()
         .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
+    let latency = s.cfg().faults.ops.get(op).map(|f| f.latency_ms).unwrap_or(0);
+    if latency > 0 {
+        tokio::time::sleep(s.clock.real(std::time::Duration::from_millis(latency))).await;
+    }
     let answer = handle(&s, &method, route, &query, &headers, &body, &path);
     let full = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| path.clone());
     s.record(op, method.as_str(), &full, answer.status, answer.code.clone());

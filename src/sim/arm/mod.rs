@@ -103,6 +103,9 @@ pub struct OpFaults {
     pub internal_error: f64,
     /// 503 `ServiceUnavailable`.
     pub unavailable: f64,
+    /// Simulated time every request of the operation takes before it is answered (real ARM PUTs
+    /// take hundreds of milliseconds to seconds).
+    pub latency_ms: u64,
 }
 
 /// A principal that lacks permission for an ARM action (answers 403 `AuthorizationFailed`).
