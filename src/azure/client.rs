@@ -14,7 +14,9 @@ use azure_core::error::ErrorKind;
 use azure_core::{ClientOptions, Context, Request, RetryOptions, Url};
 use azure_core::{Policy, PolicyResult};
 use azure_mgmt_containerinstance::package_preview_2024_05::Client as AciClient;
-use azure_mgmt_containerinstance::package_preview_2024_05::models::ContainerGroup;
+use azure_mgmt_containerinstance::package_preview_2024_05::models::{
+    ContainerGroup, ContainerGroupListResult,
+};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tracing::Instrument;
@@ -391,22 +393,8 @@ impl AzureClient {
     /// Every container group of the resource group that this controller manages (all pages).
     pub async fn list_groups(&self, sub: &str, rg: &str) -> Result<Vec<ObservedGroup>, AzureError> {
         let span = tracing::info_span!("azure.list_groups", subscription = %sub, resource_group = %rg, correlation_id = tracing::field::Empty);
-        async {
-            let mut stream = self.aci.container_groups_client().list_by_resource_group(sub, rg).into_stream();
-            let mut out = Vec::new();
-            while let Some(list) = self
-                .exchange("list", RequestKind::Read, sub, "", async { stream.next().await.transpose() })
-                .await?
-            {
-                out.extend(list.value.iter().map(observe).filter(ObservedGroup::managed_by_controller));
-                if list.next_link.as_deref().is_none_or(str::is_empty) {
-                    break; // last page: no request (and no rate-limit token) for the stream's end
-                }
-            }
-            Ok(out)
-        }
-        .instrument(span)
-        .await
+        let stream = self.aci.container_groups_client().list_by_resource_group(sub, rg).into_stream();
+        self.managed_pages(sub, stream).instrument(span).await
     }
 
     /// Every container group of the subscription that this controller manages, in every resource
@@ -414,22 +402,26 @@ impl AzureClient {
     /// rights at subscription scope (ARM answers 403 to an identity with resource-group rights).
     pub async fn list_groups_in_subscription(&self, sub: &str) -> Result<Vec<ObservedGroup>, AzureError> {
         let span = tracing::info_span!("azure.list_groups_in_subscription", subscription = %sub, correlation_id = tracing::field::Empty);
-        async {
-            let mut stream = self.aci.container_groups_client().list(sub).into_stream();
-            let mut out = Vec::new();
-            while let Some(list) = self
-                .exchange("list", RequestKind::Read, sub, "", async { stream.next().await.transpose() })
-                .await?
-            {
-                out.extend(list.value.iter().map(observe).filter(ObservedGroup::managed_by_controller));
-                if list.next_link.as_deref().is_none_or(str::is_empty) {
-                    break; // last page: no request (and no rate-limit token) for the stream's end
-                }
+        let stream = self.aci.container_groups_client().list(sub).into_stream();
+        self.managed_pages(sub, stream).instrument(span).await
+    }
+
+    /// The controller's groups from every page of a list (each page one rate-limited exchange).
+    async fn managed_pages<S>(&self, sub: &str, mut stream: S) -> Result<Vec<ObservedGroup>, AzureError>
+    where
+        S: futures::Stream<Item = azure_core::Result<ContainerGroupListResult>> + Unpin,
+    {
+        let mut out = Vec::new();
+        while let Some(list) = self
+            .exchange("list", RequestKind::Read, sub, "", async { stream.next().await.transpose() })
+            .await?
+        {
+            out.extend(list.value.iter().map(observe).filter(ObservedGroup::managed_by_controller));
+            if list.next_link.as_deref().is_none_or(str::is_empty) {
+                break; // last page: no request (and no rate-limit token) for the stream's end
             }
-            Ok(out)
         }
-        .instrument(span)
-        .await
+        Ok(out)
     }
 
     /// DELETE the group. 200/202/204 and 404 all mean "going or gone".

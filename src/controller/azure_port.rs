@@ -320,14 +320,7 @@ impl Cloud for AzurePort {
         pool: &'a PoolContext,
         name: &'a str,
     ) -> BoxFuture<'a, Result<(), EdgeError>> {
-        Box::pin(async move {
-            let (identity, client) = self.client(pool)?;
-            let r = client
-                .delete_group(&pool.spec.azure.subscription_id, &pool.spec.azure.resource_group, name)
-                .await;
-            self.invalidate(&identity, pool).await;
-            r.map_err(|e| edge_error(&e))
-        })
+        self.delete_group_in(pool, &pool.spec.azure.subscription_id, &pool.spec.azure.resource_group, name)
     }
 
     fn list_subscription_groups<'a>(
