@@ -118,8 +118,10 @@ pub struct JobRecord {
     pub runner_name: Option<String>,
     pub runner_group_id: Option<i64>,
     pub runner_group_name: Option<String>,
+    /// When the simulated runner dies under this job (the `runnerDeathMidJob` fault); a failed
+    /// job that completed at or after it was killed by the simulator, not by the controller.
     #[serde(skip)]
-    die_at: Option<DateTime<Utc>>,
+    pub die_at: Option<DateTime<Utc>>,
 }
 
 /// Control request: enqueue `count` jobs of one workflow run.
