@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aci_runner_controller::github::webhook::{router_with_metrics, verify_signature};
 use aci_runner_controller::github::{
-    Credentials, DemandSignal, GithubError, GithubHub, GithubMetrics, HubConfig, Scope, Secret,
+    Credentials, DemandSignal, GithubError, GithubHub, GithubMetrics, HubConfig, PaceConfig, Scope, Secret,
 };
 use aci_runner_controller::sim::clock::SimClock;
 use aci_runner_controller::sim::github::{
@@ -83,8 +83,15 @@ async fn token_renewed_before_expiry_and_dropped_on_401() {
 #[tokio::test]
 async fn unchanged_runner_list_uses_304_and_costs_nothing() {
     // 150 registrations in a burst: lift GitHub's 80-writes-per-minute secondary limit.
+    // ... and the client's pace of content-creating requests with it (as `--github-writes-per-minute`).
     let g = sim(60.0, GithubSimConfig { secondary_writes_per_minute: 1000, ..Default::default() }).await;
-    let hub = hub_for(&g, 30);
+    let clock = g.clock();
+    let hub = GithubHub::new(HubConfig {
+        list_interval: chrono::Duration::seconds(30),
+        clock: Arc::new(move || clock.now()),
+        content_pace: PaceConfig { per_minute: 1000, ..PaceConfig::default() },
+        ..Default::default()
+    });
     let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
     // 150 runners: the list spans two pages of 100.
     for i in 0..150 {

@@ -934,6 +934,36 @@ async fn content_creating_requests_have_their_own_secondary_limit() {
 }
 
 #[tokio::test]
+async fn content_creating_requests_are_also_limited_per_hour() {
+    // 60x: a simulated minute is one real second.
+    let cfg = GithubSimConfig {
+        secondary_writes_per_minute: 1000,
+        secondary_writes_per_hour: 5,
+        ..Default::default()
+    };
+    let g = sim(60.0, cfg).await;
+    let c = Conform::new(&g.url());
+    let pat = g.app_credentials().pats[0].clone();
+    let (tmpl, path) = (
+        "/orgs/{org}/actions/runners/registration-token",
+        "/orgs/octo-org/actions/runners/registration-token",
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(c.call("POST", tmpl, path, &pat, None).await.status);
+    }
+    assert_eq!(statuses, [201, 201, 201, 201, 201, 403]);
+    // A new minute does not help: the hour is full.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = c.call("POST", tmpl, path, &pat, None).await;
+    assert_eq!(r.status, 403);
+    let retry: i64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry > 3000 && retry <= 3600, "retry-after {retry} s: the rest of the hour");
+    let r = c.call("GET", "/orgs/{org}/actions/runners", "/orgs/octo-org/actions/runners", &pat, None).await;
+    assert_eq!(r.status, 200, "reads are not content-creating");
+}
+
+#[tokio::test]
 async fn faults_are_reproducible_from_the_seed() {
     async fn run(seed: u64) -> (Vec<u16>, usize) {
         let faults = GithubFaults {

@@ -39,6 +39,39 @@ pub struct RateLimitConfig {
     pub max_wait: Duration,
 }
 
+impl RateLimitConfig {
+    /// ACI's default create quotas and ARM's buckets with the create windows (per 5 minutes, per
+    /// hour) and bucket sizes replaced, for a subscription whose quotas were raised. Rejects
+    /// negative, infinite or NaN bucket figures.
+    pub fn with_limits(
+        creates_per_5min: u32,
+        creates_per_hour: u32,
+        reads: BucketLimit,
+        writes: BucketLimit,
+    ) -> Result<Self, String> {
+        for (what, b) in [("read", reads), ("write", writes)] {
+            if !(b.capacity.is_finite() && b.capacity >= 1.0) {
+                return Err(format!("the ARM {what} bucket needs a size of at least 1, not {}", b.capacity));
+            }
+            if !(b.refill_per_sec.is_finite() && b.refill_per_sec > 0.0) {
+                return Err(format!(
+                    "the ARM {what} refill must be above 0 per second, not {}",
+                    b.refill_per_sec
+                ));
+            }
+        }
+        Ok(Self {
+            creates: vec![
+                WindowLimit { limit: creates_per_5min, window: Duration::from_secs(300) },
+                WindowLimit { limit: creates_per_hour, window: Duration::from_secs(3600) },
+            ],
+            reads,
+            writes,
+            ..Self::default()
+        })
+    }
+}
+
 impl Default for RateLimitConfig {
     fn default() -> Self {
         Self {
@@ -305,6 +338,26 @@ mod tests {
         l.acquire(RequestKind::Write, "s", "westeurope").await.unwrap();
         tokio::time::sleep(Duration::from_millis(210)).await;
         l.acquire(RequestKind::Create, "s", "westeurope").await.unwrap();
+    }
+
+    #[test]
+    fn raised_limits_replace_the_windows_and_buckets_and_bad_figures_are_refused() {
+        let b = |capacity, refill_per_sec| BucketLimit { capacity, refill_per_sec };
+        let c = RateLimitConfig::with_limits(1000, 3000, b(500.0, 50.0), b(400.0, 20.0)).unwrap();
+        assert_eq!(
+            c.creates,
+            vec![
+                WindowLimit { limit: 1000, window: Duration::from_secs(300) },
+                WindowLimit { limit: 3000, window: Duration::from_secs(3600) },
+            ]
+        );
+        assert_eq!((c.reads, c.writes), (b(500.0, 50.0), b(400.0, 20.0)));
+        assert_eq!(c.max_wait, RateLimitConfig::default().max_wait);
+        let d = RateLimitConfig::default();
+        assert_eq!(RateLimitConfig::with_limits(100, 300, d.reads, d.writes).unwrap(), d);
+        assert!(RateLimitConfig::with_limits(100, 300, b(0.0, 1.0), d.writes).is_err());
+        assert!(RateLimitConfig::with_limits(100, 300, d.reads, b(10.0, 0.0)).is_err());
+        assert!(RateLimitConfig::with_limits(100, 300, d.reads, b(f64::NAN, 1.0)).is_err());
     }
 
     #[tokio::test]

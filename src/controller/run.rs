@@ -60,6 +60,82 @@ pub struct RunArgs {
     /// Mark-then-confirm grace period of garbage collection.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub gc_grace: Duration,
+    /// Client-side limits on Azure and GitHub requests.
+    #[command(flatten)]
+    pub limits: ApiLimitArgs,
+}
+
+/// The quotas the controller paces itself to, so that it never sends a request into a known
+/// wall. The defaults are Azure's and GitHub's documented defaults; raise them to what your
+/// subscription (after a quota increase) or your GHES instance allows.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct ApiLimitArgs {
+    /// ACI container-group creates per subscription·region in any 5 minutes.
+    #[arg(long, env = "ACI_CREATES_PER_5M", default_value_t = 100)]
+    pub aci_creates_per_5m: u32,
+    /// ACI container-group creates per subscription·region in any hour.
+    #[arg(long, env = "ACI_CREATES_PER_HOUR", default_value_t = 300)]
+    pub aci_creates_per_hour: u32,
+    /// ARM read requests per subscription: bucket size ...
+    #[arg(long, default_value_t = 250.0)]
+    pub arm_read_burst: f64,
+    /// ... and refill per second.
+    #[arg(long, default_value_t = 25.0)]
+    pub arm_reads_per_sec: f64,
+    /// ARM write requests (creates, deletes) per subscription: bucket size ...
+    #[arg(long, default_value_t = 200.0)]
+    pub arm_write_burst: f64,
+    /// ... and refill per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub arm_writes_per_sec: f64,
+    /// GitHub content-creating requests (JIT configs, registration tokens, runner deletes) per
+    /// App installation or token in any minute; 0 = unpaced (GHES without rate limits).
+    #[arg(long, env = "GITHUB_WRITES_PER_MINUTE", default_value_t = 80)]
+    pub github_writes_per_minute: u32,
+    /// ... and in any hour; 0 = unpaced.
+    #[arg(long, env = "GITHUB_WRITES_PER_HOUR", default_value_t = 500)]
+    pub github_writes_per_hour: u32,
+}
+
+impl Default for ApiLimitArgs {
+    /// The same as the flags' defaults.
+    fn default() -> Self {
+        let arm = crate::azure::RateLimitConfig::default();
+        let gh = crate::github::PaceConfig::default();
+        Self {
+            aci_creates_per_5m: 100,
+            aci_creates_per_hour: 300,
+            arm_read_burst: arm.reads.capacity,
+            arm_reads_per_sec: arm.reads.refill_per_sec,
+            arm_write_burst: arm.writes.capacity,
+            arm_writes_per_sec: arm.writes.refill_per_sec,
+            github_writes_per_minute: gh.per_minute,
+            github_writes_per_hour: gh.per_hour,
+        }
+    }
+}
+
+impl ApiLimitArgs {
+    /// The Azure edge's rate-limiter configuration.
+    pub fn azure(&self) -> anyhow::Result<crate::azure::RateLimitConfig> {
+        use crate::azure::BucketLimit;
+        crate::azure::RateLimitConfig::with_limits(
+            self.aci_creates_per_5m,
+            self.aci_creates_per_hour,
+            BucketLimit { capacity: self.arm_read_burst, refill_per_sec: self.arm_reads_per_sec },
+            BucketLimit { capacity: self.arm_write_burst, refill_per_sec: self.arm_writes_per_sec },
+        )
+        .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// The GitHub edge's content-creation pace.
+    pub fn github(&self) -> crate::github::PaceConfig {
+        crate::github::PaceConfig {
+            per_minute: self.github_writes_per_minute,
+            per_hour: self.github_writes_per_hour,
+            ..crate::github::PaceConfig::default()
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -307,9 +383,7 @@ pub fn build_edges(
     identity: Option<crate::azure::CredentialSpec>,
     clock: crate::github::Clock,
 ) -> anyhow::Result<Edges> {
-    use crate::azure::{
-        AzureClientConfig, AzureMetrics, CloudConfig, CredentialRegistry, RateLimitConfig, RateLimiter,
-    };
+    use crate::azure::{AzureClientConfig, AzureMetrics, CloudConfig, CredentialRegistry, RateLimiter};
     use crate::github::{GithubHub, HubConfig, Secret};
 
     let arm = args.arm_endpoint.trim_end_matches('/');
@@ -317,7 +391,7 @@ pub fn build_edges(
     let cloud = CloudConfig::custom(&args.azure_authority_host, &args.arm_endpoint, &scope)
         .map_err(|e| anyhow::anyhow!(e))?;
     let azure_metrics = AzureMetrics::new();
-    let limiter = RateLimiter::new(RateLimitConfig::default(), azure_metrics.clone());
+    let limiter = RateLimiter::new(args.limits.azure()?, azure_metrics.clone());
     let registry = CredentialRegistry::new(cloud.clone(), Duration::from_secs(300));
     let (changes_tx, changes_rx) = mpsc::channel(16);
     let cloud_port = super::azure_port::AzurePort::new(
@@ -329,7 +403,11 @@ pub fn build_edges(
         Duration::from_secs(2),
     )
     .with_change_signal(changes_tx.clone());
-    let hub = GithubHub::new(HubConfig { clock: clock.clone(), ..HubConfig::default() });
+    let hub = GithubHub::new(HubConfig {
+        clock: clock.clone(),
+        content_pace: args.limits.github(),
+        ..HubConfig::default()
+    });
     let metrics = Arc::new(Metrics::new());
     metrics.register_edges(&azure_metrics, hub.metrics());
     let webhook = match &args.webhook_secret_file {
@@ -368,4 +446,62 @@ pub fn build_edges(
         clock,
         list_changes: Some(changes_rx),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> RunArgs {
+        Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).unwrap().run
+    }
+
+    #[test]
+    fn limit_flags_default_to_the_documented_quotas() {
+        let run = parse(&[]);
+        assert_eq!(run.limits, ApiLimitArgs::default());
+        assert_eq!(run.limits.azure().unwrap(), crate::azure::RateLimitConfig::default());
+        assert_eq!(run.limits.github(), crate::github::PaceConfig::default());
+    }
+
+    #[test]
+    fn raised_quotas_reach_the_edges() {
+        let run = parse(&[
+            "--aci-creates-per-5m",
+            "1000",
+            "--aci-creates-per-hour",
+            "3000",
+            "--arm-write-burst",
+            "400",
+            "--arm-writes-per-sec",
+            "20",
+            "--arm-read-burst",
+            "500",
+            "--arm-reads-per-sec",
+            "50",
+            "--github-writes-per-minute",
+            "1000",
+            "--github-writes-per-hour",
+            "0",
+        ]);
+        let az = run.limits.azure().unwrap();
+        assert_eq!(
+            az.creates.iter().map(|w| (w.limit, w.window.as_secs())).collect::<Vec<_>>(),
+            [(1000, 300), (3000, 3600)]
+        );
+        assert_eq!((az.writes.capacity, az.writes.refill_per_sec), (400.0, 20.0));
+        assert_eq!((az.reads.capacity, az.reads.refill_per_sec), (500.0, 50.0));
+        let gh = run.limits.github();
+        assert_eq!((gh.per_minute, gh.per_hour), (1000, 0));
+        // A bucket that could never refill is refused before the controller starts.
+        assert!(parse(&["--arm-writes-per-sec", "0"]).limits.azure().is_err());
+        assert!(Cli::try_parse_from(["run", "--aci-creates-per-5m", "-1"]).is_err());
+    }
 }

@@ -18,6 +18,7 @@ use sha2::Digest;
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::metrics::{AuthLabels, EndpointLabels, GithubMetrics, OpLabels};
+use super::pace::{PaceConfig, Pacer};
 use super::{Clock, Credentials, GithubError, Runner, RunnerStatus, Scope, Secret, auth, html_base};
 
 /// Tuning of the hub.
@@ -33,6 +34,8 @@ pub struct HubConfig {
     pub request_timeout: std::time::Duration,
     /// Clock used to interpret `expires_at`, `x-ratelimit-reset` and list intervals.
     pub clock: Clock,
+    /// Pace of content-creating requests per installation / token (GitHub's secondary limit).
+    pub content_pace: PaceConfig,
 }
 
 impl Default for HubConfig {
@@ -44,6 +47,7 @@ impl Default for HubConfig {
             token_refresh_margin: Duration::minutes(5),
             request_timeout: std::time::Duration::from_secs(30),
             clock: Arc::new(Utc::now),
+            content_pace: PaceConfig::default(),
         }
     }
 }
@@ -108,6 +112,7 @@ struct HubInner {
     lists: Mutex<HashMap<ListKey, Arc<AsyncMutex<ListCache>>>>,
     groups: Mutex<HashMap<(String, Scope, String), i64>>,
     rates: Mutex<HashMap<String, RateStatus>>,
+    pacer: Pacer,
     metrics: GithubMetrics,
 }
 
@@ -131,6 +136,7 @@ impl GithubHub {
     pub fn new(cfg: HubConfig) -> Self {
         Self {
             inner: Arc::new(HubInner {
+                pacer: Pacer::new(cfg.content_pace),
                 cfg,
                 octos: Mutex::new(HashMap::new()),
                 tokens: Mutex::new(HashMap::new()),
@@ -520,6 +526,9 @@ impl GithubClient {
         for attempt in 0..2 {
             self.rate_gate()?;
             let bearer = self.bearer().await?;
+            if method != Method::GET {
+                self.pace(op).await?;
+            }
             let resp = self.execute(op, method.clone(), path, bearer.expose(), body, etag).await?;
             if resp.status == StatusCode::UNAUTHORIZED && matches!(self.creds, Credentials::App { .. }) {
                 self.drop_token(&bearer).await;
@@ -533,6 +542,20 @@ impl GithubClient {
             message: format!("{op}: GitHub keeps rejecting the installation token"),
             permission: None,
         })
+    }
+
+    /// Wait for the content-creation pace of this principal on this GitHub (briefly), or fail
+    /// with `RateLimited` without sending anything.
+    async fn pace(&self, op: &'static str) -> Result<(), GithubError> {
+        let key = format!("{}|{}", self.base, self.principal);
+        match self.hub.pacer.acquire(&key, &self.hub.cfg.clock).await {
+            Ok(()) => Ok(()),
+            Err(reset) => {
+                self.hub.metrics.paced.get_or_create(&OpLabels { endpoint: op.into() }).inc();
+                tracing::debug!(endpoint = op, %reset, "content-creation pace reached; not sending");
+                Err(GithubError::RateLimited { reset })
+            }
+        }
     }
 
     /// Map a non-success answer to an error.

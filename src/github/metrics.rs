@@ -47,6 +47,8 @@ pub struct GithubMetrics {
     pub token_mints: Family<AuthLabels, Counter>,
     pub not_modified: Family<OpLabels, Counter>,
     pub webhook_deliveries: Family<ResultLabels, Counter>,
+    /// Content-creating requests not sent because the pace was reached (retried later).
+    pub paced: Family<OpLabels, Counter>,
 }
 
 impl Default for GithubMetrics {
@@ -58,6 +60,7 @@ impl Default for GithubMetrics {
             token_mints: Family::default(),
             not_modified: Family::default(),
             webhook_deliveries: Family::default(),
+            paced: Family::default(),
         }
     }
 }
@@ -76,6 +79,11 @@ impl GithubMetrics {
         r.register("installation_token_mints", "Installation tokens minted", self.token_mints.clone());
         r.register("not_modified", "Conditional requests answered 304", self.not_modified.clone());
         r.register("webhook_deliveries", "Webhook deliveries by result", self.webhook_deliveries.clone());
+        r.register(
+            "content_paced",
+            "Content-creating requests held back by the client-side pace (GitHub's secondary limit)",
+            self.paced.clone(),
+        );
     }
 
     pub(crate) fn webhook(&self, result: &str) {

@@ -30,6 +30,7 @@ mod auth;
 pub mod bridge;
 mod client;
 pub mod metrics;
+mod pace;
 pub mod webhook;
 
 use std::fmt;
@@ -41,6 +42,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::mint_app_jwt;
 pub use client::{GithubClient, GithubHub, HubConfig, JitConfig, QueuedJob, RateStatus, RegistrationToken};
 pub use metrics::GithubMetrics;
+pub use pace::PaceConfig;
 pub use webhook::{DemandSignal, WEBHOOK_PATH};
 
 /// The public GitHub API.

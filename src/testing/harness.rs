@@ -176,6 +176,7 @@ pub fn run_args(
         azure_authority_host: sim.arm.url(),
         arm_scope: Some("https://management.azure.com/.default".into()),
         gc_grace: opts.gc_grace,
+        limits: Default::default(),
     }
 }
 

@@ -138,6 +138,9 @@ pub struct GithubSimConfig {
     /// Secondary limit on content-creating requests (POST/DELETE) per simulated minute
     /// (GitHub documents 80).
     pub secondary_writes_per_minute: u64,
+    /// ... and per simulated hour (GitHub documents 500), counted in a fixed window that begins
+    /// with the first such request.
+    pub secondary_writes_per_hour: u64,
     /// Status of primary rate-limit answers: 403 (GitHub's usual) or 429.
     pub rate_limit_status: u16,
     /// JWT clock tolerance in seconds.
@@ -209,6 +212,7 @@ impl Default for GithubSimConfig {
             rate_limit: 5000,
             secondary_limit_per_minute: 900,
             secondary_writes_per_minute: 80,
+            secondary_writes_per_hour: 500,
             rate_limit_status: 403,
             jwt_leeway_secs: 60,
             runner_startup_ms: 3_000,

@@ -308,6 +308,9 @@ struct Limit {
     minute_count: u64,
     /// Content-creating requests (POST/DELETE) in the current minute.
     writes_in_minute: u64,
+    /// Content-creating requests in the hour window that began with `writes_hour_start`.
+    writes_hour_start: Option<DateTime<Utc>>,
+    writes_in_hour: u64,
     refused: u64,
     not_modified: u64,
 }
@@ -743,6 +746,7 @@ impl Shared {
         let limit = st.cfg.rate_limit;
         let secondary = st.cfg.secondary_limit_per_minute;
         let secondary_writes = st.cfg.secondary_writes_per_minute;
+        let secondary_writes_hour = st.cfg.secondary_writes_per_hour;
         let status = st.cfg.rate_limit_status;
         let key = p.key();
         let l = st.limits.entry(key).or_default();
@@ -759,10 +763,20 @@ impl Shared {
             a.headers.push(("retry-after".into(), wait.to_string()));
             return Err(a);
         }
-        if l.minute_count >= secondary || (write && l.writes_in_minute >= secondary_writes) {
+        if write && !l.writes_hour_start.is_some_and(|w| w + Duration::hours(1) > now) {
+            l.writes_hour_start = Some(now);
+            l.writes_in_hour = 0;
+        }
+        let hourly_full = write && l.writes_in_hour >= secondary_writes_hour;
+        if l.minute_count >= secondary || (write && l.writes_in_minute >= secondary_writes) || hourly_full {
             l.refused += 1;
-            let retry =
-                l.minute_start.map(|m| (m + Duration::minutes(1) - now).num_seconds().max(1)).unwrap_or(60);
+            let retry = if hourly_full {
+                l.writes_hour_start
+                    .map(|h| (h + Duration::hours(1) - now).num_seconds().max(1))
+                    .unwrap_or(3600)
+            } else {
+                l.minute_start.map(|m| (m + Duration::minutes(1) - now).num_seconds().max(1)).unwrap_or(60)
+            };
             return Err(Answer::error(
                 403,
                 "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
@@ -773,6 +787,7 @@ impl Shared {
         l.minute_count += 1;
         if write {
             l.writes_in_minute += 1;
+            l.writes_in_hour += 1;
         }
         Ok(rate_headers(limit, limit - l.used, l.used, reset))
     }
