@@ -663,6 +663,7 @@ async fn a_burst_of_500_creates_is_never_throttled_and_never_beyond_quota() {
         reads: BucketLimit { capacity: 1000.0, refill_per_sec: 1000.0 },
         writes: BucketLimit { capacity: 1000.0, refill_per_sec: 1000.0 },
         max_wait: Duration::from_secs(60),
+        margin: Duration::ZERO,
     };
     let reg = CredentialRegistry::new(cloud(&h), Duration::from_secs(300));
     let c = client_with(&h, rate, reg.get(&secret_spec(&h)), None);

@@ -37,6 +37,11 @@ pub struct RateLimitConfig {
     /// Longest a caller waits for a bucket; beyond it `acquire` fails with a local
     /// [`AzureError::Throttled`] so that no reconcile blocks for long.
     pub max_wait: Duration,
+    /// Allowance for requests reaching ARM later or earlier than they left (network and
+    /// scheduling jitter): each bucket keeps `refill × margin` tokens in reserve and a create
+    /// slot frees `margin` after its window. Without it, a client that paces exactly at the
+    /// quota sees an occasional 429 when two requests arrive closer together than they left.
+    pub margin: Duration,
 }
 
 impl RateLimitConfig {
@@ -82,6 +87,7 @@ impl Default for RateLimitConfig {
             reads: BucketLimit { capacity: 250.0, refill_per_sec: 25.0 },
             writes: BucketLimit { capacity: 200.0, refill_per_sec: 10.0 },
             max_wait: Duration::from_secs(2),
+            margin: Duration::from_millis(250),
         }
     }
 }
@@ -136,6 +142,12 @@ impl RateLimiter {
         &self.cfg
     }
 
+    /// The bucket as the client runs it: `refill × margin` tokens (at most half the bucket) fewer.
+    fn effective(&self, spec: BucketLimit) -> BucketLimit {
+        let reserve = (spec.refill_per_sec * self.cfg.margin.as_secs_f64()).min(spec.capacity / 2.0);
+        BucketLimit { capacity: (spec.capacity - reserve).max(1.0), refill_per_sec: spec.refill_per_sec }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -150,7 +162,7 @@ impl RateLimiter {
         now: Instant,
     ) -> Duration {
         let write = kind != RequestKind::Read;
-        let spec = if write { self.cfg.writes } else { self.cfg.reads };
+        let spec = self.effective(if write { self.cfg.writes } else { self.cfg.reads });
         let b = st.buckets.entry((key(sub), write)).or_insert(Bucket {
             tokens: spec.capacity,
             last: now,
@@ -187,7 +199,11 @@ impl RateLimiter {
                 }
             }
             for (w, lim) in cs.windows.iter_mut().zip(self.cfg.creates.iter()) {
-                while w.grants.front().is_some_and(|t| now.saturating_duration_since(*t) >= lim.window) {
+                while w
+                    .grants
+                    .front()
+                    .is_some_and(|t| now.saturating_duration_since(*t) >= lim.window + self.cfg.margin)
+                {
                     w.grants.pop_front();
                 }
                 if lim.limit == 0 {
@@ -196,7 +212,7 @@ impl RateLimiter {
                 } else if w.grants.len() as u64 >= u64::from(lim.limit) {
                     // The request may go once the oldest grant that keeps the window full expires.
                     let idx = w.grants.len() - lim.limit as usize;
-                    let free_at = w.grants.get(idx).map(|t| *t + lim.window).unwrap_or(now);
+                    let free_at = w.grants.get(idx).map(|t| *t + lim.window + self.cfg.margin).unwrap_or(now);
                     create_wait = create_wait.max(free_at.saturating_duration_since(now));
                 }
             }
@@ -290,7 +306,7 @@ impl RateLimiter {
             format!("creates:{location}")
         } else {
             let write = kind != RequestKind::Read;
-            let spec = if write { self.cfg.writes } else { self.cfg.reads };
+            let spec = self.effective(if write { self.cfg.writes } else { self.cfg.reads });
             let b = st.buckets.entry((key(sub), write)).or_insert(Bucket {
                 tokens: spec.capacity,
                 last: Instant::now(),
@@ -315,6 +331,7 @@ mod tests {
                 reads: BucketLimit { capacity: 2.0, refill_per_sec: 10.0 },
                 writes: BucketLimit { capacity: 100.0, refill_per_sec: 100.0 },
                 max_wait,
+                margin: Duration::ZERO,
             },
             AzureMetrics::new(),
         )
@@ -358,6 +375,32 @@ mod tests {
         assert!(RateLimitConfig::with_limits(100, 300, b(0.0, 1.0), d.writes).is_err());
         assert!(RateLimitConfig::with_limits(100, 300, d.reads, b(10.0, 0.0)).is_err());
         assert!(RateLimitConfig::with_limits(100, 300, d.reads, b(f64::NAN, 1.0)).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_margin_keeps_a_reserve_and_frees_create_slots_late() {
+        let l = RateLimiter::new(
+            RateLimitConfig {
+                creates: vec![WindowLimit { limit: 1, window: Duration::from_millis(100) }],
+                reads: BucketLimit { capacity: 10.0, refill_per_sec: 10.0 },
+                writes: BucketLimit { capacity: 100.0, refill_per_sec: 1000.0 },
+                max_wait: Duration::ZERO,
+                margin: Duration::from_millis(200),
+            },
+            AzureMetrics::new(),
+        );
+        // Reads: 10 × 0.2 s = 2 tokens in reserve, so 8 go at once.
+        for _ in 0..8 {
+            l.acquire(RequestKind::Read, "s", "").await.unwrap();
+        }
+        assert!(l.acquire(RequestKind::Read, "s", "").await.is_err());
+        // A create slot frees a margin after its window.
+        l.acquire(RequestKind::Create, "s", "westeurope").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let e = l.acquire(RequestKind::Create, "s", "westeurope").await.unwrap_err();
+        assert!(e.retry_after().is_some_and(|w| w > Duration::from_millis(100)), "{e:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        l.acquire(RequestKind::Create, "s", "westeurope").await.unwrap();
     }
 
     #[tokio::test]

@@ -54,6 +54,16 @@ fn free_port() -> std::io::Result<u16> {
 impl ControllerProc {
     /// Start `aci-runner-controller run` against `sim` and wait for `/healthz`.
     pub async fn start(sim: &Simulator, spec: ControllerSpec) -> Result<Self, ProcError> {
+        Self::start_with(sim, spec, &[]).await
+    }
+
+    /// [`Self::start`] with more `run` flags appended (e.g. raised quotas:
+    /// `--aci-creates-per-5m 1000`).
+    pub async fn start_with(
+        sim: &Simulator,
+        spec: ControllerSpec,
+        extra_args: &[String],
+    ) -> Result<Self, ProcError> {
         std::fs::create_dir_all(&spec.dir)
             .map_err(|source| ProcError::Io { path: spec.dir.clone(), source })?;
         let secret_file = spec.dir.join("webhook-secret");
@@ -62,7 +72,7 @@ impl ControllerProc {
         let health_port = free_port().map_err(ProcError::Spawn)?;
         let webhook_port = free_port().map_err(ProcError::Spawn)?;
         let arm = sim.arm.url();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "run".into(),
             "--namespaces".into(),
             spec.namespaces.join(","),
@@ -89,6 +99,7 @@ impl ControllerProc {
             "--gc-grace".into(),
             spec.gc_grace.clone(),
         ];
+        args.extend(extra_args.iter().cloned());
         let env = vec![
             ("KUBECONFIG".to_string(), spec.kubeconfig.display().to_string()),
             ("AZURE_TENANT_ID".to_string(), sim.arm.tenant_id()),

@@ -32,17 +32,28 @@ pub struct PaceConfig {
     /// [`super::GithubError::RateLimited`] (the planner retries after the reset), so that no
     /// reconcile blocks for long.
     pub max_wait: std::time::Duration,
+    /// A slot frees this long after its window: requests reach GitHub a little later than they
+    /// leave, by varying amounts, and two that arrive closer together than they left could
+    /// otherwise land in one of GitHub's windows.
+    pub margin: std::time::Duration,
 }
 
 impl Default for PaceConfig {
     fn default() -> Self {
-        Self { per_minute: 80, per_hour: 500, max_wait: std::time::Duration::from_secs(2) }
+        Self {
+            per_minute: 80,
+            per_hour: 500,
+            max_wait: std::time::Duration::from_secs(2),
+            margin: std::time::Duration::from_millis(250),
+        }
     }
 }
 
 impl PaceConfig {
+    /// (limit, window + margin)
     fn windows(&self) -> [(u32, Duration); 2] {
-        [(self.per_minute, Duration::minutes(1)), (self.per_hour, Duration::hours(1))]
+        let m = Duration::from_std(self.margin).unwrap_or_else(|_| Duration::zero());
+        [(self.per_minute, Duration::minutes(1) + m), (self.per_hour, Duration::hours(1) + m)]
     }
 
     /// The longest window that has a limit (how long grants must be remembered).
@@ -120,6 +131,8 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    const ZERO: std::time::Duration = std::time::Duration::ZERO;
+
     fn at(secs: f64) -> DateTime<Utc> {
         DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default()
             + Duration::milliseconds((secs * 1000.0) as i64)
@@ -127,7 +140,7 @@ mod tests {
 
     #[test]
     fn a_burst_up_to_the_minute_limit_goes_at_once_then_the_window_must_slide() {
-        let p = Pacer::new(PaceConfig { per_minute: 3, per_hour: 5, ..Default::default() });
+        let p = Pacer::new(PaceConfig { per_minute: 3, per_hour: 5, margin: ZERO, ..Default::default() });
         for i in 0..3 {
             assert!(p.try_take("a", at(f64::from(i))).is_zero());
         }
@@ -145,18 +158,18 @@ mod tests {
 
     #[test]
     fn no_sixty_second_window_ever_holds_more_than_the_limit() {
+        // With the default margin, even requests that arrive up to 250 ms closer together than
+        // they left never make 81 in a GitHub minute.
         let p = Pacer::new(PaceConfig { per_minute: 80, per_hour: 0, ..Default::default() });
-        let mut grants = Vec::new();
-        let mut t = 0.0;
-        while t < 300.0 {
-            if p.try_take("k", at(t)).is_zero() {
-                grants.push(t);
+        let mut grants: Vec<i64> = Vec::new();
+        for ms in (0..300_000).step_by(50) {
+            if p.try_take("k", at(ms as f64 / 1000.0)).is_zero() {
+                grants.push(ms);
             }
-            t += 0.25;
         }
         for (i, g) in grants.iter().enumerate() {
-            let in_window = grants[i..].iter().take_while(|x| **x < g + 60.0).count();
-            assert!(in_window <= 80, "{in_window} grants in the minute from {g}");
+            let in_window = grants[i..].iter().take_while(|x| **x < g + 60_250).count();
+            assert!(in_window <= 80, "{in_window} grants in the minute from {g} ms");
         }
         // And the pace is used: 80 per minute over five minutes.
         assert_eq!(grants.len(), 400);
@@ -164,7 +177,7 @@ mod tests {
 
     #[test]
     fn zero_limits_switch_pacing_off() {
-        let p = Pacer::new(PaceConfig { per_minute: 0, per_hour: 0, ..Default::default() });
+        let p = Pacer::new(PaceConfig { per_minute: 0, per_hour: 0, margin: ZERO, ..Default::default() });
         for _ in 0..1000 {
             assert!(p.try_take("k", at(0.0)).is_zero());
         }
@@ -178,6 +191,7 @@ mod tests {
             per_minute: 2,
             per_hour: 0,
             max_wait: std::time::Duration::from_millis(300),
+            margin: ZERO,
         });
         p.acquire("k", &clock).await.unwrap();
         p.acquire("k", &clock).await.unwrap();
@@ -196,6 +210,7 @@ mod tests {
             per_minute: 1,
             per_hour: 0,
             max_wait: std::time::Duration::from_secs(2),
+            margin: ZERO,
         });
         p.acquire("k", &fake).await.unwrap();
         // Jump the clock to 200 ms before the minute ends: the next request waits ~200 ms.

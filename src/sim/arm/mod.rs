@@ -402,6 +402,18 @@ impl ArmSimHandle {
     pub fn set_quotas(&self, quotas: Quotas) {
         self.shared.set_quotas(quotas)
     }
+    /// Benchmark setup: create a container group from a PUT body (validated like a PUT) without
+    /// counting it against quotas, throttling or the call log. It goes through ACI's states and
+    /// its container is started through the runtime like any other group.
+    pub fn seed_group(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), String> {
+        self.shared.seed_group(sub, rg, name, body)
+    }
     /// Make a container of a group exit now with `code` (as if its process ended).
     pub fn exit_container(&self, group: &str, code: i32) -> bool {
         self.shared.exit_container_by_name(group, code)

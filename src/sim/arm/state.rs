@@ -861,6 +861,32 @@ impl Shared {
             w.push_back(now);
         }
         st.creates_accepted += 1;
+        let location = v.location.clone();
+        let body = self.insert_new_group(&mut st, &cfg, sub, rg, name, v, now);
+        let op_id = uuid::Uuid::new_v4().to_string();
+        st.ops.insert(op_id.clone(), Op { kind: OpKind::Create, group_key: key, started: now });
+        drop(st);
+        let resource = format!(
+            "Microsoft.ContainerInstance/ContainerGroupCreates5Min;{remaining_5},Microsoft.ContainerInstance/ContainerGroupCreates1Hour;{remaining_h}"
+        );
+        self.async_headers(Answer::ok(201, body), sub, &location, &op_id, api_version)
+            .header("x-ms-ratelimit-remaining-resource", resource)
+    }
+
+    /// A new group as an accepted PUT creates it (state `Pending`, provisioned over simulated
+    /// time); returns its rendered body.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_new_group(
+        &self,
+        st: &mut State,
+        cfg: &ArmSimConfig,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        v: ValidGroup,
+        now: DateTime<Utc>,
+    ) -> Value {
+        let key = group_key(sub, rg, name);
         let slow = cfg.faults.slow_provisioning_ms.get(&v.location).copied().unwrap_or(0);
         let creating_at = now + ms(cfg.provisioning_delay_ms) + ms(slow);
         let running_at = creating_at + ms(cfg.image_pull_delay_ms);
@@ -920,15 +946,30 @@ impl Shared {
             deleting_until: None,
         };
         let body = self.render(&g);
-        st.groups.insert(key.clone(), g);
-        let op_id = uuid::Uuid::new_v4().to_string();
-        st.ops.insert(op_id.clone(), Op { kind: OpKind::Create, group_key: key, started: now });
-        drop(st);
-        let resource = format!(
-            "Microsoft.ContainerInstance/ContainerGroupCreates5Min;{remaining_5},Microsoft.ContainerInstance/ContainerGroupCreates1Hour;{remaining_h}"
-        );
-        self.async_headers(Answer::ok(201, body), sub, &v.location, &op_id, api_version)
-            .header("x-ms-ratelimit-remaining-resource", resource)
+        st.groups.insert(key.to_string(), g);
+        body
+    }
+
+    /// Benchmark setup: create a group from a PUT body (validated like a PUT) without counting it
+    /// against quotas, throttling buckets, create windows or the call log; it is provisioned and
+    /// its containers started through the runtime like any other group.
+    pub fn seed_group(&self, sub: &str, rg: &str, name: &str, body: &Value) -> Result<(), String> {
+        let cfg = self.cfg();
+        let v = validate(name, body, &cfg).map_err(|a| {
+            a.body
+                .as_ref()
+                .and_then(|b| b.pointer("/error/message"))
+                .and_then(Value::as_str)
+                .unwrap_or("invalid")
+                .to_string()
+        })?;
+        let now = self.clock.now();
+        let mut st = self.st();
+        if st.groups.contains_key(&group_key(sub, rg, name)) {
+            return Err(format!("container group {name} already exists"));
+        }
+        self.insert_new_group(&mut st, &cfg, sub, rg, name, v, now);
+        Ok(())
     }
 
     /// `PATCH` (the `Resource` body): only tags can be updated.

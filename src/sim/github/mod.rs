@@ -352,6 +352,27 @@ impl GithubSimHandle {
         self.shared.set_rate_limit(per_hour, secondary_per_minute)
     }
 
+    /// Benchmark setup: register a JIT runner as `POST …/actions/runners/generate-jitconfig`
+    /// would (same validation and record), without counting it against any rate limit or in the
+    /// call log. Returns the runner id and the encoded JIT config for its container.
+    pub fn seed_jit_runner(
+        &self,
+        scope: &ScopeKey,
+        name: &str,
+        labels: &[String],
+        runner_group_id: i64,
+    ) -> Result<(i64, String), String> {
+        let body = serde_json::json!({"name": name, "runner_group_id": runner_group_id, "labels": labels});
+        let a = self.shared.generate_jitconfig(scope, &body);
+        let b = a.body.unwrap_or_default();
+        if a.status != 201 {
+            return Err(format!("{}: {}", a.status, b.get("message").and_then(|m| m.as_str()).unwrap_or("")));
+        }
+        let id = b.pointer("/runner/id").and_then(serde_json::Value::as_i64).ok_or("no runner id")?;
+        let enc = b.get("encoded_jit_config").and_then(serde_json::Value::as_str).ok_or("no JIT config")?;
+        Ok((id, enc.to_string()))
+    }
+
     // ---- inspection ----
     pub fn runners(&self) -> Vec<RunnerRecord> {
         self.shared.runners()

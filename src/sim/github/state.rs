@@ -763,7 +763,7 @@ impl Shared {
             a.headers.push(("retry-after".into(), wait.to_string()));
             return Err(a);
         }
-        if write && !l.writes_hour_start.is_some_and(|w| w + Duration::hours(1) > now) {
+        if write && l.writes_hour_start.is_none_or(|w| w + Duration::hours(1) <= now) {
             l.writes_hour_start = Some(now);
             l.writes_in_hour = 0;
         }
