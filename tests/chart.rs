@@ -262,6 +262,10 @@ fn defaults_render_a_hardened_two_replica_deployment() {
             "--arm-endpoint=https://management.azure.com",
             "--azure-authority-host=https://login.microsoftonline.com",
             "--log-format=json",
+            "--aci-creates-per-5m=100",
+            "--aci-creates-per-hour=300",
+            "--github-writes-per-minute=80",
+            "--github-writes-per-hour=500",
         ]
     );
     // Least privilege: cluster-wide pool rules (all namespaces watched), the Lease only at home.
@@ -1121,6 +1125,11 @@ fn chart_arguments_parse_with_the_controller_cli() {
     assert!(run.webhook_listen.is_none() && run.webhook_secret_file.is_none());
     assert_eq!(run.arm_endpoint, "https://management.azure.com");
     assert_eq!(run.azure_authority_host, "https://login.microsoftonline.com");
+    assert_eq!(
+        run.limits,
+        aci_runner_controller::controller::run::ApiLimitArgs::default(),
+        "documented quotas"
+    );
 
     let (_, run) = parse_chart_args(&render(&["-f", max_values().to_str().unwrap()]), "arc-max");
     assert_eq!(run.namespaces, ["ci-runners-a", "ci-runners-b"]);
@@ -1128,6 +1137,10 @@ fn chart_arguments_parse_with_the_controller_cli() {
     assert_eq!(run.resync_interval, std::time::Duration::from_secs(120));
     assert_eq!(run.lease_name, "arc-max-leader");
     assert_eq!(run.gc_grace, std::time::Duration::from_secs(300), "controller.extraArgs are passed");
+    let limits = &run.limits;
+    assert_eq!((limits.aci_creates_per_5m, limits.aci_creates_per_hour), (1000, 3000), "raised ACI quotas");
+    assert_eq!((limits.github_writes_per_minute, limits.github_writes_per_hour), (0, 0), "GHES: unpaced");
+    assert_eq!(limits.arm_write_burst, 400.0);
     assert_eq!(run.health_listen.to_string(), "0.0.0.0:9090");
     assert_eq!(run.webhook_listen.map(|a| a.to_string()).as_deref(), Some("0.0.0.0:8443"));
     assert_eq!(run.webhook_secret_file.as_deref(), Some(Path::new("/var/run/secrets/github-webhook/secret")));
