@@ -963,7 +963,22 @@ impl<'i, 'a> Pass<'i, 'a> {
                         );
                     }
                     let reason = if *crashed { RemovalReason::Crashed } else { RemovalReason::Recycled };
-                    self.remove_unit(u, reason, false);
+                    if !*crashed && self.input.spec.runner.registration.ephemeral {
+                        // An ephemeral runner that exited 0 ran its job, and GitHub removes
+                        // its registration itself; a registration still listed is the list's
+                        // staleness. Only the group goes: unregistering would be a wasted call
+                        // per lifecycle (bench P2). Should the registration linger, it is an
+                        // offline registration without a group and is collected after gcGrace.
+                        if u.group.is_some() {
+                            self.actions.push(Action::DeleteGroup {
+                                name: u.name.clone(),
+                                reason,
+                                only_if_unregistered: None,
+                            });
+                        }
+                    } else {
+                        self.remove_unit(u, reason, false);
+                    }
                     recycled.push(u.name.clone());
                     removed += 1;
                 }

@@ -443,15 +443,10 @@ fn recycle_table() {
     let cases: Vec<Case> = vec![
         // exit 0, registration gone (ephemeral runner removed itself) → delete group only.
         (term(0), 0, None, true, vec![del(RemovalReason::Recycled)], false),
-        // exit 0, stale offline registration → unregister first, then delete.
-        (
-            term(0),
-            0,
-            Some((false, false)),
-            true,
-            vec![unreg(RemovalReason::Recycled), del(RemovalReason::Recycled)],
-            false,
-        ),
+        // exit 0 of an ephemeral runner, registration still listed (the list predates GitHub
+        // removing it) → delete the group only; GitHub removes the registration itself.
+        (term(0), 0, Some((false, false)), true, vec![del(RemovalReason::Recycled)], false),
+        (term(0), 0, Some((true, false)), true, vec![del(RemovalReason::Recycled)], false),
         // crash after having been online: recycled, not a provisioning failure.
         (term(1), 0, None, true, vec![del(RemovalReason::Crashed)], false),
         // crash before ever coming online: provisioning failure.
@@ -490,6 +485,57 @@ fn recycle_table() {
             assert!(has_event(&p, "RunnerRecycled"), "case {i}");
         }
     }
+}
+
+#[test]
+fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registration_collected() {
+    // A persistent (token mode, not ephemeral) runner that exited 0 keeps its registration:
+    // the controller unregisters it before deleting the group.
+    let mut fx = Fx::new();
+    fx.spec = spec_json(serde_json::json!({
+        "github": {"organization": "acme"},
+        "runner": {"registration": {"mode": "token", "ephemeral": false}},
+        "scaling": {"minIdle": 0}
+    }));
+    let mut g = group("pool-done1", ContainerState::Terminated { exit_code: Some(0) }, 10);
+    if let Some(c) = g.container.as_mut() {
+        c.finished_at = Some(t0() - mins(1));
+    }
+    fx.groups = Ok(vec![g]);
+    fx.runners = Ok(vec![runner(7, "pool-done1", false, false)]);
+    fx.state.seen_online.insert("pool-done1".into());
+    let p = fx.run();
+    let got: Vec<Action> = p.actions.iter().filter(|a| a.is_destructive()).cloned().collect();
+    assert_eq!(
+        got,
+        vec![
+            Action::UnregisterRunner { id: 7, name: "pool-done1".into(), reason: RemovalReason::Recycled },
+            Action::DeleteGroup {
+                name: "pool-done1".into(),
+                reason: RemovalReason::Recycled,
+                only_if_unregistered: None
+            },
+        ]
+    );
+
+    // An ephemeral runner's registration that outlives its deleted group is an offline
+    // registration without a group: collected once confirmed after gcGrace, never leaked.
+    let mut fx = Fx::new();
+    fx.spec.scaling.min_idle = 0;
+    fx.runners = Ok(vec![runner(7, "pool-done1", false, false)]);
+    let first = fx.run();
+    assert!(!first.actions.iter().any(Action::is_destructive), "not before the grace period");
+    let mut fx2 = Fx::new();
+    fx2.spec.scaling.min_idle = 0;
+    fx2.runners = Ok(vec![runner(7, "pool-done1", false, false)]);
+    fx2.state = first.state.clone();
+    fx2.now = t0() + fx2.config.gc_grace + mins(1);
+    let later = fx2.run();
+    assert!(later.actions.contains(&Action::UnregisterRunner {
+        id: 7,
+        name: "pool-done1".into(),
+        reason: RemovalReason::GarbageCollected
+    }));
 }
 
 #[test]
