@@ -475,6 +475,18 @@ impl<'i, 'a> Pass<'i, 'a> {
                             continue;
                         }
                         counted.push(reason);
+                        // Fix: removals are retried every pass, not after the back-off, so a
+                        // denied removal escalated the back-off once per pass (98 times in a
+                        // 40 s denial of `containerGroups/delete`: backoffMax), and the pool
+                        // stayed Stalled with no create for 10 minutes after the permission
+                        // came back. The same denial escalates once per back-off period now;
+                        // in between it keeps the pool Stalled.
+                        let backing_off = self.st.backoff_until.is_some_and(|b| b > self.now);
+                        let same = self.st.last_failure.as_ref().is_some_and(|l| l.reason == reason);
+                        if backing_off && same {
+                            self.failed_this_pass = true;
+                            continue;
+                        }
                         self.record_failure(reason, format!("removing {name}: {}", f.error.message));
                     }
                 }

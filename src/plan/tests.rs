@@ -1694,3 +1694,65 @@ fn removals_are_not_repeated_or_misread_while_lists_lag() {
     assert!(p.actions.iter().all(|a| a.name() != name), "{:?}", p.actions);
     assert_eq!(p.status.busy, 1);
 }
+
+#[test]
+fn a_denied_removal_escalates_the_backoff_once_per_period_not_once_per_pass() {
+    // A finished runner whose group delete is denied (RBAC) pass after pass, 100 ms apart, for
+    // 40 s; then the permission comes back and a job is queued. Found by the fault soak (seed 7):
+    // the back-off had reached backoffMax, and the pool stayed Stalled with no create for 10
+    // minutes after the permission came back.
+    let mut fx = Fx::new();
+    fx.spec.scaling.min_idle = 1;
+    fx.config.backoff_base = Duration::from_secs(10);
+    fx.config.backoff_max = Duration::from_secs(600);
+    let done = group("pool-done1", ContainerState::Terminated { exit_code: Some(0) }, 5);
+    fx.groups = Ok(vec![running("pool-idle1"), done]);
+    fx.runners = Ok(vec![runner(1, "pool-idle1", true, false)]);
+    let mut p = fx.run();
+    let denied =
+        EdgeErrorKind::Auth { permission: Some("Microsoft.ContainerInstance/containerGroups/delete".into()) };
+    for _ in 0..400 {
+        let delete: Vec<Action> = p
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::DeleteGroup { name, .. } if name == "pool-done1"))
+            .cloned()
+            .collect();
+        assert_eq!(delete.len(), 1, "the removal is asked again every pass: {:?}", p.actions);
+        fx.carry(&p, chrono::Duration::milliseconds(100));
+        fx.failures = delete
+            .into_iter()
+            .map(|a| ActionFailure {
+                action: a,
+                error: EdgeError::new(denied.clone(), "denied"),
+                registered_runner: None,
+            })
+            .collect();
+        p = fx.run();
+        cond_is(&p, "Stalled", "True", "MissingPermission");
+    }
+    // 40 s of denial: failures at 0, 10 and 30 s (back-off 10, 20, 40 s), not one per pass.
+    assert!(p.state.failures <= 4, "failures {}", p.state.failures);
+    let until = p.state.backoff_until.unwrap();
+    assert!(until <= fx.now + chrono::Duration::seconds(80), "back-off until {until}, now {}", fx.now);
+
+    // The permission is back: the delete succeeds (the group is gone); a job is queued. Once the
+    // back-off has passed the pool creates, and it is no longer Stalled when the runner is online.
+    fx.carry(&p, chrono::Duration::milliseconds(100));
+    fx.groups = Ok(vec![running("pool-idle1")]);
+    let job = QueuedJob { id: 77, labels: vec!["self-hosted".into(), "aci".into()], queued_at: fx.now };
+    fx.jobs = vec![job];
+    fx.runners = Ok(vec![runner(1, "pool-idle1", true, true)]);
+    let p = fx.run();
+    fx.carry(&p, until - fx.now + chrono::Duration::seconds(1));
+    let p = fx.run();
+    let c = creates(&p);
+    assert_eq!(c.len(), 1, "{:?}", p.actions);
+    let name = c[0].name().to_string();
+    fx.carry(&p, chrono::Duration::seconds(5));
+    fx.jobs.clear();
+    fx.groups = Ok(vec![running("pool-idle1"), running(&name)]);
+    fx.runners = Ok(vec![runner(1, "pool-idle1", true, true), runner(9, &name, true, false)]);
+    let p = fx.run();
+    cond_is(&p, "Stalled", "False", "NotStalled");
+}
