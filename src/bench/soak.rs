@@ -3,10 +3,15 @@
 //!
 //! Per seed: a fresh namespace on the shared local control plane, a fresh simulator, the
 //! controller as its own process, an org pool and a repo pool, a small job workload. While the
-//! jobs run, the seed's faults are active (ARM throttling and 5xx, GitHub 5xx and secondary rate
-//! limits, token endpoint errors, dropped webhooks, containers and runners crashing before
-//! registration) and the controller may be SIGKILLed and restarted. Then the faults stop, the
-//! jobs must finish, the pools are deleted and the invariants are checked.
+//! jobs run, the seed's faults are active — every fault the simulators offer, each drawn per seed
+//! (see [`Schedule::draw`]): ARM throttling, 5xx and latency per operation, exhausted regional
+//! capacity (the org pool may spill to a fallback location), an inaccessible runner image, slow
+//! provisioning, RBAC denials, lowered quotas; GitHub 5xx, secondary limits, 409 and 422 per
+//! operation, dropped webhooks, runners crashing before registration or dying under a job, a
+//! skewed GitHub clock; containers crashing before registration — and the controller may be
+//! SIGKILLed and restarted, the kube-apiserver and etcd restarted. Then the faults stop (quotas
+//! restored), the jobs must finish, the pools must be Ready and not Stalled, the pools are
+//! deleted and the invariants are checked.
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,7 +26,7 @@ use serde_json::json;
 
 use super::procs::{ControllerProc, ControllerSpec};
 use crate::crd::RunnerPool;
-use crate::sim::arm::{FaultConfig, OpFaults};
+use crate::sim::arm::{BucketSpec, DeniedAction, FaultConfig, OpFaults, Quotas};
 use crate::sim::github::{EnqueueJobs, GhOpFaults, GithubFaults};
 use crate::testing::control_plane::{ControlPlane, install_crd, test_namespace};
 use crate::testing::harness::{apply_app_secret, apply_pool, fast_sim_options, pool_manifest};
@@ -41,7 +46,8 @@ pub struct SoakArgs {
     /// Jobs per seed.
     #[arg(long, default_value_t = 8)]
     pub jobs: u32,
-    /// How long the faults stay on.
+    /// How long the faults stay on (the jobs are enqueued over this window; seeds drawn with a
+    /// long outage keep the faults on several times longer).
     #[arg(long, default_value = "8s", value_parser = parse_duration)]
     pub fault_window: Duration,
     /// Where the per-seed logs, the JSON result and the report go.
@@ -54,58 +60,165 @@ pub struct SoakArgs {
     /// this far apart; `0s` = never.
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     pub apiserver_restart_every: Duration,
+    /// Restart etcd (same flags and data directory; the kube-apiserver reconnects) at random
+    /// times, about this far apart; `0s` = never.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub etcd_restart_every: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::crd::parse_duration(s)
 }
 
+/// ARM operations of the simulator's fault table (`FaultConfig::ops`). The controller calls
+/// `create`, `get`, `delete`, `list`, `listAll`, `update` (orphan release) and `token`; faults on
+/// `stop`, `start`, `restart` and `operation` are drawn too, and stay unused unless it starts to.
+pub const ARM_OPS: &[&str] = &[
+    "create",
+    "update",
+    "get",
+    "delete",
+    "list",
+    "listAll",
+    "stop",
+    "start",
+    "restart",
+    "operation",
+    "token",
+];
+
+/// GitHub operations (of [`crate::sim::github::OPERATIONS`]) that the controller calls: faults
+/// on the others (`get_runner`, `create_runner_group`, `runner_deprecation`, `list_runs`,
+/// `list_jobs`, `rate_limit`) could never fire. `registration_token` is called by the repo pool
+/// in seeds drawn with token registration, `runner_groups` by the org pool in seeds drawn with
+/// a runner group.
+pub const GITHUB_OPS: &[&str] =
+    &["access_token", "list_runners", "delete_runner", "jitconfig", "registration_token", "runner_groups"];
+
+/// The org pool's primary location and its fallback (capacity faults hit the primary only).
+const ORG_LOCATION: &str = "westeurope";
+const ORG_FALLBACK: &str = "northeurope";
+/// The repo pool's location (its own region: capacity faults of the org pool's region, and
+/// per-region quotas, do not block it for the planner's location cooldown).
+const REPO_LOCATION: &str = "eastus";
+
+/// The controller's App JWT: `iat` 60 s in the past, `exp` 540 s ahead (src/github/auth.rs).
+const JWT_IAT_BACKDATE: i64 = 60;
+const JWT_EXP_AHEAD: i64 = 540;
+
+/// The GitHub clock skews the controller's App JWTs survive against a simulator that allows
+/// `leeway` seconds: `[-(backdate + leeway), exp_ahead + leeway)`.
+pub fn skew_tolerated(skew: i64, leeway: i64) -> bool {
+    skew >= -(JWT_IAT_BACKDATE + leeway) && skew < JWT_EXP_AHEAD + leeway
+}
+
 /// The faults of one seed.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Schedule {
+    /// ARM faults during the window (`denied_actions` name the simulator's default client id;
+    /// the run fills in the actual one).
     pub arm: FaultConfig,
     pub github: GithubFaults,
+    /// ARM quotas in force during the window; the simulator's own are restored after it.
+    pub quotas: Option<Quotas>,
+    /// The org pool has `fallbackLocations: [northeurope]`.
+    pub fallback_location: bool,
+    /// The org pool's runners join the runner group `aci` (looked up by name on GitHub).
+    pub runner_group: bool,
+    /// The repo pool registers with registration tokens (`Some(ephemeral)`) instead of JIT.
+    pub token_mode: Option<bool>,
+    /// The faults stay on this many times `--fault-window` (long outages reach Stalled).
+    pub outage_factor: u32,
     /// SIGKILL the controller this long after the workload starts, then restart it after `down_for`.
     pub kill_after: Option<Duration>,
     pub down_for: Duration,
 }
 
+fn pct(p: f64) -> String {
+    format!("{:.0}%", p * 100.0)
+}
+
 impl Schedule {
-    /// Draw a schedule from `seed`.
+    /// Draw a schedule from `seed`. Every simulator fault has a fair chance per seed, so a few
+    /// hundred seeds cover each of them many times, and in many combinations.
     pub fn draw(seed: u64) -> Self {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut arm = FaultConfig { seed, ..FaultConfig::default() };
-        for op in ["create", "get", "delete", "list", "listAll", "token"] {
+        for op in ARM_OPS {
             if rng.gen_bool(0.5) {
-                arm.ops.insert(
-                    op.to_string(),
-                    OpFaults {
-                        throttle: rng.gen_range(0.0..0.15),
-                        internal_error: rng.gen_range(0.0..0.1),
-                        unavailable: rng.gen_range(0.0..0.1),
-                        latency_ms: 0,
-                    },
-                );
+                let mut f = OpFaults {
+                    throttle: rng.gen_range(0.0..0.15),
+                    internal_error: rng.gen_range(0.0..0.1),
+                    unavailable: rng.gen_range(0.0..0.1),
+                    latency_ms: 0,
+                };
+                // The token endpoint answers without the per-operation latency.
+                if *op != "token" && rng.gen_bool(0.3) {
+                    f.latency_ms = rng.gen_range(50..1_500);
+                }
+                arm.ops.insert(op.to_string(), f);
             }
         }
         if rng.gen_bool(0.4) {
             arm.crash_before_registration = rng.gen_range(0.0..0.25);
         }
+        let fallback_location = rng.gen_bool(0.5);
+        if fallback_location && rng.gen_bool(0.6) {
+            // The primary region is (nearly) full: the org pool spills to its fallback.
+            arm.capacity.insert(ORG_LOCATION.to_string(), rng.gen_range(0..=2));
+        }
+        if rng.gen_bool(0.25) {
+            // Registry credentials revoked for the window: the image cannot be pulled.
+            arm.inaccessible_images.insert(crate::crd::DEFAULT_RUNNER_IMAGE.to_string());
+        }
+        if rng.gen_bool(0.3) {
+            let loc = if rng.gen_bool(0.5) { ORG_LOCATION } else { REPO_LOCATION };
+            // Up to beyond the pools' registrationTimeout (20 s).
+            arm.slow_provisioning_ms.insert(loc.to_string(), rng.gen_range(1_000..30_000));
+        }
+        if rng.gen_bool(0.2) {
+            let action = ["write", "delete", "read"][rng.gen_range(0..3)];
+            arm.denied_actions.push(DeniedAction {
+                client_id: crate::sim::arm::ArmSimConfig::default().client_id,
+                action: format!("Microsoft.ContainerInstance/containerGroups/{action}"),
+            });
+        }
+        let quotas = rng.gen_bool(0.3).then(|| {
+            let mut q = Quotas::default();
+            match rng.gen_range(0..3) {
+                0 => q.container_groups = rng.gen_range(1..=3),
+                1 => q.cores = f64::from(rng.gen_range(1u32..=3)),
+                _ => {
+                    q.reads = BucketSpec {
+                        capacity: rng.gen_range(3.0..10.0),
+                        refill_per_sec: rng.gen_range(1.0..4.0),
+                    };
+                    q.writes = BucketSpec {
+                        capacity: rng.gen_range(2.0..6.0),
+                        refill_per_sec: rng.gen_range(0.5..2.0),
+                    };
+                }
+            }
+            q
+        });
+
         let mut github = GithubFaults { seed, ..GithubFaults::default() };
-        for op in
-            ["access_token", "list_runners", "get_runner", "delete_runner", "jitconfig", "runner_groups"]
-        {
+        for op in GITHUB_OPS {
             if rng.gen_bool(0.5) {
-                github.ops.insert(
-                    op.to_string(),
-                    GhOpFaults {
-                        server_error: rng.gen_range(0.0..0.12),
-                        rate_limited: rng.gen_range(0.0..0.05),
-                        conflict: 0.0,
-                        unprocessable: 0.0,
-                    },
-                );
+                let mut f = GhOpFaults {
+                    server_error: rng.gen_range(0.0..0.12),
+                    rate_limited: rng.gen_range(0.0..0.05),
+                    conflict: 0.0,
+                    unprocessable: 0.0,
+                };
+                if rng.gen_bool(0.4) {
+                    f.conflict = rng.gen_range(0.0..0.08);
+                }
+                if rng.gen_bool(0.4) {
+                    f.unprocessable = rng.gen_range(0.0..0.08);
+                }
+                github.ops.insert(op.to_string(), f);
             }
         }
         if rng.gen_bool(0.5) {
@@ -114,26 +227,91 @@ impl Schedule {
         if rng.gen_bool(0.4) {
             github.crash_before_registration = rng.gen_range(0.0..0.25);
         }
+        if rng.gen_bool(0.3) {
+            github.runner_death_mid_job = rng.gen_range(0.05..0.3);
+        }
+        if rng.gen_bool(0.3) {
+            let leeway = crate::sim::github::GithubSimConfig::default().jwt_leeway_secs;
+            github.clock_skew_secs = if rng.gen_bool(0.75) {
+                // Within what the JWT's back-dated `iat` and short `exp` absorb.
+                rng.gen_range(-(JWT_IAT_BACKDATE + leeway - 20)..JWT_EXP_AHEAD + leeway - 100)
+            } else if rng.gen_bool(0.5) {
+                rng.gen_range(-900..-(JWT_IAT_BACKDATE + leeway + 30))
+            } else {
+                rng.gen_range(JWT_EXP_AHEAD + leeway + 30..1_800)
+            };
+        }
+        let runner_group = rng.gen_bool(0.5);
+        let token_mode = rng.gen_bool(0.4).then(|| rng.gen_bool(0.5));
+        let outage_factor = if rng.gen_bool(0.2) { 5 } else { 1 };
         let kill_after = rng.gen_bool(0.7).then(|| Duration::from_millis(rng.gen_range(1_000..7_000)));
         let down_for = Duration::from_millis(rng.gen_range(200..3_000));
-        Self { arm, github, kill_after, down_for }
+        Self {
+            arm,
+            github,
+            quotas,
+            fallback_location,
+            runner_group,
+            token_mode,
+            outage_factor,
+            kill_after,
+            down_for,
+        }
     }
 
-    /// Stalled reasons that the injected faults explain.
+    /// Is the GitHub clock skewed beyond what the controller's App JWTs tolerate?
+    pub fn skew_beyond_tolerance(&self) -> bool {
+        let leeway = crate::sim::github::GithubSimConfig::default().jwt_leeway_secs;
+        !skew_tolerated(self.github.clock_skew_secs, leeway)
+    }
+
+    /// Do container groups get created in a region with a lowered group or core quota?
+    fn count_quota(&self) -> bool {
+        let d = Quotas::default();
+        self.quotas.as_ref().is_some_and(|q| q.container_groups < d.container_groups || q.cores < d.cores)
+    }
+
+    /// Stalled reasons that the injected faults explain, each with the faults that explain it
+    /// (src/plan: `stall()` reports list authorization errors, repeated create/runner failures
+    /// past `stallAfter` — auth ones at once — and quota waits).
     pub fn explained_reasons(&self) -> BTreeSet<&'static str> {
         let mut r = BTreeSet::new();
-        let api_faults = !self.arm.ops.is_empty() || !self.github.ops.is_empty();
-        if api_faults {
-            r.extend([
-                "ObservationFailed",
-                "Backoff",
-                "CredentialsUnavailable",
-                "QuotaExceeded",
-                "ProvisioningFailed",
-            ]);
+        let a = &self.arm;
+        let g = &self.github;
+        let unprocessable = g.ops.values().any(|f| f.unprocessable > 0.0);
+        // A skewed GitHub clock rejects the App JWT: installation tokens cannot be minted.
+        if self.skew_beyond_tolerance() {
+            r.insert("AuthFailed");
         }
-        if self.arm.crash_before_registration > 0.0 || self.github.crash_before_registration > 0.0 {
+        // RBAC: ARM's 403 names the missing action.
+        if !a.denied_actions.is_empty() {
+            r.insert("MissingPermission");
+        }
+        if !a.inaccessible_images.is_empty() {
+            r.insert("InvalidImage");
+        }
+        // GitHub's 422 on a create's registration (jitconfig, registration token, runner group,
+        // installation token) is an invalid request.
+        if unprocessable {
+            r.insert("InvalidRequest");
+        }
+        if self.count_quota() {
+            r.extend(["QuotaExceeded", "ProvisioningFailed"]);
+        }
+        if !a.capacity.is_empty() {
+            r.insert("ProvisioningFailed");
+        }
+        if a.crash_before_registration > 0.0 || g.crash_before_registration > 0.0 {
             r.extend(["ContainerCrashed", "RegistrationTimeout", "ProvisioningFailed"]);
+        }
+        // A container whose runner died under a job exits 1; after a controller restart (no
+        // memory that it was online) it counts as a crash before registration.
+        if g.runner_death_mid_job > 0.0 {
+            r.insert("ContainerCrashed");
+        }
+        // Provisioning slower than registrationTimeout.
+        if a.slow_provisioning_ms.values().any(|ms| *ms >= 15_000) {
+            r.insert("RegistrationTimeout");
         }
         r
     }
@@ -148,18 +326,24 @@ pub struct SeedResult {
     pub violations: Vec<String>,
     pub jobs_total: usize,
     pub jobs_completed: usize,
-    /// Jobs that failed: a runner died under a job. No fault kills a busy runner here, so each
-    /// one is a busy runner the controller removed.
+    /// Failed jobs whose runner the controller removed (a failed job the simulator's
+    /// `runnerDeathMidJob` fault killed is counted in `runner_deaths` instead).
     pub busy_runners_killed: usize,
+    /// Jobs failed by the `runnerDeathMidJob` fault.
+    pub runner_deaths: usize,
     pub leaked_groups: usize,
     pub leaked_registrations: usize,
     pub panics: usize,
     pub controller_starts: u32,
     /// kube-apiserver restarts while this seed ran.
     pub apiserver_restarts: usize,
+    /// etcd restarts while this seed ran.
+    pub etcd_restarts: usize,
     pub stalled_reasons: BTreeSet<String>,
     pub unexplained_stalled: BTreeSet<String>,
     pub injected: Vec<String>,
+    /// The kinds of fault injected (see [`fault_kinds`]).
+    pub fault_kinds: BTreeSet<String>,
     pub secs: f64,
 }
 
@@ -180,6 +364,7 @@ pub struct SoakTotals {
     pub jobs: usize,
     pub jobs_completed: usize,
     pub busy_runners_killed: usize,
+    pub runner_deaths: usize,
     pub leaked_groups: usize,
     pub leaked_registrations: usize,
     pub panics: usize,
@@ -187,42 +372,99 @@ pub struct SoakTotals {
     pub apiserver_restarts: usize,
     /// The kube-apiserver was found dead without a planned restart (started again at once).
     pub apiserver_unexpected_exits: usize,
+    pub etcd_restarts: usize,
+    pub etcd_unexpected_exits: usize,
     pub unexplained_stalled: usize,
+    /// Seeds in which each kind of fault was injected (first word(s) of `describe`).
+    pub fault_coverage: std::collections::BTreeMap<String, usize>,
     pub wall_secs: f64,
 }
 
-fn describe(s: &Schedule) -> Vec<String> {
+/// One line per injected fault; the part before `:` names the kind (coverage counts).
+pub fn describe(s: &Schedule) -> Vec<String> {
     let mut v = Vec::new();
     for (op, f) in &s.arm.ops {
-        v.push(format!(
-            "arm {op}: 429 {:.0}% 500 {:.0}% 503 {:.0}%",
-            f.throttle * 100.0,
-            f.internal_error * 100.0,
-            f.unavailable * 100.0
-        ));
+        let mut line = format!(
+            "arm {op}: 429 {} 500 {} 503 {}",
+            pct(f.throttle),
+            pct(f.internal_error),
+            pct(f.unavailable)
+        );
+        if f.latency_ms > 0 {
+            line += &format!(" latency {} ms", f.latency_ms);
+        }
+        v.push(line);
     }
     if s.arm.crash_before_registration > 0.0 {
-        v.push(format!("aci container crash {:.0}%", s.arm.crash_before_registration * 100.0));
+        v.push(format!("aci container crash: {}", pct(s.arm.crash_before_registration)));
+    }
+    for (loc, cap) in &s.arm.capacity {
+        v.push(format!("aci capacity: {loc} holds {cap} group(s)"));
+    }
+    for image in &s.arm.inaccessible_images {
+        v.push(format!("aci inaccessible image: {image}"));
+    }
+    for (loc, ms) in &s.arm.slow_provisioning_ms {
+        v.push(format!("aci slow provisioning: {loc} +{:.1} s", *ms as f64 / 1000.0));
+    }
+    for d in &s.arm.denied_actions {
+        v.push(format!("arm denied action: {}", d.action));
+    }
+    if let Some(q) = &s.quotas {
+        let d = Quotas::default();
+        let mut parts = Vec::new();
+        if q.container_groups != d.container_groups {
+            parts.push(format!("{} container groups per region", q.container_groups));
+        }
+        if q.cores != d.cores {
+            parts.push(format!("{} cores per region", q.cores));
+        }
+        if q.reads != d.reads {
+            parts.push(format!("reads bucket {:.0} +{:.1}/s", q.reads.capacity, q.reads.refill_per_sec));
+        }
+        if q.writes != d.writes {
+            parts.push(format!("writes bucket {:.0} +{:.1}/s", q.writes.capacity, q.writes.refill_per_sec));
+        }
+        v.push(format!("arm quota lowered: {}", parts.join(", ")));
     }
     for (op, f) in &s.github.ops {
-        v.push(format!(
-            "github {op}: 5xx {:.0}% limited {:.0}%",
-            f.server_error * 100.0,
-            f.rate_limited * 100.0
-        ));
+        let mut line = format!("github {op}: 5xx {} limited {}", pct(f.server_error), pct(f.rate_limited));
+        if f.conflict > 0.0 {
+            line += &format!(" 409 {}", pct(f.conflict));
+        }
+        if f.unprocessable > 0.0 {
+            line += &format!(" 422 {}", pct(f.unprocessable));
+        }
+        v.push(line);
     }
     if s.github.webhook_drop_rate > 0.0 {
-        v.push(format!("webhook drop {:.0}%", s.github.webhook_drop_rate * 100.0));
+        v.push(format!("webhook drop: {}", pct(s.github.webhook_drop_rate)));
     }
     if s.github.crash_before_registration > 0.0 {
-        v.push(format!(
-            "runner crash before registration {:.0}%",
-            s.github.crash_before_registration * 100.0
-        ));
+        v.push(format!("runner crash before registration: {}", pct(s.github.crash_before_registration)));
+    }
+    if s.github.runner_death_mid_job > 0.0 {
+        v.push(format!("runner death mid-job: {}", pct(s.github.runner_death_mid_job)));
+    }
+    if s.github.clock_skew_secs != 0 {
+        let beyond = if s.skew_beyond_tolerance() { "beyond" } else { "within" };
+        v.push(format!("github clock skew: {:+} s ({beyond} the JWT's tolerance)", s.github.clock_skew_secs));
+    }
+    if s.fallback_location {
+        v.push(format!("org pool fallback: {ORG_LOCATION} -> {ORG_FALLBACK}"));
+    }
+    if s.runner_group {
+        v.push("org pool runner group: aci".into());
+    }
+    if let Some(eph) = s.token_mode {
+        v.push(format!("repo pool token registration: ephemeral {eph}"));
+    }
+    if s.outage_factor > 1 {
+        v.push(format!("long outage: faults on {}x the window", s.outage_factor));
     }
     if let Some(k) = s.kill_after {
         v.push(format!(
-            "controller SIGKILL at {:.1} s, down {:.1} s",
+            "controller SIGKILL: at {:.1} s, down {:.1} s",
             k.as_secs_f64(),
             s.down_for.as_secs_f64()
         ));
@@ -230,7 +472,74 @@ fn describe(s: &Schedule) -> Vec<String> {
     v
 }
 
+/// The kinds of fault a schedule injects (for the coverage table): one entry per kind, whatever
+/// the operation or rate.
+pub fn fault_kinds(s: &Schedule) -> BTreeSet<String> {
+    let mut k = BTreeSet::new();
+    let a = &s.arm;
+    let g = &s.github;
+    for (op, f) in &a.ops {
+        if f.throttle > 0.0 || f.internal_error > 0.0 || f.unavailable > 0.0 {
+            k.insert(format!("arm {op} 429/500/503"));
+        }
+        if f.latency_ms > 0 {
+            k.insert(format!("arm {op} latency"));
+        }
+    }
+    let mut flag = |on: bool, name: &str| {
+        if on {
+            k.insert(name.to_string());
+        }
+    };
+    flag(a.crash_before_registration > 0.0, "aci container crash before registration");
+    flag(!a.capacity.is_empty(), "aci capacity exhausted");
+    flag(!a.inaccessible_images.is_empty(), "aci inaccessible image");
+    flag(!a.slow_provisioning_ms.is_empty(), "aci slow provisioning");
+    flag(!a.denied_actions.is_empty(), "arm denied action");
+    flag(s.count_quota(), "arm quota lowered (groups/cores)");
+    let d = Quotas::default();
+    flag(
+        s.quotas.as_ref().is_some_and(|q| q.reads != d.reads || q.writes != d.writes),
+        "arm quota lowered (request buckets)",
+    );
+    for (op, f) in &g.ops {
+        for (on, what) in [
+            (f.server_error > 0.0, "5xx"),
+            (f.rate_limited > 0.0, "secondary limit"),
+            (f.conflict > 0.0, "409"),
+            (f.unprocessable > 0.0, "422"),
+        ] {
+            if on {
+                k.insert(format!("github {op} {what}"));
+            }
+        }
+    }
+    let mut flag = |on: bool, name: &str| {
+        if on {
+            k.insert(name.to_string());
+        }
+    };
+    flag(g.webhook_drop_rate > 0.0, "github webhook drops");
+    flag(g.crash_before_registration > 0.0, "github runner crash before registration");
+    flag(g.runner_death_mid_job > 0.0, "github runner death mid-job");
+    flag(g.clock_skew_secs != 0 && !s.skew_beyond_tolerance(), "github clock skew (tolerated)");
+    flag(s.skew_beyond_tolerance(), "github clock skew (beyond tolerance)");
+    flag(s.outage_factor > 1, "long outage");
+    flag(s.kill_after.is_some(), "controller SIGKILL + restart");
+    k
+}
+
 const POOLS: [&str; 2] = ["soak-org", "soak-repo"];
+
+/// How long the settle phase may take after the faults are cleared: the longest waits the
+/// controller's default planner settings leave behind are a 60 s quota back-off and a create
+/// back-off of 40 s after a long outage.
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// Installation tokens of the soak's simulated GitHub live 306 s: the controller renews them
+/// 5 minutes before expiry, i.e. every few seconds, so that token-endpoint faults and a skewed
+/// GitHub clock hit it during every fault window, not only after a controller restart.
+const SOAK_INSTALLATION_TOKEN_SECS: u64 = 306;
 
 /// Run one seed against the control plane at `kubeconfig`.
 pub async fn run_seed(
@@ -238,15 +547,23 @@ pub async fn run_seed(
     kubeconfig: &Path,
     seed: u64,
     args: &SoakArgs,
-    restarts: &RestartLog,
+    restarts: &Restarts,
 ) -> anyhow::Result<SeedResult> {
     let started = Instant::now();
     let schedule = Schedule::draw(seed);
-    let mut res = SeedResult { seed, injected: describe(&schedule), ..Default::default() };
+    let mut res = SeedResult {
+        seed,
+        injected: describe(&schedule),
+        fault_kinds: fault_kinds(&schedule),
+        ..Default::default()
+    };
     // Kubernetes writes are retried: the kube-apiserver may be restarting.
     let prefix = format!("soak-{seed}");
     let ns = retry(|| test_namespace(client, &prefix)).await?;
-    let sim = crate::sim::start(fast_sim_options(seed)).await?;
+    let mut opts = fast_sim_options(seed);
+    opts.github.installation_token_lifetime_secs = SOAK_INSTALLATION_TOKEN_SECS;
+    let sim = crate::sim::start(opts).await?;
+    let quotas_before = sim.arm.config().quotas;
     retry(|| apply_app_secret(client, &ns, "github-app", &sim)).await?;
     let dir = args.out.join(format!("seed-{seed}"));
     let secret = format!("soak-{}", uuid::Uuid::new_v4().simple());
@@ -267,22 +584,44 @@ pub async fn run_seed(
     .await?;
     sim.github.set_webhook(Some(crate::sim::github::WebhookTarget { url: ctl.webhook_url.clone(), secret }));
     let scaling = json!({"scaleDownDelay": "1s", "registrationTimeout": "20s", "drainTimeout": "30s"});
-    let mut org = pool_manifest(POOLS[0], &sim, json!({"scaling": {"minIdle": 1, "maxRunners": 6}}));
+    let mut org = pool_manifest(
+        POOLS[0],
+        &sim,
+        json!({"scaling": {"minIdle": 1, "maxRunners": 6}, "azure": {"location": ORG_LOCATION}}),
+    );
     crate::testing::harness::merge(&mut org["spec"]["scaling"], scaling.clone());
+    if schedule.fallback_location {
+        org["spec"]["azure"]["fallbackLocations"] = json!([ORG_FALLBACK]);
+    }
+    if schedule.runner_group {
+        org["spec"]["github"]["runnerGroup"] = json!("aci");
+    }
     let mut repo = pool_manifest(
         POOLS[1],
         &sim,
         json!({"github": {"organization": null, "repository": "octo-org/octo-repo", "labels": ["aci-repo"]},
+               "azure": {"location": REPO_LOCATION},
                "scaling": {"minIdle": 1, "maxRunners": 3}}),
     );
     crate::testing::harness::merge(&mut repo["spec"]["scaling"], scaling);
+    if let Some(ephemeral) = schedule.token_mode {
+        repo["spec"]["runner"]["registration"] = json!({"mode": "token", "ephemeral": ephemeral});
+    }
     retry(|| apply_pool(client, &ns, &org)).await?;
     retry(|| apply_pool(client, &ns, &repo)).await?;
     let pools: Api<RunnerPool> = Api::namespaced(client.clone(), &ns);
 
     // Faults on, workload.
-    sim.arm.set_faults(schedule.arm.clone());
+    let mut arm_faults = schedule.arm.clone();
+    for d in &mut arm_faults.denied_actions {
+        d.client_id = sim.arm.client_id();
+    }
+    sim.arm.set_faults(arm_faults);
+    if let Some(q) = &schedule.quotas {
+        sim.arm.set_quotas(q.clone());
+    }
     sim.github.set_faults(schedule.github.clone());
+    let window = args.fault_window * schedule.outage_factor.max(1);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
     let plan: Vec<(Duration, bool, f64)> = (0..args.jobs)
         .map(|_| {
@@ -299,7 +638,7 @@ pub async fn run_seed(
     let mut next = 0;
     let mut job_ids: Vec<i64> = Vec::new();
     let mut killed_at: Option<Instant> = None;
-    while t0.elapsed() < args.fault_window || next < plan.len() {
+    while t0.elapsed() < window || next < plan.len() {
         while next < plan.len() && plan[next].0 <= t0.elapsed() {
             let (_, repo_pool, secs) = plan[next];
             let (repo, label) =
@@ -330,32 +669,42 @@ pub async fn run_seed(
         {
             ctl.restart().await?;
         }
-        observe_stalled(&pools, &mut res.stalled_reasons).await;
+        observe_pools(&pools, &mut res.stalled_reasons).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if ctl.pid().is_none() {
         ctl.restart().await?;
     }
 
-    // Faults off; settle: every job runs.
+    // Faults off, quotas restored; settle: every job runs, every pool is Ready and not Stalled.
     sim.arm.set_faults(FaultConfig { seed, ..FaultConfig::default() });
     sim.github.set_faults(GithubFaults { seed, ..GithubFaults::default() });
-    let deadline = Instant::now() + Duration::from_secs(90);
+    sim.arm.set_quotas(quotas_before);
+    let cleared = Instant::now();
+    let deadline = cleared + SETTLE;
+    let mut unsettled: Vec<String>;
     loop {
         let jobs = sim.github.jobs();
         let done = jobs.iter().filter(|j| job_ids.contains(&j.id) && j.completed_at.is_some()).count();
-        if done >= job_ids.len() || Instant::now() > deadline {
+        unsettled = observe_pools(&pools, &mut res.stalled_reasons).await;
+        if (done >= job_ids.len() && unsettled.is_empty()) || Instant::now() > deadline {
             break;
         }
-        observe_stalled(&pools, &mut res.stalled_reasons).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let jobs = sim.github.jobs();
     let mine: Vec<_> = jobs.iter().filter(|j| job_ids.contains(&j.id)).collect();
     res.jobs_total = mine.len();
     res.jobs_completed = mine.iter().filter(|j| j.completed_at.is_some()).count();
-    res.busy_runners_killed =
-        mine.iter().filter(|j| j.conclusion.as_deref().is_some_and(|c| c != "success")).count();
+    for j in mine.iter().filter(|j| j.conclusion.as_deref().is_some_and(|c| c != "success")) {
+        // The simulator's runnerDeathMidJob fault ends the job at (or, by one tick, after) the
+        // drawn instant; a job that ended before it (or had none) lost its runner otherwise.
+        if j.die_at.is_some_and(|d| j.completed_at.is_some_and(|c| c >= d)) {
+            res.runner_deaths += 1;
+        } else {
+            res.busy_runners_killed += 1;
+        }
+    }
 
     // Delete the pools; everything must go.
     for p in POOLS {
@@ -407,6 +756,9 @@ pub async fn run_seed(
     if res.jobs_completed < res.jobs_total {
         v.push(format!("{} of {} jobs never completed", res.jobs_total - res.jobs_completed, res.jobs_total));
     }
+    if !unsettled.is_empty() {
+        v.push(format!("{} s after the faults cleared: {}", SETTLE.as_secs(), unsettled.join("; ")));
+    }
     if res.busy_runners_killed > 0 {
         v.push(format!("{} busy runner(s) killed", res.busy_runners_killed));
     }
@@ -428,7 +780,8 @@ pub async fn run_seed(
     res.passed = v.is_empty();
     res.violations = v;
     res.secs = started.elapsed().as_secs_f64();
-    res.apiserver_restarts = restarts.between(started, Instant::now());
+    res.apiserver_restarts = restarts.apiserver.between(started, Instant::now());
+    res.etcd_restarts = restarts.etcd.between(started, Instant::now());
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .delete(&ns, &DeleteParams::default())
         .await;
@@ -438,16 +791,36 @@ pub async fn run_seed(
     Ok(res)
 }
 
-async fn observe_stalled(pools: &Api<RunnerPool>, seen: &mut BTreeSet<String>) {
-    if let Ok(list) = pools.list(&Default::default()).await {
-        for p in list.items {
-            for c in p.status.map(|s| s.conditions).unwrap_or_default() {
-                if c.type_ == "Stalled" && c.status == "True" {
-                    seen.insert(c.reason);
-                }
-            }
+/// Record the Stalled reasons of the pools; return what keeps them from being settled (Ready
+/// True and Stalled not True), one entry per pool (empty: all settled).
+async fn observe_pools(pools: &Api<RunnerPool>, seen: &mut BTreeSet<String>) -> Vec<String> {
+    let list = match pools.list(&Default::default()).await {
+        Ok(l) => l,
+        Err(e) => return vec![format!("listing the pools failed: {e}")],
+    };
+    let mut unsettled = Vec::new();
+    for name in POOLS {
+        let Some(p) = list.items.iter().find(|p| p.metadata.name.as_deref() == Some(name)) else {
+            unsettled.push(format!("pool {name} missing"));
+            continue;
+        };
+        let conditions = p.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or(&[]);
+        let cond = |t: &str| conditions.iter().find(|c| c.type_ == t);
+        let stalled = cond("Stalled").filter(|c| c.status == "True");
+        if let Some(c) = stalled {
+            seen.insert(c.reason.clone());
+        }
+        let ready = cond("Ready").is_some_and(|c| c.status == "True");
+        if !ready || stalled.is_some() {
+            let ready_text = cond("Ready").map_or("no Ready condition".to_string(), |c| {
+                format!("Ready {} {}: {}", c.status, c.reason, c.message)
+            });
+            let stalled_text =
+                stalled.map(|c| format!(", Stalled True {}: {}", c.reason, c.message)).unwrap_or_default();
+            unsettled.push(format!("pool {name} not settled ({ready_text}{stalled_text})"));
         }
     }
+    unsettled
 }
 
 /// Run the soak: start a control plane, run the seeds, write `soak.json` and `soak.md` to `out`.
@@ -456,24 +829,32 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let cp_dir = std::env::temp_dir().join(format!("aci-rc-soak-cp-{}", std::process::id()));
     let cp = ControlPlane::start_in(&cp_dir)?;
-    let restarts = RestartLog::default();
+    let restarts = Restarts::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let restarter = (!args.apiserver_restart_every.is_zero()).then(|| {
-        tokio::spawn(restart_apiserver_loop(
-            cp_dir.clone(),
-            args.apiserver_restart_every,
-            args.first_seed,
-            restarts.clone(),
-            stop_rx,
-        ))
-    });
+    let mut restarters = Vec::new();
+    for (component, every) in
+        [(Component::Apiserver, args.apiserver_restart_every), (Component::Etcd, args.etcd_restart_every)]
+    {
+        if !every.is_zero() {
+            restarters.push(tokio::spawn(restart_loop(
+                cp_dir.clone(),
+                component,
+                every,
+                args.first_seed,
+                restarts.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
     let result = run_on(&cp, &args, &restarts).await;
     let _ = stop_tx.send(true);
-    if let Some(t) = restarter {
+    for t in restarters {
         let _ = t.await;
     }
     cp.stop();
-    let _ = std::fs::copy(cp_dir.join("apiserver.log"), args.out.join("apiserver.log"));
+    for c in [Component::Apiserver, Component::Etcd] {
+        let _ = std::fs::copy(cp_dir.join(c.log_file()), args.out.join(c.log_file()));
+    }
     let _ = std::fs::remove_dir_all(&cp_dir);
     let mut report = result?;
     report.totals.wall_secs = started.elapsed().as_secs_f64();
@@ -483,7 +864,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
 }
 
 /// Run the seeds on an existing control plane.
-pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &RestartLog) -> anyhow::Result<SoakReport> {
+pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &Restarts) -> anyhow::Result<SoakReport> {
     let client = cp.client().await?;
     install_crd(&client).await?;
     let seeds: Vec<u64> = (args.first_seed..args.first_seed + args.seeds).collect();
@@ -501,6 +882,8 @@ pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &RestartLog) -
                 Err(e) => SeedResult {
                     seed,
                     violations: vec![format!("the seed could not run: {e:#}")],
+                    injected: describe(&Schedule::draw(seed)),
+                    fault_kinds: fault_kinds(&Schedule::draw(seed)),
                     ..Default::default()
                 },
             }
@@ -510,8 +893,14 @@ pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &RestartLog) -
     while let Some(r) = runs.next().await {
         let line = if r.passed {
             format!(
-                "seed {:>4}: ok   ({:.0} s, {} jobs, {} controller start(s), {} apiserver restart(s))",
-                r.seed, r.secs, r.jobs_total, r.controller_starts, r.apiserver_restarts
+                "seed {:>4}: ok   ({:.0} s, {} jobs, {} fault kinds, {} controller start(s), {} apiserver / {} etcd restart(s))",
+                r.seed,
+                r.secs,
+                r.jobs_total,
+                r.fault_kinds.len(),
+                r.controller_starts,
+                r.apiserver_restarts,
+                r.etcd_restarts
             )
         } else {
             format!("seed {:>4}: FAIL {}", r.seed, r.violations.join("; "))
@@ -530,20 +919,26 @@ pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &RestartLog) -
     Ok(summarize(&results, restarts))
 }
 
-fn summarize(results: &[SeedResult], restarts: &RestartLog) -> SoakReport {
+fn summarize(results: &[SeedResult], restarts: &Restarts) -> SoakReport {
     let mut t = SoakTotals::default();
     for r in results {
         t.jobs += r.jobs_total;
         t.jobs_completed += r.jobs_completed;
         t.busy_runners_killed += r.busy_runners_killed;
+        t.runner_deaths += r.runner_deaths;
         t.leaked_groups += r.leaked_groups;
         t.leaked_registrations += r.leaked_registrations;
         t.panics += r.panics;
         t.controller_kills += r.controller_starts.saturating_sub(1) as usize;
         t.unexplained_stalled += r.unexplained_stalled.len();
+        for k in &r.fault_kinds {
+            *t.fault_coverage.entry(k.clone()).or_default() += 1;
+        }
     }
-    t.apiserver_restarts = restarts.count();
-    t.apiserver_unexpected_exits = restarts.unexpected_exits();
+    t.apiserver_restarts = restarts.apiserver.count();
+    t.apiserver_unexpected_exits = restarts.apiserver.unexpected_exits();
+    t.etcd_restarts = restarts.etcd.count();
+    t.etcd_unexpected_exits = restarts.etcd.unexpected_exits();
     SoakReport {
         seeds: results.len(),
         passed: results.iter().filter(|r| r.passed).count(),
@@ -557,28 +952,54 @@ fn summarize(results: &[SeedResult], restarts: &RestartLog) -> SoakReport {
 pub fn markdown(r: &SoakReport, args: &SoakArgs) -> String {
     let t = &r.totals;
     let mut s = format!(
-        "## Fault soak\n\n`aci-runner-controller bench soak --seeds {} --first-seed {} --parallel {} --jobs {} --fault-window {}s --apiserver-restart-every {}s`\n\n",
+        "## Fault soak\n\n`aci-runner-controller bench soak --seeds {} --first-seed {} --parallel {} --jobs {} --fault-window {}s --apiserver-restart-every {}s --etcd-restart-every {}s`\n\n",
         args.seeds,
         args.first_seed,
         args.parallel,
         args.jobs,
         args.fault_window.as_secs(),
-        args.apiserver_restart_every.as_secs()
+        args.apiserver_restart_every.as_secs(),
+        args.etcd_restart_every.as_secs()
     );
     s += "| invariant | result |\n| --- | --- |\n";
     s += &format!("| seeds passed | {}/{} |\n", r.passed, r.seeds);
     s += &format!("| leaked container groups | {} |\n", t.leaked_groups);
     s += &format!("| leaked registrations | {} |\n", t.leaked_registrations);
-    s += &format!("| busy runners killed | {} |\n", t.busy_runners_killed);
+    s += &format!("| busy runners killed (by the controller) | {} |\n", t.busy_runners_killed);
     s += &format!("| panics in controller logs | {} |\n", t.panics);
     s += &format!("| Stalled reasons without an injected cause | {} |\n", t.unexplained_stalled);
     s += &format!("| jobs completed | {}/{} |\n", t.jobs_completed, t.jobs);
+    s += &format!("| jobs failed by the injected runner death | {} |\n", t.runner_deaths);
     s += &format!("| controller SIGKILLs + restarts | {} |\n", t.controller_kills);
     s += &format!(
         "| kube-apiserver restarts (shared by the seeds running then) | {} |\n",
         t.apiserver_restarts
     );
+    s += &format!("| etcd restarts (shared by the seeds running then) | {} |\n", t.etcd_restarts);
+    if t.apiserver_unexpected_exits + t.etcd_unexpected_exits > 0 {
+        s += &format!(
+            "| unplanned exits (kube-apiserver / etcd) | {} / {} |\n",
+            t.apiserver_unexpected_exits, t.etcd_unexpected_exits
+        );
+    }
     s += &format!("| wall time | {:.0} s |\n", t.wall_secs);
+    if !t.fault_coverage.is_empty() {
+        s += "\nSeeds per injected fault kind:\n\n| fault | seeds |\n| --- | --- |\n";
+        for (k, n) in &t.fault_coverage {
+            s += &format!("| {k} | {n} |\n");
+        }
+    }
+    let mut stalled: std::collections::BTreeMap<&str, usize> = Default::default();
+    for res in &r.results {
+        for reason in &res.stalled_reasons {
+            *stalled.entry(reason.as_str()).or_default() += 1;
+        }
+    }
+    if !stalled.is_empty() {
+        s += "\nStalled reasons seen (seeds): ";
+        s += &stalled.iter().map(|(k, n)| format!("`{k}` ({n})")).collect::<Vec<_>>().join(", ");
+        s += "\n";
+    }
     if !r.failed_seeds.is_empty() {
         s += "\nFailed seeds:\n\n";
         for res in r.results.iter().filter(|x| !x.passed) {
@@ -593,7 +1014,7 @@ pub fn markdown(r: &SoakReport, args: &SoakArgs) -> String {
     s
 }
 
-/// When the kube-apiserver was restarted, and how often it was found dead without a restart.
+/// When a control-plane process was restarted, and how often it was found dead without a restart.
 #[derive(Clone, Default)]
 pub struct RestartLog(std::sync::Arc<std::sync::Mutex<(Vec<Instant>, usize)>>);
 
@@ -615,73 +1036,136 @@ impl RestartLog {
     pub fn count(&self) -> usize {
         self.0.lock().map(|v| v.0.len()).unwrap_or(0)
     }
-    /// Times the kube-apiserver had exited on its own (or was killed by someone else).
+    /// Times the process had exited on its own (or was killed by someone else).
     pub fn unexpected_exits(&self) -> usize {
         self.0.lock().map(|v| v.1).unwrap_or(0)
     }
 }
 
-fn read_pid(cp_dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(cp_dir.join("apiserver.pid")).ok()?.trim().parse().ok()
+/// The control-plane restarts of a soak: one log per process, and one lock so that the
+/// kube-apiserver and etcd are never restarted at the same time.
+#[derive(Clone, Default)]
+pub struct Restarts {
+    pub apiserver: RestartLog,
+    pub etcd: RestartLog,
+    one_at_a_time: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
-/// The kube-apiserver's command line (from `/proc`).
-fn apiserver_argv(cp_dir: &Path) -> anyhow::Result<Vec<String>> {
-    let pid = read_pid(cp_dir).context("reading apiserver.pid")?;
-    let cmdline =
-        std::fs::read(format!("/proc/{pid}/cmdline")).context("reading the apiserver's command line")?;
+impl Restarts {
+    fn log(&self, c: Component) -> &RestartLog {
+        match c {
+            Component::Apiserver => &self.apiserver,
+            Component::Etcd => &self.etcd,
+        }
+    }
+}
+
+/// A process of the local control plane (`scripts/control-plane` records its PID in the
+/// control plane's directory; its `stop` reads the PID files, so a restarted process is still
+/// stopped with the control plane).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    Apiserver,
+    Etcd,
+}
+
+impl Component {
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Apiserver => "kube-apiserver",
+            Component::Etcd => "etcd",
+        }
+    }
+    fn pid_file(self) -> &'static str {
+        match self {
+            Component::Apiserver => "apiserver.pid",
+            Component::Etcd => "etcd.pid",
+        }
+    }
+    fn log_file(self) -> &'static str {
+        match self {
+            Component::Apiserver => "apiserver.log",
+            Component::Etcd => "etcd.log",
+        }
+    }
+    fn salt(self) -> u64 {
+        match self {
+            Component::Apiserver => 0xa11ce,
+            Component::Etcd => 0xe7cd,
+        }
+    }
+}
+
+fn read_pid(cp_dir: &Path, c: Component) -> Option<u32> {
+    std::fs::read_to_string(cp_dir.join(c.pid_file())).ok()?.trim().parse().ok()
+}
+
+/// The process's command line (from `/proc`).
+fn command_line(cp_dir: &Path, c: Component) -> anyhow::Result<Vec<String>> {
+    let pid = read_pid(cp_dir, c).with_context(|| format!("reading {}", c.pid_file()))?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .with_context(|| format!("reading the {} command line", c.name()))?;
     let argv: Vec<String> = cmdline
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    anyhow::ensure!(!argv.is_empty(), "empty apiserver command line");
+    anyhow::ensure!(!argv.is_empty(), "empty {} command line", c.name());
     Ok(argv)
 }
 
-/// Restart the control plane's kube-apiserver at random times about `every` apart until `stop`;
-/// start it again at once if it is found dead in between (counted, reported).
-async fn restart_apiserver_loop(
+/// Restart `component` at random times about `every` apart until `stop`; start it again at once
+/// if it is found dead in between (counted, reported).
+async fn restart_loop(
     cp_dir: PathBuf,
+    component: Component,
     every: Duration,
     seed: u64,
-    log: RestartLog,
+    restarts: Restarts,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let argv = match apiserver_argv(&cp_dir) {
+    let argv = match command_line(&cp_dir, component) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("no kube-apiserver restarts: {e:#}");
+            eprintln!("no {} restarts: {e:#}", component.name());
             return;
         }
     };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xa11ce);
+    let log = restarts.log(component).clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ component.salt());
     let mut children: Vec<std::process::Child> = Vec::new();
-    let ms = every.as_millis() as u64;
+    let ms = (every.as_millis() as u64).max(4);
     let mut next = Instant::now() + Duration::from_millis(rng.gen_range(ms / 4..=ms / 2));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        let pid = read_pid(&cp_dir);
+        let pid = read_pid(&cp_dir, component);
         let dead = !pid.is_some_and(alive);
         if dead {
-            eprintln!("kube-apiserver (pid {pid:?}) exited without a planned restart; starting it again");
+            eprintln!(
+                "{} (pid {pid:?}) exited without a planned restart; starting it again",
+                component.name()
+            );
             log.found_dead();
         }
         if !dead && Instant::now() < next {
             continue;
         }
         children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
-        match restart_apiserver(&cp_dir, &argv).await {
+        let restarted = {
+            let _one = restarts.one_at_a_time.lock().await;
+            restart_component(&cp_dir, component, &argv).await
+        };
+        match restarted {
             Ok(child) => {
                 if !dead {
                     log.push(Instant::now());
                 }
                 children.push(child);
             }
-            Err(e) => eprintln!("kube-apiserver restart failed: {e:#}"),
+            Err(e) => eprintln!("{} restart failed: {e:#}", component.name()),
         }
         next = Instant::now() + Duration::from_millis(rng.gen_range(ms / 2..=ms * 3 / 2));
     }
@@ -697,12 +1181,20 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Stop the kube-apiserver (SIGTERM) if it runs and start it again with `argv`; wait until it
-/// answers `/readyz`. The PID file is updated so that the control plane's stop finds it.
-pub async fn restart_apiserver(cp_dir: &Path, argv: &[String]) -> anyhow::Result<std::process::Child> {
-    let pid_file = cp_dir.join("apiserver.pid");
-    let Some((exe, rest)) = argv.split_first() else { anyhow::bail!("empty apiserver command line") };
-    if let Some(pid) = read_pid(cp_dir).filter(|p| alive(*p)) {
+/// Stop `component` (SIGTERM, SIGKILL after 15 s) if it runs and start it again with `argv`
+/// (etcd: same data directory and ports, so the cluster state survives); wait until the
+/// kube-apiserver answers `/readyz` (which checks etcd). The PID file is updated so that the
+/// control plane's stop finds the new process.
+pub async fn restart_component(
+    cp_dir: &Path,
+    component: Component,
+    argv: &[String],
+) -> anyhow::Result<std::process::Child> {
+    let pid_file = cp_dir.join(component.pid_file());
+    let Some((exe, rest)) = argv.split_first() else {
+        anyhow::bail!("empty {} command line", component.name())
+    };
+    if let Some(pid) = read_pid(cp_dir, component).filter(|p| alive(*p)) {
         std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
         let deadline = Instant::now() + Duration::from_secs(15);
         while alive(pid) && Instant::now() < deadline {
@@ -713,7 +1205,8 @@ pub async fn restart_apiserver(cp_dir: &Path, argv: &[String]) -> anyhow::Result
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(cp_dir.join("apiserver.log"))?;
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(cp_dir.join(component.log_file()))?;
     let err = log.try_clone()?;
     let child = std::process::Command::new(exe)
         .args(rest)
@@ -721,9 +1214,9 @@ pub async fn restart_apiserver(cp_dir: &Path, argv: &[String]) -> anyhow::Result
         .stdout(log)
         .stderr(err)
         .spawn()
-        .context("starting the kube-apiserver again")?;
+        .with_context(|| format!("starting {} again", component.name()))?;
     std::fs::write(&pid_file, child.id().to_string())?;
-    // Ready when an authenticated client gets an answer.
+    // Ready when an authenticated client gets an answer from /readyz (etcd included).
     let kubeconfig = cp_dir.join("kubeconfig");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -738,7 +1231,7 @@ pub async fn restart_apiserver(cp_dir: &Path, argv: &[String]) -> anyhow::Result
             return Ok(child);
         }
         if Instant::now() > deadline {
-            anyhow::bail!("the kube-apiserver did not become ready within 60 s after a restart");
+            anyhow::bail!("the control plane was not ready within 60 s after a {} restart", component.name());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
