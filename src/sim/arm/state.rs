@@ -665,7 +665,9 @@ impl Shared {
             .buckets
             .entry((sub.to_ascii_lowercase(), write))
             .or_insert(Bucket { tokens: spec.capacity, last: now });
-        let dt = (now - b.last).num_milliseconds().max(0) as f64 / 1000.0;
+        // Microseconds: truncating each interval to whole milliseconds would lose up to a
+        // millisecond of refill per request (a client pacing exactly at the rate then sees 429s).
+        let dt = (now - b.last).num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6;
         b.tokens = (b.tokens + dt * spec.refill_per_sec).min(spec.capacity);
         b.last = now;
         let header = if write {
