@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// Several sizes (comma-separated) give one figure each, which shows how memory grows.
     #[arg(long, value_delimiter = ',', default_value = "10000")]
     pub p5_runners: Vec<u32>,
+    /// P5: runners per pool (at most 1,000, the CRD's `maxRunners` limit); fewer per pool means
+    /// more pools sharing one organization and one resource group.
+    #[arg(long, default_value_t = 1000)]
+    pub p5_pool_size: u32,
     /// Parts to run: `p1` (P1, P2), `p3` (P3, P6), `p4` (P4), `p5` (P5).
     #[arg(long, value_delimiter = ',', default_value = "p1,p3,p4,p5")]
     pub only: Vec<String>,
@@ -397,9 +401,10 @@ fn quota_bound(n: u32, q: &Quotas, github_writes_per_minute: u64, github_writes_
     Duration::from_secs_f64(creates.max(writes).max(jit))
 }
 
-/// Pools of at most [`crate::crd::MAX_RUNNERS_LIMIT`] runners sharing `total`: (name, size).
-fn fleet_pools(prefix: &str, total: u32) -> Vec<(String, u32)> {
-    let per = crate::crd::MAX_RUNNERS_LIMIT.max(1) as u32;
+/// Pools of at most `per` (and [`crate::crd::MAX_RUNNERS_LIMIT`]) runners sharing `total`:
+/// (name, size).
+fn fleet_pools(prefix: &str, total: u32, per: u32) -> Vec<(String, u32)> {
+    let per = per.clamp(1, crate::crd::MAX_RUNNERS_LIMIT.max(1) as u32);
     let n = total.div_ceil(per).max(1);
     (0..n)
         .map(|i| {
@@ -480,7 +485,7 @@ async fn p4(
     );
     let bound = quota_bound(r, &quotas, gh_min, gh_hour);
     let ideal = bound + provisioning;
-    let pools = fleet_pools("fleet", r);
+    let pools = fleet_pools("fleet", r, u32::MAX);
     let t0 = Instant::now();
     let t0_utc = Utc::now();
     for (name, size) in &pools {
@@ -584,7 +589,7 @@ async fn p5(
     opts.arm.quotas.cores = f64::from(n) + 100.0;
     let sim = crate::sim::start(opts).await?;
     apply_app_secret(client, &ns, "github-app", &sim).await?;
-    let pools = fleet_pools("tracked", n);
+    let pools = fleet_pools("tracked", n, args.p5_pool_size);
     let api: Api<RunnerPool> = Api::namespaced(client.clone(), &ns);
     let seed_started = Instant::now();
     let mut rng = rand::thread_rng();
@@ -891,6 +896,35 @@ pub fn markdown(r: &BenchReport) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleets_split_into_pools_the_crd_accepts() {
+        assert_eq!(fleet_pools("f", 150, u32::MAX), [("f".to_string(), 150)]);
+        let p = fleet_pools("t", 10_000, u32::MAX);
+        assert_eq!(p.len(), 10);
+        assert!(p.iter().all(|(_, s)| *s == 1000));
+        assert_eq!(p[9].0, "t-9");
+        let p = fleet_pools("t", 2_500, 1000);
+        assert_eq!(p.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [834, 833, 833]);
+        assert_eq!(fleet_pools("t", 5_000, 500).len(), 10);
+    }
+
+    #[test]
+    fn the_quota_bound_is_the_tightest_limit() {
+        let q = Quotas::default();
+        // Default ACI windows: the 150th create waits for the second 5-minute window.
+        assert_eq!(quota_bound(150, &q, 80, 500), Duration::from_secs(300));
+        // Raised ACI and GitHub limits: ARM's write bucket (200 + 10/s) binds at 1,000.
+        let raised = Quotas { creates_per_5min: 1000, creates_per_hour: 3000, ..Quotas::default() };
+        assert_eq!(quota_bound(1000, &raised, 1000, 5000), Duration::from_secs(80));
+        // GitHub.com's 500 content-creating requests per hour bind 1,000 JIT configs at an hour.
+        assert_eq!(quota_bound(1000, &raised, 80, 500), Duration::from_secs(3600));
+    }
 }
 
 fn not_measured(id: &str, what: &str, goal: &str, part: &str) -> Figure {
