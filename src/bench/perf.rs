@@ -898,6 +898,18 @@ pub fn markdown(r: &BenchReport) -> String {
     s
 }
 
+fn not_measured(id: &str, what: &str, goal: &str, part: &str) -> Figure {
+    Figure {
+        id: id.into(),
+        what: what.into(),
+        value: None,
+        unit: String::new(),
+        goal: goal.into(),
+        met: None,
+        notes: format!("not measured in this run (--only without {part})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -924,17 +936,5 @@ mod tests {
         assert_eq!(quota_bound(1000, &raised, 1000, 5000), Duration::from_secs(80));
         // GitHub.com's 500 content-creating requests per hour bind 1,000 JIT configs at an hour.
         assert_eq!(quota_bound(1000, &raised, 80, 500), Duration::from_secs(3600));
-    }
-}
-
-fn not_measured(id: &str, what: &str, goal: &str, part: &str) -> Figure {
-    Figure {
-        id: id.into(),
-        what: what.into(),
-        value: None,
-        unit: String::new(),
-        goal: goal.into(),
-        met: None,
-        notes: format!("not measured in this run (--only without {part})"),
     }
 }
