@@ -95,8 +95,9 @@ struct CachedToken {
 
 #[derive(Default)]
 struct ListCache {
-    /// Per page: (ETag, runners).
-    pages: Vec<(Option<String>, Vec<Runner>)>,
+    /// Per page: (ETag, number of runners); the runners themselves are `runners`, in page order
+    /// (one copy of the list, however many pages: at 10,000 runners a second copy cost megabytes).
+    pages: Vec<(Option<String>, usize)>,
     fetched_at: Option<DateTime<Utc>>,
     runners: Arc<Vec<Runner>>,
 }
@@ -608,40 +609,49 @@ impl GithubClient {
         {
             return Ok(c.runners.clone());
         }
-        let mut pages: Vec<(Option<String>, Vec<Runner>)> = Vec::new();
+        let mut pages: Vec<(Option<String>, usize)> = Vec::new();
+        let mut all: Vec<Runner> = Vec::new();
         let mut total = None;
         let mut page = 1usize;
         loop {
-            let cached = c.pages.get(page - 1);
-            let etag = cached.and_then(|(e, _)| e.clone());
+            let cached = c.pages.get(page - 1).map(|(e, n)| {
+                let offset: usize = c.pages[..page - 1].iter().map(|(_, n)| n).sum();
+                (e.clone(), offset, *n)
+            });
+            let etag = cached.as_ref().and_then(|(e, _, _)| e.clone());
             let path = format!("{}/actions/runners?per_page=100&page={page}", scope.api_path());
             let r = self.send("list_runners", Method::GET, &path, None, etag.as_deref()).await?;
-            let (etag, runners, page_total) = match r.status.as_u16() {
-                304 => match cached {
-                    Some((e, rs)) => (e.clone(), rs.clone(), None),
-                    None => return Err(GithubError::Transient("304 for a page never fetched".into())),
+            let (etag, n, page_total) = match (r.status.as_u16(), cached) {
+                (304, Some((e, offset, n))) => match c.runners.get(offset..offset + n) {
+                    Some(rs) => {
+                        all.extend(rs.iter().cloned());
+                        (e, n, None)
+                    }
+                    None => {
+                        return Err(GithubError::Transient("304 for a page not in the cached list".into()));
+                    }
                 },
-                200 => {
+                (304, None) => return Err(GithubError::Transient("304 for a page never fetched".into())),
+                (200, _) => {
                     let p: RunnerPage = serde_json::from_str(&r.body)
                         .map_err(|e| GithubError::Transient(format!("unreadable runner list: {e}")))?;
                     let etag = header_str(&r.headers, "etag").map(str::to_string);
-                    (etag, p.runners.into_iter().map(Runner::from).collect::<Vec<_>>(), Some(p.total_count))
+                    let n = p.runners.len();
+                    all.extend(p.runners.into_iter().map(Runner::from));
+                    (etag, n, Some(p.total_count))
                 }
                 _ => return Err(self.classify("list_runners", &r)),
             };
             if let Some(t) = page_total {
                 total = Some(t);
             }
-            let n = runners.len();
-            pages.push((etag, runners));
-            let seen: usize = pages.iter().map(|(_, r)| r.len()).sum();
-            let expected = total.unwrap_or_else(|| c.pages.iter().map(|(_, r)| r.len()).sum());
-            if n == 0 || seen >= expected || page >= 1000 {
+            pages.push((etag, n));
+            let expected = total.unwrap_or_else(|| c.pages.iter().map(|(_, n)| n).sum());
+            if n == 0 || all.len() >= expected || page >= 1000 {
                 break;
             }
             page += 1;
         }
-        let all: Vec<Runner> = pages.iter().flat_map(|(_, r)| r.iter().cloned()).collect();
         c.pages = pages;
         c.runners = Arc::new(all);
         c.fetched_at = Some(now);
