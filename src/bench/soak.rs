@@ -168,7 +168,8 @@ impl Schedule {
             // The primary region is (nearly) full: the org pool spills to its fallback.
             arm.capacity.insert(ORG_LOCATION.to_string(), rng.gen_range(0..=2));
         }
-        if rng.gen_bool(0.25) {
+        let image_revoked = rng.gen_bool(0.25);
+        if image_revoked {
             // Registry credentials revoked for the window: the image cannot be pulled.
             arm.inaccessible_images.insert(crate::crd::DEFAULT_RUNNER_IMAGE.to_string());
         }
@@ -187,8 +188,9 @@ impl Schedule {
         let quotas = rng.gen_bool(0.3).then(|| {
             let mut q = Quotas::default();
             match rng.gen_range(0..3) {
-                0 => q.container_groups = rng.gen_range(1..=3),
-                1 => q.cores = f64::from(rng.gen_range(1u32..=3)),
+                // The pools run 1-CPU runners, one idle each; a job needs a second group.
+                0 => q.container_groups = rng.gen_range(1..=2),
+                1 => q.cores = f64::from(rng.gen_range(1u32..=2)),
                 _ => {
                     q.reads = BucketSpec {
                         capacity: rng.gen_range(3.0..10.0),
@@ -243,7 +245,10 @@ impl Schedule {
         }
         let runner_group = rng.gen_bool(0.5);
         let token_mode = rng.gen_bool(0.4).then(|| rng.gen_bool(0.5));
-        let outage_factor = if rng.gen_bool(0.2) { 5 } else { 1 };
+        // Only a long outage lets a create failure repeat `stallAfter` (3) times under the
+        // planner's back-off (10, 20, 40 s): the revoked image gets one more often, so that the
+        // soak sees pools Stalled InvalidImage recover once the image is accessible again.
+        let outage_factor = if rng.gen_bool(if image_revoked { 0.5 } else { 0.2 }) { 5 } else { 1 };
         let kill_after = rng.gen_bool(0.7).then(|| Duration::from_millis(rng.gen_range(1_000..7_000)));
         let down_for = Duration::from_millis(rng.gen_range(200..3_000));
         Self {
@@ -1250,5 +1255,83 @@ where
             Err(e) if Instant::now() > deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_controllers_github_operations_are_simulator_operations() {
+        for op in GITHUB_OPS {
+            assert!(crate::sim::github::OPERATIONS.contains(op), "{op}");
+        }
+    }
+
+    #[test]
+    fn two_hundred_seeds_inject_every_fault_kind_many_times() {
+        let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+        for seed in 1..=200 {
+            for k in fault_kinds(&Schedule::draw(seed)) {
+                *seen.entry(k).or_default() += 1;
+            }
+        }
+        let mut wanted: Vec<String> = Vec::new();
+        for op in ARM_OPS {
+            wanted.push(format!("arm {op} 429/500/503"));
+            if *op != "token" {
+                wanted.push(format!("arm {op} latency"));
+            }
+        }
+        for op in GITHUB_OPS {
+            for what in ["5xx", "secondary limit", "409", "422"] {
+                wanted.push(format!("github {op} {what}"));
+            }
+        }
+        for k in [
+            "aci container crash before registration",
+            "aci capacity exhausted",
+            "aci inaccessible image",
+            "aci slow provisioning",
+            "arm denied action",
+            "arm quota lowered (groups/cores)",
+            "arm quota lowered (request buckets)",
+            "github webhook drops",
+            "github runner crash before registration",
+            "github runner death mid-job",
+            "github clock skew (tolerated)",
+            "github clock skew (beyond tolerance)",
+            "long outage",
+            "controller SIGKILL + restart",
+        ] {
+            wanted.push(k.to_string());
+        }
+        for k in &wanted {
+            let n = seen.get(k).copied().unwrap_or(0);
+            assert!(n >= 8, "{k}: only {n} of 200 seeds");
+        }
+        // And nothing is drawn that the list above does not name.
+        for k in seen.keys() {
+            assert!(wanted.contains(k), "unlisted fault kind {k}");
+        }
+    }
+
+    #[test]
+    fn skew_tolerance_follows_the_jwt_claims_and_the_leeway() {
+        // iat = now - 60 and exp = now + 540, leeway 60: GitHub may be 120 s behind, < 600 s ahead.
+        assert!(skew_tolerated(-120, 60));
+        assert!(!skew_tolerated(-121, 60));
+        assert!(skew_tolerated(599, 60));
+        assert!(!skew_tolerated(600, 60));
+        // Skews beyond it explain AuthFailed; skews within it explain nothing.
+        let mut s = Schedule::draw(1);
+        s.github.clock_skew_secs = 900;
+        assert!(s.explained_reasons().contains("AuthFailed"));
+        s.github.clock_skew_secs = 300;
+        s.arm = FaultConfig::default();
+        s.github = GithubFaults { clock_skew_secs: 300, ..GithubFaults::default() };
+        s.quotas = None;
+        assert!(s.explained_reasons().is_empty(), "{:?}", s.explained_reasons());
     }
 }
