@@ -19,6 +19,9 @@ pub enum ProcError {
     NotHealthy(PathBuf),
 }
 
+/// Environment variable naming a command to start the controller under (diagnostics).
+pub const WRAPPER_ENV: &str = "ACI_RC_BENCH_CONTROLLER_WRAPPER";
+
 /// How to start the controller.
 #[derive(Clone, Debug)]
 pub struct ControllerSpec {
@@ -135,7 +138,22 @@ impl ControllerProc {
             .open(&self.log)
             .map_err(|source| ProcError::Io { path: self.log.clone(), source })?;
         let err = log.try_clone().map_err(|source| ProcError::Io { path: self.log.clone(), source })?;
-        let mut cmd = Command::new(exe);
+        // Diagnostics: `ACI_RC_BENCH_CONTROLLER_WRAPPER="heaptrack -o /tmp/ht"` starts the
+        // controller under that command (whitespace-separated; the executable's real path is
+        // passed, as the wrapper's `/proc/self/exe` would be the wrapper). Process figures (RSS,
+        // CPU) then describe the wrapper, not the controller.
+        let wrapper: Vec<String> = std::env::var(WRAPPER_ENV)
+            .map(|w| w.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(std::env::current_exe().map_err(ProcError::Exe)?);
+                c
+            }
+            None => Command::new(exe),
+        };
+        cmd.env_remove(WRAPPER_ENV);
         cmd.args(&self.args).stdin(Stdio::null()).stdout(log).stderr(err);
         for (k, v) in &self.env {
             cmd.env(k, v);
