@@ -629,7 +629,15 @@ impl<'i, 'a> Pass<'i, 'a> {
             if let ContainerState::Terminated { exit_code } = c.state {
                 return Phase::Finished { exit_code, crashed: exit_code != Some(0) || c.restart_count > 0 };
             }
-            if c.restart_count > 0 {
+            // Fix: a restarted container that runs again (restartPolicy Always: persistent
+            // runners) re-registers its runner — a new registration with the same name — which
+            // may take a job before the runner list shows it. Removing it on the list's stale
+            // "offline" killed a busy runner (fault soak seed 38: a runner died under a job, its
+            // container restarted, the new runner took the next job, and the group was deleted
+            // under it). A runner seen online before gets registrationTimeout to come back
+            // (below); an online one is removed only once its unregister succeeded.
+            if c.restart_count > 0 && (r.is_some_and(|r| r.online) || !self.st.seen_online.contains(&g.name))
+            {
                 return Phase::Finished { exit_code: None, crashed: true };
             }
         }
@@ -989,7 +997,14 @@ impl<'i, 'a> Pass<'i, 'a> {
                             });
                         }
                     } else {
-                        self.remove_unit(u, reason, false);
+                        // A container running again (restarted) may have an online runner
+                        // that takes a job at any moment: its group goes only once the
+                        // registration is gone.
+                        let running = u
+                            .group
+                            .and_then(|g| g.container.as_ref())
+                            .is_some_and(|c| !matches!(c.state, ContainerState::Terminated { .. }));
+                        self.remove_unit(u, reason, running);
                     }
                     recycled.push(u.name.clone());
                     removed += 1;

@@ -1756,3 +1756,62 @@ fn a_denied_removal_escalates_the_backoff_once_per_period_not_once_per_pass() {
     let p = fx.run();
     cond_is(&p, "Stalled", "False", "NotStalled");
 }
+
+#[test]
+fn a_restarted_persistent_runner_is_never_removed_under_a_job_it_may_have_taken() {
+    // restartPolicy Always: the runner died under a job (seen online before), its container
+    // restarted and runs again. Found by the fault soak (seed 38): on a runner list that still
+    // showed the old registration offline, the group was deleted while the re-registered runner
+    // was running the next job.
+    let mut fx = Fx::new();
+    fx.spec = spec_json(serde_json::json!({
+        "github": {"organization": "acme"},
+        "runner": {"registration": {"mode": "token", "ephemeral": false}},
+        "scaling": {"minIdle": 1}
+    }));
+    let mut g = running("pool-back1");
+    if let Some(c) = g.container.as_mut() {
+        c.restart_count = 1;
+    }
+    fx.groups = Ok(vec![g]);
+    fx.state.seen_online.insert("pool-back1".into());
+    // The list (stale) shows the old registration offline: wait for it, remove nothing.
+    fx.runners = Ok(vec![runner(7, "pool-back1", false, false)]);
+    let p = fx.run();
+    assert!(!p.actions.iter().any(Action::is_destructive), "{:?}", p.actions);
+    // Seen online and idle: removed, but the group only once the unregister succeeded.
+    fx.carry(&p, chrono::Duration::seconds(2));
+    fx.runners = Ok(vec![runner(8, "pool-back1", true, false)]);
+    let p = fx.run();
+    let got: Vec<Action> = p.actions.iter().filter(|a| a.is_destructive()).cloned().collect();
+    assert_eq!(
+        got,
+        vec![
+            Action::UnregisterRunner { id: 8, name: "pool-back1".into(), reason: RemovalReason::Crashed },
+            Action::DeleteGroup {
+                name: "pool-back1".into(),
+                reason: RemovalReason::Crashed,
+                only_if_unregistered: Some(8)
+            },
+        ]
+    );
+    // Never back within registrationTimeout: removed as timed out.
+    let mut fx2 = Fx::new();
+    fx2.spec = fx.spec.clone();
+    let mut g = running("pool-gone1");
+    if let Some(c) = g.container.as_mut() {
+        c.restart_count = 1;
+    }
+    fx2.groups = Ok(vec![g]);
+    fx2.state.seen_online.insert("pool-gone1".into());
+    fx2.runners = Ok(vec![runner(9, "pool-gone1", false, false)]);
+    let p = fx2.run();
+    assert!(!p.actions.iter().any(Action::is_destructive), "{:?}", p.actions);
+    fx2.carry(&p, chrono::Duration::minutes(10));
+    let p = fx2.run();
+    assert!(
+        p.actions.iter().any(|a| matches!(a, Action::DeleteGroup { name, reason: RemovalReason::RegistrationTimeout, .. } if name == "pool-gone1")),
+        "{:?}",
+        p.actions
+    );
+}
