@@ -15,6 +15,7 @@ use crate::azure::{
     RateLimiter,
 };
 use crate::crd::Priority;
+use crate::plan::names::{group_concerns_pool, runner_name_prefix};
 use crate::plan::{
     ContainerState, EdgeError, EdgeErrorKind, GroupProvisioning, ObservedContainer, ObservedGroup, SweptGroup,
 };
@@ -90,6 +91,7 @@ pub fn observed(g: &azure::ObservedGroup, cpu_mem: (f64, f64)) -> ObservedGroup 
 }
 
 type ListKey = (String, String, String);
+type SharedList = Arc<Vec<azure::ObservedGroup>>;
 
 /// The Azure edge behind the [`Cloud`] port.
 pub struct AzurePort {
@@ -100,7 +102,9 @@ pub struct AzurePort {
     metrics: AzureMetrics,
     clients: Mutex<HashMap<String, AzureClient>>,
     /// (identity, subscription, resource group) → (fetched at, list).
-    lists: tokio::sync::Mutex<HashMap<ListKey, (Instant, Vec<azure::ObservedGroup>)>>,
+    /// The last list per identity·subscription·resource group, shared (not copied) by the
+    /// passes of every pool of that resource group.
+    lists: tokio::sync::Mutex<HashMap<ListKey, (Instant, SharedList)>>,
     list_ttl: Duration,
     /// Woken when a fresh list differs from the previous one (every pool of the resource group
     /// then reconciles at once instead of at its next requeue).
@@ -223,38 +227,67 @@ fn rg(pool: &PoolContext) -> String {
     pool.spec.azure.resource_group.to_lowercase()
 }
 
+impl AzurePort {
+    /// The resource group's list, from the shared cache or fetched (and shared).
+    async fn cached_list(&self, pool: &PoolContext) -> Result<SharedList, EdgeError> {
+        let (identity, client) = self.client(pool)?;
+        let key = (identity, sub(pool), rg(pool));
+        // Holding the lock while listing makes concurrent pools of one resource group wait
+        // for the same list instead of sending their own.
+        let mut lists = self.lists.lock().await;
+        if let Some((_, l)) = lists.get(&key).filter(|(at, _)| at.elapsed() < self.list_ttl) {
+            return Ok(Arc::clone(l));
+        }
+        let l = client
+            .list_groups(&pool.spec.azure.subscription_id, &pool.spec.azure.resource_group)
+            .await
+            .map_err(|e| edge_error(&e))?;
+        let l = Arc::new(l);
+        let previous = lists.insert(key, (Instant::now(), Arc::clone(&l)));
+        if let (Some(tx), Some((_, prev))) = (&self.changes, previous)
+            && fingerprint(&prev) != fingerprint(&l)
+        {
+            let _ = tx.try_send(());
+        }
+        Ok(l)
+    }
+}
+
 impl Cloud for AzurePort {
     fn list_groups<'a>(
         &'a self,
         pool: &'a PoolContext,
     ) -> BoxFuture<'a, Result<Vec<ObservedGroup>, EdgeError>> {
         Box::pin(async move {
-            let (identity, client) = self.client(pool)?;
-            let key = (identity, sub(pool), rg(pool));
-            // Holding the lock while listing makes concurrent pools of one resource group wait
-            // for the same list instead of sending their own.
-            let mut lists = self.lists.lock().await;
-            let fresh =
-                lists.get(&key).filter(|(at, _)| at.elapsed() < self.list_ttl).map(|(_, l)| l.clone());
-            let groups = match fresh {
-                Some(l) => l,
-                None => {
-                    let l = client
-                        .list_groups(&pool.spec.azure.subscription_id, &pool.spec.azure.resource_group)
-                        .await
-                        .map_err(|e| edge_error(&e))?;
-                    let previous = lists.insert(key, (Instant::now(), l.clone()));
-                    if let (Some(tx), Some((_, prev))) = (&self.changes, previous)
-                        && fingerprint(&prev) != fingerprint(&l)
-                    {
-                        let _ = tx.try_send(());
-                    }
-                    l
-                }
-            };
-            drop(lists);
+            let groups = self.cached_list(pool).await?;
             let res = (pool.spec.runner.cpu, pool.spec.runner.memory_gb);
             Ok(groups.iter().map(|g| observed(g, res)).collect())
+        })
+    }
+
+    fn list_pool_groups<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<Vec<ObservedGroup>, EdgeError>> {
+        Box::pin(async move {
+            let groups = self.cached_list(pool).await?;
+            let res = (pool.spec.runner.cpu, pool.spec.runner.memory_gb);
+            let prefix = runner_name_prefix(&pool.meta.name);
+            let concerns = |g: &azure::ObservedGroup| {
+                group_concerns_pool(
+                    &pool.meta.uid,
+                    &pool.meta.namespace,
+                    &pool.meta.name,
+                    &prefix,
+                    &g.name,
+                    (
+                        g.tags.get(TAG_POOL_UID).map(String::as_str),
+                        g.tags.get(TAG_POOL_NAMESPACE).map(String::as_str),
+                        g.tags.get(TAG_POOL_NAME).map(String::as_str),
+                    ),
+                )
+            };
+            Ok(groups.iter().filter(|g| concerns(g)).map(|g| observed(g, res)).collect())
         })
     }
 

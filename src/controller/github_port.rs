@@ -1,14 +1,18 @@
 //! [`Forge`] through the GitHub edge: one [`GithubHub`] for the process (shared installation
 //! tokens, ETag-cached runner lists per scope, rate-limit budget), a client per pool credentials.
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 
 use super::ports::{Forge, GithubCredentials, JitRegistration, PoolContext, SecretString};
 use crate::github::bridge::{edge_error, observed_runner, scope_of};
-use crate::github::{Credentials, GithubClient, GithubHub, Scope, Secret};
+use crate::github::{Credentials, GithubClient, GithubHub, Runner, Scope, Secret};
 use crate::plan::{EdgeError, EdgeErrorKind, ObservedRunner};
 
 /// (id, online, busy) of every runner of a scope, sorted.
 type RunnerPrint = Vec<(u64, bool, bool)>;
+/// The last list of a scope (shared with the hub's cache) and its fingerprint.
+type SeenList = (Arc<Vec<Runner>>, RunnerPrint);
 
 /// The GitHub edge behind the [`Forge`] port.
 pub struct GithubPort {
@@ -16,8 +20,8 @@ pub struct GithubPort {
     clock: crate::github::Clock,
     /// Woken when a scope's runner list differs from the one seen before (see `with_change_signal`).
     changes: Option<tokio::sync::mpsc::Sender<()>>,
-    /// Last fingerprint per (API URL, scope).
-    seen: std::sync::Mutex<std::collections::HashMap<(String, Scope), RunnerPrint>>,
+    /// Last list and its fingerprint per (API URL, scope).
+    seen: std::sync::Mutex<std::collections::HashMap<(String, Scope), SeenList>>,
 }
 
 impl GithubPort {
@@ -60,6 +64,29 @@ impl GithubPort {
     fn err(&self, e: &crate::github::GithubError) -> EdgeError {
         edge_error(e, (self.clock)())
     }
+
+    /// The scope's shared runner list (the hub's cache), and the change signal when it differs
+    /// from the one seen before.
+    async fn cached_list(&self, pool: &PoolContext) -> Result<Arc<Vec<Runner>>, EdgeError> {
+        let (client, scope) = self.client(pool)?;
+        let runners = client.list_runners(&scope).await.map_err(|e| self.err(&e))?;
+        if let Some(tx) = &self.changes {
+            let key = (pool.spec.github.api_url.clone(), scope.clone());
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            // The same cached list as last time (most passes): nothing can have changed.
+            let same = seen.get(&key).is_some_and(|(l, _)| Arc::ptr_eq(l, &runners));
+            if !same {
+                let mut f: RunnerPrint = runners.iter().map(|r| (r.id, r.online(), r.busy)).collect();
+                f.sort_unstable();
+                if let Some((_, prev)) = seen.insert(key, (Arc::clone(&runners), f.clone()))
+                    && prev != f
+                {
+                    let _ = tx.try_send(());
+                }
+            }
+        }
+        Ok(runners)
+    }
 }
 
 impl Forge for GithubPort {
@@ -68,21 +95,25 @@ impl Forge for GithubPort {
         pool: &'a PoolContext,
     ) -> BoxFuture<'a, Result<Vec<ObservedRunner>, EdgeError>> {
         Box::pin(async move {
-            let (client, scope) = self.client(pool)?;
-            let runners = client.list_runners(&scope).await.map_err(|e| self.err(&e))?;
-            if let Some(tx) = &self.changes {
-                let mut f: Vec<(u64, bool, bool)> =
-                    runners.iter().map(|r| (r.id, r.online(), r.busy)).collect();
-                f.sort_unstable();
-                let key = (pool.spec.github.api_url.clone(), scope.clone());
-                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(prev) = seen.insert(key, f.clone())
-                    && prev != f
-                {
-                    let _ = tx.try_send(());
-                }
-            }
+            let runners = self.cached_list(pool).await?;
             Ok(runners.iter().map(observed_runner).collect())
+        })
+    }
+
+    fn list_pool_runners<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<Vec<ObservedRunner>, EdgeError>> {
+        Box::pin(async move {
+            let runners = self.cached_list(pool).await?;
+            // Only the runners with this pool's runner-name shape concern its plan; the rest of
+            // a shared scope's list is not copied per pass.
+            let prefix = crate::plan::names::runner_name_prefix(&pool.meta.name);
+            Ok(runners
+                .iter()
+                .filter(|r| crate::plan::names::runner_concerns_pool(&prefix, &r.name))
+                .map(observed_runner)
+                .collect())
         })
     }
 

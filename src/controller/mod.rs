@@ -334,7 +334,7 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
     // leaking every runner. A live pool with an invalid spec is still not observed.
     let (groups, runners) = match &pool_ctx {
         Some(pc) if deleting || pool.spec.validate().is_ok() => {
-            let (g, r) = futures::join!(ctx.cloud.list_groups(pc), ctx.forge.list_runners(pc));
+            let (g, r) = futures::join!(ctx.cloud.list_pool_groups(pc), ctx.forge.list_pool_runners(pc));
             (g, r)
         }
         _ => (Err(unusable()), Err(unusable())),

@@ -87,6 +87,13 @@ pub trait Cloud: Send + Sync {
         &'a self,
         pool: &'a PoolContext,
     ) -> BoxFuture<'a, Result<Vec<ObservedGroup>, EdgeError>>;
+    /// The part of [`Cloud::list_groups`] that concerns the pool's plan
+    /// ([`crate::plan::names::group_concerns_pool`]): what a reconcile pass reads, so that a pass
+    /// does not copy a resource group shared with many pools whole.
+    fn list_pool_groups<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<Vec<ObservedGroup>, EdgeError>>;
     /// Create (PUT) the group; returns once ARM accepted the request.
     fn create_group<'a>(
         &'a self,
@@ -134,6 +141,12 @@ pub struct JitRegistration {
 pub trait Forge: Send + Sync {
     /// Runner registrations of the pool's scope (shared, cached list).
     fn list_runners<'a>(
+        &'a self,
+        pool: &'a PoolContext,
+    ) -> BoxFuture<'a, Result<Vec<ObservedRunner>, EdgeError>>;
+    /// The part of [`Forge::list_runners`] that concerns the pool's plan: runners with its
+    /// runner-name shape ([`crate::plan::names::runner_concerns_pool`]).
+    fn list_pool_runners<'a>(
         &'a self,
         pool: &'a PoolContext,
     ) -> BoxFuture<'a, Result<Vec<ObservedRunner>, EdgeError>>;

@@ -1815,3 +1815,99 @@ fn a_restarted_persistent_runner_is_never_removed_under_a_job_it_may_have_taken(
         p.actions
     );
 }
+
+#[test]
+fn the_ports_filter_drops_nothing_the_plan_looks_at() {
+    // The reconcile pass reads only the groups and runners that concern the pool
+    // (`names::group_concerns_pool`, `names::runner_concerns_pool`). Planning with the filtered
+    // lists must give exactly the plan of the whole shared lists.
+    let tagged = |name: &str, uid: &str, ns: &str, pool: &str, state| {
+        let mut g = group(name, state, 20);
+        g.pool_uid = Some(uid.into());
+        g.pool_namespace = Some(ns.into());
+        g.pool_name = Some(pool.into());
+        g
+    };
+    let untagged = |name: &str| {
+        let mut g = running(name);
+        g.pool_uid = None;
+        g.pool_namespace = None;
+        g.pool_name = None;
+        g
+    };
+    let mut done = group("pool-done1", ContainerState::Terminated { exit_code: Some(0) }, 5);
+    if let Some(c) = done.container.as_mut() {
+        c.finished_at = Some(t0() - mins(1));
+    }
+    let all_groups = vec![
+        running("pool-idle1"),
+        running("pool-busy1"),
+        done,
+        // An older pool of the same namespace and name (deleted and re-created).
+        tagged("pool-old01", "uid-old", "ns", "pool", ContainerState::Running),
+        // Another pool's groups, one of them with this pool's runner-name shape.
+        tagged("other-aaaa1", "uid-other", "ns", "other", ContainerState::Running),
+        tagged("pool-other", "uid-other", "ns", "other", ContainerState::Running),
+        tagged("pool-zzzz1", "uid-other", "ns2", "pool", ContainerState::Running),
+        // Not the controller's pool tags at all.
+        untagged("pool-zzzz2"),
+        untagged("build-box"),
+    ];
+    let mut foreign_labels = runner(40, "other-aaaa1", true, true);
+    foreign_labels.labels = vec!["self-hosted".into(), "gpu".into()];
+    let all_runners = vec![
+        runner(1, "pool-idle1", true, false),
+        runner(2, "pool-busy1", true, true),
+        runner(3, "pool-done1", false, false),
+        runner(4, "pool-old01", true, false),
+        runner(5, "pool-gone1", false, false),
+        runner(6, "pool-zzzz1", true, false),
+        runner(7, "pool-zzzz2", true, false),
+        foreign_labels,
+        runner(41, "pool-other", true, false),
+        runner(42, "laptop", true, false),
+    ];
+    let prefix = names::runner_name_prefix("pool");
+    let concerns = |g: &ObservedGroup| {
+        names::group_concerns_pool(
+            UID,
+            "ns",
+            "pool",
+            &prefix,
+            &g.name,
+            (g.pool_uid.as_deref(), g.pool_namespace.as_deref(), g.pool_name.as_deref()),
+        )
+    };
+    let some_groups: Vec<ObservedGroup> = all_groups.iter().filter(|g| concerns(g)).cloned().collect();
+    let some_runners: Vec<ObservedRunner> =
+        all_runners.iter().filter(|r| names::runner_concerns_pool(&prefix, &r.name)).cloned().collect();
+    assert!(some_groups.len() < all_groups.len() && some_runners.len() < all_runners.len());
+
+    for (min_idle, deleting, after_grace) in
+        [(1, false, false), (4, false, false), (0, false, true), (2, true, false), (0, true, true)]
+    {
+        let run = |groups: &[ObservedGroup], runners: &[ObservedRunner]| {
+            let mut fx = Fx::new();
+            fx.spec.scaling.min_idle = min_idle;
+            fx.state.pending_unregister.insert(5, "pool-gone1".into());
+            if deleting {
+                fx.pool.deletion_timestamp = Some(t0() - mins(1));
+            }
+            fx.groups = Ok(groups.to_vec());
+            fx.runners = Ok(runners.to_vec());
+            let first = fx.run();
+            if !after_grace {
+                return first;
+            }
+            fx.carry(&first, chrono::Duration::minutes(30));
+            fx.run()
+        };
+        let whole = run(&all_groups, &all_runners);
+        let part = run(&some_groups, &some_runners);
+        let ctx = format!("minIdle {min_idle} deleting {deleting} after grace {after_grace}");
+        assert_eq!(whole.actions, part.actions, "{ctx}");
+        assert_eq!(whole.status, part.status, "{ctx}");
+        assert_eq!(whole.state, part.state, "{ctx}");
+        assert_eq!(whole.finalizer, part.finalizer, "{ctx}");
+    }
+}
