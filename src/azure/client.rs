@@ -392,22 +392,49 @@ impl AzureClient {
 
     /// Every container group of the resource group that this controller manages (all pages).
     pub async fn list_groups(&self, sub: &str, rg: &str) -> Result<Vec<ObservedGroup>, AzureError> {
+        self.list_groups_map(sub, rg, |g| g).await
+    }
+
+    /// [`AzureClient::list_groups`], each group mapped by `f` as its page arrives: a caller that
+    /// keeps less than the whole [`ObservedGroup`] never holds the full form of a large list
+    /// (10,000 groups are tens of MB in full form).
+    pub async fn list_groups_map<T>(
+        &self,
+        sub: &str,
+        rg: &str,
+        f: impl FnMut(ObservedGroup) -> T,
+    ) -> Result<Vec<T>, AzureError> {
         let span = tracing::info_span!("azure.list_groups", subscription = %sub, resource_group = %rg, correlation_id = tracing::field::Empty);
         let stream = self.aci.container_groups_client().list_by_resource_group(sub, rg).into_stream();
-        self.managed_pages(sub, stream).instrument(span).await
+        self.managed_pages(sub, stream, f).instrument(span).await
     }
 
     /// Every container group of the subscription that this controller manages, in every resource
     /// group (all pages); [`ObservedGroup::resource_group`] tells where each one is. Needs read
     /// rights at subscription scope (ARM answers 403 to an identity with resource-group rights).
     pub async fn list_groups_in_subscription(&self, sub: &str) -> Result<Vec<ObservedGroup>, AzureError> {
+        self.list_groups_in_subscription_map(sub, |g| g).await
+    }
+
+    /// [`AzureClient::list_groups_in_subscription`], each group mapped by `f` as its page
+    /// arrives (see [`AzureClient::list_groups_map`]).
+    pub async fn list_groups_in_subscription_map<T>(
+        &self,
+        sub: &str,
+        f: impl FnMut(ObservedGroup) -> T,
+    ) -> Result<Vec<T>, AzureError> {
         let span = tracing::info_span!("azure.list_groups_in_subscription", subscription = %sub, correlation_id = tracing::field::Empty);
         let stream = self.aci.container_groups_client().list(sub).into_stream();
-        self.managed_pages(sub, stream).instrument(span).await
+        self.managed_pages(sub, stream, f).instrument(span).await
     }
 
     /// The controller's groups from every page of a list (each page one rate-limited exchange).
-    async fn managed_pages<S>(&self, sub: &str, mut stream: S) -> Result<Vec<ObservedGroup>, AzureError>
+    async fn managed_pages<S, T>(
+        &self,
+        sub: &str,
+        mut stream: S,
+        mut f: impl FnMut(ObservedGroup) -> T,
+    ) -> Result<Vec<T>, AzureError>
     where
         S: futures::Stream<Item = azure_core::Result<ContainerGroupListResult>> + Unpin,
     {
@@ -416,11 +443,14 @@ impl AzureClient {
             .exchange("list", RequestKind::Read, sub, "", async { stream.next().await.transpose() })
             .await?
         {
-            out.extend(list.value.iter().map(observe).filter(ObservedGroup::managed_by_controller));
+            out.extend(
+                list.value.iter().map(observe).filter(ObservedGroup::managed_by_controller).map(&mut f),
+            );
             if list.next_link.as_deref().is_none_or(str::is_empty) {
                 break; // last page: no request (and no rate-limit token) for the stream's end
             }
         }
+        out.shrink_to_fit();
         Ok(out)
     }
 

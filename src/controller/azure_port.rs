@@ -90,8 +90,15 @@ pub fn observed(g: &azure::ObservedGroup, cpu_mem: (f64, f64)) -> ObservedGroup 
     }
 }
 
+/// A cached group with the pool's resources (usage accounting).
+fn with_resources(g: &ObservedGroup, pool: &PoolContext) -> ObservedGroup {
+    ObservedGroup { cpu: pool.spec.runner.cpu, memory_gb: pool.spec.runner.memory_gb, ..g.clone() }
+}
+
 type ListKey = (String, String, String);
-type SharedList = Arc<Vec<azure::ObservedGroup>>;
+/// A resource group's list in the planner's form (resources unset: each pool's are filled in
+/// on the way out), the only form kept: the full edge form of 10,000 groups is tens of MB.
+type SharedList = Arc<Vec<ObservedGroup>>;
 
 /// The Azure edge behind the [`Cloud`] port.
 pub struct AzurePort {
@@ -104,31 +111,26 @@ pub struct AzurePort {
     /// (identity, subscription, resource group) → (fetched at, list).
     /// The last list per identity·subscription·resource group, shared (not copied) by the
     /// passes of every pool of that resource group.
-    lists: tokio::sync::Mutex<HashMap<ListKey, (Instant, SharedList)>>,
+    lists: tokio::sync::Mutex<HashMap<ListKey, (Instant, SharedList, u64)>>,
     list_ttl: Duration,
     /// Woken when a fresh list differs from the previous one (every pool of the resource group
     /// then reconciles at once instead of at its next requeue).
     changes: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
-/// Name, provisioning state, group state, container state.
-type GroupPrint = (String, Option<String>, Option<String>, Option<String>);
+/// What matters for a reconcile in a group list (names and states), order-independent: the sum
+/// of one hash per group. Equal lists give equal prints; a collision between different lists
+/// would only delay the wake-up to the next requeue.
+#[derive(Default)]
+struct GroupPrint(u64);
 
-/// What matters for a reconcile in a group list (names and states), order-independent.
-fn fingerprint(groups: &[azure::ObservedGroup]) -> Vec<GroupPrint> {
-    let mut f: Vec<_> = groups
-        .iter()
-        .map(|g| {
-            (
-                g.name.clone(),
-                g.provisioning_state.clone(),
-                g.state.clone(),
-                g.container.as_ref().and_then(|c| c.state.clone()),
-            )
-        })
-        .collect();
-    f.sort();
-    f
+impl GroupPrint {
+    fn add(&mut self, g: &azure::ObservedGroup) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&g.name, &g.provisioning_state, &g.state, g.container.as_ref().map(|c| &c.state)).hash(&mut h);
+        self.0 = self.0.wrapping_add(h.finish());
+    }
 }
 
 impl AzurePort {
@@ -235,17 +237,24 @@ impl AzurePort {
         // Holding the lock while listing makes concurrent pools of one resource group wait
         // for the same list instead of sending their own.
         let mut lists = self.lists.lock().await;
-        if let Some((_, l)) = lists.get(&key).filter(|(at, _)| at.elapsed() < self.list_ttl) {
+        if let Some((_, l, _)) = lists.get(&key).filter(|(at, _, _)| at.elapsed() < self.list_ttl) {
             return Ok(Arc::clone(l));
         }
+        // The stale list goes before the new one is read (only its print is compared), so that
+        // two copies of a large list are never held at once.
+        let previous = lists.remove(&key).map(|(_, _, print)| print);
+        let mut print = GroupPrint::default();
         let l = client
-            .list_groups(&pool.spec.azure.subscription_id, &pool.spec.azure.resource_group)
+            .list_groups_map(&pool.spec.azure.subscription_id, &pool.spec.azure.resource_group, |g| {
+                print.add(&g);
+                observed(&g, (0.0, 0.0))
+            })
             .await
             .map_err(|e| edge_error(&e))?;
         let l = Arc::new(l);
-        let previous = lists.insert(key, (Instant::now(), Arc::clone(&l)));
-        if let (Some(tx), Some((_, prev))) = (&self.changes, previous)
-            && fingerprint(&prev) != fingerprint(&l)
+        lists.insert(key, (Instant::now(), Arc::clone(&l), print.0));
+        if let (Some(tx), Some(prev)) = (&self.changes, previous)
+            && prev != print.0
         {
             let _ = tx.try_send(());
         }
@@ -260,8 +269,7 @@ impl Cloud for AzurePort {
     ) -> BoxFuture<'a, Result<Vec<ObservedGroup>, EdgeError>> {
         Box::pin(async move {
             let groups = self.cached_list(pool).await?;
-            let res = (pool.spec.runner.cpu, pool.spec.runner.memory_gb);
-            Ok(groups.iter().map(|g| observed(g, res)).collect())
+            Ok(groups.iter().map(|g| with_resources(g, pool)).collect())
         })
     }
 
@@ -271,23 +279,18 @@ impl Cloud for AzurePort {
     ) -> BoxFuture<'a, Result<Vec<ObservedGroup>, EdgeError>> {
         Box::pin(async move {
             let groups = self.cached_list(pool).await?;
-            let res = (pool.spec.runner.cpu, pool.spec.runner.memory_gb);
             let prefix = runner_name_prefix(&pool.meta.name);
-            let concerns = |g: &azure::ObservedGroup| {
+            let concerns = |g: &ObservedGroup| {
                 group_concerns_pool(
                     &pool.meta.uid,
                     &pool.meta.namespace,
                     &pool.meta.name,
                     &prefix,
                     &g.name,
-                    (
-                        g.tags.get(TAG_POOL_UID).map(String::as_str),
-                        g.tags.get(TAG_POOL_NAMESPACE).map(String::as_str),
-                        g.tags.get(TAG_POOL_NAME).map(String::as_str),
-                    ),
+                    (g.pool_uid.as_deref(), g.pool_namespace.as_deref(), g.pool_name.as_deref()),
                 )
             };
-            Ok(groups.iter().filter(|g| concerns(g)).map(|g| observed(g, res)).collect())
+            Ok(groups.iter().filter(|g| concerns(g)).map(|g| with_resources(g, pool)).collect())
         })
     }
 
@@ -362,18 +365,17 @@ impl Cloud for AzurePort {
     ) -> BoxFuture<'a, Result<Vec<SweptGroup>, EdgeError>> {
         Box::pin(async move {
             let (_, client) = self.client(pool)?;
+            let res = (pool.spec.runner.cpu, pool.spec.runner.memory_gb);
+            // Mapped page by page: the full edge form of a large subscription is never held.
             let groups = client
-                .list_groups_in_subscription(&pool.spec.azure.subscription_id)
+                .list_groups_in_subscription_map(&pool.spec.azure.subscription_id, |g| {
+                    let resource_group = g.resource_group().map(str::to_string);
+                    resource_group
+                        .map(|resource_group| SweptGroup { resource_group, group: observed(&g, res) })
+                })
                 .await
                 .map_err(|e| edge_error(&e))?;
-            let res = (pool.spec.runner.cpu, pool.spec.runner.memory_gb);
-            Ok(groups
-                .iter()
-                .filter_map(|g| {
-                    let resource_group = g.resource_group()?.to_string();
-                    Some(SweptGroup { resource_group, group: observed(g, res) })
-                })
-                .collect())
+            Ok(groups.into_iter().flatten().collect())
         })
     }
 
