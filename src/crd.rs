@@ -503,6 +503,33 @@ struct Checker {
 /// The compiled form of one of the `RE_*` constants. Every reconcile pass validates its pool's
 /// spec, and compiling the patterns each time was most of an idle pass's CPU (profiled: over
 /// half of the controller's time with 100 idle pools), so each is compiled once per process.
+/// Compile every validation pattern now (the controller calls this at start): the compile's
+/// scratch memory (a few MB for the Unicode classes) is then used and freed while the heap is
+/// small, instead of during the first passes, when the first lists are being read.
+pub fn precompile_patterns() -> Result<(), regex::Error> {
+    for re in [
+        RE_REPOSITORY,
+        RE_ORG,
+        RE_ENTERPRISE,
+        RE_API_URL,
+        RE_LABEL,
+        RE_SECRET_NAME,
+        RE_SECRET_KEY,
+        RE_UUID,
+        RE_RESOURCE_GROUP,
+        RE_LOCATION,
+        RE_SUBNET_ID,
+        RE_IDENTITY_ID,
+        RE_ENV_NAME,
+        RE_DURATION,
+        RE_REGISTRY_SERVER,
+        RE_TAG_KEY,
+    ] {
+        compiled(re)?;
+    }
+    Ok(())
+}
+
 /// Shared behind an `Arc`: a cloned `Regex` would get its own (empty) match-cache pool, and those
 /// caches were a measurable part of the heap with many pools (bench P5 heap profile).
 fn compiled(re: &'static str) -> Result<std::sync::Arc<regex::Regex>, regex::Error> {

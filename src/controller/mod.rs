@@ -344,8 +344,11 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
     let live: BTreeSet<String> = ctx.all_pools.state().iter().filter_map(|p| p.uid()).collect();
 
     let memory = {
-        let Ok(m) = ctx.memory.lock() else { return Ok(RequeueAction::requeue(Duration::from_secs(5))) };
-        m.get(&meta.uid).cloned().unwrap_or_default()
+        let Ok(mut m) = ctx.memory.lock() else { return Ok(RequeueAction::requeue(Duration::from_secs(5))) };
+        // Taken, not copied (the state of a pool with 1,000 runners is hundreds of KB); put back
+        // below. kube-runtime never runs two passes of one pool at once, and nothing between
+        // here and the put-back returns early.
+        m.remove(&meta.uid).unwrap_or_default()
     };
     let groups_slice = groups.as_deref().map_err(Clone::clone);
     let runners_slice = runners.as_deref().map_err(Clone::clone);
@@ -364,7 +367,8 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
         now,
     };
     let mut suffixes = random_suffix;
-    let decided = plan::plan(&input, &mut suffixes);
+    let mut decided = plan::plan(&input, &mut suffixes);
+    let gc_pending = decided.state.gc_marks.len();
 
     // Act.
     let failures = match &pool_ctx {
@@ -374,7 +378,11 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
     if let Ok(mut m) = ctx.memory.lock() {
         m.insert(
             meta.uid.clone(),
-            PoolMemory { state: decided.state.clone(), failures, usage_written: memory.usage_written },
+            PoolMemory {
+                state: std::mem::take(&mut decided.state),
+                failures,
+                usage_written: memory.usage_written,
+            },
         );
     }
 
@@ -420,7 +428,7 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
     }
     publish_events(&ctx, &pool, &decided.events).await;
     ctx.metrics.observe_pool(&meta, &decided.status, started.elapsed());
-    ctx.metrics.observe_pool_health(&meta, &decided.status, decided.state.gc_marks.len());
+    ctx.metrics.observe_pool_health(&meta, &decided.status, gc_pending);
 
     if deleting && decided.finalizer == FinalizerDecision::Remove {
         info!(pool = %meta.name, namespace = %meta.namespace, "cleanup done; removing finalizer");

@@ -212,6 +212,7 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let Edges { cloud, forge, webhook, demand, planner, metrics, clock, list_changes } = edges;
+    crate::crd::precompile_patterns().context("compiling the RunnerPool validation patterns")?;
     let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(args.health_listen)
         .await
