@@ -53,6 +53,10 @@ pub struct SoakArgs {
     /// Where the per-seed logs, the JSON result and the report go.
     #[arg(long, default_value = "target/soak")]
     pub out: PathBuf,
+    /// `RUST_LOG` of the controller processes (e.g. `debug,kube=info,hyper=info` to replay a
+    /// failing seed with the controller's decisions in its log).
+    #[arg(long, default_value = "info")]
+    pub controller_log: String,
     /// Keep the controller logs of passing seeds too.
     #[arg(long)]
     pub keep_logs: bool,
@@ -583,7 +587,7 @@ pub async fn run_seed(
             lease_namespace: ns.clone(),
             dir: dir.clone(),
             webhook_secret: secret.clone(),
-            log_filter: "info".into(),
+            log_filter: args.controller_log.clone(),
         },
     )
     .await?;
