@@ -636,8 +636,13 @@ impl<'i, 'a> Pass<'i, 'a> {
             // container restarted, the new runner took the next job, and the group was deleted
             // under it). A runner seen online before gets registrationTimeout to come back
             // (below); an online one is removed only once its unregister succeeded.
-            if c.restart_count > 0 && (r.is_some_and(|r| r.online) || !self.st.seen_online.contains(&g.name))
-            {
+            //
+            // And once such a runner is online again it is kept: restartPolicy Always restarting
+            // a persistent runner after it died is ACI healing it, not a crash loop. Removing it
+            // (even guarded by unregistering the listed id) could hit a newer registration of the
+            // same name that already runs a job (soak seed 38 again, 1 in 100 seeds). A container
+            // that restarted before its runner was ever online is still a crash.
+            if c.restart_count > 0 && !self.st.seen_online.contains(&g.name) {
                 return Phase::Finished { exit_code: None, crashed: true };
             }
         }
