@@ -280,16 +280,7 @@ impl Cloud for AzurePort {
         Box::pin(async move {
             let groups = self.cached_list(pool).await?;
             let prefix = runner_name_prefix(&pool.meta.name);
-            let concerns = |g: &ObservedGroup| {
-                group_concerns_pool(
-                    &pool.meta.uid,
-                    &pool.meta.namespace,
-                    &pool.meta.name,
-                    &prefix,
-                    &g.name,
-                    (g.pool_uid.as_deref(), g.pool_namespace.as_deref(), g.pool_name.as_deref()),
-                )
-            };
+            let concerns = |g: &ObservedGroup| group_concerns_pool(&pool.meta, &prefix, g);
             Ok(groups.iter().filter(|g| concerns(g)).map(|g| with_resources(g, pool)).collect())
         })
     }

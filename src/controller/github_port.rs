@@ -111,7 +111,7 @@ impl Forge for GithubPort {
             let prefix = crate::plan::names::runner_name_prefix(&pool.meta.name);
             Ok(runners
                 .iter()
-                .filter(|r| crate::plan::names::runner_concerns_pool(&prefix, &r.name))
+                .filter(|r| crate::plan::names::is_pool_runner_name(&prefix, &r.name))
                 .map(observed_runner)
                 .collect())
         })

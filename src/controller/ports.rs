@@ -145,7 +145,7 @@ pub trait Forge: Send + Sync {
         pool: &'a PoolContext,
     ) -> BoxFuture<'a, Result<Vec<ObservedRunner>, EdgeError>>;
     /// The part of [`Forge::list_runners`] that concerns the pool's plan: runners with its
-    /// runner-name shape ([`crate::plan::names::runner_concerns_pool`]).
+    /// runner-name shape ([`crate::plan::names::is_pool_runner_name`]).
     fn list_pool_runners<'a>(
         &'a self,
         pool: &'a PoolContext,

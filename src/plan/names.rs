@@ -2,6 +2,8 @@
 //! container group name (lowercase letters, digits and single hyphens, no hyphen at either end)
 //! and as a GitHub runner name.
 
+use super::types::{ObservedGroup, PoolMeta};
+
 /// Length of the random suffix.
 pub const SUFFIX_LEN: usize = 5;
 /// ACI container group names are at most 63 characters.
@@ -48,32 +50,19 @@ pub fn is_pool_runner_name(prefix: &str, name: &str) -> bool {
     }
 }
 
-/// Does a listed container group concern the pool (`uid`, `namespace`/`name`, runner-name
-/// `prefix`)? The planner looks at the pool's own groups (by uid tag), at groups of an older pool
-/// of the same namespace and name, and at the names of any other group that has the pool's
-/// runner-name shape (so that a runner of that name is not taken for its own, and no name is
-/// drawn twice). Every other group of a shared resource group is irrelevant to its plan, so the
-/// ports hand the planner only these: a pass then costs the pool's share of a shared list, not
-/// the whole list (bench P5: 10 pools over 10,000 groups).
-pub fn group_concerns_pool(
-    uid: &str,
-    namespace: &str,
-    name: &str,
-    prefix: &str,
-    group_name: &str,
-    group_tags: (Option<&str>, Option<&str>, Option<&str>),
-) -> bool {
-    let (g_uid, g_ns, g_name) = group_tags;
-    g_uid == Some(uid)
-        || (g_ns == Some(namespace) && g_name == Some(name))
-        || is_pool_runner_name(prefix, group_name)
-}
-
-/// Does a listed GitHub runner concern the pool whose runner-name prefix is `prefix`? The
-/// planner only ever treats runners with its runner-name shape as its own (JIT registrations
-/// made for a create that failed carry such names too).
-pub fn runner_concerns_pool(prefix: &str, runner_name: &str) -> bool {
-    is_pool_runner_name(prefix, runner_name)
+/// Does a listed container group concern the plan of `pool` (runner-name prefix `prefix`)? The
+/// planner looks at the pool's own groups (by uid tag), at groups of an older pool of the same
+/// namespace and name, and at the names of any other group that has the pool's runner-name shape
+/// (so that a runner of that name is not taken for its own, and no name is drawn twice). Every
+/// other group of a shared resource group is irrelevant to its plan, so the ports hand the
+/// planner only these: a pass then costs the pool's share of a shared list, not the whole list
+/// (bench P5: 10 pools over 10,000 groups). Runners concern a pool when
+/// [`is_pool_runner_name`] says so.
+pub fn group_concerns_pool(pool: &PoolMeta, prefix: &str, g: &ObservedGroup) -> bool {
+    g.pool_uid.as_deref() == Some(pool.uid.as_str())
+        || (g.pool_namespace.as_deref() == Some(pool.namespace.as_str())
+            && g.pool_name.as_deref() == Some(pool.name.as_str()))
+        || is_pool_runner_name(prefix, &g.name)
 }
 
 /// Normalize a drawn suffix: its first five `[a-z0-9]` characters (lowercased), if it has five.

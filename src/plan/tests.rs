@@ -1810,7 +1810,7 @@ fn a_restarted_persistent_runner_is_never_removed_under_a_job_it_may_have_taken(
 #[test]
 fn the_ports_filter_drops_nothing_the_plan_looks_at() {
     // The reconcile pass reads only the groups and runners that concern the pool
-    // (`names::group_concerns_pool`, `names::runner_concerns_pool`). Planning with the filtered
+    // (`names::group_concerns_pool`, `names::is_pool_runner_name`). Planning with the filtered
     // lists must give exactly the plan of the whole shared lists.
     let tagged = |name: &str, uid: &str, ns: &str, pool: &str, state| {
         let mut g = group(name, state, 20);
@@ -1859,19 +1859,11 @@ fn the_ports_filter_drops_nothing_the_plan_looks_at() {
         runner(42, "laptop", true, false),
     ];
     let prefix = names::runner_name_prefix("pool");
-    let concerns = |g: &ObservedGroup| {
-        names::group_concerns_pool(
-            UID,
-            "ns",
-            "pool",
-            &prefix,
-            &g.name,
-            (g.pool_uid.as_deref(), g.pool_namespace.as_deref(), g.pool_name.as_deref()),
-        )
-    };
+    let pool = Fx::new().pool;
+    let concerns = |g: &ObservedGroup| names::group_concerns_pool(&pool, &prefix, g);
     let some_groups: Vec<ObservedGroup> = all_groups.iter().filter(|g| concerns(g)).cloned().collect();
     let some_runners: Vec<ObservedRunner> =
-        all_runners.iter().filter(|r| names::runner_concerns_pool(&prefix, &r.name)).cloned().collect();
+        all_runners.iter().filter(|r| names::is_pool_runner_name(&prefix, &r.name)).cloned().collect();
     assert!(some_groups.len() < all_groups.len() && some_runners.len() < all_runners.len());
 
     for (min_idle, deleting, after_grace) in
