@@ -13,12 +13,14 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
-# The context is the crate without tests, docs, charts or build output (see .dockerignore).
+# The context is the workspace without tests, docs, charts or build output (see .dockerignore).
 COPY . .
-# BuildKit cache mounts keep the registry and the target directory between builds.
+# Only the production package: `-p aci-runner-controller` compiles it and the core crate; the
+# development tools (crates/devkit: simulators, harness, benchmarks) are a dev-dependency of its
+# tests and are not compiled. BuildKit cache mounts keep the registry and target between builds.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin aci-runner-controller \
+    cargo build --release --locked -p aci-runner-controller --bin aci-runner-controller \
     && install -D -m 0755 target/release/aci-runner-controller /out/aci-runner-controller
 
 FROM gcr.io/distroless/cc-debian12:nonroot

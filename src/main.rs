@@ -17,34 +17,17 @@ enum Command {
     Crd,
     /// Run the controller: reconcile RunnerPools into ACI container groups and GitHub runners.
     Run(Box<aci_runner_controller::controller::run::RunArgs>),
-    /// Run the simulated Azure (ARM/ACI, Entra ID) and GitHub (App, runners, jobs, webhooks).
-    Sim(Box<aci_runner_controller::sim::SimArgs>),
-    /// The demo driver, benchmarks and fault soak (controller as its own process).
-    Bench(Box<aci_runner_controller::bench::BenchCli>),
-}
-
-fn init_tracing(format: &str) {
-    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    if format == "json" {
-        registry.with(fmt::layer().json().with_writer(std::io::stderr)).init();
-    } else {
-        registry.with(fmt::layer().with_writer(std::io::stderr)).init();
-    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    aci_runner_controller::controller::run::init_tracing(&cli.log_format);
     match cli.command {
         Command::Crd => {
-            print!("{}", aci_runner_controller::crd::crd_yaml()?);
+            print!("{}", aci_runner_core::crd::crd_yaml()?);
             Ok(())
         }
-        Command::Sim(args) => aci_runner_controller::sim::run_cli(*args),
         Command::Run(args) => run(*args),
-        Command::Bench(cli) => aci_runner_controller::bench::run_cli(*cli),
     }
 }
 

@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 use aci_runner_controller::azure::error::{ArmFailure, classify, parse_retry_after};
 use aci_runner_controller::azure::{
     AzureClient, AzureClientConfig, AzureEdge, AzureError, AzureMetrics, BucketLimit, CloudConfig,
-    CredentialRegistry, CredentialSpec, PoolMeta, RateLimitConfig, RateLimiter, RegistryPassword,
-    RunnerRegistration, RunnerTemplateInput, WindowLimit, container_group,
+    CredentialRegistry, CredentialSpec, GroupOwner, RateLimitConfig, RateLimiter, RegistryPassword,
+    RunnerBootstrap, RunnerTemplateInput, WindowLimit, container_group,
 };
-use aci_runner_controller::crd::{Priority, RunnerPoolSpec};
-use aci_runner_controller::sim::arm::{
+use aci_runner_core::crd::{Priority, RunnerPoolSpec};
+use aci_runner_devkit::sim::arm::{
     ArmSim, ArmSimConfig, ArmSimHandle, DeniedAction, FaultConfig, OpFaults, Quotas,
 };
-use aci_runner_controller::sim::clock::SimClock;
-use aci_runner_controller::sim::runtime::IdleRuntime;
-use aci_runner_controller::testing::specs::load_json;
+use aci_runner_devkit::sim::clock::SimClock;
+use aci_runner_devkit::sim::runtime::IdleRuntime;
+use aci_runner_devkit::testing::specs::load_json;
 use azure_core::auth::TokenCredential;
 use serde_json::{Value, json};
 
@@ -58,8 +58,8 @@ fn merge(a: &mut Value, b: Value) {
     }
 }
 
-fn pool() -> PoolMeta {
-    PoolMeta {
+fn pool() -> GroupOwner {
+    GroupOwner {
         namespace: "ci".into(),
         name: "linux".into(),
         uid: "6f1d2c3b-aaaa-bbbb-cccc-1234567890ab".into(),
@@ -76,7 +76,7 @@ fn jit_input(name: &str, location: &str) -> RunnerTemplateInput {
         name: name.into(),
         location: location.into(),
         priority: Priority::Regular,
-        registration: RunnerRegistration::Jit { encoded_config: "eyJqaXQiOiJjb25maWcifQ==".into() },
+        registration: RunnerBootstrap::Jit { encoded_config: "eyJqaXQiOiJjb25maWcifQ==".into() },
         secure_env: vec![("NPM_TOKEN".into(), "npm-secret".into())],
         registry_password: None,
         created: created(),
@@ -139,7 +139,7 @@ fn token_template_splits_plain_and_secure_env_and_carries_options() {
         }
     }));
     let mut input = jit_input("linux-z9y8x", "northeurope");
-    input.registration = RunnerRegistration::Token {
+    input.registration = RunnerBootstrap::Token {
         url: "https://github.com/acme".into(),
         token: "AABBCC".into(),
         labels: vec!["linux".into(), "x64".into()],

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use aci_runner_controller::testing::control_plane;
+use aci_runner_devkit::testing::control_plane;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -792,7 +792,7 @@ fn subfolder_examples_apply_on_the_local_control_plane() {
         assert!(ok, "{} ({kind} {}) rejected: {out}", rel(&file), doc["metadata"]["name"]);
         if kind == "RunnerPool" {
             pools += 1;
-            let spec: aci_runner_controller::crd::RunnerPoolSpec =
+            let spec: aci_runner_core::crd::RunnerPoolSpec =
                 serde_json::from_value(doc["spec"].clone()).unwrap();
             spec.validate().unwrap_or_else(|e| panic!("{}: {e}", rel(&file)));
         }

@@ -2,10 +2,10 @@
 //! and GitHub, and the controller (`run_with`, production edges) in this process.
 use std::time::Duration;
 
-use aci_runner_controller::crd::RunnerPool;
-use aci_runner_controller::sim;
-use aci_runner_controller::testing::control_plane::{self, setup};
-use aci_runner_controller::testing::harness::*;
+use aci_runner_core::crd::RunnerPool;
+use aci_runner_devkit::sim;
+use aci_runner_devkit::testing::control_plane::{self, setup};
+use aci_runner_devkit::testing::harness::*;
 use kube::Api;
 use serde_json::json;
 

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aci_runner_controller::crd::RunnerPool;
-use aci_runner_controller::sim::arm::{FaultConfig, OpFaults, Quotas};
-use aci_runner_controller::sim::github::{GhOpFaults, GithubFaults, OPERATIONS};
-use aci_runner_controller::sim::{self, Simulator};
-use aci_runner_controller::testing::control_plane::setup;
-use aci_runner_controller::testing::harness::*;
+use aci_runner_core::crd::RunnerPool;
+use aci_runner_devkit::sim::arm::{FaultConfig, OpFaults, Quotas};
+use aci_runner_devkit::sim::github::{GhOpFaults, GithubFaults, OPERATIONS};
+use aci_runner_devkit::sim::{self, Simulator};
+use aci_runner_devkit::testing::control_plane::setup;
+use aci_runner_devkit::testing::harness::*;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
@@ -856,7 +856,7 @@ fn other_rsa_key_pem() -> String {
 
 async fn apply_secret(client: &Client, ns: &str, name: &str, data: Value) {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    aci_runner_controller::testing::harness::apply(
+    aci_runner_devkit::testing::harness::apply(
         &api,
         name,
         &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}),
@@ -1063,7 +1063,7 @@ async fn a_wrong_app_key_stalls_auth_failed_and_never_borrows_another_pools_toke
     )
     .await;
     let other_ns =
-        aci_runner_controller::testing::control_plane::test_namespace(&client, "e2e-rightkey").await.unwrap();
+        aci_runner_devkit::testing::control_plane::test_namespace(&client, "e2e-rightkey").await.unwrap();
     apply_app_secret(&client, &other_ns, "github-app", &sim).await.unwrap();
     let opts = ControllerOptions {
         namespaces: vec![ns.clone(), other_ns.clone()],
@@ -1102,7 +1102,7 @@ async fn a_wrong_azure_client_secret_neither_poisons_nor_borrows_anothers_creden
     init_test_logging();
     let (client, ns) = setup("e2e-wrongsp").await.unwrap();
     let other_ns =
-        aci_runner_controller::testing::control_plane::test_namespace(&client, "e2e-rightsp").await.unwrap();
+        aci_runner_devkit::testing::control_plane::test_namespace(&client, "e2e-rightsp").await.unwrap();
     let sim = sim::start(fast_sim_options(93)).await.unwrap();
     let sp = |secret: String| json!({"tenantId": sim.arm.tenant_id(), "clientId": sim.arm.client_id(), "clientSecret": secret});
     apply_secret(&client, &ns, "azure-sp", sp("not-the-secret".into())).await;
@@ -1146,7 +1146,7 @@ async fn a_wrong_azure_client_secret_neither_poisons_nor_borrows_anothers_creden
 /// no longer in the pool's list, and no other pool sweeps that resource group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runners_left_in_the_old_resource_group_are_removed_after_their_job() {
-    use aci_runner_controller::sim::github::EnqueueJobs;
+    use aci_runner_devkit::sim::github::EnqueueJobs;
     init_test_logging();
     let (client, ns) = setup("e2e-moverg").await.unwrap();
     let sim = sim::start(fast_sim_options(94)).await.unwrap();

@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aci_runner_controller::azure::template::{TAG_MANAGED_BY, TAG_POOL_NAME, TAG_POOL_UID};
-use aci_runner_controller::crd::RunnerPool;
-use aci_runner_controller::sim::github::{EnqueueJobs, JobStatus};
-use aci_runner_controller::sim::{self, Simulator};
-use aci_runner_controller::testing::control_plane::setup;
-use aci_runner_controller::testing::harness::*;
+use aci_runner_core::crd::RunnerPool;
+use aci_runner_devkit::sim::github::{EnqueueJobs, JobStatus};
+use aci_runner_devkit::sim::{self, Simulator};
+use aci_runner_devkit::testing::control_plane::setup;
+use aci_runner_devkit::testing::harness::*;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
@@ -23,7 +23,7 @@ const T: Duration = Duration::from_secs(40);
 /// shows `Deleting` for a while before it is gone.
 fn sim_options(seed: u64) -> sim::SimOptions {
     let mut o = fast_sim_options(seed);
-    o.arm.delete_mode = aci_runner_controller::sim::arm::DeleteMode::Async;
+    o.arm.delete_mode = aci_runner_devkit::sim::arm::DeleteMode::Async;
     o.arm.delete_delay_ms = 500;
     o
 }

@@ -1,8 +1,8 @@
 //! The RunnerPool API against a real local kube-apiserver (v1.20.2 + etcd).
 use std::path::{Path, PathBuf};
 
-use aci_runner_controller::crd::{RunnerPool, RunnerPoolSpec, RunnerPoolStatus};
-use aci_runner_controller::testing::control_plane::{self, setup};
+use aci_runner_core::crd::{RunnerPool, RunnerPoolSpec, RunnerPoolStatus};
+use aci_runner_devkit::testing::control_plane::{self, setup};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
@@ -69,7 +69,7 @@ async fn crd_is_established_and_matches_checked_in_file() {
     let checked_in = std::fs::read_to_string(repo().join("crds/runnerpool.yaml")).unwrap();
     assert_eq!(
         checked_in,
-        aci_runner_controller::crd::crd_yaml().unwrap(),
+        aci_runner_core::crd::crd_yaml().unwrap(),
         "crds/runnerpool.yaml is stale: run `cargo run -- crd > crds/runnerpool.yaml`"
     );
 }
@@ -95,7 +95,7 @@ async fn every_example_is_accepted_and_valid() {
     let api: Api<RunnerPool> = Api::namespaced(client, &ns);
     let rp = api.get("org-linux").await.unwrap();
     assert_eq!(rp.spec.github.api_url, "https://api.github.com");
-    assert_eq!(rp.spec.runner.image, aci_runner_controller::crd::DEFAULT_RUNNER_IMAGE);
+    assert_eq!(rp.spec.runner.image, aci_runner_core::crd::DEFAULT_RUNNER_IMAGE);
     assert_eq!(rp.spec.scaling.scale_down_delay, "5m");
     assert!(rp.spec.runner.registration.ephemeral);
 }

@@ -7,7 +7,15 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The production binary (`run`, `crd`).
 const BIN: &str = env!("CARGO_BIN_EXE_aci-runner-controller");
+
+/// The development binary (`sim`, `bench`), built beside it by the workspace build.
+fn devkit() -> std::path::PathBuf {
+    let bin = aci_runner_devkit::testing::devkit_bin();
+    assert!(bin.is_file(), "{} not built: run the workspace build (`cargo build`)", bin.display());
+    bin
+}
 
 /// PIDs of processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<String> {
@@ -23,6 +31,7 @@ fn short_demo_completes_with_zero_leaks_and_stops_everything_it_started() {
         .arg(repo().join("scripts/demo"))
         .args(["--short", "--dir", state.to_str().unwrap()])
         .env("ACI_RC_BIN", BIN)
+        .env("ACI_RC_DEVKIT_BIN", devkit())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -55,7 +64,8 @@ fn short_demo_completes_with_zero_leaks_and_stops_everything_it_started() {
 #[test]
 fn short_soak_passes_every_invariant() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(devkit())
+        .env("ACI_RC_BIN", BIN)
         .args(["bench", "soak", "--seeds", "3", "--parallel", "3", "--out", dir.path().to_str().unwrap()])
         .env("RUST_LOG", "warn")
         .output()
@@ -78,4 +88,26 @@ fn short_soak_passes_every_invariant() {
         assert!(!r["injected"].as_array().unwrap().is_empty(), "seed {} injected nothing", r["seed"]);
     }
     assert!(std::fs::read_to_string(dir.path().join("soak.md")).unwrap().contains("| seeds passed | 3/3 |"));
+}
+
+#[test]
+fn production_binary_ships_no_development_subcommand() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(commands, ["crd", "run", "help"], "{help}");
+    for dev in ["sim", "bench"] {
+        let out = Command::new(BIN).arg(dev).output().unwrap();
+        assert!(!out.status.success(), "`aci-runner-controller {dev}` is accepted");
+    }
+    let out = Command::new(devkit()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("sim") && help.contains("bench"), "{help}");
 }

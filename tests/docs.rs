@@ -354,9 +354,9 @@ fn anchors(md: &str) -> BTreeSet<String> {
 fn operations_guide_covers_every_condition_reason_and_alerted_metric() {
     let ops = read("docs/operations.md");
     // Every reason the planner can write into a condition or an Event.
-    let reasons = aci_runner_controller::plan::conditions::CONDITION_REASONS
+    let reasons = aci_runner_core::plan::conditions::CONDITION_REASONS
         .iter()
-        .chain(aci_runner_controller::plan::conditions::EVENT_REASONS);
+        .chain(aci_runner_core::plan::conditions::EVENT_REASONS);
     for reason in reasons {
         assert!(ops.contains(&format!("`{reason}`")), "docs/operations.md does not explain `{reason}`");
     }
@@ -489,7 +489,7 @@ fn runner_pools_shown_in_the_docs_are_valid() {
                 if doc["kind"] != "RunnerPool" {
                     continue;
                 }
-                let spec: aci_runner_controller::crd::RunnerPoolSpec =
+                let spec: aci_runner_core::crd::RunnerPoolSpec =
                     serde_json::from_value(doc["spec"].clone())
                         .unwrap_or_else(|e| panic!("{}: RunnerPool does not parse: {e}", file.display()));
                 spec.validate().unwrap_or_else(|e| panic!("{}: {e}", file.display()));

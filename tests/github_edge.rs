@@ -9,11 +9,11 @@ use aci_runner_controller::github::webhook::{router_with_metrics, verify_signatu
 use aci_runner_controller::github::{
     Credentials, DemandSignal, GithubError, GithubHub, GithubMetrics, HubConfig, PaceConfig, Scope, Secret,
 };
-use aci_runner_controller::sim::clock::SimClock;
-use aci_runner_controller::sim::github::{
+use aci_runner_devkit::sim::clock::SimClock;
+use aci_runner_devkit::sim::github::{
     EnqueueJobs, GithubSim, GithubSimConfig, GithubSimHandle, WebhookTarget, sign_webhook,
 };
-use aci_runner_controller::sim::runtime::{ContainerEnv, ExitNotifier, StartedContainer};
+use aci_runner_devkit::sim::runtime::{ContainerEnv, ExitNotifier, StartedContainer};
 
 async fn sim(scale: f64, cfg: GithubSimConfig) -> GithubSimHandle {
     GithubSim::start(cfg, SimClock::new(scale)).await.expect("sim starts")
@@ -298,11 +298,11 @@ async fn auth_errors_name_the_missing_permission_and_bad_keys() {
     let e = client.list_runners(&ent).await.unwrap_err();
     assert!(matches!(e, GithubError::Auth { .. }), "{e:?}");
     // Transient 5xx are classified as such.
-    g.set_faults(aci_runner_controller::sim::github::GithubFaults {
+    g.set_faults(aci_runner_devkit::sim::github::GithubFaults {
         seed: 1,
         ops: [(
             "registration_token".to_string(),
-            aci_runner_controller::sim::github::GhOpFaults { server_error: 1.0, ..Default::default() },
+            aci_runner_devkit::sim::github::GhOpFaults { server_error: 1.0, ..Default::default() },
         )]
         .into_iter()
         .collect(),
@@ -488,7 +488,7 @@ async fn ghes_base_url_deprecations_and_queued_jobs() {
 
 #[tokio::test]
 async fn secondary_limit_retry_after_is_honoured() {
-    use aci_runner_controller::sim::github::{GhOpFaults, GithubFaults};
+    use aci_runner_devkit::sim::github::{GhOpFaults, GithubFaults};
     // Scale 120: GitHub's `retry-after: 60` is half a second real.
     let g = sim(120.0, GithubSimConfig::default()).await;
     let hub = hub_for(&g, 0);

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aci_runner_controller::sim::arm::{
+use aci_runner_devkit::sim::arm::{
     ArmSim, ArmSimConfig, ArmSimHandle, BucketSpec, DeleteMode, DeniedAction, FaultConfig, OpFaults, Quotas,
 };
-use aci_runner_controller::sim::clock::SimClock;
-use aci_runner_controller::sim::runtime::{ContainerRuntime, ExitNotifier, StartedContainer};
-use aci_runner_controller::testing::specs::load_json;
+use aci_runner_devkit::sim::clock::SimClock;
+use aci_runner_devkit::sim::runtime::{ContainerRuntime, ExitNotifier, StartedContainer};
+use aci_runner_devkit::testing::specs::load_json;
 use azure_core::auth::TokenCredential;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -274,7 +274,7 @@ fn runner_group(image: &str, restart: &str) -> Value {
 async fn wait_for(
     h: &ArmSimHandle,
     name: &str,
-    pred: impl Fn(&aci_runner_controller::sim::arm::GroupSummary) -> bool,
+    pred: impl Fn(&aci_runner_devkit::sim::arm::GroupSummary) -> bool,
 ) {
     for _ in 0..400 {
         if h.group(name).is_some_and(|g| pred(&g)) {
@@ -852,10 +852,10 @@ async fn spec_examples_replay_and_answers_validate() {
     c.locations.push("westus".into());
     let (h, _rt) = start(c).await;
     let arm = Arm::new(&h).await;
-    let dir = aci_runner_controller::testing::specs::specs_dir().join("azure/examples");
+    let dir = aci_runner_devkit::testing::specs::specs_dir().join("azure/examples");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| {
-            panic!("{e}: {}", aci_runner_controller::testing::specs::missing_message("azure/examples/"))
+            panic!("{e}: {}", aci_runner_devkit::testing::specs::missing_message("azure/examples/"))
         })
         .map(|e| e.unwrap().path())
         .collect();

@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aci_runner_controller::github::mint_app_jwt;
-use aci_runner_controller::sim::clock::SimClock;
-use aci_runner_controller::sim::github::{
+use aci_runner_devkit::sim::clock::SimClock;
+use aci_runner_devkit::sim::github::{
     EnqueueJobs, GhOpFaults, GithubFaults, GithubSim, GithubSimConfig, GithubSimHandle, JobStatus,
     WebhookTarget, sign_webhook,
 };
-use aci_runner_controller::sim::runtime::{ContainerEnv, ExitNotifier, StartedContainer};
-use aci_runner_controller::testing::specs::load_json;
+use aci_runner_devkit::sim::runtime::{ContainerEnv, ExitNotifier, StartedContainer};
+use aci_runner_devkit::testing::specs::load_json;
 use serde_json::{Value, json};
 
 // ------------------------------------------------------------------ OpenAPI helpers
@@ -1063,7 +1063,7 @@ async fn runner_faults_crash_and_death_mid_job_and_webhook_drops() {
 
 // ------------------------------------------------------------------ composed with the ARM simulator
 
-async fn arm_token(sim: &aci_runner_controller::sim::Simulator) -> String {
+async fn arm_token(sim: &aci_runner_devkit::sim::Simulator) -> String {
     let r = reqwest::Client::new()
         .post(format!("{}/{}/oauth2/v2.0/token", sim.arm.url(), sim.arm.tenant_id()))
         .form(&[
@@ -1102,7 +1102,7 @@ fn group_body(restart: &str, env: Value) -> Value {
 #[tokio::test]
 async fn composed_container_group_with_jit_config_comes_online_and_runs_a_job() {
     use aci_runner_controller::github::{Credentials, GithubHub, Scope, Secret};
-    let sim = aci_runner_controller::sim::start(aci_runner_controller::sim::SimOptions {
+    let sim = aci_runner_devkit::sim::start(aci_runner_devkit::sim::SimOptions {
         time_scale: 60.0,
         seed: 11,
         ..Default::default()
@@ -1214,7 +1214,7 @@ async fn sim_cli_starts_fast_prints_endpoints_and_writes_app_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let creds_path = dir.path().join("app.json");
     let started = std::time::Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aci-runner-controller"))
+    let mut child = tokio::process::Command::new(aci_runner_devkit::testing::devkit_bin())
         .args([
             "sim",
             "--listen",
@@ -1337,7 +1337,7 @@ async fn restarted_container_re_registers_and_rate_limits_are_controllable_over_
 #[tokio::test]
 async fn composed_twenty_jit_groups_each_run_one_job() {
     use aci_runner_controller::github::{Credentials, GithubHub, Scope, Secret};
-    let sim = aci_runner_controller::sim::start(aci_runner_controller::sim::SimOptions {
+    let sim = aci_runner_devkit::sim::start(aci_runner_devkit::sim::SimOptions {
         time_scale: 120.0,
         seed: 5,
         ..Default::default()

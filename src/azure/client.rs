@@ -57,7 +57,7 @@ impl AzureClientConfig {
 
 /// One container of an observed group.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ObservedContainer {
+pub struct ArmContainer {
     pub name: String,
     pub state: Option<String>,
     pub exit_code: Option<i32>,
@@ -69,7 +69,7 @@ pub struct ObservedContainer {
 
 /// A container group as ARM reports it, reduced to what the planner needs.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ObservedGroup {
+pub struct ArmGroup {
     pub name: String,
     pub id: String,
     pub location: String,
@@ -79,16 +79,16 @@ pub struct ObservedGroup {
     /// `properties.instanceView.state` (Pending, Running, Succeeded, Failed, Stopped).
     pub state: Option<String>,
     /// The first container (runner groups have one).
-    pub container: Option<ObservedContainer>,
+    pub container: Option<ArmContainer>,
     pub priority: Option<String>,
     pub restart_policy: Option<String>,
     /// Group events, then the first container's events (e.g. `Pulling`, `Started`, `Killing`).
-    pub events: Vec<ObservedEvent>,
+    pub events: Vec<ArmEvent>,
 }
 
 /// One `instanceView` event.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ObservedEvent {
+pub struct ArmEvent {
     pub name: Option<String>,
     pub message: Option<String>,
     pub type_: Option<String>,
@@ -98,10 +98,10 @@ pub struct ObservedEvent {
 
 fn events_of(
     events: &[azure_mgmt_containerinstance::package_preview_2024_05::models::Event],
-) -> Vec<ObservedEvent> {
+) -> Vec<ArmEvent> {
     events
         .iter()
-        .map(|e| ObservedEvent {
+        .map(|e| ArmEvent {
             name: e.name.clone(),
             message: e.message.clone(),
             type_: e.type_.clone(),
@@ -111,7 +111,7 @@ fn events_of(
         .collect()
 }
 
-impl ObservedGroup {
+impl ArmGroup {
     pub fn managed_by_controller(&self) -> bool {
         self.tags.get(TAG_MANAGED_BY).is_some_and(|v| v == MANAGED_BY_VALUE)
     }
@@ -148,8 +148,8 @@ fn json_str<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
     v.as_ref().and_then(|x| serde_json::to_value(x).ok()).and_then(|x| x.as_str().map(str::to_string))
 }
 
-/// Reduce the crate's model to [`ObservedGroup`].
-pub fn observe(cg: &ContainerGroup) -> ObservedGroup {
+/// Reduce the crate's model to [`ArmGroup`].
+pub fn observe(cg: &ContainerGroup) -> ArmGroup {
     let p = &cg.container_group_properties.properties;
     let tags = cg
         .resource
@@ -161,7 +161,7 @@ pub fn observe(cg: &ContainerGroup) -> ObservedGroup {
     let container = p.containers.first().map(|c| {
         let iv = c.properties.instance_view.as_ref();
         let cur = iv.and_then(|i| i.current_state.as_ref());
-        ObservedContainer {
+        ArmContainer {
             name: c.name.clone(),
             state: cur.and_then(|s| s.state.clone()),
             exit_code: cur.and_then(|s| s.exit_code),
@@ -171,7 +171,7 @@ pub fn observe(cg: &ContainerGroup) -> ObservedGroup {
             restart_count: iv.and_then(|i| i.restart_count).unwrap_or(0),
         }
     });
-    ObservedGroup {
+    ArmGroup {
         name: cg.resource.name.clone().unwrap_or_default(),
         id: cg.resource.id.clone().unwrap_or_default(),
         location: cg.resource.location.clone().unwrap_or_default(),
@@ -370,7 +370,7 @@ impl AzureClient {
         sub: &str,
         rg: &str,
         name: &str,
-    ) -> Result<Option<ObservedGroup>, AzureError> {
+    ) -> Result<Option<ArmGroup>, AzureError> {
         let span = tracing::info_span!("azure.get_group", subscription = %sub, resource_group = %rg, group = %name, correlation_id = tracing::field::Empty);
         let req = self.aci.container_groups_client().get(sub, rg, name);
         let fut = async move {
@@ -391,18 +391,18 @@ impl AzureClient {
     }
 
     /// Every container group of the resource group that this controller manages (all pages).
-    pub async fn list_groups(&self, sub: &str, rg: &str) -> Result<Vec<ObservedGroup>, AzureError> {
+    pub async fn list_groups(&self, sub: &str, rg: &str) -> Result<Vec<ArmGroup>, AzureError> {
         self.list_groups_map(sub, rg, |g| g).await
     }
 
     /// [`AzureClient::list_groups`], each group mapped by `f` as its page arrives: a caller that
-    /// keeps less than the whole [`ObservedGroup`] never holds the full form of a large list
+    /// keeps less than the whole [`ArmGroup`] never holds the full form of a large list
     /// (10,000 groups are tens of MB in full form).
     pub async fn list_groups_map<T>(
         &self,
         sub: &str,
         rg: &str,
-        f: impl FnMut(ObservedGroup) -> T,
+        f: impl FnMut(ArmGroup) -> T,
     ) -> Result<Vec<T>, AzureError> {
         let span = tracing::info_span!("azure.list_groups", subscription = %sub, resource_group = %rg, correlation_id = tracing::field::Empty);
         let stream = self.aci.container_groups_client().list_by_resource_group(sub, rg).into_stream();
@@ -410,9 +410,9 @@ impl AzureClient {
     }
 
     /// Every container group of the subscription that this controller manages, in every resource
-    /// group (all pages); [`ObservedGroup::resource_group`] tells where each one is. Needs read
+    /// group (all pages); [`ArmGroup::resource_group`] tells where each one is. Needs read
     /// rights at subscription scope (ARM answers 403 to an identity with resource-group rights).
-    pub async fn list_groups_in_subscription(&self, sub: &str) -> Result<Vec<ObservedGroup>, AzureError> {
+    pub async fn list_groups_in_subscription(&self, sub: &str) -> Result<Vec<ArmGroup>, AzureError> {
         self.list_groups_in_subscription_map(sub, |g| g).await
     }
 
@@ -421,7 +421,7 @@ impl AzureClient {
     pub async fn list_groups_in_subscription_map<T>(
         &self,
         sub: &str,
-        f: impl FnMut(ObservedGroup) -> T,
+        f: impl FnMut(ArmGroup) -> T,
     ) -> Result<Vec<T>, AzureError> {
         let span = tracing::info_span!("azure.list_groups_in_subscription", subscription = %sub, correlation_id = tracing::field::Empty);
         let stream = self.aci.container_groups_client().list(sub).into_stream();
@@ -433,7 +433,7 @@ impl AzureClient {
         &self,
         sub: &str,
         mut stream: S,
-        mut f: impl FnMut(ObservedGroup) -> T,
+        mut f: impl FnMut(ArmGroup) -> T,
     ) -> Result<Vec<T>, AzureError>
     where
         S: futures::Stream<Item = azure_core::Result<ContainerGroupListResult>> + Unpin,
@@ -444,7 +444,7 @@ impl AzureClient {
             .await?
         {
             out.extend(
-                list.value.iter().map(observe).filter(ObservedGroup::managed_by_controller).map(&mut f),
+                list.value.iter().map(observe).filter(ArmGroup::managed_by_controller).map(&mut f),
             );
             if list.next_link.as_deref().is_none_or(str::is_empty) {
                 break; // last page: no request (and no rate-limit token) for the stream's end

@@ -436,7 +436,7 @@ impl CredentialRegistry {
     /// The shared credential for this identity (created on first use).
     pub fn get(&self, spec: &CredentialSpec) -> Arc<CachedCredential> {
         let key = spec.key(&self.cloud);
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::lock(&self.map);
         map.entry(key)
             .or_insert_with(|| Arc::new(CachedCredential::new(spec, &self.cloud, self.refresh_margin)))
             .clone()

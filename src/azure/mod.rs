@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # async fn f(spec: &aci_runner_controller::crd::RunnerPoolSpec,
-//! #            pool: &aci_runner_controller::azure::PoolMeta,
+//! #            pool: &aci_runner_controller::azure::GroupOwner,
 //! #            runner: &aci_runner_controller::azure::RunnerTemplateInput) -> Result<(), Box<dyn std::error::Error>> {
 //! use aci_runner_controller::azure::*;
 //! let edge = AzureEdge::new(CloudConfig::from_env()?, RateLimitConfig::default(), std::time::Duration::from_secs(300));
@@ -28,14 +28,14 @@ pub mod ratelimit;
 pub mod template;
 
 pub use client::{
-    API_VERSION, AzureClient, AzureClientConfig, CRATE_API_VERSION, CreateAccepted, ObservedContainer,
-    ObservedEvent, ObservedGroup,
+    API_VERSION, AzureClient, AzureClientConfig, CRATE_API_VERSION, CreateAccepted, ArmContainer,
+    ArmEvent, ArmGroup,
 };
 pub use credentials::{CachedCredential, CloudConfig, CredentialRegistry, CredentialSpec};
 pub use error::{ArmFailure, AzureError, classify};
 pub use metrics::AzureMetrics;
 pub use ratelimit::{BucketLimit, RateLimitConfig, RateLimiter, RequestKind, WindowLimit};
-pub use template::{PoolMeta, RegistryPassword, RunnerRegistration, RunnerTemplateInput, container_group};
+pub use template::{GroupOwner, RegistryPassword, RunnerBootstrap, RunnerTemplateInput, container_group};
 
 /// Everything the controller needs once per process: the cloud, one credential registry, one rate
 /// limiter and one set of metrics, shared by the clients of every pool.

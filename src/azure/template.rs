@@ -8,7 +8,7 @@ use azure_mgmt_containerinstance::package_preview_2024_05::models::{
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::crd::{OsType, Priority, RunnerPoolSpec};
+use aci_runner_core::crd::{OsType, Priority, RunnerPoolSpec};
 
 pub const TAG_MANAGED_BY: &str = "aci-runners-managed-by";
 pub const MANAGED_BY_VALUE: &str = "aci-runner-controller";
@@ -37,7 +37,7 @@ pub const ENV_RUNNER_TOKEN: &str = "RUNNER_TOKEN";
 
 /// The pool a runner belongs to.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PoolMeta {
+pub struct GroupOwner {
     pub namespace: String,
     pub name: String,
     pub uid: String,
@@ -47,14 +47,14 @@ pub struct PoolMeta {
 
 /// How this runner registers with GitHub.
 #[derive(Clone, PartialEq)]
-pub enum RunnerRegistration {
+pub enum RunnerBootstrap {
     /// The encoded JIT config from `generate-jitconfig`.
     Jit { encoded_config: String },
     /// A registration token for `config.sh`-based images.
     Token { url: String, token: String, labels: Vec<String>, group: Option<String>, ephemeral: bool },
 }
 
-impl std::fmt::Debug for RunnerRegistration {
+impl std::fmt::Debug for RunnerBootstrap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Jit { .. } => f.write_str("Jit { encoded_config: <redacted> }"),
@@ -93,7 +93,7 @@ pub struct RunnerTemplateInput {
     pub name: String,
     pub location: String,
     pub priority: Priority,
-    pub registration: RunnerRegistration,
+    pub registration: RunnerBootstrap,
     /// Resolved `spec.runner.secureEnvFrom` values (name, value): always secure.
     pub secure_env: Vec<(String, String)>,
     pub registry_password: Option<RegistryPassword>,
@@ -112,7 +112,7 @@ fn secure(name: &str, value: &str) -> EnvironmentVariable {
 /// (which win on a clash).
 pub fn tags(
     spec: &RunnerPoolSpec,
-    pool: &PoolMeta,
+    pool: &GroupOwner,
     runner_name: &str,
     created: DateTime<Utc>,
 ) -> BTreeMap<String, String> {
@@ -130,7 +130,7 @@ pub fn tags(
 /// Build the container group for one runner.
 pub fn container_group(
     spec: &RunnerPoolSpec,
-    pool: &PoolMeta,
+    pool: &GroupOwner,
     runner: &RunnerTemplateInput,
 ) -> ContainerGroup {
     let r = &spec.runner;
@@ -140,14 +140,14 @@ pub fn container_group(
     }
     let mut command = r.command.clone().unwrap_or_default();
     let ephemeral = match &runner.registration {
-        RunnerRegistration::Jit { encoded_config } => {
+        RunnerBootstrap::Jit { encoded_config } => {
             env.push(secure(ENV_JITCONFIG, encoded_config));
             if command.is_empty() {
                 command = vec![JIT_COMMAND.to_string()];
             }
             true
         }
-        RunnerRegistration::Token { url, token, labels, group, ephemeral } => {
+        RunnerBootstrap::Token { url, token, labels, group, ephemeral } => {
             env.push(plain(ENV_RUNNER_URL, url));
             env.push(plain(ENV_RUNNER_NAME, &runner.name));
             env.push(plain(ENV_RUNNER_LABELS, &labels.join(",")));

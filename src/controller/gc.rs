@@ -15,8 +15,8 @@ use tracing::{debug, info, warn};
 
 use super::ports::PoolContext;
 use super::{Context, secrets, spec_hash};
-use crate::crd::RunnerPool;
-use crate::plan::{self, EdgeError, EdgeErrorKind, OrphanInput, SweptGroup};
+use aci_runner_core::crd::RunnerPool;
+use aci_runner_core::plan::{self, EdgeError, EdgeErrorKind, OrphanInput, SweptGroup};
 
 /// Marks carried between passes: subscription (lower-case) → (resource group (lower-case),
 /// group name) → first seen.
@@ -38,7 +38,7 @@ async fn list_subscription(
             continue;
         }
         tried.push(&c.azure);
-        match ctx.cloud.list_subscription_groups(c).await {
+        match ctx.groups.list_subscription_groups(c).await {
             Ok(groups) => return (Ok(groups), Some(i), BTreeSet::new()),
             Err(e) => last_error = Some(e),
         }
@@ -52,7 +52,7 @@ async fn list_subscription(
     }
     let (mut out, mut failed, mut error) = (Vec::new(), BTreeSet::new(), None);
     for (rg, c) in rgs {
-        match ctx.cloud.list_groups(c).await {
+        match ctx.groups.list_groups(c).await {
             Ok(groups) => {
                 out.extend(groups.into_iter().map(|group| SweptGroup { resource_group: rg.clone(), group }))
             }
@@ -138,7 +138,7 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
         let mut registrations: BTreeMap<String, (usize, u64)> = BTreeMap::new();
         let mut lists_ok = true;
         for (i, c) in involved.iter().enumerate() {
-            match ctx.forge.list_runners(c).await {
+            match ctx.registrations.list_runners(c).await {
                 Ok(rs) => {
                     busy.extend(rs.iter().filter(|r| r.busy).map(|r| r.name.clone()));
                     registrations.extend(rs.into_iter().map(|r| (r.name, (i, r.id))));
@@ -175,7 +175,7 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
             if let Some((i, id)) = registrations.get(name)
                 && let Some(c) = involved.get(*i)
             {
-                match ctx.forge.unregister(c, *id).await {
+                match ctx.registrations.unregister(c, *id).await {
                     Ok(()) => ctx.metrics.action("unregister_runner", "Orphaned", "ok"),
                     Err(e) if e.kind == EdgeErrorKind::NotFound => {}
                     Err(e) => {
@@ -199,7 +199,7 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
             };
             let Some(deleter) = deleter else { continue };
             let what = if d.stranded_from.is_some() { "stranded" } else { "orphaned" };
-            match ctx.cloud.delete_group_in(deleter, &sub, &d.resource_group, name).await {
+            match ctx.groups.delete_group_in(deleter, &sub, &d.resource_group, name).await {
                 Ok(()) => {
                     deleted += 1;
                     ctx.metrics.action("delete_group", "Orphaned", "ok");

@@ -9,8 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::crd::RunnerPoolStatus;
-use crate::plan::PoolMeta;
+use aci_runner_core::crd::RunnerPoolStatus;
+use aci_runner_core::plan::PoolMeta;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RunnerLabels {
@@ -123,10 +123,9 @@ impl Metrics {
 
     /// Add the edges' series (`azure_*`, `github_*`) to the exposition.
     pub fn register_edges(&self, azure: &crate::azure::AzureMetrics, github: &crate::github::GithubMetrics) {
-        if let Ok(mut reg) = self.registry.lock() {
-            azure.register(&mut reg);
-            github.register(&mut reg);
-        }
+        let mut reg = crate::sync::lock(&self.registry);
+        azure.register(&mut reg);
+        github.register(&mut reg);
     }
 
     /// Stalled state and GC backlog of one pool.
@@ -134,7 +133,8 @@ impl Metrics {
         let stalled = status.conditions.iter().find(|c| c.type_ == "Stalled" && c.status == "True");
         let reason = stalled.map(|c| c.reason.clone()).unwrap_or_default();
         let key = (pool.namespace.clone(), pool.name.clone());
-        if let Ok(mut last) = self.stalled_reasons.lock() {
+        {
+            let mut last = crate::sync::lock(&self.stalled_reasons);
             if let Some(prev) = last.get(&key)
                 && *prev != reason
             {
@@ -208,9 +208,8 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if let Ok(reg) = self.registry.lock() {
-            let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
-        }
+        let reg = crate::sync::lock(&self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
         out
     }
 }

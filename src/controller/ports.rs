@@ -1,12 +1,12 @@
 //! The controller's view of its two edges. The reconciler speaks only these traits; the Azure
-//! and GitHub clients implement them (see `azure_port.rs`, `github_port.rs`), which keeps the
+//! and GitHub clients implement them (see `adapters::azure.rs`, `adapters::github.rs`), which keeps the
 //! reconcile loop independent of HTTP details and lets errors arrive already classified.
 use std::fmt;
 
 use futures::future::BoxFuture;
 
-use crate::crd::{Priority, RunnerPoolSpec};
-use crate::plan::{EdgeError, ObservedGroup, ObservedRunner, PoolMeta, SweptGroup};
+use aci_runner_core::crd::{Priority, RunnerPoolSpec};
+use aci_runner_core::plan::{EdgeError, ObservedGroup, ObservedRunner, PoolMeta, SweptGroup};
 
 /// A secret string: never printed by `Debug`/`Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -81,14 +81,14 @@ pub struct CreateGroup {
 }
 
 /// Azure side.
-pub trait Cloud: Send + Sync {
+pub trait ContainerGroups: Send + Sync {
     /// Every container group carrying the controller's managed-by tag in the pool's resource group.
     fn list_groups<'a>(
         &'a self,
         pool: &'a PoolContext,
     ) -> BoxFuture<'a, Result<Vec<ObservedGroup>, EdgeError>>;
-    /// The part of [`Cloud::list_groups`] that concerns the pool's plan
-    /// ([`crate::plan::names::group_concerns_pool`]): what a reconcile pass reads, so that a pass
+    /// The part of [`ContainerGroups::list_groups`] that concerns the pool's plan
+    /// ([`aci_runner_core::plan::names::group_concerns_pool`]): what a reconcile pass reads, so that a pass
     /// does not copy a resource group shared with many pools whole.
     fn list_pool_groups<'a>(
         &'a self,
@@ -138,14 +138,14 @@ pub struct JitRegistration {
 }
 
 /// GitHub side.
-pub trait Forge: Send + Sync {
+pub trait RunnerRegistrations: Send + Sync {
     /// Runner registrations of the pool's scope (shared, cached list).
     fn list_runners<'a>(
         &'a self,
         pool: &'a PoolContext,
     ) -> BoxFuture<'a, Result<Vec<ObservedRunner>, EdgeError>>;
-    /// The part of [`Forge::list_runners`] that concerns the pool's plan: runners with its
-    /// runner-name shape ([`crate::plan::names::is_pool_runner_name`]).
+    /// The part of [`RunnerRegistrations::list_runners`] that concerns the pool's plan: runners with its
+    /// runner-name shape ([`aci_runner_core::plan::names::is_pool_runner_name`]).
     fn list_pool_runners<'a>(
         &'a self,
         pool: &'a PoolContext,

@@ -10,11 +10,12 @@ use kube::Client;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use super::demand::{DemandStore, JobEvent};
+use super::demand::DemandStore;
+use aci_runner_core::plan::demand::JobEvent;
 use super::metrics::Metrics;
 use super::server::{self, Health};
 use super::{Context, Shard, all_pools_store, run_controller};
-use crate::plan::PlannerConfig;
+use aci_runner_core::plan::PlannerConfig;
 
 /// Flags of `run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -26,7 +27,7 @@ pub struct RunArgs {
     #[arg(long, env = "POOL_SELECTOR")]
     pub selector: Option<String>,
     /// Periodic resync of every pool.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = aci_runner_core::crd::parse_duration)]
     pub resync_interval: Duration,
     /// Elect a leader through a Lease so that only one replica acts.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -58,7 +59,7 @@ pub struct RunArgs {
     #[arg(long, env = "ARM_TOKEN_SCOPE")]
     pub arm_scope: Option<String>,
     /// Mark-then-confirm grace period of garbage collection.
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    #[arg(long, default_value = "2m", value_parser = aci_runner_core::crd::parse_duration)]
     pub gc_grace: Duration,
     /// Client-side limits on Azure and GitHub requests.
     #[command(flatten)]
@@ -138,9 +139,20 @@ impl ApiLimitArgs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::crd::parse_duration(s)
+
+/// Install the process's `tracing` subscriber: `RUST_LOG` filter (default `info`), logs on
+/// stderr as text or, with `format == "json"`, one JSON object a line.
+pub fn init_tracing(format: &str) {
+    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    if format == "json" {
+        registry.with(fmt::layer().json().with_writer(std::io::stderr)).init();
+    } else {
+        registry.with(fmt::layer().with_writer(std::io::stderr)).init();
+    }
 }
+
 
 /// Resolve when SIGTERM or Ctrl-C arrives.
 pub async fn shutdown_signal() {
@@ -190,8 +202,8 @@ async fn acquire_leadership(
 
 /// What `run_with` acts through, built by `main` for production and by tests for the simulator.
 pub struct Edges {
-    pub cloud: Arc<dyn super::ports::Cloud>,
-    pub forge: Arc<dyn super::ports::Forge>,
+    pub groups: Arc<dyn super::ports::ContainerGroups>,
+    pub registrations: Arc<dyn super::ports::RunnerRegistrations>,
     /// The webhook receiver's router and the demand signals it produces.
     pub webhook: Option<(axum::Router, mpsc::Receiver<JobEvent>)>,
     pub demand: Arc<DemandStore>,
@@ -211,81 +223,27 @@ pub async fn run_with(
     edges: Edges,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Edges { cloud, forge, webhook, demand, planner, metrics, clock, list_changes } = edges;
-    crate::crd::precompile_patterns().context("compiling the RunnerPool validation patterns")?;
+    let Edges { groups, registrations, webhook, demand, planner, metrics, clock, list_changes } = edges;
+    aci_runner_core::crd::precompile_patterns().context("compiling the RunnerPool validation patterns")?;
     let health = Arc::new(Health::default());
-    let listener = tokio::net::TcpListener::bind(args.health_listen)
-        .await
-        .with_context(|| format!("binding {}", args.health_listen))?;
+    let listener = bind(args.health_listen).await?;
     info!(addr = %listener.local_addr().unwrap_or(args.health_listen), "serving /healthz /readyz /metrics");
-    let app = server::router(metrics.clone(), health.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            error!(error = %e, "health server failed");
-        }
-    });
+    spawn_server("health", listener, server::router(metrics.clone(), health.clone()));
 
-    // Demand triggers: webhook deliveries update the store and wake every pool.
+    // Triggers that wake every pool (debounced by the controller): webhook demand, changes of a
+    // shared list, the periodic resync.
     let (trigger_tx, trigger_rx) = mpsc::channel::<()>(1024);
-    if let (Some((router, mut events)), Some(addr)) = (webhook, args.webhook_listen) {
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    if let (Some((router, events)), Some(addr)) = (webhook, args.webhook_listen) {
+        let listener = bind(addr).await?;
         info!(addr = %listener.local_addr().unwrap_or(addr), "serving POST /webhooks/github");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                error!(error = %e, "webhook server failed");
-            }
-        });
-        let demand = demand.clone();
-        let metrics = metrics.clone();
-        let tx = trigger_tx.clone();
-        let clock = clock.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                let changed = demand.apply(&ev, clock());
-                metrics.demand(demand.len());
-                if changed {
-                    let _ = tx.try_send(());
-                }
-            }
-        });
+        spawn_server("webhook", listener, router);
+        spawn_demand_intake(events, demand.clone(), metrics.clone(), clock.clone(), trigger_tx.clone());
     }
-    // A shared list changed: wake every pool (debounced by the controller).
-    if let Some(mut changes) = list_changes {
-        let tx = trigger_tx.clone();
-        tokio::spawn(async move {
-            while changes.recv().await.is_some() {
-                let _ = tx.try_send(());
-            }
-        });
+    if let Some(changes) = list_changes {
+        spawn_forward(changes, trigger_tx.clone());
     }
-    // Periodic resync.
-    {
-        let tx = trigger_tx.clone();
-        let every = args.resync_interval;
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(every);
-            t.tick().await;
-            loop {
-                t.tick().await;
-                if tx.send(()).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let wait_stop = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    spawn_resync(args.resync_interval, trigger_tx.clone());
+    let stop_rx = spawn_shutdown_watch(shutdown);
 
     let identity =
         args.identity.clone().unwrap_or_else(|| format!("aci-rc-{}", uuid::Uuid::new_v4().simple()));
@@ -295,7 +253,7 @@ pub async fn run_with(
         info!(lease = %args.lease_name, %identity, "waiting for leadership");
         tokio::select! {
             r = acquire_leadership(client.clone(), &args, identity.clone()) => leadership = Some(r?),
-            _ = wait_stop => return Ok(()),
+            _ = stopped(stop_rx.clone()) => return Ok(()),
         }
         info!(%identity, "acquired leadership");
     }
@@ -305,61 +263,15 @@ pub async fn run_with(
     all_pools.wait_until_ready().await.context("listing RunnerPools")?;
     let (lost_tx, mut lost_rx) = watch::channel(false);
     let planner = PlannerConfig { gc_grace: args.gc_grace, resync: args.resync_interval, ..planner };
-    let mut ctx = Context::new(client, cloud, forge, demand, planner, metrics, all_pools);
+    let mut ctx = Context::new(client, groups, registrations, demand, planner, metrics, all_pools);
     ctx.clock = clock;
     let ctx = Arc::new(ctx);
+    spawn_orphan_gc(ctx.clone(), &args, stop_rx.clone(), lost_rx.clone());
 
-    // Orphan container groups (pools deleted while no controller ran, foreign uids): one pass
-    // per interval over every resource group in use, mark then confirm.
-    {
-        let ctx = ctx.clone();
-        let every = (args.gc_grace / 2)
-            .clamp(Duration::from_secs(1), args.resync_interval.max(Duration::from_secs(1)));
-        let mut stop = stop_rx.clone();
-        let mut lost = lost_rx.clone();
-        let namespaces = args.namespaces.clone();
-        tokio::spawn(async move {
-            let mut marks = super::gc::Marks::new();
-            let mut t = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = t.tick() => {}
-                    _ = stop.wait_for(|s| *s) => break,
-                    _ = lost.wait_for(|l| *l) => break,
-                }
-                let n = super::gc::orphan_pass(&ctx, &namespaces, &mut marks).await;
-                if n > 0 {
-                    info!(deleted = n, "orphan garbage collection pass");
-                }
-            }
-        });
-    }
     let shard = Shard { namespaces: args.namespaces.clone(), label_selector: args.selector.clone() };
-
-    let (lease_rx, lease_task) = match leadership {
-        Some((rx, task)) => (Some(rx), Some(task)),
-        None => (None, None),
-    };
-    // Dropping the receiver (when the controller stops) makes the lease manager release the Lease.
-    let lost = async move {
-        match lease_rx {
-            Some(mut rx) => {
-                let _ = rx.wait_for(|l| !*l).await;
-            }
-            None => futures::future::pending::<()>().await,
-        }
-    };
-    let stop_or_lost = {
-        let mut stop = stop_rx.clone();
-        async move {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => {},
-                _ = lost => { let _ = lost_tx.send(true); },
-            }
-        }
-    };
-    let triggers = tokio_stream_from(trigger_rx);
-    run_controller(ctx, shard, triggers, stop_or_lost).await;
+    let (lease_rx, lease_task) = leadership.unzip();
+    let stop_or_lost = stop_or_lost(stop_rx, lease_rx, lost_tx);
+    run_controller(ctx, shard, tokio_stream_from(trigger_rx), stop_or_lost).await;
     if let Some(task) = lease_task {
         // Let the release reach the API server, so a successor need not wait for expiry.
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -369,6 +281,120 @@ pub async fn run_with(
     }
     info!("controller stopped");
     Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+}
+
+/// Serve `app` on `listener` in the background; a failure is logged with `what`.
+fn spawn_server(what: &'static str, listener: tokio::net::TcpListener, app: axum::Router) {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!(server = what, error = %e, "server failed");
+        }
+    });
+}
+
+/// Webhook deliveries update the demand store; a change wakes every pool.
+fn spawn_demand_intake(
+    mut events: mpsc::Receiver<JobEvent>,
+    demand: Arc<DemandStore>,
+    metrics: Arc<Metrics>,
+    clock: crate::github::Clock,
+    tx: mpsc::Sender<()>,
+) {
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            let changed = demand.apply(&ev, clock());
+            metrics.demand(demand.len());
+            if changed {
+                let _ = tx.try_send(());
+            }
+        }
+    });
+}
+
+/// Every signal of `changes` (a shared list changed) wakes every pool.
+fn spawn_forward(mut changes: mpsc::Receiver<()>, tx: mpsc::Sender<()>) {
+    tokio::spawn(async move {
+        while changes.recv().await.is_some() {
+            let _ = tx.try_send(());
+        }
+    });
+}
+
+/// Wake every pool once per `every` (the first tick after one interval).
+fn spawn_resync(every: Duration, tx: mpsc::Sender<()>) {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(every);
+        t.tick().await;
+        loop {
+            t.tick().await;
+            if tx.send(()).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// A channel that turns true once `shutdown` resolves.
+fn spawn_shutdown_watch(shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
+}
+
+/// Resolves once `flag` is true (or its sender is gone).
+async fn stopped(mut flag: watch::Receiver<bool>) {
+    let _ = flag.wait_for(|s| *s).await;
+}
+
+/// Orphan container groups (pools deleted while no controller ran, foreign uids): one pass per
+/// interval over every resource group in use, mark then confirm; until shutdown or a lost Lease.
+fn spawn_orphan_gc(ctx: Arc<Context>, args: &RunArgs, stop: watch::Receiver<bool>, lost: watch::Receiver<bool>) {
+    let every =
+        (args.gc_grace / 2).clamp(Duration::from_secs(1), args.resync_interval.max(Duration::from_secs(1)));
+    let namespaces = args.namespaces.clone();
+    tokio::spawn(async move {
+        let mut marks = super::gc::Marks::new();
+        let mut t = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = t.tick() => {}
+                _ = stopped(stop.clone()) => break,
+                _ = stopped(lost.clone()) => break,
+            }
+            let n = super::gc::orphan_pass(&ctx, &namespaces, &mut marks).await;
+            if n > 0 {
+                info!(deleted = n, "orphan garbage collection pass");
+            }
+        }
+    });
+}
+
+/// Resolves on shutdown, or when the Lease is lost (then `lost_tx` turns true). Dropping
+/// `lease_rx` (when the controller stops) makes the lease manager release the Lease.
+async fn stop_or_lost(
+    stop: watch::Receiver<bool>,
+    lease_rx: Option<watch::Receiver<bool>>,
+    lost_tx: watch::Sender<bool>,
+) {
+    let lost = async move {
+        match lease_rx {
+            Some(mut rx) => {
+                let _ = rx.wait_for(|l| !*l).await;
+            }
+            None => futures::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = stopped(stop) => {},
+        _ = lost => { let _ = lost_tx.send(true); },
+    }
 }
 
 fn tokio_stream_from(mut rx: mpsc::Receiver<()>) -> impl futures::Stream<Item = ()> + Send + 'static {
@@ -395,7 +421,7 @@ pub fn build_edges(
     let limiter = RateLimiter::new(args.limits.azure()?, azure_metrics.clone());
     let registry = CredentialRegistry::new(cloud.clone(), Duration::from_secs(300));
     let (changes_tx, changes_rx) = mpsc::channel(16);
-    let cloud_port = super::azure_port::AzurePort::new(
+    let azure_adapter = super::adapters::azure::AzureAdapter::new(
         registry,
         identity,
         AzureClientConfig::from_cloud(&cloud),
@@ -422,7 +448,7 @@ pub fn build_edges(
             let (ev_tx, ev_rx) = mpsc::channel(1024);
             tokio::spawn(async move {
                 while let Some(sig) = sig_rx.recv().await {
-                    if ev_tx.send(crate::github::bridge::job_event(&sig)).await.is_err() {
+                    if ev_tx.send(crate::controller::adapters::github::job_event(&sig)).await.is_err() {
                         break;
                     }
                 }
@@ -436,9 +462,9 @@ pub fn build_edges(
         }
     };
     Ok(Edges {
-        cloud: Arc::new(cloud_port),
-        forge: Arc::new(
-            super::github_port::GithubPort::new(hub, clock.clone()).with_change_signal(changes_tx),
+        groups: Arc::new(azure_adapter),
+        registrations: Arc::new(
+            super::adapters::github::GithubAdapter::new(hub, clock.clone()).with_change_signal(changes_tx),
         ),
         webhook,
         demand: Arc::new(DemandStore::default()),

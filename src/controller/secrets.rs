@@ -5,8 +5,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use super::ports::{AzureCredentials, GithubCredentials, PoolContext, SecretString};
-use crate::crd::RunnerPoolSpec;
-use crate::plan::{CredentialProblem, CredentialStatus, PoolMeta};
+use aci_runner_core::crd::RunnerPoolSpec;
+use aci_runner_core::plan::{CredentialProblem, CredentialStatus, PoolMeta};
 
 /// Reads Secrets by name (one namespace); a trait so the resolution rules are testable without a cluster.
 pub trait SecretSource {

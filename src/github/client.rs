@@ -4,6 +4,7 @@
 //! built with explicit relative paths and page numbers so that GHES base paths survive and `Link`
 //! URLs are never followed. Runner lists use lenient own structs (octocrab's models require label
 //! ids/types that GitHub does not always send).
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -69,7 +70,7 @@ pub struct RegistrationToken {
 
 /// A queued workflow job (from the REST API).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueuedJob {
+pub struct WorkflowJob {
     pub id: u64,
     pub run_id: u64,
     pub labels: Vec<String>,
@@ -127,10 +128,6 @@ impl Default for GithubHub {
     fn default() -> Self {
         Self::new(HubConfig::default())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl GithubHub {
@@ -874,7 +871,7 @@ impl GithubClient {
     /// Queued jobs of a repository (fallback demand signal when webhooks are not configured):
     /// jobs with status `queued` in the repository's queued and in-progress workflow runs.
     /// Costs 2 + one request per such run; use sparingly.
-    pub async fn queued_jobs(&self, owner: &str, repo: &str) -> Result<Vec<QueuedJob>, GithubError> {
+    pub async fn queued_jobs(&self, owner: &str, repo: &str) -> Result<Vec<WorkflowJob>, GithubError> {
         let base = format!("/repos/{}/{}/actions", super::enc(owner), super::enc(repo));
         let mut run_ids = Vec::new();
         for status in ["queued", "in_progress"] {
@@ -920,7 +917,7 @@ impl GithubClient {
             }
             let jobs: Jobs = serde_json::from_str(&r.body)
                 .map_err(|e| GithubError::Transient(format!("unreadable jobs: {e}")))?;
-            out.extend(jobs.jobs.into_iter().filter(|j| j.status == "queued").map(|j| QueuedJob {
+            out.extend(jobs.jobs.into_iter().filter(|j| j.status == "queued").map(|j| WorkflowJob {
                 id: j.id,
                 run_id: run,
                 labels: j.labels,

@@ -79,7 +79,7 @@ impl Pacer {
         if horizon.is_zero() {
             return Duration::zero();
         }
-        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut logs = crate::sync::lock(&self.logs);
         let log = logs.entry(key.to_string()).or_default();
         while log.front().is_some_and(|t| now - *t >= horizon) {
             log.pop_front();

@@ -205,7 +205,7 @@ struct Pass<'i, 'a> {
     create_failed: bool,
     /// Events for auth failures already emitted this pass.
     auth_event: bool,
-    /// `spec.validate()` result, computed once.
+    /// The spec's validation errors (`PlanInput::validation`), as the conditions show them.
     spec_error: Option<String>,
     /// A failure was recorded in this pass.
     failed_this_pass: bool,
@@ -225,7 +225,7 @@ pub fn plan(input: &PlanInput<'_>, suffixes: &mut dyn FnMut() -> String) -> Plan
         wake: Vec::new(),
         create_failed: false,
         auth_event: false,
-        spec_error: input.spec.validate().err().map(|e| e.to_string()),
+        spec_error: input.validation.as_ref().err().map(|e| e.to_string()),
         failed_this_pass: false,
     };
     p.reset_on_generation_change();

@@ -60,7 +60,7 @@ pub async fn start(mut opts: SimOptions) -> Result<Simulator, SimError> {
     Ok(Simulator { clock, arm, github })
 }
 
-/// What `aci-runner-controller sim` prints on stdout (one JSON object).
+/// What `aci-runner-devkit sim` prints on stdout (one JSON object).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoints {
@@ -98,7 +98,7 @@ impl Simulator {
     }
 }
 
-/// `aci-runner-controller sim`: both simulators, standalone.
+/// `aci-runner-devkit sim`: both simulators, standalone.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimArgs {
     /// Listen address of the ARM / Entra ID simulator (port 0 = any free port).
@@ -153,7 +153,7 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     }
 }
 
-/// Run `aci-runner-controller sim` until Ctrl-C / SIGTERM.
+/// Run `aci-runner-devkit sim` until Ctrl-C / SIGTERM.
 pub fn run_cli(args: SimArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::crd::{Priority, RunnerPoolSpec, RunnerPoolStatus};
+use crate::crd::{InvalidSpec, Priority, RunnerPoolSpec, RunnerPoolStatus};
 
 /// Annotation selecting what happens to Azure and GitHub resources when the pool is deleted.
 pub const DELETION_POLICY_ANNOTATION: &str = "aci-runners.dev/deletion-policy";
@@ -497,6 +497,9 @@ pub struct PoolState {
 pub struct PlanInput<'a> {
     pub pool: &'a PoolMeta,
     pub spec: &'a RunnerPoolSpec,
+    /// `spec.validate()`, computed once per pass by the caller (which also needs it to decide
+    /// whether the pool is observed at all).
+    pub validation: &'a Result<(), InvalidSpec>,
     /// The status as last written (conditions keep their lastTransitionTime; usage accumulates).
     pub previous_status: Option<&'a RunnerPoolStatus>,
     /// Container groups of the pool's resource group carrying the managed-by tag, or the error.

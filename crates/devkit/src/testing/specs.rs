@@ -36,7 +36,7 @@ pub fn specs_dir() -> PathBuf {
     if let Ok(d) = std::env::var("ACI_RC_SPECS_DIR") {
         return PathBuf::from(d);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("shared").join("specs")
+    super::repo_root().join("..").join("shared").join("specs")
 }
 
 /// Why a spec file could not be read, naming where to get it.

@@ -1,4 +1,4 @@
-//! `aci-runner-controller bench run`: the performance figures P1..P6 of issue 9, measured with the
+//! `aci-runner-devkit bench run`: the performance figures P1..P6 of issue 9, measured with the
 //! controller as its own process (production flags unless stated) against the simulator (in this
 //! process, time scale 1) and a local control plane. Writes `bench.json` and `bench.md`.
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::observe::percentile;
 use super::procs::{ControllerProc, ControllerSpec};
-use crate::crd::RunnerPool;
+use aci_runner_core::crd::RunnerPool;
 use crate::sim::Simulator;
 use crate::sim::arm::Quotas;
 use crate::sim::github::{EnqueueJobs, WebhookTarget};
@@ -33,7 +33,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
     pub p3_pools: Vec<usize>,
     /// P3/P6: length of the steady-state window.
-    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = aci_runner_core::crd::parse_duration)]
     pub p3_window: Duration,
     /// P4: runners to reach from zero (0 = skip P4), in pools of at most 1,000. At ACI's default
     /// create quotas (100 per 5 minutes, 300 per hour) 150 runners take one window change (about
@@ -72,9 +72,6 @@ pub struct BenchArgs {
     pub resync: String,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::crd::parse_duration(s)
-}
 
 /// One figure beside its goal.
 #[derive(Clone, Debug, Serialize)]
@@ -401,10 +398,10 @@ fn quota_bound(n: u32, q: &Quotas, github_writes_per_minute: u64, github_writes_
     Duration::from_secs_f64(creates.max(writes).max(jit))
 }
 
-/// Pools of at most `per` (and [`crate::crd::MAX_RUNNERS_LIMIT`]) runners sharing `total`:
+/// Pools of at most `per` (and [`aci_runner_core::crd::MAX_RUNNERS_LIMIT`]) runners sharing `total`:
 /// (name, size).
 fn fleet_pools(prefix: &str, total: u32, per: u32) -> Vec<(String, u32)> {
-    let per = per.clamp(1, crate::crd::MAX_RUNNERS_LIMIT.max(1) as u32);
+    let per = per.clamp(1, aci_runner_core::crd::MAX_RUNNERS_LIMIT.max(1) as u32);
     let n = total.div_ceil(per).max(1);
     (0..n)
         .map(|i| {
@@ -582,7 +579,7 @@ async fn p5(
     args: &BenchArgs,
     n: u32,
 ) -> anyhow::Result<(Vec<Figure>, serde_json::Value)> {
-    use crate::azure::{PoolMeta, RunnerRegistration, RunnerTemplateInput, container_group};
+    use aci_runner_controller::azure::{GroupOwner, RunnerBootstrap, RunnerTemplateInput, container_group};
     let ns = test_namespace(client, &format!("bench-p5-{n}")).await?;
     let mut opts = fast_sim_options(1);
     opts.arm.quotas.container_groups = n + 100;
@@ -602,21 +599,21 @@ async fn p5(
         apply_pool(client, &ns, &manifest).await?;
         let pool = api.get(name).await?;
         let uid = pool.metadata.uid.clone().context("the API server gave the pool no uid")?;
-        let meta = PoolMeta {
+        let meta = GroupOwner {
             namespace: ns.clone(),
             name: name.clone(),
             uid,
-            spec_hash: crate::controller::spec_hash(&pool),
+            spec_hash: aci_runner_controller::controller::spec_hash(&pool),
         };
         let spec = &pool.spec;
         let scope = crate::sim::github::ScopeKey::Org(
             spec.github.organization.clone().context("the P5 pools are organization pools")?,
         );
-        let labels = crate::plan::demand::jit_labels(spec);
-        let prefix = crate::plan::names::runner_name_prefix(name);
+        let labels = aci_runner_core::plan::demand::jit_labels(spec);
+        let prefix = aci_runner_core::plan::names::runner_name_prefix(name);
         let mut taken = std::collections::BTreeSet::new();
         while taken.len() < *size as usize {
-            let runner = format!("{prefix}-{}", crate::plan::names::random_suffix(&mut rng));
+            let runner = format!("{prefix}-{}", aci_runner_core::plan::names::random_suffix(&mut rng));
             if !taken.insert(runner.clone()) {
                 continue;
             }
@@ -627,8 +624,8 @@ async fn p5(
             let input = RunnerTemplateInput {
                 name: runner.clone(),
                 location: spec.azure.location.clone(),
-                priority: crate::crd::Priority::Regular,
-                registration: RunnerRegistration::Jit { encoded_config: encoded },
+                priority: aci_runner_core::crd::Priority::Regular,
+                registration: RunnerBootstrap::Jit { encoded_config: encoded },
                 secure_env: Vec::new(),
                 registry_password: None,
                 created: sim.clock.now(),

@@ -12,11 +12,11 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, CustomResourceExt};
 
-use crate::crd::RunnerPool;
+use aci_runner_core::crd::RunnerPool;
 
 /// Where the control-plane script lives (this repository's `scripts/`).
 pub fn script_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join("control-plane")
+    super::repo_root().join("scripts").join("control-plane")
 }
 
 /// A running control plane.

@@ -1,21 +1,23 @@
-//! [`Forge`] through the GitHub edge: one [`GithubHub`] for the process (shared installation
+//! [`RunnerRegistrations`] through the GitHub edge: one [`GithubHub`] for the process (shared installation
 //! tokens, ETag-cached runner lists per scope, rate-limit budget), a client per pool credentials.
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
-use super::ports::{Forge, GithubCredentials, JitRegistration, PoolContext, SecretString};
-use crate::github::bridge::{edge_error, observed_runner, scope_of};
-use crate::github::{Credentials, GithubClient, GithubHub, Runner, Scope, Secret};
-use crate::plan::{EdgeError, EdgeErrorKind, ObservedRunner};
+use crate::controller::ports::{RunnerRegistrations, GithubCredentials, JitRegistration, PoolContext, SecretString};
+use crate::github::{Credentials, DemandSignal, GithubClient, GithubError, GithubHub, Runner, Scope, Secret};
+use aci_runner_core::crd::GithubSpec;
+use aci_runner_core::plan::demand::{JobAction, JobEvent};
+use aci_runner_core::plan::{EdgeError, EdgeErrorKind, ObservedRunner};
 
 /// (id, online, busy) of every runner of a scope, sorted.
 type RunnerPrint = Vec<(u64, bool, bool)>;
 /// The last list of a scope (shared with the hub's cache) and its fingerprint.
 type SeenList = (Arc<Vec<Runner>>, RunnerPrint);
 
-/// The GitHub edge behind the [`Forge`] port.
-pub struct GithubPort {
+/// The GitHub edge behind the [`RunnerRegistrations`] port.
+pub struct GithubAdapter {
     hub: GithubHub,
     clock: crate::github::Clock,
     /// Woken when a scope's runner list differs from the one seen before (see `with_change_signal`).
@@ -24,7 +26,7 @@ pub struct GithubPort {
     seen: std::sync::Mutex<std::collections::HashMap<(String, Scope), SeenList>>,
 }
 
-impl GithubPort {
+impl GithubAdapter {
     /// `clock` must be the clock the hub computes rate-limit resets on.
     pub fn new(hub: GithubHub, clock: crate::github::Clock) -> Self {
         Self { hub, clock, changes: None, seen: Default::default() }
@@ -72,7 +74,7 @@ impl GithubPort {
         let runners = client.list_runners(&scope).await.map_err(|e| self.err(&e))?;
         if let Some(tx) = &self.changes {
             let key = (pool.spec.github.api_url.clone(), scope.clone());
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = crate::sync::lock(&self.seen);
             // The same cached list as last time (most passes): nothing can have changed.
             let same = seen.get(&key).is_some_and(|(l, _)| Arc::ptr_eq(l, &runners));
             if !same {
@@ -89,7 +91,7 @@ impl GithubPort {
     }
 }
 
-impl Forge for GithubPort {
+impl RunnerRegistrations for GithubAdapter {
     fn list_runners<'a>(
         &'a self,
         pool: &'a PoolContext,
@@ -108,10 +110,10 @@ impl Forge for GithubPort {
             let runners = self.cached_list(pool).await?;
             // Only the runners with this pool's runner-name shape concern its plan; the rest of
             // a shared scope's list is not copied per pass.
-            let prefix = crate::plan::names::runner_name_prefix(&pool.meta.name);
+            let prefix = aci_runner_core::plan::names::runner_name_prefix(&pool.meta.name);
             Ok(runners
                 .iter()
-                .filter(|r| crate::plan::names::is_pool_runner_name(&prefix, &r.name))
+                .filter(|r| aci_runner_core::plan::names::is_pool_runner_name(&prefix, &r.name))
                 .map(observed_runner)
                 .collect())
         })
@@ -156,12 +158,117 @@ impl Forge for GithubPort {
             let (client, scope) = self.client(pool)?;
             let r = client.delete_runner(&scope, runner_id).await;
             if let Err(crate::github::GithubError::Busy(_)) = &r {
-                // Fix: GitHub says the runner is busy, so the shared list that showed it idle is
-                // stale. Refresh it on the next pass; otherwise every pass until the list
-                // interval ends decides the same removal and sends the same refused DELETE.
+                // GitHub says the runner is busy, so the shared list that showed it idle is stale:
+                // the next pass reads a fresh one instead of deciding the same refused removal
+                // until the list interval ends.
                 client.invalidate_runners(&scope).await;
             }
             r.map_err(|e| self.err(&e))
         })
+    }
+}
+
+// Conversions between the GitHub edge's types and the planner's.
+
+/// The pool's registration scope (`None` when the spec names none or an invalid repository; the
+/// CRD's validation makes exactly one of the three present).
+pub fn scope_of(spec: &GithubSpec) -> Option<Scope> {
+    if let Some(r) = &spec.repository {
+        return Scope::repo(r);
+    }
+    if let Some(o) = &spec.organization {
+        return Some(Scope::Org(o.clone()));
+    }
+    spec.enterprise.as_ref().map(|e| Scope::Enterprise(e.clone()))
+}
+
+/// Classify a GitHub edge error for the planner. `now` is the clock the reset was computed on.
+/// A busy runner is a `Conflict` (GitHub refused the delete; retry after the job).
+pub fn edge_error(e: &GithubError, now: DateTime<Utc>) -> EdgeError {
+    let kind = match e {
+        GithubError::RateLimited { reset } => {
+            EdgeErrorKind::Throttled { retry_after: (*reset - now).to_std().ok() }
+        }
+        GithubError::Transient(_) => EdgeErrorKind::Transient,
+        GithubError::Auth { permission, .. } => EdgeErrorKind::Auth { permission: permission.clone() },
+        GithubError::NotFound(_) => EdgeErrorKind::NotFound,
+        GithubError::Conflict(_) | GithubError::Busy(_) => EdgeErrorKind::Conflict,
+        GithubError::InvalidRequest(_) => EdgeErrorKind::InvalidRequest,
+    };
+    EdgeError::new(kind, e.to_string())
+}
+
+/// A webhook demand signal as the controller's demand store takes it.
+pub fn job_event(s: &DemandSignal) -> JobEvent {
+    JobEvent {
+        job_id: s.job_id,
+        action: JobAction::parse(&s.action),
+        labels: s.labels.clone(),
+        repository: s.repository.clone(),
+        organization: s.organization.clone(),
+    }
+}
+
+/// The planner's view of a runner registration.
+pub fn observed_runner(r: &Runner) -> ObservedRunner {
+    ObservedRunner {
+        id: r.id,
+        name: r.name.clone(),
+        online: r.online(),
+        busy: r.busy,
+        labels: r.labels.clone(),
+    }
+}
+
+#[cfg(test)]
+mod conversion_tests {
+    use super::*;
+    use crate::github::RunnerStatus;
+
+    #[test]
+    fn classification() {
+        let now = Utc::now();
+        let e = edge_error(&GithubError::RateLimited { reset: now + chrono::Duration::seconds(30) }, now);
+        assert_eq!(
+            e.kind,
+            EdgeErrorKind::Throttled { retry_after: Some(std::time::Duration::from_secs(30)) }
+        );
+        let e = edge_error(&GithubError::RateLimited { reset: now - chrono::Duration::seconds(1) }, now);
+        assert_eq!(e.kind, EdgeErrorKind::Throttled { retry_after: None });
+        let e = edge_error(&GithubError::Busy("runner 5".into()), now);
+        assert_eq!(e.kind, EdgeErrorKind::Conflict);
+        let e = edge_error(
+            &GithubError::Auth { message: "denied".into(), permission: Some("administration=write".into()) },
+            now,
+        );
+        assert_eq!(e.kind, EdgeErrorKind::Auth { permission: Some("administration=write".into()) });
+        let r = Runner {
+            id: 7,
+            name: "p-abcde".into(),
+            os: "linux".into(),
+            status: RunnerStatus::Online,
+            busy: true,
+            ephemeral: Some(true),
+            labels: vec!["self-hosted".into(), "aci".into()],
+            runner_group_id: Some(1),
+        };
+        let o = observed_runner(&r);
+        assert!(o.online && o.busy && o.id == 7 && o.labels.len() == 2);
+        let spec: GithubSpec =
+            serde_json::from_value(serde_json::json!({"repository": "o/r", "labels": ["aci"]})).unwrap();
+        assert_eq!(scope_of(&spec), Some(Scope::Repo { owner: "o".into(), repo: "r".into() }));
+        let spec: GithubSpec =
+            serde_json::from_value(serde_json::json!({"enterprise": "e", "labels": ["aci"]})).unwrap();
+        assert_eq!(scope_of(&spec), Some(Scope::Enterprise("e".into())));
+        let ev = job_event(&DemandSignal {
+            delivery_id: None,
+            job_id: 9,
+            action: "in_progress".into(),
+            labels: vec!["aci".into()],
+            runner_name: Some("p-1".into()),
+            repository: Some("o/r".into()),
+            organization: None,
+        });
+        assert_eq!((ev.job_id, ev.action, ev.repository.as_deref()), (9, JobAction::InProgress, Some("o/r")));
     }
 }

@@ -9,8 +9,8 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use serde::Deserialize;
 
-use crate::azure::template::{TAG_MANAGED_BY, TAG_POOL_NAME, TAG_POOL_NAMESPACE};
-use crate::crd::RunnerPool;
+use aci_runner_controller::azure::template::{TAG_MANAGED_BY, TAG_POOL_NAME, TAG_POOL_NAMESPACE};
+use aci_runner_core::crd::RunnerPool;
 use crate::sim::arm::FaultConfig;
 use crate::sim::github::{EnqueueJobs, GithubFaults, WebhookTarget};
 
@@ -153,7 +153,7 @@ pub struct RateLimit {
     pub refused: u64,
 }
 
-/// The simulator's endpoints as `aci-runner-controller sim` prints them (the fields used here).
+/// The simulator's endpoints as `aci-runner-devkit sim` prints them (the fields used here).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SimEndpoints {

@@ -1,4 +1,4 @@
-//! The demo driver, the benchmarks and the fault soak (`aci-runner-controller bench ...`).
+//! The demo driver, the benchmarks and the fault soak (`aci-runner-devkit bench ...`).
 //!
 //! Everything here drives the controller from the outside: the controller runs as its own
 //! process (`aci-runner-controller run`) against the simulator and a real API server, exactly
@@ -9,7 +9,7 @@ pub mod perf;
 pub mod procs;
 pub mod soak;
 
-/// `aci-runner-controller bench ...`
+/// `aci-runner-devkit bench ...`
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchCli {
     #[command(subcommand)]
@@ -34,7 +34,7 @@ pub fn run_cli(cli: BenchCli) -> anyhow::Result<()> {
     rt.block_on(async move {
         tokio::select! {
             r = run_command(cli) => r,
-            _ = crate::controller::run::shutdown_signal() => anyhow::bail!("interrupted"),
+            _ = aci_runner_controller::controller::run::shutdown_signal() => anyhow::bail!("interrupted"),
         }
     })
 }

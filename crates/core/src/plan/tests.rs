@@ -135,6 +135,7 @@ impl Fx {
         let input = PlanInput {
             pool: &self.pool,
             spec: &self.spec,
+            validation: &self.spec.validate(),
             previous_status: self.prev.as_ref(),
             groups: self.groups.as_ref().map(|g| g.as_slice()).map_err(|e| e.clone()),
             runners: self.runners.as_ref().map(|r| r.as_slice()).map_err(|e| e.clone()),

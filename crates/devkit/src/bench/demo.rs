@@ -1,4 +1,4 @@
-//! `aci-runner-controller bench demo`: the workload, live view and summary of `scripts/demo`.
+//! `aci-runner-devkit bench demo`: the workload, live view and summary of `scripts/demo`.
 //!
 //! The script starts the processes (control plane, `sim`, `run`); this command only talks to
 //! them: it points the simulated GitHub's webhooks at the controller, waits for the demo pools,
@@ -14,13 +14,13 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::observe::{self, PoolRow, SimApi, SimEndpoints};
-use crate::crd::RunnerPool;
+use aci_runner_core::crd::RunnerPool;
 use crate::sim::github::EnqueueJobs;
 
 /// Flags of `bench demo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// The JSON object `aci-runner-controller sim` printed (a file).
+    /// The JSON object `aci-runner-devkit sim` printed (a file).
     #[arg(long)]
     pub sim_endpoints: PathBuf,
     /// Namespace of the demo pools.
@@ -42,7 +42,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 60)]
     pub jobs: u32,
     /// Wall time over which the jobs are enqueued.
-    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = aci_runner_core::crd::parse_duration)]
     pub over: Duration,
     /// Shortest and longest job duration (seconds; drawn uniformly per job).
     #[arg(long, default_value_t = 3.0)]
@@ -62,13 +62,10 @@ pub struct DemoArgs {
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
     /// Give up waiting for the jobs after this long past the workload.
-    #[arg(long, default_value = "180s", value_parser = parse_duration)]
+    #[arg(long, default_value = "180s", value_parser = aci_runner_core::crd::parse_duration)]
     pub drain_timeout: Duration,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::crd::parse_duration(s)
-}
 
 /// What the demo reports at the end (also its JSON form).
 #[derive(Clone, Debug, Default, Serialize)]

@@ -1,4 +1,4 @@
-//! [`Cloud`] through the Azure edge: one shared credential per identity, one client per identity,
+//! [`ContainerGroups`] through the Azure edge: one shared credential per identity, one client per identity,
 //! and the tagged container-group list of a resource group shared by every pool in it for a
 //! short interval (so N pools in one resource group cost one list, not N).
 use std::collections::HashMap;
@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
-use super::ports::{AzureCredentials, Cloud, CreateGroup, PoolContext, RunnerSecret};
+use crate::controller::ports::{AzureCredentials, ContainerGroups, CreateGroup, PoolContext, RunnerSecret};
 use crate::azure::template::{TAG_CREATED, TAG_POOL_NAME, TAG_POOL_NAMESPACE, TAG_POOL_UID};
 use crate::azure::{
     self, AzureClient, AzureClientConfig, AzureError, AzureMetrics, CredentialRegistry, CredentialSpec,
     RateLimiter,
 };
-use crate::crd::Priority;
-use crate::plan::names::{group_concerns_pool, runner_name_prefix};
-use crate::plan::{
+use aci_runner_core::crd::Priority;
+use aci_runner_core::plan::names::{group_concerns_pool, runner_name_prefix};
+use aci_runner_core::plan::{
     ContainerState, EdgeError, EdgeErrorKind, GroupProvisioning, ObservedContainer, ObservedGroup, SweptGroup,
 };
 
@@ -53,7 +53,7 @@ fn provisioning(s: Option<&str>) -> GroupProvisioning {
 }
 
 /// Reduce the edge's observation to the planner's.
-pub fn observed(g: &azure::ObservedGroup, cpu_mem: (f64, f64)) -> ObservedGroup {
+pub fn observed(g: &azure::ArmGroup, cpu_mem: (f64, f64)) -> ObservedGroup {
     let container = g.container.as_ref().and_then(|c| {
         let state = match c.state.as_deref() {
             Some("Running") => ContainerState::Running,
@@ -100,8 +100,8 @@ type ListKey = (String, String, String);
 /// on the way out), the only form kept: the full edge form of 10,000 groups is tens of MB.
 type SharedList = Arc<Vec<ObservedGroup>>;
 
-/// The Azure edge behind the [`Cloud`] port.
-pub struct AzurePort {
+/// The Azure edge behind the [`ContainerGroups`] port.
+pub struct AzureAdapter {
     registry: CredentialRegistry,
     controller_identity: Option<CredentialSpec>,
     cfg: AzureClientConfig,
@@ -125,7 +125,7 @@ pub struct AzurePort {
 struct GroupPrint(u64);
 
 impl GroupPrint {
-    fn add(&mut self, g: &azure::ObservedGroup) {
+    fn add(&mut self, g: &azure::ArmGroup) {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&g.name, &g.provisioning_state, &g.state, g.container.as_ref().map(|c| &c.state)).hash(&mut h);
@@ -133,7 +133,7 @@ impl GroupPrint {
     }
 }
 
-impl AzurePort {
+impl AzureAdapter {
     pub fn new(
         registry: CredentialRegistry,
         controller_identity: Option<CredentialSpec>,
@@ -168,9 +168,9 @@ impl AzurePort {
                     EdgeError::new(EdgeErrorKind::Auth { permission: None }, "no Azure identity configured")
                 })
             }
-            // Fix: the key includes a hash of the secret. Keyed by tenant and client id alone,
-            // a pool with a wrong secret got (or, created first, poisoned) the client of another
-            // pool with the same service principal, whatever namespace it is in.
+            // The key includes a hash of the secret: two pools naming the same service principal
+            // share a client only when they hold the same secret, so a pool with a wrong secret
+            // never gets (or poisons) another pool's client, whatever namespace either is in.
             AzureCredentials::ServicePrincipal { tenant_id, client_id, client_secret } => Ok((
                 format!("sp:{tenant_id}:{client_id}:{}", secret_fingerprint(client_secret.expose())),
                 CredentialSpec::ClientSecret {
@@ -184,7 +184,7 @@ impl AzurePort {
 
     fn client(&self, pool: &PoolContext) -> Result<(String, AzureClient), EdgeError> {
         let (key, spec) = self.identity(pool)?;
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut clients = crate::sync::lock(&self.clients);
         let c = clients
             .entry(key.clone())
             .or_insert_with(|| {
@@ -229,7 +229,7 @@ fn rg(pool: &PoolContext) -> String {
     pool.spec.azure.resource_group.to_lowercase()
 }
 
-impl AzurePort {
+impl AzureAdapter {
     /// The resource group's list, from the shared cache or fetched (and shared).
     async fn cached_list(&self, pool: &PoolContext) -> Result<SharedList, EdgeError> {
         let (identity, client) = self.client(pool)?;
@@ -262,7 +262,7 @@ impl AzurePort {
     }
 }
 
-impl Cloud for AzurePort {
+impl ContainerGroups for AzureAdapter {
     fn list_groups<'a>(
         &'a self,
         pool: &'a PoolContext,
@@ -294,10 +294,10 @@ impl Cloud for AzurePort {
             let (identity, client) = self.client(pool)?;
             let registration = match req.secret {
                 RunnerSecret::Jit { encoded } => {
-                    azure::RunnerRegistration::Jit { encoded_config: encoded.expose().to_string() }
+                    azure::RunnerBootstrap::Jit { encoded_config: encoded.expose().to_string() }
                 }
                 RunnerSecret::Token { url, token, labels, runner_group, ephemeral } => {
-                    azure::RunnerRegistration::Token {
+                    azure::RunnerBootstrap::Token {
                         url,
                         token: token.expose().to_string(),
                         labels,
@@ -322,7 +322,7 @@ impl Cloud for AzurePort {
                 }),
                 created: req.created,
             };
-            let meta = azure::PoolMeta {
+            let meta = azure::GroupOwner {
                 namespace: pool.meta.namespace.clone(),
                 name: pool.meta.name.clone(),
                 uid: pool.meta.uid.clone(),

@@ -1,4 +1,4 @@
-//! `aci-runner-controller bench soak --seeds N`: randomized fault schedules against the
+//! `aci-runner-devkit bench soak --seeds N`: randomized fault schedules against the
 //! controller process, then invariants after settling.
 //!
 //! Per seed: a fresh namespace on the shared local control plane, a fresh simulator, the
@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::procs::{ControllerProc, ControllerSpec};
-use crate::crd::RunnerPool;
+use aci_runner_core::crd::RunnerPool;
 use crate::sim::arm::{BucketSpec, DeniedAction, FaultConfig, OpFaults, Quotas};
 use crate::sim::github::{EnqueueJobs, GhOpFaults, GithubFaults};
 use crate::testing::control_plane::{ControlPlane, install_crd, test_namespace};
@@ -48,7 +48,7 @@ pub struct SoakArgs {
     pub jobs: u32,
     /// How long the faults stay on (the jobs are enqueued over this window; seeds drawn with a
     /// long outage keep the faults on several times longer).
-    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    #[arg(long, default_value = "8s", value_parser = aci_runner_core::crd::parse_duration)]
     pub fault_window: Duration,
     /// Where the per-seed logs, the JSON result and the report go.
     #[arg(long, default_value = "target/soak")]
@@ -62,17 +62,14 @@ pub struct SoakArgs {
     pub keep_logs: bool,
     /// Restart the kube-apiserver (same flags, etcd keeps the state) at random times, about
     /// this far apart; `0s` = never.
-    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    #[arg(long, default_value = "40s", value_parser = aci_runner_core::crd::parse_duration)]
     pub apiserver_restart_every: Duration,
     /// Restart etcd (same flags and data directory; the kube-apiserver reconnects) at random
     /// times, about this far apart; `0s` = never.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = aci_runner_core::crd::parse_duration)]
     pub etcd_restart_every: Duration,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::crd::parse_duration(s)
-}
 
 /// ARM operations of the simulator's fault table (`FaultConfig::ops`). The controller calls
 /// `create`, `get`, `delete`, `list`, `listAll`, `update` (orphan release) and `token`; faults on
@@ -175,7 +172,7 @@ impl Schedule {
         let image_revoked = rng.gen_bool(0.25);
         if image_revoked {
             // Registry credentials revoked for the window: the image cannot be pulled.
-            arm.inaccessible_images.insert(crate::crd::DEFAULT_RUNNER_IMAGE.to_string());
+            arm.inaccessible_images.insert(aci_runner_core::crd::DEFAULT_RUNNER_IMAGE.to_string());
         }
         if rng.gen_bool(0.3) {
             let loc = if rng.gen_bool(0.5) { ORG_LOCATION } else { REPO_LOCATION };
@@ -726,7 +723,7 @@ pub async fn run_seed(
             .arm
             .groups()
             .into_iter()
-            .filter(|g| g.tags.get(crate::azure::template::TAG_POOL_NAMESPACE).is_some_and(|n| n == &ns))
+            .filter(|g| g.tags.get(aci_runner_controller::azure::template::TAG_POOL_NAMESPACE).is_some_and(|n| n == &ns))
             .count();
         let regs = sim
             .github
@@ -961,7 +958,7 @@ fn summarize(results: &[SeedResult], restarts: &Restarts) -> SoakReport {
 pub fn markdown(r: &SoakReport, args: &SoakArgs) -> String {
     let t = &r.totals;
     let mut s = format!(
-        "## Fault soak\n\n`aci-runner-controller bench soak --seeds {} --first-seed {} --parallel {} --jobs {} --fault-window {}s --apiserver-restart-every {}s --etcd-restart-every {}s`\n\n",
+        "## Fault soak\n\n`aci-runner-devkit bench soak --seeds {} --first-seed {} --parallel {} --jobs {} --fault-window {}s --apiserver-restart-every {}s --etcd-restart-every {}s`\n\n",
         args.seeds,
         args.first_seed,
         args.parallel,

@@ -114,7 +114,7 @@ impl ControllerProc {
         let mut p = Self {
             child: None,
             health_url: format!("http://127.0.0.1:{health_port}"),
-            webhook_url: format!("http://127.0.0.1:{webhook_port}{}", crate::github::WEBHOOK_PATH),
+            webhook_url: format!("http://127.0.0.1:{webhook_port}{}", aci_runner_controller::github::WEBHOOK_PATH),
             log,
             starts: 0,
             env,
@@ -125,13 +125,14 @@ impl ControllerProc {
     }
 
     async fn spawn(&mut self) -> Result<(), ProcError> {
-        // `/proc/self/exe` (in the forked child: this very program) still works when the file
-        // was replaced by a rebuild meanwhile; elsewhere the path of the executable.
-        let exe = if Path::new("/proc/self/exe").exists() {
-            PathBuf::from("/proc/self/exe")
-        } else {
-            std::env::current_exe().map_err(ProcError::Exe)?
-        };
+        // The production binary, as a user runs it.
+        let exe = crate::testing::controller_bin();
+        if !exe.is_file() {
+            return Err(ProcError::Exe(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} not found (build it, or set ACI_RC_BIN)", exe.display()),
+            )));
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -148,7 +149,7 @@ impl ControllerProc {
         let mut cmd = match wrapper.split_first() {
             Some((program, wrapper_args)) => {
                 let mut c = Command::new(program);
-                c.args(wrapper_args).arg(std::env::current_exe().map_err(ProcError::Exe)?);
+                c.args(wrapper_args).arg(&exe);
                 c
             }
             None => Command::new(exe),

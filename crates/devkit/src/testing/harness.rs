@@ -11,10 +11,10 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::azure::CredentialSpec;
-use crate::controller::run::{Edges, RunArgs, build_edges, run_with};
-use crate::crd::RunnerPool;
-use crate::plan::PlannerConfig;
+use aci_runner_controller::azure::CredentialSpec;
+use aci_runner_controller::controller::run::{Edges, RunArgs, build_edges, run_with};
+use aci_runner_core::crd::RunnerPool;
+use aci_runner_core::plan::PlannerConfig;
 use crate::sim::arm::ArmSimConfig;
 use crate::sim::github::{GithubSimConfig, WebhookTarget};
 use crate::sim::{SimOptions, Simulator};
@@ -233,7 +233,7 @@ pub async fn start_controller(
 pub fn connect_webhooks(sim: &Simulator, ctl: &ControllerHandle, secret: &str) {
     if let Some(addr) = ctl.webhook_addr {
         sim.github.set_webhook(Some(WebhookTarget {
-            url: format!("http://{addr}{}", crate::github::WEBHOOK_PATH),
+            url: format!("http://{addr}{}", aci_runner_controller::github::WEBHOOK_PATH),
             secret: secret.to_string(),
         }));
     }
@@ -354,7 +354,7 @@ pub fn groups_of(sim: &Simulator, pool: &str) -> Vec<crate::sim::arm::GroupSumma
     sim.arm
         .groups()
         .into_iter()
-        .filter(|g| g.tags.get(crate::azure::template::TAG_POOL_NAME).is_some_and(|p| p == pool))
+        .filter(|g| g.tags.get(aci_runner_controller::azure::template::TAG_POOL_NAME).is_some_and(|p| p == pool))
         .collect()
 }
 

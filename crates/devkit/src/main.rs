@@ -1,0 +1,30 @@
+//! `aci-runner-devkit`: the simulator, the demo driver, the benchmarks and the fault soak.
+use clap::{Parser, Subcommand};
+
+/// Development tools of aci-runner-controller (never shipped).
+#[derive(Parser, Debug)]
+#[command(name = "aci-runner-devkit", version, about)]
+struct Cli {
+    /// Log format: `text` or `json`.
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the simulated Azure (ARM/ACI, Entra ID) and GitHub (App, runners, jobs, webhooks).
+    Sim(Box<aci_runner_devkit::sim::SimArgs>),
+    /// The demo driver, benchmarks and fault soak (the controller as its own process).
+    Bench(Box<aci_runner_devkit::bench::BenchCli>),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    aci_runner_controller::controller::run::init_tracing(&cli.log_format);
+    match cli.command {
+        Command::Sim(args) => aci_runner_devkit::sim::run_cli(*args),
+        Command::Bench(cli) => aci_runner_devkit::bench::run_cli(*cli),
+    }
+}

@@ -1,0 +1,37 @@
+//! Test support shared by the integration tests, the demo and the benchmarks: the upstream API
+//! descriptions in `../shared/specs/` and the local Kubernetes control plane.
+use std::path::{Path, PathBuf};
+
+pub mod control_plane;
+pub mod harness;
+pub mod specs;
+
+/// The repository's root (the workspace this crate is built in: `crates/devkit/../..`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
+}
+
+/// The production binary `aci-runner-controller`: `$ACI_RC_BIN`, else the one built beside the
+/// running executable (a workspace build puts every binary of a profile in one folder).
+pub fn controller_bin() -> PathBuf {
+    sibling_bin("ACI_RC_BIN", "aci-runner-controller")
+}
+
+/// The development binary `aci-runner-devkit` (`sim`, `bench`): `$ACI_RC_DEVKIT_BIN`, else the one
+/// built beside the running executable.
+pub fn devkit_bin() -> PathBuf {
+    sibling_bin("ACI_RC_DEVKIT_BIN", "aci-runner-devkit")
+}
+
+fn sibling_bin(env: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    // Test binaries live in `target/<profile>/deps/`, binaries in `target/<profile>/`.
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}

@@ -1,0 +1,129 @@
+//! Execute: the planner's actions, in order, through the ports. Nothing here decides what to do;
+//! it only carries the plan out and reports each failure, classified, to the next pass.
+use std::collections::BTreeSet;
+
+use tracing::warn;
+
+use super::Context;
+use super::ports::{CreateGroup, PoolContext, RunnerSecret};
+use aci_runner_core::plan::{Action, ActionFailure, EdgeError, EdgeErrorKind, RunnerRegistration};
+
+/// Execute the planner's actions in order. Returns the failures (reported to the next pass).
+pub async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> Vec<ActionFailure> {
+    let mut failures = Vec::new();
+    let mut unregistered: BTreeSet<u64> = BTreeSet::new();
+    // Set by the first create that hit quota, capacity or throttling: the rest of this pass's
+    // creates would hit the same wall, so they are reported with that error instead of sent.
+    let mut create_wall: Option<EdgeError> = None;
+    for action in actions {
+        if let (Action::CreateRunner { .. }, Some(error)) = (action, &create_wall) {
+            ctx.metrics.action("create_runner", "Create", "skipped");
+            failures.push(ActionFailure {
+                action: action.clone(),
+                error: error.clone(),
+                registered_runner: None,
+            });
+            continue;
+        }
+        let result: Result<Option<u64>, (EdgeError, Option<u64>)> = match action {
+            Action::CreateRunner { name, location, priority, registration } => {
+                create_runner(ctx, pool, name, location, *priority, registration).await
+            }
+            Action::UnregisterRunner { id, .. } => match ctx.registrations.unregister(pool, *id).await {
+                Ok(()) => {
+                    unregistered.insert(*id);
+                    Ok(None)
+                }
+                Err(e) if e.kind == EdgeErrorKind::NotFound => {
+                    unregistered.insert(*id);
+                    Ok(None)
+                }
+                Err(e) => Err((e, None)),
+            },
+            Action::DeleteGroup { name, only_if_unregistered, .. } => {
+                if let Some(id) = only_if_unregistered
+                    && !unregistered.contains(id)
+                {
+                    // The registration could not be removed (it may have just taken a job):
+                    // never delete the group under a possibly busy runner.
+                    continue;
+                }
+                ctx.groups.delete_group(pool, name).await.map(|_| None).map_err(|e| (e, None))
+            }
+            Action::ReleaseGroup { name } => {
+                ctx.groups.release_group(pool, name).await.map(|_| None).map_err(|e| (e, None))
+            }
+        };
+        let kind = action_kind(action);
+        let reason = match action {
+            Action::CreateRunner { .. } => "Create",
+            Action::UnregisterRunner { reason, .. } | Action::DeleteGroup { reason, .. } => reason.as_str(),
+            Action::ReleaseGroup { .. } => "Release",
+        };
+        match result {
+            Ok(_) => ctx.metrics.action(kind, reason, "ok"),
+            Err((error, registered_runner)) => {
+                ctx.metrics.action(kind, reason, "error");
+                warn!(pool = %pool.meta.name, action = kind, name = action.name(), error = %error.message, "action failed");
+                let quota_or_capacity =
+                    matches!(error.kind, EdgeErrorKind::QuotaExceeded | EdgeErrorKind::CapacityUnavailable);
+                let throttled = matches!(error.kind, EdgeErrorKind::Throttled { .. });
+                if matches!(action, Action::CreateRunner { .. }) && (quota_or_capacity || throttled) {
+                    create_wall = Some(error.clone());
+                }
+                failures.push(ActionFailure { action: action.clone(), error, registered_runner });
+            }
+        }
+    }
+    failures
+}
+
+fn action_kind(a: &Action) -> &'static str {
+    match a {
+        Action::CreateRunner { .. } => "create_runner",
+        Action::UnregisterRunner { .. } => "unregister_runner",
+        Action::DeleteGroup { .. } => "delete_group",
+        Action::ReleaseGroup { .. } => "release_group",
+    }
+}
+
+async fn create_runner(
+    ctx: &Context,
+    pool: &PoolContext,
+    name: &str,
+    location: &str,
+    priority: aci_runner_core::crd::Priority,
+    registration: &RunnerRegistration,
+) -> Result<Option<u64>, (EdgeError, Option<u64>)> {
+    let (secret, runner_id) = match registration {
+        RunnerRegistration::Jit { labels, runner_group } => {
+            let reg = ctx
+                .registrations
+                .register_jit(pool, name, labels, runner_group.as_deref())
+                .await
+                .map_err(|e| (e, None))?;
+            (RunnerSecret::Jit { encoded: reg.encoded }, Some(reg.runner_id))
+        }
+        RunnerRegistration::Token { labels, runner_group, ephemeral } => {
+            let (url, token) = ctx.registrations.registration_token(pool).await.map_err(|e| (e, None))?;
+            (
+                RunnerSecret::Token {
+                    url,
+                    token,
+                    labels: labels.clone(),
+                    runner_group: runner_group.clone(),
+                    ephemeral: *ephemeral,
+                },
+                None,
+            )
+        }
+    };
+    let req = CreateGroup {
+        name: name.to_string(),
+        location: location.to_string(),
+        priority,
+        secret,
+        created: (ctx.clock)(),
+    };
+    ctx.groups.create_group(pool, req).await.map(|_| runner_id).map_err(|e| (e, runner_id))
+}

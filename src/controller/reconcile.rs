@@ -1,0 +1,276 @@
+//! One reconcile pass of one pool, as its pipeline:
+//!
+//! 1. [`credentials`]: the pool's Secrets, read every pass (they may be fixed or rotated at any
+//!    time);
+//! 2. [`observe`]: the pool's container groups and runner registrations through the ports, the
+//!    webhook demand of its scope, the uids of every live pool;
+//! 3. [`plan_pass`]: the pure planner ([`aci_runner_core::plan::plan`]) turns them into actions,
+//!    status and Events;
+//! 4. [`super::execute::execute`]: the actions, through the ports;
+//! 5. [`report`]: status by server-side apply, Events, metrics, and the finalizer once the
+//!    cleanup is done.
+//!
+//! The planner's memory of the pool (carried state and the last pass's failures) is taken out of
+//! the context for the pass and put back after execution.
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action as RequeueAction;
+use kube::runtime::events::{Event, EventType as KubeEventType};
+use kube::{Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::execute::execute;
+use super::finalizer::{ensure_finalizer, has_finalizer, remove_finalizer};
+use super::ports::PoolContext;
+use super::{Context, FIELD_MANAGER, PoolMemory, USAGE_WRITE_INTERVAL, secrets};
+use crate::sync::lock;
+use aci_runner_core::crd::{InvalidSpec, RunnerPool, RunnerPoolStatus};
+use aci_runner_core::plan::{
+    self, CredentialStatus, EdgeError, EdgeErrorKind, EventType, FinalizerDecision, ObservedGroup,
+    ObservedRunner, Plan, PlanInput, PoolMeta, QueuedJob,
+};
+
+/// Errors of one reconcile (each is retried with backoff by the controller loop).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("pool has no namespace or uid")]
+    MissingMeta,
+}
+
+/// What the pipeline learns of the world in one pass.
+struct Observed {
+    groups: Result<Vec<ObservedGroup>, EdgeError>,
+    runners: Result<Vec<ObservedRunner>, EdgeError>,
+    queued: Vec<QueuedJob>,
+    live_pool_uids: BTreeSet<String>,
+}
+
+/// One reconcile pass of one pool.
+pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<RequeueAction, ReconcileError> {
+    let started = Instant::now();
+    let meta = pool_meta(&pool)?;
+    let api: Api<RunnerPool> = Api::namespaced(ctx.client.clone(), &meta.namespace);
+    let deleting = meta.deletion_timestamp.is_some();
+    if !deleting {
+        ensure_finalizer(&api, &pool).await?;
+    } else if !has_finalizer(&pool) {
+        return Ok(RequeueAction::await_change());
+    }
+    let now = (ctx.clock)();
+    let validation = pool.spec.validate();
+
+    let (credentials, pool_ctx) = credentials(&ctx, &pool, &meta).await;
+    let observed = observe(&ctx, &pool, pool_ctx.as_ref(), deleting, validation.is_ok(), now).await;
+    let memory = take_memory(&ctx, &meta);
+    let mut decided = plan_pass(&ctx, &pool, &meta, &validation, &credentials, &observed, &memory, now);
+    let failures = match &pool_ctx {
+        Some(pc) if !decided.actions.is_empty() => execute(&ctx, pc, &decided.actions).await,
+        _ => Vec::new(),
+    };
+    let gc_pending = decided.state.gc_marks.len();
+    lock(&ctx.memory).insert(
+        meta.uid.clone(),
+        PoolMemory { state: std::mem::take(&mut decided.state), failures, usage_written: memory.usage_written },
+    );
+    let written = report(&ctx, &api, &pool, &meta, &decided, memory.usage_written, gc_pending, started).await?;
+
+    if deleting && decided.finalizer == FinalizerDecision::Remove {
+        info!(pool = %meta.name, namespace = %meta.namespace, "cleanup done; removing finalizer");
+        // Conditional on the resourceVersion of this pass's own status write: the one of `pool`
+        // is older once the status was written, and would always answer 409.
+        remove_finalizer(&api, written.as_ref().unwrap_or(&pool)).await?;
+        lock(&ctx.memory).remove(&meta.uid);
+        return Ok(RequeueAction::await_change());
+    }
+    Ok(RequeueAction::requeue(decided.requeue_after))
+}
+
+/// Backoff on reconcile errors (Kubernetes API failures).
+pub fn error_policy(pool: Arc<RunnerPool>, error: &ReconcileError, ctx: Arc<Context>) -> RequeueAction {
+    warn!(pool = %pool.name_any(), error = %error, "reconcile failed");
+    ctx.metrics.reconcile_error();
+    RequeueAction::requeue(Duration::from_secs(5))
+}
+
+/// Short stable hash of the spec (tag `aci-runners-spec-hash`).
+pub fn spec_hash(pool: &RunnerPool) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(&pool.spec).unwrap_or_default();
+    hex::encode(&Sha256::digest(&bytes)[..6])
+}
+
+fn pool_meta(pool: &RunnerPool) -> Result<PoolMeta, ReconcileError> {
+    let namespace = pool.namespace().ok_or(ReconcileError::MissingMeta)?;
+    let uid = pool.uid().ok_or(ReconcileError::MissingMeta)?;
+    Ok(PoolMeta {
+        namespace,
+        name: pool.name_any(),
+        uid,
+        generation: pool.metadata.generation,
+        deletion_timestamp: pool.metadata.deletion_timestamp.as_ref().and_then(|t| {
+            DateTime::<Utc>::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+        }),
+        annotations: pool.annotations().clone(),
+    })
+}
+
+/// Step 1: the pool's credentials from its Secrets; without usable ones the pool is not observed
+/// and the status says why.
+async fn credentials(ctx: &Context, pool: &RunnerPool, meta: &PoolMeta) -> (CredentialStatus, Option<PoolContext>) {
+    let secrets = secrets::KubeSecrets(Api::namespaced(ctx.client.clone(), &meta.namespace));
+    match secrets::resolve(&secrets, meta, &pool.spec, &spec_hash(pool)).await {
+        Ok(c) => (CredentialStatus::Ok, Some(c)),
+        Err(status) => (status, None),
+    }
+}
+
+/// Step 2: the lists through the ports, the webhook demand and the live pools.
+///
+/// A pool is observed only with usable credentials, and a live pool only with a valid spec;
+/// otherwise the lists count as failed. A pool being deleted is observed even with an invalid
+/// spec (e.g. minIdle above maxRunners, which API servers before 1.25 accept): its cleanup needs
+/// only the Secret and the Azure coordinates, and without the lists it could not remove anything.
+async fn observe(
+    ctx: &Context,
+    pool: &RunnerPool,
+    pool_ctx: Option<&PoolContext>,
+    deleting: bool,
+    spec_valid: bool,
+    now: DateTime<Utc>,
+) -> Observed {
+    let unusable = || EdgeError::new(EdgeErrorKind::Auth { permission: None }, "credentials unavailable");
+    let (groups, runners) = match pool_ctx {
+        Some(pc) if deleting || spec_valid => {
+            futures::join!(ctx.groups.list_pool_groups(pc), ctx.registrations.list_pool_runners(pc))
+        }
+        _ => (Err(unusable()), Err(unusable())),
+    };
+    ctx.demand.expire(now, ctx.planner.demand_ttl);
+    Observed {
+        groups,
+        runners,
+        queued: ctx.demand.for_scope(&pool.spec),
+        live_pool_uids: ctx.all_pools.state().iter().filter_map(|p| p.uid()).collect(),
+    }
+}
+
+/// The pool's planner memory, taken out of the context for the pass (the state of a pool with
+/// 1,000 runners is hundreds of KB: moved, not copied). kube-runtime never runs two passes of one
+/// pool at once, and [`reconcile`] puts it back after execution on every path.
+fn take_memory(ctx: &Context, meta: &PoolMeta) -> PoolMemory {
+    lock(&ctx.memory).remove(&meta.uid).unwrap_or_default()
+}
+
+/// Step 3: the pure planner.
+#[allow(clippy::too_many_arguments)]
+fn plan_pass(
+    ctx: &Context,
+    pool: &RunnerPool,
+    meta: &PoolMeta,
+    validation: &Result<(), InvalidSpec>,
+    credentials: &CredentialStatus,
+    observed: &Observed,
+    memory: &PoolMemory,
+    now: DateTime<Utc>,
+) -> Plan {
+    let input = PlanInput {
+        pool: meta,
+        spec: &pool.spec,
+        validation,
+        previous_status: pool.status.as_ref(),
+        groups: observed.groups.as_deref().map_err(Clone::clone),
+        runners: observed.runners.as_deref().map_err(Clone::clone),
+        live_pool_uids: &observed.live_pool_uids,
+        queued_jobs: &observed.queued,
+        credentials,
+        failures: &memory.failures,
+        state: &memory.state,
+        config: &ctx.planner,
+        now,
+    };
+    let mut rng = rand::thread_rng();
+    plan::plan(&input, &mut || plan::names::random_suffix(&mut rng))
+}
+
+/// Step 5: status by server-side apply (when it changed, or when only the usage changed and the
+/// last usage write is older than [`USAGE_WRITE_INTERVAL`]), Events and metrics. Returns the
+/// object as of the status write, when there was one.
+#[allow(clippy::too_many_arguments)]
+async fn report(
+    ctx: &Context,
+    api: &Api<RunnerPool>,
+    pool: &RunnerPool,
+    meta: &PoolMeta,
+    decided: &Plan,
+    usage_written: Option<Instant>,
+    gc_pending: usize,
+    started: Instant,
+) -> Result<Option<RunnerPool>, ReconcileError> {
+    // kube-apiserver 1.20's server-side apply turns an empty string into null, which the CRD
+    // schema then rejects; an empty condition message is written as its reason instead.
+    let mut status = decided.status.clone();
+    for c in &mut status.conditions {
+        if c.message.is_empty() {
+            c.message = c.reason.clone();
+        }
+    }
+    let without_usage = |s: &RunnerPoolStatus| RunnerPoolStatus { usage: None, ..s.clone() };
+    let changed = pool.status.as_ref().map(without_usage) != Some(without_usage(&status));
+    let usage_due = pool.status.as_ref().map(|s| &s.usage) != Some(&status.usage)
+        && usage_written.is_none_or(|t| t.elapsed() >= USAGE_WRITE_INTERVAL);
+    let mut written = None;
+    if changed || usage_due {
+        if let Some(entry) = lock(&ctx.memory).get_mut(&meta.uid) {
+            entry.usage_written = Some(Instant::now());
+        }
+        written = write_status(api, &meta.name, &status).await?;
+    }
+    publish_events(ctx, pool, &decided.events).await;
+    ctx.metrics.observe_pool(meta, &decided.status, started.elapsed());
+    ctx.metrics.observe_pool_health(meta, &decided.status, gc_pending);
+    Ok(written)
+}
+
+/// Apply the status (server-side, forced: the controller owns `/status`). A pool deleted
+/// meanwhile is no error.
+async fn write_status(
+    api: &Api<RunnerPool>,
+    name: &str,
+    status: &RunnerPoolStatus,
+) -> Result<Option<RunnerPool>, ReconcileError> {
+    let patch = serde_json::json!({
+        "apiVersion": "aci-runners.dev/v1alpha1",
+        "kind": "RunnerPool",
+        "status": status,
+    });
+    match api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        Ok(updated) => Ok(Some(updated)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn publish_events(ctx: &Context, pool: &RunnerPool, events: &[plan::PlannedEvent]) {
+    let reference = pool.object_ref(&());
+    for e in events {
+        let ev = Event {
+            type_: match e.type_ {
+                EventType::Normal => KubeEventType::Normal,
+                EventType::Warning => KubeEventType::Warning,
+            },
+            reason: e.reason.to_string(),
+            note: Some(e.message.chars().take(1024).collect()),
+            action: e.reason.to_string(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
+            warn!(pool = %pool.name_any(), error = %err, "publishing event failed");
+        }
+    }
+}
