@@ -489,9 +489,8 @@ fn runner_pools_shown_in_the_docs_are_valid() {
                 if doc["kind"] != "RunnerPool" {
                     continue;
                 }
-                let spec: aci_runner_core::crd::RunnerPoolSpec =
-                    serde_json::from_value(doc["spec"].clone())
-                        .unwrap_or_else(|e| panic!("{}: RunnerPool does not parse: {e}", file.display()));
+                let spec: aci_runner_core::crd::RunnerPoolSpec = serde_json::from_value(doc["spec"].clone())
+                    .unwrap_or_else(|e| panic!("{}: RunnerPool does not parse: {e}", file.display()));
                 spec.validate().unwrap_or_else(|e| panic!("{}: {e}", file.display()));
                 checked += 1;
             }

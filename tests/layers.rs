@@ -26,12 +26,8 @@ fn metadata() -> Value {
 /// Names of every package `root` depends on through normal (non-dev, non-build) edges,
 /// transitively, for the host platform and the features the workspace enables.
 fn normal_closure(meta: &Value, root: &str) -> BTreeSet<String> {
-    let nodes: BTreeMap<&str, &Value> = meta["resolve"]["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["id"].as_str().unwrap(), n))
-        .collect();
+    let nodes: BTreeMap<&str, &Value> =
+        meta["resolve"]["nodes"].as_array().unwrap().iter().map(|n| (n["id"].as_str().unwrap(), n)).collect();
     let names: BTreeMap<&str, &str> = meta["packages"]
         .as_array()
         .unwrap()
@@ -57,7 +53,9 @@ fn normal_closure(meta: &Value, root: &str) -> BTreeSet<String> {
 fn the_core_crate_has_no_runtime_http_stack_or_kube_client() {
     let meta = metadata();
     let deps = normal_closure(&meta, "aci-runner-core");
-    for banned in ["tokio", "kube-runtime", "kube-client", "reqwest", "hyper", "axum", "aci-runner-controller"] {
+    for banned in
+        ["tokio", "kube-runtime", "kube-client", "reqwest", "hyper", "axum", "aci-runner-controller"]
+    {
         assert!(!deps.contains(banned), "aci-runner-core depends on {banned}: {deps:?}");
     }
     // It is the planner's crate: the API types come with it.
@@ -74,6 +72,9 @@ fn the_production_package_does_not_depend_on_the_development_tools() {
     }
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     let build = dockerfile.lines().find(|l| l.contains("cargo build")).unwrap();
-    assert!(build.contains("-p aci-runner-controller") && build.contains("--bin aci-runner-controller"), "{build}");
+    assert!(
+        build.contains("-p aci-runner-controller") && build.contains("--bin aci-runner-controller"),
+        "{build}"
+    );
     assert!(!build.contains("--workspace") && !build.contains("devkit"), "{build}");
 }

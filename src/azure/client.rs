@@ -365,12 +365,7 @@ impl AzureClient {
     }
 
     /// GET the group; `Ok(None)` when it does not exist.
-    pub async fn get_group(
-        &self,
-        sub: &str,
-        rg: &str,
-        name: &str,
-    ) -> Result<Option<ArmGroup>, AzureError> {
+    pub async fn get_group(&self, sub: &str, rg: &str, name: &str) -> Result<Option<ArmGroup>, AzureError> {
         let span = tracing::info_span!("azure.get_group", subscription = %sub, resource_group = %rg, group = %name, correlation_id = tracing::field::Empty);
         let req = self.aci.container_groups_client().get(sub, rg, name);
         let fut = async move {
@@ -443,9 +438,7 @@ impl AzureClient {
             .exchange("list", RequestKind::Read, sub, "", async { stream.next().await.transpose() })
             .await?
         {
-            out.extend(
-                list.value.iter().map(observe).filter(ArmGroup::managed_by_controller).map(&mut f),
-            );
+            out.extend(list.value.iter().map(observe).filter(ArmGroup::managed_by_controller).map(&mut f));
             if list.next_link.as_deref().is_none_or(str::is_empty) {
                 break; // last page: no request (and no rate-limit token) for the stream's end
             }

@@ -28,8 +28,8 @@ pub mod ratelimit;
 pub mod template;
 
 pub use client::{
-    API_VERSION, AzureClient, AzureClientConfig, CRATE_API_VERSION, CreateAccepted, ArmContainer,
-    ArmEvent, ArmGroup,
+    API_VERSION, ArmContainer, ArmEvent, ArmGroup, AzureClient, AzureClientConfig, CRATE_API_VERSION,
+    CreateAccepted,
 };
 pub use credentials::{CachedCredential, CloudConfig, CredentialRegistry, CredentialSpec};
 pub use error::{ArmFailure, AzureError, classify};

@@ -94,7 +94,7 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
         if p.metadata.deletion_timestamp.is_some() || !mine(p) {
             continue;
         }
-        let Ok(meta) = super::pool_meta(p) else { continue };
+        let Ok(meta) = super::reconcile::pool_meta(p) else { continue };
         let (sub, rg) =
             (p.spec.azure.subscription_id.to_lowercase(), p.spec.azure.resource_group.to_lowercase());
         let src = secrets::KubeSecrets(Api::namespaced(ctx.client.clone(), &meta.namespace));

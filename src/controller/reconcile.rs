@@ -76,9 +76,14 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
     let gc_pending = decided.state.gc_marks.len();
     lock(&ctx.memory).insert(
         meta.uid.clone(),
-        PoolMemory { state: std::mem::take(&mut decided.state), failures, usage_written: memory.usage_written },
+        PoolMemory {
+            state: std::mem::take(&mut decided.state),
+            failures,
+            usage_written: memory.usage_written,
+        },
     );
-    let written = report(&ctx, &api, &pool, &meta, &decided, memory.usage_written, gc_pending, started).await?;
+    let written =
+        report(&ctx, &api, &pool, &meta, &decided, memory.usage_written, gc_pending, started).await?;
 
     if deleting && decided.finalizer == FinalizerDecision::Remove {
         info!(pool = %meta.name, namespace = %meta.namespace, "cleanup done; removing finalizer");
@@ -105,7 +110,7 @@ pub fn spec_hash(pool: &RunnerPool) -> String {
     hex::encode(&Sha256::digest(&bytes)[..6])
 }
 
-fn pool_meta(pool: &RunnerPool) -> Result<PoolMeta, ReconcileError> {
+pub(super) fn pool_meta(pool: &RunnerPool) -> Result<PoolMeta, ReconcileError> {
     let namespace = pool.namespace().ok_or(ReconcileError::MissingMeta)?;
     let uid = pool.uid().ok_or(ReconcileError::MissingMeta)?;
     Ok(PoolMeta {
@@ -122,7 +127,11 @@ fn pool_meta(pool: &RunnerPool) -> Result<PoolMeta, ReconcileError> {
 
 /// Step 1: the pool's credentials from its Secrets; without usable ones the pool is not observed
 /// and the status says why.
-async fn credentials(ctx: &Context, pool: &RunnerPool, meta: &PoolMeta) -> (CredentialStatus, Option<PoolContext>) {
+async fn credentials(
+    ctx: &Context,
+    pool: &RunnerPool,
+    meta: &PoolMeta,
+) -> (CredentialStatus, Option<PoolContext>) {
     let secrets = secrets::KubeSecrets(Api::namespaced(ctx.client.clone(), &meta.namespace));
     match secrets::resolve(&secrets, meta, &pool.spec, &spec_hash(pool)).await {
         Ok(c) => (CredentialStatus::Ok, Some(c)),

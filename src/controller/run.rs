@@ -11,11 +11,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::demand::DemandStore;
-use aci_runner_core::plan::demand::JobEvent;
 use super::metrics::Metrics;
 use super::server::{self, Health};
 use super::{Context, Shard, all_pools_store, run_controller};
 use aci_runner_core::plan::PlannerConfig;
+use aci_runner_core::plan::demand::JobEvent;
 
 /// Flags of `run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -139,7 +139,6 @@ impl ApiLimitArgs {
     }
 }
 
-
 /// Install the process's `tracing` subscriber: `RUST_LOG` filter (default `info`), logs on
 /// stderr as text or, with `format == "json"`, one JSON object a line.
 pub fn init_tracing(format: &str) {
@@ -152,7 +151,6 @@ pub fn init_tracing(format: &str) {
         registry.with(fmt::layer().with_writer(std::io::stderr)).init();
     }
 }
-
 
 /// Resolve when SIGTERM or Ctrl-C arrives.
 pub async fn shutdown_signal() {
@@ -339,7 +337,9 @@ fn spawn_resync(every: Duration, tx: mpsc::Sender<()>) {
 }
 
 /// A channel that turns true once `shutdown` resolves.
-fn spawn_shutdown_watch(shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> watch::Receiver<bool> {
+fn spawn_shutdown_watch(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> watch::Receiver<bool> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -355,7 +355,12 @@ async fn stopped(mut flag: watch::Receiver<bool>) {
 
 /// Orphan container groups (pools deleted while no controller ran, foreign uids): one pass per
 /// interval over every resource group in use, mark then confirm; until shutdown or a lost Lease.
-fn spawn_orphan_gc(ctx: Arc<Context>, args: &RunArgs, stop: watch::Receiver<bool>, lost: watch::Receiver<bool>) {
+fn spawn_orphan_gc(
+    ctx: Arc<Context>,
+    args: &RunArgs,
+    stop: watch::Receiver<bool>,
+    lost: watch::Receiver<bool>,
+) {
     let every =
         (args.gc_grace / 2).clamp(Duration::from_secs(1), args.resync_interval.max(Duration::from_secs(1)));
     let namespaces = args.namespaces.clone();

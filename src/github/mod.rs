@@ -39,7 +39,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use auth::mint_app_jwt;
-pub use client::{GithubClient, GithubHub, HubConfig, JitConfig, WorkflowJob, RateStatus, RegistrationToken};
+pub use client::{GithubClient, GithubHub, HubConfig, JitConfig, RateStatus, RegistrationToken, WorkflowJob};
 pub use metrics::GithubMetrics;
 pub use pace::PaceConfig;
 pub use webhook::{DemandSignal, WEBHOOK_PATH};

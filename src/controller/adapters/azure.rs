@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
-use crate::controller::ports::{AzureCredentials, ContainerGroups, CreateGroup, PoolContext, RunnerSecret};
 use crate::azure::template::{TAG_CREATED, TAG_POOL_NAME, TAG_POOL_NAMESPACE, TAG_POOL_UID};
 use crate::azure::{
     self, AzureClient, AzureClientConfig, AzureError, AzureMetrics, CredentialRegistry, CredentialSpec,
     RateLimiter,
 };
+use crate::controller::ports::{AzureCredentials, ContainerGroups, CreateGroup, PoolContext, RunnerSecret};
 use aci_runner_core::crd::Priority;
 use aci_runner_core::plan::names::{group_concerns_pool, runner_name_prefix};
 use aci_runner_core::plan::{

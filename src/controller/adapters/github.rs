@@ -5,7 +5,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
-use crate::controller::ports::{RunnerRegistrations, GithubCredentials, JitRegistration, PoolContext, SecretString};
+use crate::controller::ports::{
+    GithubCredentials, JitRegistration, PoolContext, RunnerRegistrations, SecretString,
+};
 use crate::github::{Credentials, DemandSignal, GithubClient, GithubError, GithubHub, Runner, Scope, Secret};
 use aci_runner_core::crd::GithubSpec;
 use aci_runner_core::plan::demand::{JobAction, JobEvent};

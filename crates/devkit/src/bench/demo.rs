@@ -14,8 +14,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::observe::{self, PoolRow, SimApi, SimEndpoints};
-use aci_runner_core::crd::RunnerPool;
 use crate::sim::github::EnqueueJobs;
+use aci_runner_core::crd::RunnerPool;
 
 /// Flags of `bench demo`.
 #[derive(clap::Args, Debug, Clone)]
@@ -65,7 +65,6 @@ pub struct DemoArgs {
     #[arg(long, default_value = "180s", value_parser = aci_runner_core::crd::parse_duration)]
     pub drain_timeout: Duration,
 }
-
 
 /// What the demo reports at the end (also its JSON form).
 #[derive(Clone, Debug, Default, Serialize)]

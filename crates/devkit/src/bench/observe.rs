@@ -9,10 +9,10 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use serde::Deserialize;
 
-use aci_runner_controller::azure::template::{TAG_MANAGED_BY, TAG_POOL_NAME, TAG_POOL_NAMESPACE};
-use aci_runner_core::crd::RunnerPool;
 use crate::sim::arm::FaultConfig;
 use crate::sim::github::{EnqueueJobs, GithubFaults, WebhookTarget};
+use aci_runner_controller::azure::template::{TAG_MANAGED_BY, TAG_POOL_NAME, TAG_POOL_NAMESPACE};
+use aci_runner_core::crd::RunnerPool;
 
 /// Errors talking to the simulator, the API server or the controller.
 #[derive(Debug, thiserror::Error)]

@@ -13,12 +13,12 @@ use serde_json::json;
 
 use super::observe::percentile;
 use super::procs::{ControllerProc, ControllerSpec};
-use aci_runner_core::crd::RunnerPool;
 use crate::sim::Simulator;
 use crate::sim::arm::Quotas;
 use crate::sim::github::{EnqueueJobs, WebhookTarget};
 use crate::testing::control_plane::{ControlPlane, install_crd, test_namespace};
 use crate::testing::harness::{apply_app_secret, apply_pool, fast_sim_options, pool_manifest};
+use aci_runner_core::crd::RunnerPool;
 
 /// Flags of `bench run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -71,7 +71,6 @@ pub struct BenchArgs {
     #[arg(long, default_value = "60s")]
     pub resync: String,
 }
-
 
 /// One figure beside its goal.
 #[derive(Clone, Debug, Serialize)]

@@ -114,7 +114,10 @@ impl ControllerProc {
         let mut p = Self {
             child: None,
             health_url: format!("http://127.0.0.1:{health_port}"),
-            webhook_url: format!("http://127.0.0.1:{webhook_port}{}", aci_runner_controller::github::WEBHOOK_PATH),
+            webhook_url: format!(
+                "http://127.0.0.1:{webhook_port}{}",
+                aci_runner_controller::github::WEBHOOK_PATH
+            ),
             log,
             starts: 0,
             env,

@@ -25,11 +25,11 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::procs::{ControllerProc, ControllerSpec};
-use aci_runner_core::crd::RunnerPool;
 use crate::sim::arm::{BucketSpec, DeniedAction, FaultConfig, OpFaults, Quotas};
 use crate::sim::github::{EnqueueJobs, GhOpFaults, GithubFaults};
 use crate::testing::control_plane::{ControlPlane, install_crd, test_namespace};
 use crate::testing::harness::{apply_app_secret, apply_pool, fast_sim_options, pool_manifest};
+use aci_runner_core::crd::RunnerPool;
 
 /// Flags of `bench soak`.
 #[derive(clap::Args, Debug, Clone)]
@@ -69,7 +69,6 @@ pub struct SoakArgs {
     #[arg(long, default_value = "60s", value_parser = aci_runner_core::crd::parse_duration)]
     pub etcd_restart_every: Duration,
 }
-
 
 /// ARM operations of the simulator's fault table (`FaultConfig::ops`). The controller calls
 /// `create`, `get`, `delete`, `list`, `listAll`, `update` (orphan release) and `token`; faults on
@@ -723,7 +722,11 @@ pub async fn run_seed(
             .arm
             .groups()
             .into_iter()
-            .filter(|g| g.tags.get(aci_runner_controller::azure::template::TAG_POOL_NAMESPACE).is_some_and(|n| n == &ns))
+            .filter(|g| {
+                g.tags
+                    .get(aci_runner_controller::azure::template::TAG_POOL_NAMESPACE)
+                    .is_some_and(|n| n == &ns)
+            })
             .count();
         let regs = sim
             .github

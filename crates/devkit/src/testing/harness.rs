@@ -11,13 +11,13 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use crate::sim::arm::ArmSimConfig;
+use crate::sim::github::{GithubSimConfig, WebhookTarget};
+use crate::sim::{SimOptions, Simulator};
 use aci_runner_controller::azure::CredentialSpec;
 use aci_runner_controller::controller::run::{Edges, RunArgs, build_edges, run_with};
 use aci_runner_core::crd::RunnerPool;
 use aci_runner_core::plan::PlannerConfig;
-use crate::sim::arm::ArmSimConfig;
-use crate::sim::github::{GithubSimConfig, WebhookTarget};
-use crate::sim::{SimOptions, Simulator};
 
 /// The subscription the examples of the harness use.
 pub const SUBSCRIPTION: &str = "00000000-0000-0000-0000-0000000000aa";
@@ -354,7 +354,9 @@ pub fn groups_of(sim: &Simulator, pool: &str) -> Vec<crate::sim::arm::GroupSumma
     sim.arm
         .groups()
         .into_iter()
-        .filter(|g| g.tags.get(aci_runner_controller::azure::template::TAG_POOL_NAME).is_some_and(|p| p == pool))
+        .filter(|g| {
+            g.tags.get(aci_runner_controller::azure::template::TAG_POOL_NAME).is_some_and(|p| p == pool)
+        })
         .collect()
 }
 

@@ -1,7 +1,7 @@
 //! Locating the upstream API descriptions (other people's files, never copied into this repo).
 //!
 //! They live in `../shared/specs/` beside the repository; `ACI_RC_SPECS_DIR` overrides the folder.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Each file the tests read, with the upstream repository, path and commit it was copied from.
 pub const PINNED: &[(&str, &str, &str, &str)] = &[
