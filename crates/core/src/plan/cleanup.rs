@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use super::reasons::EventReason;
 use super::view::{Phase, Unit, View};
 use super::{Pass, after, fmt_duration, list_names};
 use crate::plan::types::*;
@@ -36,7 +37,7 @@ impl<'a> Pass<'_, 'a> {
         if !swept.recycled.is_empty() {
             self.event(
                 EventType::Normal,
-                "RunnerRecycled",
+                EventReason::RunnerRecycled,
                 format!(
                     "removing {} finished runner(s): {}",
                     swept.recycled.len(),
@@ -47,7 +48,7 @@ impl<'a> Pass<'_, 'a> {
         if !swept.collected.is_empty() {
             self.event(
                 EventType::Normal,
-                "GarbageCollected",
+                EventReason::GarbageCollected,
                 format!("removing {} leftover(s): {}", swept.collected.len(), list_names(&swept.collected)),
             );
         }

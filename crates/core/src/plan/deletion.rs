@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 
 use super::conditions::{CondValue, Conditions};
+use super::reasons::{ConditionReason, EventReason};
 use super::view::{Phase, View};
 use super::{Pass, after, backoff, list_names};
 use crate::crd::RunnerPoolStatus;
@@ -14,9 +15,9 @@ use crate::plan::types::*;
 /// The conditions of a pool being deleted.
 fn deleting_conditions(message: String) -> Conditions {
     Conditions {
-        ready: CondValue::new(false, "Deleting", message.clone()),
-        reconciling: CondValue::new(true, "Deleting", message),
-        stalled: CondValue::new(false, "NotStalled", String::new()),
+        ready: CondValue::new(false, ConditionReason::Deleting, message.clone()),
+        reconciling: CondValue::new(true, ConditionReason::Deleting, message),
+        stalled: CondValue::new(false, ConditionReason::NotStalled, String::new()),
     }
 }
 
@@ -68,7 +69,11 @@ impl<'a> Pass<'_, 'a> {
         status.terminating =
             progress.removing.saturating_add(progress.waiting).saturating_add(progress.draining);
         if view.units.is_empty() && progress.removing == 0 {
-            self.event(EventType::Normal, "CleanupComplete", "all runners and container groups removed");
+            self.event(
+                EventType::Normal,
+                EventReason::CleanupComplete,
+                "all runners and container groups removed",
+            );
             let wanted = deleting_conditions("all runners removed".into());
             return self.finish(status, wanted, Some(view), false, FinalizerDecision::Remove);
         }
@@ -140,7 +145,7 @@ impl<'a> Pass<'_, 'a> {
         };
         self.event(
             EventType::Warning,
-            "CleanupAbandoned",
+            EventReason::CleanupAbandoned,
             format!(
                 "giving up after {} failed cleanup attempts ({}); container groups and runner registrations may be left behind: {what}",
                 self.st.deletion_attempts,
@@ -176,7 +181,7 @@ impl<'a> Pass<'_, 'a> {
         }
         self.event(
             EventType::Normal,
-            "Orphaned",
+            EventReason::Orphaned,
             format!(
                 "deletion policy orphan: leaving {} container group(s) and their registrations in place: {}",
                 names.len(),
@@ -257,8 +262,8 @@ impl<'a> Pass<'_, 'a> {
         }
         let mut wanted = deleting_conditions(msg);
         if p.draining > 0 && p.removing == 0 && p.waiting == 0 {
-            wanted.ready.reason = "Draining".into();
-            wanted.reconciling.reason = "Draining".into();
+            wanted.ready.reason = ConditionReason::Draining;
+            wanted.reconciling.reason = ConditionReason::Draining;
         }
         wanted
     }

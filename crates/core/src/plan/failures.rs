@@ -4,6 +4,7 @@
 //! ["Capacity"](../../../../docs/planner.md#capacity)).
 use chrono::{DateTime, Utc};
 
+use super::reasons::{EventReason, StallReason};
 use super::status::{IN_A_ROW, NEXT_ATTEMPT};
 use super::{Pass, after, backoff, conditions, fmt_duration};
 use crate::crd::Priority;
@@ -77,22 +78,21 @@ impl Pass<'_, '_> {
             .unwrap_or(self.now)
             .min(self.now);
         let message = stall_cause(&c.message);
-        if c.reason == "QuotaExceeded" {
-            self.st.quota = Some(QuotaWait { until: self.now, attempts: 1, message, since });
-            return;
-        }
         // Auth reasons are not resumed: they stall again at the first failure anyway, and the
-        // lists of the first pass tell whether the credentials were fixed meanwhile.
-        let reason = [
-            FailureReason::InvalidImage,
-            FailureReason::InvalidRequest,
-            FailureReason::RegistrationTimeout,
-            FailureReason::ContainerCrashed,
-            FailureReason::ProvisioningFailed,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == c.reason);
-        let Some(reason) = reason else { return };
+        // lists of the first pass tell whether the credentials were fixed meanwhile. Spec and
+        // credential reasons are re-checked by every pass.
+        let reason = match StallReason::parse(&c.reason) {
+            Some(StallReason::QuotaExceeded) => {
+                self.st.quota = Some(QuotaWait { until: self.now, attempts: 1, message, since });
+                return;
+            }
+            Some(StallReason::InvalidImage) => FailureReason::InvalidImage,
+            Some(StallReason::InvalidRequest) => FailureReason::InvalidRequest,
+            Some(StallReason::RegistrationTimeout) => FailureReason::RegistrationTimeout,
+            Some(StallReason::ContainerCrashed) => FailureReason::ContainerCrashed,
+            Some(StallReason::ProvisioningFailed) => FailureReason::ProvisioningFailed,
+            _ => return,
+        };
         let Some(count) = reason.stall_threshold(self.input.config.stall_after) else { return };
         self.st.failures = count;
         self.st.last_failure = Some(FailureRecord { reason, message, count, at: since });
@@ -120,10 +120,10 @@ impl Pass<'_, '_> {
             FailureReason::AuthFailed | FailureReason::MissingPermission => {
                 if !self.auth_event {
                     self.auth_event = true;
-                    self.event(EventType::Warning, "AuthFailed", message);
+                    self.event(EventType::Warning, EventReason::AuthFailed, message);
                 }
             }
-            _ => self.event(EventType::Warning, "ProvisioningFailed", message),
+            _ => self.event(EventType::Warning, EventReason::ProvisioningFailed, message),
         }
     }
 
@@ -173,7 +173,7 @@ impl Pass<'_, '_> {
                 self.st.spot_unavailable_until = Some(after(self.now, cfg.spot_cooldown));
                 self.event(
                     EventType::Normal,
-                    "SpotFallback",
+                    EventReason::SpotFallback,
                     format!(
                         "Spot unavailable in {location} ({}); creating Regular runners for {}",
                         f.error.message,
@@ -187,7 +187,7 @@ impl Pass<'_, '_> {
                     .insert(location.to_string(), after(self.now, cfg.location_cooldown));
                 self.event(
                     EventType::Warning,
-                    "CapacityUnavailable",
+                    EventReason::CapacityUnavailable,
                     format!(
                         "no capacity in {location} ({}); skipping it for {}",
                         f.error.message,
@@ -220,10 +220,10 @@ impl Pass<'_, '_> {
         let wait = backoff(cfg.quota_backoff_base, cfg.quota_backoff_max, attempts);
         let until = after(self.now, wait);
         let message = format!("quota exceeded in {location}: {error}");
-        if !self.has_event("QuotaExceeded") {
+        if !self.has_event(EventReason::QuotaExceeded) {
             self.event(
                 EventType::Warning,
-                "QuotaExceeded",
+                EventReason::QuotaExceeded,
                 format!("{message}; next attempt in {}", fmt_duration(wait)),
             );
         }

@@ -17,6 +17,7 @@ pub mod conditions;
 pub mod demand;
 pub mod names;
 mod orphans;
+pub mod reasons;
 pub mod types;
 
 mod cleanup;
@@ -41,6 +42,7 @@ use chrono::{DateTime, Utc};
 use crate::crd::{RunnerPoolSpec, parse_duration};
 
 pub use orphans::{OrphanInput, OrphanPlan, SweepDelete, SweptGroup, plan_orphan_groups};
+pub use reasons::{ConditionReason, EventReason};
 pub use types::*;
 
 use view::Unit;
@@ -171,11 +173,11 @@ pub fn plan(input: &PlanInput<'_>, suffixes: &mut dyn FnMut() -> String) -> Plan
 
 /// Steps every part of the pass uses: Events, removals in progress, removing a runner.
 impl Pass<'_, '_> {
-    fn event(&mut self, type_: EventType, reason: &str, message: impl Into<String>) {
-        self.events.push(PlannedEvent { type_, reason: reason.to_string(), message: message.into() });
+    fn event(&mut self, type_: EventType, reason: EventReason, message: impl Into<String>) {
+        self.events.push(PlannedEvent { type_, reason, message: message.into() });
     }
 
-    fn has_event(&self, reason: &str) -> bool {
+    fn has_event(&self, reason: EventReason) -> bool {
         self.events.iter().any(|e| e.reason == reason)
     }
 

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::conditions::{CondValue, Conditions};
-use super::status::Stall;
+use super::reasons::{ConditionReason, EventReason};
 use super::view::{Phase, Unit, View};
 use super::{Pass, after, demand, list_names, names};
 use crate::crd::{Priority, RegistrationMode};
@@ -24,6 +24,13 @@ struct Counts {
     supply: i32,
 }
 
+/// Why creates wait: reason and message of the Reconciling (and Ready) condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Wait {
+    reason: ConditionReason,
+    message: String,
+}
+
 /// What this pass changed, for the status and the conditions.
 struct Changes {
     created: Vec<String>,
@@ -31,7 +38,7 @@ struct Changes {
     /// Runners removed by cleanup.
     removed: usize,
     /// Why creates wait (quota, backoff, no location), if they do.
-    wait: Option<Stall>,
+    wait: Option<Wait>,
 }
 
 fn len_i32(n: usize) -> i32 {
@@ -101,7 +108,7 @@ impl<'a> Pass<'_, 'a> {
         view: &View<'a>,
         c: &Counts,
         suffixes: &mut dyn FnMut() -> String,
-    ) -> (Vec<String>, Option<Stall>) {
+    ) -> (Vec<String>, Option<Wait>) {
         let mut created = Vec::new();
         if c.supply >= c.desired {
             return (created, None);
@@ -127,7 +134,7 @@ impl<'a> Pass<'_, 'a> {
             let Some(name) = names::fresh_name(&self.prefix, &taken, suffixes) else {
                 self.event(
                     EventType::Warning,
-                    "NameUnavailable",
+                    EventReason::NameUnavailable,
                     "could not draw an unused runner name; retrying next pass",
                 );
                 break;
@@ -147,7 +154,7 @@ impl<'a> Pass<'_, 'a> {
         if !created.is_empty() {
             self.event(
                 EventType::Normal,
-                "ScaledUp",
+                EventReason::ScaledUp,
                 format!(
                     "creating {} runner(s) ({}): desired {}, busy {}, idle {}, provisioning {}",
                     created.len(),
@@ -163,20 +170,20 @@ impl<'a> Pass<'_, 'a> {
     }
 
     /// Why no create may be sent now: a quota wait or the failure back-off.
-    fn create_gate(&mut self) -> Option<Stall> {
+    fn create_gate(&mut self) -> Option<Wait> {
         if let Some(q) = &self.st.quota
             && q.until > self.now
         {
             self.wake.push(q.until);
-            return Some(Stall { reason: "QuotaExceeded".into(), message: q.message.clone() });
+            return Some(Wait { reason: ConditionReason::QuotaExceeded, message: q.message.clone() });
         }
         if let Some(b) = self.st.backoff_until
             && b > self.now
         {
             self.wake.push(b);
             let why = self.st.last_failure.as_ref().map(|f| f.message.clone()).unwrap_or_default();
-            return Some(Stall {
-                reason: "Backoff".into(),
+            return Some(Wait {
+                reason: ConditionReason::Backoff,
                 message: format!("waiting until {} after failures: {why}", b.to_rfc3339()),
             });
         }
@@ -212,7 +219,7 @@ impl<'a> Pass<'_, 'a> {
         if !scaled_down.is_empty() {
             self.event(
                 EventType::Normal,
-                "ScaledDown",
+                EventReason::ScaledDown,
                 format!(
                     "removing {} idle runner(s) ({}): desired {}, busy {}, idle {}",
                     scaled_down.len(),
@@ -239,21 +246,21 @@ impl<'a> Pass<'_, 'a> {
         let is_reconciling = reconciling.is_some();
         let wanted = match stall {
             Some(st) => Conditions {
-                ready: CondValue::new(false, st.reason.clone(), st.message.clone()),
-                reconciling: CondValue::new(false, "Stalled", st.message.clone()),
+                ready: CondValue::new(false, st.reason, st.message.clone()),
+                reconciling: CondValue::new(false, ConditionReason::Stalled, st.message.clone()),
                 stalled: CondValue::new(true, st.reason, st.message),
             },
             None => {
-                let (rr, rm) = reconciling.unwrap_or(("Converged".into(), summary.clone()));
+                let (rr, rm) = reconciling.unwrap_or((ConditionReason::Converged, summary.clone()));
                 let ready_cond = if ready {
-                    CondValue::new(true, "RunnersReady", summary)
+                    CondValue::new(true, ConditionReason::RunnersReady, summary)
                 } else {
-                    CondValue::new(false, rr.clone(), rm.clone())
+                    CondValue::new(false, rr, rm.clone())
                 };
                 Conditions {
                     ready: ready_cond,
                     reconciling: CondValue::new(is_reconciling, rr, rm),
-                    stalled: CondValue::new(false, "NotStalled", String::new()),
+                    stalled: CondValue::new(false, ConditionReason::NotStalled, String::new()),
                 }
             }
         };
@@ -267,32 +274,32 @@ impl<'a> Pass<'_, 'a> {
         ch: &Changes,
         failing: bool,
         summary: &str,
-    ) -> Option<(String, String)> {
-        let with_summary = |r: &str| Some((r.to_string(), summary.to_string()));
+    ) -> Option<(ConditionReason, String)> {
+        let with_summary = |r: ConditionReason| Some((r, summary.to_string()));
         if let Some(w) = &ch.wait {
-            Some((w.reason.clone(), w.message.clone()))
+            Some((w.reason, w.message.clone()))
         } else if !ch.created.is_empty() || c.supply < c.desired {
-            with_summary("ScalingUp")
+            with_summary(ConditionReason::ScalingUp)
         } else if c.provisioning > 0 {
-            with_summary("Provisioning")
+            with_summary(ConditionReason::Provisioning)
         } else if c.idle.saturating_add(c.busy) > c.desired {
-            with_summary("ScalingDown")
+            with_summary(ConditionReason::ScalingDown)
         } else if ch.removed > 0 || c.terminating > 0 {
-            with_summary("Recycling")
+            with_summary(ConditionReason::Recycling)
         } else if failing {
             let why = self
                 .st
                 .last_failure
                 .as_ref()
                 .map_or("recovering from failures".to_string(), |f| f.message.clone());
-            Some(("Backoff".into(), why))
+            Some((ConditionReason::Backoff, why))
         } else {
             None
         }
     }
 
     /// Location and priority for the next create, or why none is possible now.
-    fn placement(&mut self) -> Result<(String, Priority), Stall> {
+    fn placement(&mut self) -> Result<(String, Priority), Wait> {
         let spec = self.input.spec;
         let mut locations = vec![spec.azure.location.clone()];
         for l in &spec.azure.fallback_locations {
@@ -305,8 +312,8 @@ impl<'a> Pass<'_, 'a> {
             if let Some(t) = self.st.location_cooldown.values().min() {
                 self.wake.push(*t);
             }
-            return Err(Stall {
-                reason: "CapacityUnavailable".into(),
+            return Err(Wait {
+                reason: ConditionReason::CapacityUnavailable,
                 message: format!(
                     "no capacity in {}; waiting for a location to cool down",
                     locations.join(", ")

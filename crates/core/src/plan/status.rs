@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::conditions::{self, CondValue, Conditions};
 use super::failures::failure_reason_of;
+use super::reasons::{ConditionReason, EventReason, StallReason};
 use super::view::View;
 use super::{Pass, elapsed};
 use crate::crd::{Priority, RunnerPoolStatus, RunnerPoolUsage};
@@ -18,10 +19,10 @@ use crate::plan::types::*;
 pub(super) const IN_A_ROW: &str = "time(s) in a row";
 pub(super) const NEXT_ATTEMPT: &str = "; next attempt at ";
 
-/// Reason and message of a Stalled condition (or of a wait that holds creates back).
+/// Reason and message of a Stalled condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Stall {
-    pub reason: String,
+    pub reason: StallReason,
     pub message: String,
 }
 
@@ -35,30 +36,28 @@ impl<'a> Pass<'_, 'a> {
     pub(super) fn stall(&self) -> Option<Stall> {
         let input = self.input;
         if let Some(e) = &self.spec_error {
-            return Some(Stall { reason: "InvalidSpec".into(), message: e.clone() });
+            return Some(Stall { reason: StallReason::InvalidSpec, message: e.clone() });
         }
         if let CredentialStatus::Invalid { problem, message } = input.credentials {
-            return Some(Stall { reason: problem.reason().into(), message: message.clone() });
+            return Some(Stall { reason: StallReason::of_credentials(*problem), message: message.clone() });
         }
         if let Some(s) = self.list_auth_stall() {
             return Some(s);
         }
         if let Some(f) = &self.st.last_failure
             && f.reason.stall_threshold(input.config.stall_after).is_some_and(|t| f.count >= t)
+            && let Some(reason) = StallReason::of_failure(f.reason)
         {
             let retry = self
                 .st
                 .backoff_until
                 .map(|t| format!("{NEXT_ATTEMPT}{}", t.to_rfc3339()))
                 .unwrap_or_default();
-            return Some(Stall {
-                reason: f.reason.as_str().into(),
-                message: format!("{} ({} {IN_A_ROW}{retry})", f.message, f.count),
-            });
+            return Some(Stall { reason, message: format!("{} ({} {IN_A_ROW}{retry})", f.message, f.count) });
         }
         if let Some(q) = &self.st.quota {
             return Some(Stall {
-                reason: "QuotaExceeded".into(),
+                reason: StallReason::QuotaExceeded,
                 message: format!("{}{NEXT_ATTEMPT}{}", q.message, q.until.to_rfc3339()),
             });
         }
@@ -78,7 +77,7 @@ impl<'a> Pass<'_, 'a> {
         ];
         lists.into_iter().find_map(|(what, res)| match res {
             Some(e @ EdgeError { kind: EdgeErrorKind::Auth { .. }, .. }) => Some(Stall {
-                reason: failure_reason_of(&e.kind).as_str().into(),
+                reason: StallReason::of_failure(failure_reason_of(&e.kind))?,
                 message: format!("{what}: {}", e.message),
             }),
             _ => None,
@@ -91,28 +90,31 @@ impl<'a> Pass<'_, 'a> {
         let input = self.input;
         let stall = self.stall();
         let (reason, message) = if let Some(s) = &stall {
-            (s.reason.clone(), s.message.clone())
+            (ConditionReason::from(s.reason), s.message.clone())
         } else if let CredentialStatus::Unavailable { message } = input.credentials {
-            ("CredentialsUnavailable".to_string(), format!("reading Secrets failed: {message}"))
+            (ConditionReason::CredentialsUnavailable, format!("reading Secrets failed: {message}"))
         } else {
             let errs: Vec<String> = [input.groups.as_ref().err(), input.runners.as_ref().err()]
                 .into_iter()
                 .flatten()
                 .map(|e| e.message.clone())
                 .collect();
-            ("ObservationFailed".to_string(), format!("listing failed, nothing changed: {}", errs.join("; ")))
+            (
+                ConditionReason::ObservationFailed,
+                format!("listing failed, nothing changed: {}", errs.join("; ")),
+            )
         };
         let stalled = stall.is_some();
         let wanted = Conditions {
-            ready: CondValue::new(false, reason.clone(), message.clone()),
+            ready: CondValue::new(false, reason, message.clone()),
             reconciling: CondValue::new(
                 !stalled,
-                if stalled { "Stalled".to_string() } else { reason.clone() },
+                if stalled { ConditionReason::Stalled } else { reason },
                 message.clone(),
             ),
             stalled: CondValue::new(
                 stalled,
-                if stalled { reason } else { "NotStalled".to_string() },
+                if stalled { reason } else { ConditionReason::NotStalled },
                 if stalled { message } else { String::new() },
             ),
         };
@@ -206,17 +208,17 @@ impl<'a> Pass<'_, 'a> {
         let was_stalled = conditions::find(prev_conditions, conditions::STALLED)
             .filter(|c| c.status == "True")
             .map(|c| c.reason.clone());
-        if wanted.stalled.status && was_stalled.as_deref() != Some(wanted.stalled.reason.as_str()) {
-            let reason = match wanted.stalled.reason.as_str() {
-                "AuthFailed" | "MissingPermission" => "AuthFailed",
-                r => r,
-            };
+        if wanted.stalled.status
+            && was_stalled.as_deref() != Some(wanted.stalled.reason.as_str())
+            && let Ok(stall) = StallReason::try_from(wanted.stalled.reason)
+        {
+            let reason = stall.event();
             if !self.has_event(reason) {
                 self.event(EventType::Warning, reason, wanted.stalled.message.clone());
             }
         }
         if wanted.ready.status && !conditions::is_true(prev_conditions, conditions::READY) {
-            self.event(EventType::Normal, "RunnersReady", wanted.ready.message.clone());
+            self.event(EventType::Normal, EventReason::RunnersReady, wanted.ready.message.clone());
         }
     }
 

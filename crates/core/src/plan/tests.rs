@@ -1078,9 +1078,10 @@ fn creates_accepted_in_the_pass_of_a_quota_refusal_do_not_end_the_quota_wait() {
 }
 
 fn stalled_status(reason: &str, message: &str, generation: i64) -> RunnerPoolStatus {
+    let reason = ConditionReason::parse(reason).unwrap();
     let wanted = conditions::Conditions {
         ready: conditions::CondValue::new(false, reason, message),
-        reconciling: conditions::CondValue::new(false, "Stalled", message),
+        reconciling: conditions::CondValue::new(false, ConditionReason::Stalled, message),
         stalled: conditions::CondValue::new(true, reason, message),
     };
     RunnerPoolStatus {
