@@ -320,24 +320,29 @@ fn removals_are_not_repeated_or_misread_while_lists_lag() {
     assert_eq!(p.status.busy, 1);
 }
 
+/// The pool's only group `name`: its container restarted after its runner was seen online.
+fn restarted_after_online(fx: &mut Fx, name: &str) {
+    let mut g = running(name);
+    if let Some(c) = g.container.as_mut() {
+        c.restart_count = 1;
+    }
+    fx.groups = Ok(vec![g]);
+    fx.state.seen_online.insert(name.into());
+}
+
+/// restartPolicy Always: the runner died under a job (seen online before), its container
+/// restarted and runs again. Found by the fault soak (seed 38): on a runner list that still
+/// showed the old registration offline, the group was deleted while the re-registered runner
+/// was running the next job.
 #[test]
 fn a_restarted_persistent_runner_is_never_removed_under_a_job_it_may_have_taken() {
-    // restartPolicy Always: the runner died under a job (seen online before), its container
-    // restarted and runs again. Found by the fault soak (seed 38): on a runner list that still
-    // showed the old registration offline, the group was deleted while the re-registered runner
-    // was running the next job.
     let mut fx = Fx::new();
     fx.spec = spec_json(serde_json::json!({
         "github": {"organization": "acme"},
         "runner": {"registration": {"mode": "token", "ephemeral": false}},
         "scaling": {"minIdle": 1}
     }));
-    let mut g = running("pool-back1");
-    if let Some(c) = g.container.as_mut() {
-        c.restart_count = 1;
-    }
-    fx.groups = Ok(vec![g]);
-    fx.state.seen_online.insert("pool-back1".into());
+    restarted_after_online(&mut fx, "pool-back1");
     // The list (stale) shows the old registration offline: wait for it, remove nothing.
     fx.runners = Ok(vec![runner(7, "pool-back1", false, false)]);
     let p = fx.run();
@@ -352,12 +357,7 @@ fn a_restarted_persistent_runner_is_never_removed_under_a_job_it_may_have_taken(
     // Never back within registrationTimeout: removed as timed out.
     let mut fx2 = Fx::new();
     fx2.spec = fx.spec.clone();
-    let mut g = running("pool-gone1");
-    if let Some(c) = g.container.as_mut() {
-        c.restart_count = 1;
-    }
-    fx2.groups = Ok(vec![g]);
-    fx2.state.seen_online.insert("pool-gone1".into());
+    restarted_after_online(&mut fx2, "pool-gone1");
     fx2.runners = Ok(vec![runner(9, "pool-gone1", false, false)]);
     let p = fx2.run();
     assert!(!p.actions.iter().any(Action::is_destructive), "{:?}", p.actions);

@@ -239,12 +239,12 @@ fn no_demand_clears_quota_and_failure_stall() {
     cond_is(&p, "Stalled", "True", "InvalidImage");
 }
 
+/// A finished runner whose group delete is denied (RBAC) pass after pass, 100 ms apart, for
+/// 40 s; then the permission comes back and a job is queued. Found by the fault soak (seed 7):
+/// the back-off had reached backoffMax, and the pool stayed Stalled with no create for 10
+/// minutes after the permission came back.
 #[test]
 fn a_denied_removal_escalates_the_backoff_once_per_period_not_once_per_pass() {
-    // A finished runner whose group delete is denied (RBAC) pass after pass, 100 ms apart, for
-    // 40 s; then the permission comes back and a job is queued. Found by the fault soak (seed 7):
-    // the back-off had reached backoffMax, and the pool stayed Stalled with no create for 10
-    // minutes after the permission came back.
     let mut fx = Fx::new();
     fx.spec.scaling.min_idle = 1;
     fx.config.backoff_base = Duration::from_secs(10);
@@ -299,4 +299,13 @@ fn a_denied_removal_escalates_the_backoff_once_per_period_not_once_per_pass() {
     fx.runners = Ok(vec![runner(1, "pool-idle1", true, true), runner(9, &name, true, false)]);
     let p = fx.run();
     cond_is(&p, "Stalled", "False", "NotStalled");
+}
+
+#[test]
+fn backoff_doubles_up_to_its_maximum_and_never_overflows() {
+    let (base, max) = (Duration::from_secs(10), Duration::from_secs(600));
+    let waits: Vec<u64> = (0..9).map(|a| backoff(base, max, a).as_secs()).collect();
+    assert_eq!(waits, [10, 10, 20, 40, 80, 160, 320, 600, 600]);
+    assert_eq!(backoff(base, max, u32::MAX), max);
+    assert_eq!(backoff(Duration::MAX, Duration::MAX, u32::MAX), Duration::MAX);
 }

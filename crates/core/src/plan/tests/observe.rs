@@ -102,11 +102,9 @@ fn unusable_credentials_are_not_reported_as_list_auth_failures() {
     cond_is(&p, "Stalled", "True", "SecretKeyMissing");
 }
 
-#[test]
-fn the_ports_filter_drops_nothing_the_plan_looks_at() {
-    // The reconcile pass reads only the groups and runners that concern the pool
-    // (`names::group_concerns_pool`, `names::is_pool_runner_name`). Planning with the filtered
-    // lists must give exactly the plan of the whole shared lists.
+/// Shared lists of a resource group and a GitHub scope: this pool's groups and runners, an
+/// older pool's, other pools' (one with this pool's runner-name shape), untagged ones.
+fn shared_lists() -> (Vec<ObservedGroup>, Vec<ObservedRunner>) {
     let tagged = |name: &str, uid: &str, ns: &str, pool: &str, state| {
         let mut g = group(name, state, 20);
         g.pool_uid = Some(uid.into());
@@ -125,7 +123,7 @@ fn the_ports_filter_drops_nothing_the_plan_looks_at() {
     if let Some(c) = done.container.as_mut() {
         c.finished_at = Some(t0() - mins(1));
     }
-    let all_groups = vec![
+    let groups = vec![
         running("pool-idle1"),
         running("pool-busy1"),
         done,
@@ -141,7 +139,7 @@ fn the_ports_filter_drops_nothing_the_plan_looks_at() {
     ];
     let mut foreign_labels = runner(40, "other-aaaa1", true, true);
     foreign_labels.labels = vec!["self-hosted".into(), "gpu".into()];
-    let all_runners = vec![
+    let runners = vec![
         runner(1, "pool-idle1", true, false),
         runner(2, "pool-busy1", true, true),
         runner(3, "pool-done1", false, false),
@@ -153,6 +151,15 @@ fn the_ports_filter_drops_nothing_the_plan_looks_at() {
         runner(41, "pool-other", true, false),
         runner(42, "laptop", true, false),
     ];
+    (groups, runners)
+}
+
+#[test]
+fn the_ports_filter_drops_nothing_the_plan_looks_at() {
+    // The reconcile pass reads only the groups and runners that concern the pool
+    // (`names::group_concerns_pool`, `names::is_pool_runner_name`). Planning with the filtered
+    // lists must give exactly the plan of the whole shared lists.
+    let (all_groups, all_runners) = shared_lists();
     let prefix = names::runner_name_prefix("pool");
     let pool = Fx::new().pool;
     let concerns = |g: &ObservedGroup| names::group_concerns_pool(&pool, &prefix, g);
