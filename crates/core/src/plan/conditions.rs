@@ -3,73 +3,44 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+pub use super::reasons::{ConditionReason, EventReason};
+
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 
 /// Every reason the planner writes into a condition (documentation and alerts rely on these).
-pub const CONDITION_REASONS: &[&str] = &[
-    // Ready True / Reconciling False / Stalled False.
-    "RunnersReady",
-    "Converged",
-    "NotStalled",
-    "Stalled",
-    // Reconciling True (and Ready False).
-    "ScalingUp",
-    "Provisioning",
-    "ScalingDown",
-    "Recycling",
-    "Backoff",
-    "CapacityUnavailable",
-    "ObservationFailed",
-    "CredentialsUnavailable",
-    "Deleting",
-    "Draining",
-    // Stalled True (and Ready False).
-    "InvalidSpec",
-    "SecretNotFound",
-    "SecretKeyMissing",
-    "InvalidAppKey",
-    "InvalidSecret",
-    "AuthFailed",
-    "MissingPermission",
-    "QuotaExceeded",
-    "InvalidImage",
-    "InvalidRequest",
-    "RegistrationTimeout",
-    "ContainerCrashed",
-    "ProvisioningFailed",
-];
+pub const CONDITION_REASONS: &[&str] = ConditionReason::NAMES;
 
 /// Every Event reason the planner emits (besides the Stalled reasons above, emitted on a
 /// transition to Stalled).
 pub const EVENT_REASONS: &[&str] = &[
-    "ScaledUp",
-    "ScaledDown",
-    "RunnerRecycled",
-    "GarbageCollected",
-    "ProvisioningFailed",
-    "QuotaExceeded",
-    "CapacityUnavailable",
-    "SpotFallback",
-    "AuthFailed",
-    "RunnersReady",
-    "NameUnavailable",
-    "Orphaned",
-    "CleanupComplete",
-    "CleanupAbandoned",
+    EventReason::ScaledUp.as_str(),
+    EventReason::ScaledDown.as_str(),
+    EventReason::RunnerRecycled.as_str(),
+    EventReason::GarbageCollected.as_str(),
+    EventReason::ProvisioningFailed.as_str(),
+    EventReason::QuotaExceeded.as_str(),
+    EventReason::CapacityUnavailable.as_str(),
+    EventReason::SpotFallback.as_str(),
+    EventReason::AuthFailed.as_str(),
+    EventReason::RunnersReady.as_str(),
+    EventReason::NameUnavailable.as_str(),
+    EventReason::Orphaned.as_str(),
+    EventReason::CleanupComplete.as_str(),
+    EventReason::CleanupAbandoned.as_str(),
 ];
 
 /// The wanted value of one condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CondValue {
     pub status: bool,
-    pub reason: String,
+    pub reason: ConditionReason,
     pub message: String,
 }
 
 impl CondValue {
-    pub fn new(status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(status: bool, reason: impl Into<ConditionReason>, message: impl Into<String>) -> Self {
         Self { status, reason: reason.into(), message: message.into() }
     }
 }
@@ -113,7 +84,7 @@ pub fn build(
             Condition {
                 type_: type_.to_string(),
                 status: status.to_string(),
-                reason: v.reason.clone(),
+                reason: v.reason.to_string(),
                 message: v.message.clone(),
                 observed_generation: generation,
                 last_transition_time,

@@ -55,8 +55,8 @@ pub fn is_pool_runner_name(prefix: &str, name: &str) -> bool {
 /// namespace and name, and at the names of any other group that has the pool's runner-name shape
 /// (so that a runner of that name is not taken for its own, and no name is drawn twice). Every
 /// other group of a shared resource group is irrelevant to its plan, so the ports hand the
-/// planner only these: a pass then costs the pool's share of a shared list, not the whole list
-/// (bench P5: 10 pools over 10,000 groups). Runners concern a pool when
+/// planner only these: a pass costs the pool's share of a shared list, not the whole list, which
+/// keeps many pools over one large resource group cheap. Runners concern a pool when
 /// [`is_pool_runner_name`] says so.
 pub fn group_concerns_pool(pool: &PoolMeta, prefix: &str, g: &ObservedGroup) -> bool {
     g.pool_uid.as_deref() == Some(pool.uid.as_str())

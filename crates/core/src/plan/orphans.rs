@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::reasons::EventReason;
 use super::types::{EdgeError, EventType, ObservedGroup, PlannedEvent};
 use super::{after, elapsed};
 
@@ -129,7 +130,7 @@ pub fn plan_orphan_groups(input: &OrphanInput<'_>) -> OrphanPlan {
         let names: Vec<String> = list.iter().map(|d| format!("{}/{}", d.resource_group, d.name)).collect();
         events.push(PlannedEvent {
             type_: EventType::Normal,
-            reason: "GarbageCollected".into(),
+            reason: EventReason::GarbageCollected,
             message: format!("deleting {} {what} container group(s): {}", names.len(), names.join(", ")),
         });
     }

@@ -29,8 +29,32 @@ fn random_container(rng: &mut StdRng) -> Option<ObservedContainer> {
     })
 }
 
+/// Groups and registrations drawn so far.
+#[derive(Default)]
+struct Lists {
+    groups: Vec<ObservedGroup>,
+    runners: Vec<ObservedRunner>,
+    next_id: u64,
+}
+
+/// A random observed state; the draws happen in a fixed order, so a seed gives one case.
 fn random_fx(rng: &mut StdRng) -> Fx {
     let mut fx = Fx::new();
+    random_spec(rng, &mut fx);
+    let mut lists = Lists { next_id: 1, ..Default::default() };
+    for _ in 0..rng.gen_range(0..9) {
+        random_group(rng, &mut fx, &mut lists);
+    }
+    // Registrations without groups (ours and others', busy or not).
+    for _ in 0..rng.gen_range(0..4) {
+        random_loose_runner(rng, &mut fx, &mut lists);
+    }
+    random_memory(rng, &mut fx, &lists.groups);
+    random_edges(rng, &mut fx, lists);
+    fx
+}
+
+fn random_spec(rng: &mut StdRng, fx: &mut Fx) {
     fx.spec.scaling.min_idle = rng.gen_range(0..4);
     fx.spec.scaling.max_runners = rng.gen_range(fx.spec.scaling.min_idle.max(1)..9);
     if rng.gen_bool(0.3) {
@@ -43,80 +67,84 @@ fn random_fx(rng: &mut StdRng) -> Fx {
     if rng.gen_bool(0.05) {
         fx.spec.runner.memory_gb = 100.0;
     }
-    let mut groups = Vec::new();
-    let mut runners = Vec::new();
-    let mut next_id = 1u64;
-    for _ in 0..rng.gen_range(0..9) {
-        let name = random_name(rng, "pool");
-        let uid = match rng.gen_range(0..10) {
-            0 => Some("uid-dead".to_string()),
-            1 => None,
-            _ => Some(UID.to_string()),
-        };
-        groups.push(ObservedGroup {
+}
+
+/// A group of this pool (or of a dead pool, or untagged), maybe with its registration and
+/// carried state.
+fn random_group(rng: &mut StdRng, fx: &mut Fx, lists: &mut Lists) {
+    let name = random_name(rng, "pool");
+    let uid = match rng.gen_range(0..10) {
+        0 => Some("uid-dead".to_string()),
+        1 => None,
+        _ => Some(UID.to_string()),
+    };
+    lists.groups.push(ObservedGroup {
+        name: name.clone(),
+        pool_uid: uid,
+        pool_namespace: Some("ns".into()),
+        pool_name: Some("pool".into()),
+        location: "westeurope".into(),
+        provisioning: match rng.gen_range(0..8) {
+            0 => GroupProvisioning::Failed,
+            1 => GroupProvisioning::Deleting,
+            2 => GroupProvisioning::Creating,
+            _ => GroupProvisioning::Succeeded,
+        },
+        container: random_container(rng),
+        failure: None,
+        created: Some(t0() - mins(rng.gen_range(0..60))),
+        priority: Priority::Regular,
+        cpu: 1.0,
+        memory_gb: 2.0,
+    });
+    if rng.gen_bool(0.7) {
+        let busy = rng.gen_bool(0.4);
+        lists.runners.push(ObservedRunner {
+            id: lists.next_id,
             name: name.clone(),
-            pool_uid: uid,
-            pool_namespace: Some("ns".into()),
-            pool_name: Some("pool".into()),
-            location: "westeurope".into(),
-            provisioning: match rng.gen_range(0..8) {
-                0 => GroupProvisioning::Failed,
-                1 => GroupProvisioning::Deleting,
-                2 => GroupProvisioning::Creating,
-                _ => GroupProvisioning::Succeeded,
-            },
-            container: random_container(rng),
-            failure: None,
-            created: Some(t0() - mins(rng.gen_range(0..60))),
-            priority: Priority::Regular,
-            cpu: 1.0,
-            memory_gb: 2.0,
-        });
-        if rng.gen_bool(0.7) {
-            let busy = rng.gen_bool(0.4);
-            runners.push(ObservedRunner {
-                id: next_id,
-                name: name.clone(),
-                online: busy || rng.gen_bool(0.6),
-                busy,
-                labels: vec!["self-hosted".into(), "aci".into()],
-            });
-            next_id += 1;
-        }
-        if rng.gen_bool(0.3) {
-            fx.state.idle_since.insert(name.clone(), t0() - mins(rng.gen_range(0..20)));
-        }
-        if rng.gen_bool(0.3) {
-            fx.state.seen_online.insert(name.clone());
-        }
-        if rng.gen_bool(0.2) {
-            let reason = if rng.gen_bool(0.5) { RemovalReason::ScaleDown } else { RemovalReason::Recycled };
-            fx.state
-                .removing
-                .insert(name.clone(), Removal { since: t0() - mins(rng.gen_range(0..6)), reason });
-        }
-    }
-    // Registrations without groups (ours and others', busy or not).
-    for _ in 0..rng.gen_range(0..4) {
-        let prefix = if rng.gen_bool(0.7) { "pool" } else { "other" };
-        let name = random_name(rng, prefix);
-        let busy = rng.gen_bool(0.3);
-        runners.push(ObservedRunner {
-            id: next_id,
-            name: name.clone(),
-            online: busy || rng.gen_bool(0.5),
+            online: busy || rng.gen_bool(0.6),
             busy,
-            labels: vec!["aci".into()],
+            labels: vec!["self-hosted".into(), "aci".into()],
         });
-        if rng.gen_bool(0.5) {
-            fx.state.gc_marks.insert(GcKey::Runner(next_id), t0() - mins(rng.gen_range(0..5)));
-        }
-        if rng.gen_bool(0.2) {
-            fx.state.pending_unregister.insert(next_id, name);
-        }
-        next_id += 1;
+        lists.next_id += 1;
     }
-    for g in &groups {
+    if rng.gen_bool(0.3) {
+        fx.state.idle_since.insert(name.clone(), t0() - mins(rng.gen_range(0..20)));
+    }
+    if rng.gen_bool(0.3) {
+        fx.state.seen_online.insert(name.clone());
+    }
+    if rng.gen_bool(0.2) {
+        let reason = if rng.gen_bool(0.5) { RemovalReason::ScaleDown } else { RemovalReason::Recycled };
+        fx.state.removing.insert(name.clone(), Removal { since: t0() - mins(rng.gen_range(0..6)), reason });
+    }
+}
+
+/// A registration without a group.
+fn random_loose_runner(rng: &mut StdRng, fx: &mut Fx, lists: &mut Lists) {
+    let next_id = lists.next_id;
+    let prefix = if rng.gen_bool(0.7) { "pool" } else { "other" };
+    let name = random_name(rng, prefix);
+    let busy = rng.gen_bool(0.3);
+    lists.runners.push(ObservedRunner {
+        id: next_id,
+        name: name.clone(),
+        online: busy || rng.gen_bool(0.5),
+        busy,
+        labels: vec!["aci".into()],
+    });
+    if rng.gen_bool(0.5) {
+        fx.state.gc_marks.insert(GcKey::Runner(next_id), t0() - mins(rng.gen_range(0..5)));
+    }
+    if rng.gen_bool(0.2) {
+        fx.state.pending_unregister.insert(next_id, name);
+    }
+    lists.next_id += 1;
+}
+
+/// Carried GC marks, creates in flight and queued jobs.
+fn random_memory(rng: &mut StdRng, fx: &mut Fx, groups: &[ObservedGroup]) {
+    for g in groups {
         if rng.gen_bool(0.3) {
             fx.state.gc_marks.insert(GcKey::Group(g.name.clone()), t0() - mins(rng.gen_range(0..5)));
         }
@@ -135,6 +163,11 @@ fn random_fx(rng: &mut StdRng) -> Fx {
         let labels = if rng.gen_bool(0.7) { vec!["aci".to_string()] } else { vec!["gpu".to_string()] };
         fx.jobs.push(QueuedJob { id: j, labels, queued_at: t0() - mins(rng.gen_range(0..90)) });
     }
+}
+
+/// The lists (or their errors), credentials, deletion and failed actions of the last pass.
+fn random_edges(rng: &mut StdRng, fx: &mut Fx, lists: Lists) {
+    let Lists { groups, runners, .. } = lists;
     fx.groups = if rng.gen_bool(0.15) {
         Err(EdgeError::new(EdgeErrorKind::Transient, "ARM 500"))
     } else {
@@ -173,11 +206,19 @@ fn random_fx(rng: &mut StdRng) -> Fx {
             registered_runner: if rng.gen_bool(0.3) { Some(9999) } else { None },
         });
     }
-    fx
 }
 
 fn check(fx: &Fx, p: &Plan, case: usize) {
     let ctx = || format!("case {case}: {:?}", p.actions);
+    check_input_gates(fx, p, &ctx);
+    check_busy_untouched(fx, p, &ctx);
+    check_names(fx, p, &ctx);
+    check_order(p, &ctx);
+    check_conditions(fx, p, &ctx);
+}
+
+/// Failed lists, bad input and deletion limit what may be done.
+fn check_input_gates(fx: &Fx, p: &Plan, ctx: &dyn Fn() -> String) {
     let groups = fx.groups.as_ref().ok();
     let runners = fx.runners.as_ref().ok();
     // No deletes when a list failed (the orphan policy only releases).
@@ -200,8 +241,11 @@ fn check(fx: &Fx, p: &Plan, case: usize) {
     if fx.pool.deletion_timestamp.is_some() {
         assert!(!p.actions.iter().any(|a| matches!(a, Action::CreateRunner { .. })), "{}", ctx());
     }
-    // Never touch a busy runner (deletion cases are within drainTimeout).
-    if let Some(runners) = runners {
+}
+
+/// Never touch a busy runner (deletion cases are within drainTimeout).
+fn check_busy_untouched(fx: &Fx, p: &Plan, ctx: &dyn Fn() -> String) {
+    if let Ok(runners) = &fx.runners {
         let busy_ids: BTreeSet<u64> = runners.iter().filter(|r| r.busy).map(|r| r.id).collect();
         let busy_names: BTreeSet<&str> = runners.iter().filter(|r| r.busy).map(|r| r.name.as_str()).collect();
         for a in &p.actions {
@@ -212,9 +256,13 @@ fn check(fx: &Fx, p: &Plan, case: usize) {
             }
         }
     }
-    // Desired within bounds.
+}
+
+/// Desired within bounds; names unique, valid, never seen.
+fn check_names(fx: &Fx, p: &Plan, ctx: &dyn Fn() -> String) {
+    let groups = fx.groups.as_ref().ok();
+    let runners = fx.runners.as_ref().ok();
     assert!(p.status.desired >= 0 && p.status.desired <= fx.spec.scaling.max_runners.max(0), "{}", ctx());
-    // Names: unique, valid, never seen.
     let mut seen: BTreeSet<String> = fx.state.in_flight.keys().cloned().collect();
     seen.extend(fx.state.used_names.keys().cloned());
     if let Some(g) = groups {
@@ -239,7 +287,10 @@ fn check(fx: &Fx, p: &Plan, case: usize) {
             ctx()
         );
     }
-    // Ordering: a guarded delete follows its unregister; no action twice.
+}
+
+/// A guarded delete follows its unregister; no action twice.
+fn check_order(p: &Plan, ctx: &dyn Fn() -> String) {
     for (i, a) in p.actions.iter().enumerate() {
         if let Action::DeleteGroup { only_if_unregistered: Some(id), .. } = a {
             assert!(
@@ -250,7 +301,11 @@ fn check(fx: &Fx, p: &Plan, case: usize) {
         }
         assert!(!p.actions[..i].contains(a), "duplicate action {a:?}: {}", ctx());
     }
-    // Conditions: exactly the three, Ready True only when idle + busy == desired.
+}
+
+/// Exactly the three conditions, Ready True only when idle + busy == desired, status and
+/// reason agree, and every reason is a documented one.
+fn check_conditions(fx: &Fx, p: &Plan, ctx: &dyn Fn() -> String) {
     assert_eq!(p.status.conditions.len(), 3);
     if conditions::is_true(&p.status.conditions, conditions::READY) {
         assert_eq!(p.status.idle + p.status.busy, p.status.desired, "{}", ctx());

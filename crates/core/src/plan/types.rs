@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::reasons::{EventReason, StallReason};
 use crate::crd::{InvalidSpec, Priority, RunnerPoolSpec, RunnerPoolStatus};
 
 /// Annotation selecting what happens to Azure and GitHub resources when the pool is deleted.
@@ -160,13 +161,9 @@ pub enum CredentialProblem {
 }
 
 impl CredentialProblem {
+    /// The Stalled reason of this problem.
     pub fn reason(self) -> &'static str {
-        match self {
-            CredentialProblem::SecretNotFound => "SecretNotFound",
-            CredentialProblem::SecretKeyMissing => "SecretKeyMissing",
-            CredentialProblem::InvalidAppKey => "InvalidAppKey",
-            CredentialProblem::InvalidSecret => "InvalidSecret",
-        }
+        StallReason::of_credentials(self).as_str()
     }
 }
 
@@ -290,7 +287,8 @@ pub enum EventType {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedEvent {
     pub type_: EventType,
-    pub reason: String,
+    /// `Display` gives the Event's reason string.
+    pub reason: EventReason,
     pub message: String,
 }
 

@@ -1,0 +1,232 @@
+//! Table-style unit tests of the planner rules, one file per topic; this module holds the
+//! shared builders (`Fx`, groups, runners, suffixes) and assertions.
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::*;
+use crate::crd::{Priority, RunnerPoolSpec, RunnerPoolStatus};
+
+mod capacity;
+mod cleanup;
+mod deletion;
+mod failures;
+mod observe;
+mod scale;
+mod status;
+
+pub(super) fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).single().unwrap()
+}
+
+pub(super) fn mins(m: i64) -> chrono::Duration {
+    chrono::Duration::minutes(m)
+}
+
+pub(super) const UID: &str = "uid-pool";
+
+pub(super) fn spec_json(extra: serde_json::Value) -> RunnerPoolSpec {
+    let mut base = serde_json::json!({
+        "github": {"organization": "acme", "labels": ["aci"], "appSecretRef": {"name": "gh-app"}},
+        "azure": {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "rg", "location": "westeurope"},
+        "scaling": {"minIdle": 2, "maxRunners": 5}
+    });
+    merge(&mut base, extra);
+    serde_json::from_value(base).unwrap()
+}
+
+fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+pub(super) fn group(name: &str, state: ContainerState, started_ago_min: i64) -> ObservedGroup {
+    ObservedGroup {
+        name: name.to_string(),
+        pool_uid: Some(UID.to_string()),
+        pool_namespace: Some("ns".into()),
+        pool_name: Some("pool".into()),
+        location: "westeurope".into(),
+        provisioning: GroupProvisioning::Succeeded,
+        container: Some(ObservedContainer {
+            state,
+            started_at: Some(t0() - mins(started_ago_min)),
+            finished_at: None,
+            restart_count: 0,
+        }),
+        failure: None,
+        created: Some(t0() - mins(started_ago_min + 1)),
+        priority: Priority::Regular,
+        cpu: 2.0,
+        memory_gb: 4.0,
+    }
+}
+
+pub(super) fn running(name: &str) -> ObservedGroup {
+    group(name, ContainerState::Running, 30)
+}
+
+pub(super) fn runner(id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
+    ObservedRunner {
+        id,
+        name: name.to_string(),
+        online,
+        busy,
+        labels: vec!["self-hosted".into(), "linux".into(), "x64".into(), "aci".into()],
+    }
+}
+
+/// A deterministic suffix source: aaaaa, aaaab, ...
+pub(super) fn counter_suffixes() -> impl FnMut() -> String {
+    let mut n: u64 = 0;
+    move || {
+        let mut v = n;
+        n += 1;
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut s = vec![b'a'; 5];
+        for i in (0..5).rev() {
+            s[i] = alphabet[(v % 36) as usize];
+            v /= 36;
+        }
+        String::from_utf8(s).unwrap()
+    }
+}
+
+/// One planning pass worth of inputs, owned.
+#[derive(Clone)]
+pub(super) struct Fx {
+    pub pool: PoolMeta,
+    pub spec: RunnerPoolSpec,
+    pub prev: Option<RunnerPoolStatus>,
+    pub groups: Result<Vec<ObservedGroup>, EdgeError>,
+    pub runners: Result<Vec<ObservedRunner>, EdgeError>,
+    pub live: BTreeSet<String>,
+    pub jobs: Vec<QueuedJob>,
+    pub creds: CredentialStatus,
+    pub failures: Vec<ActionFailure>,
+    pub state: PoolState,
+    pub config: PlannerConfig,
+    pub now: DateTime<Utc>,
+}
+
+impl Fx {
+    pub fn new() -> Self {
+        Self {
+            pool: PoolMeta {
+                namespace: "ns".into(),
+                name: "pool".into(),
+                uid: UID.into(),
+                generation: Some(1),
+                ..Default::default()
+            },
+            spec: spec_json(serde_json::json!({})),
+            prev: None,
+            groups: Ok(Vec::new()),
+            runners: Ok(Vec::new()),
+            live: [UID.to_string()].into_iter().collect(),
+            jobs: Vec::new(),
+            creds: CredentialStatus::Ok,
+            failures: Vec::new(),
+            state: PoolState { generation: Some(1), ..Default::default() },
+            config: PlannerConfig::default(),
+            now: t0(),
+        }
+    }
+
+    pub fn run_with(&self, suffixes: &mut dyn FnMut() -> String) -> Plan {
+        let input = PlanInput {
+            pool: &self.pool,
+            spec: &self.spec,
+            validation: &self.spec.validate(),
+            previous_status: self.prev.as_ref(),
+            groups: self.groups.as_ref().map(|g| g.as_slice()).map_err(|e| e.clone()),
+            runners: self.runners.as_ref().map(|r| r.as_slice()).map_err(|e| e.clone()),
+            live_pool_uids: &self.live,
+            queued_jobs: &self.jobs,
+            credentials: &self.creds,
+            failures: &self.failures,
+            state: &self.state,
+            config: &self.config,
+            now: self.now,
+        };
+        plan(&input, suffixes)
+    }
+
+    pub fn run(&self) -> Plan {
+        self.run_with(&mut counter_suffixes())
+    }
+
+    /// Carry the plan's state and status into the next pass at `now + advance`.
+    pub fn carry(&mut self, p: &Plan, advance: chrono::Duration) {
+        self.state = p.state.clone();
+        self.prev = Some(p.status.clone());
+        self.now += advance;
+        self.failures.clear();
+    }
+}
+
+fn creates(p: &Plan) -> Vec<&Action> {
+    p.actions.iter().filter(|a| matches!(a, Action::CreateRunner { .. })).collect()
+}
+
+fn destructive(p: &Plan) -> Vec<&Action> {
+    p.actions.iter().filter(|a| a.is_destructive()).collect()
+}
+
+fn cond<'p>(p: &'p Plan, t: &str) -> &'p k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    conditions::find(&p.status.conditions, t).unwrap()
+}
+
+fn cond_is(p: &Plan, t: &str, status: &str, reason: &str) {
+    let c = cond(p, t);
+    assert_eq!((c.status.as_str(), c.reason.as_str()), (status, reason), "{t}: {}", c.message);
+}
+
+fn has_event(p: &Plan, reason: &str) -> bool {
+    p.events.iter().any(|e| e.reason == reason)
+}
+
+fn create_failure(name: &str, location: &str, priority: Priority, kind: EdgeErrorKind) -> ActionFailure {
+    ActionFailure {
+        action: Action::CreateRunner {
+            name: name.into(),
+            location: location.into(),
+            priority,
+            registration: RunnerRegistration::Jit { labels: vec![], runner_group: None },
+        },
+        error: EdgeError::new(kind, "boom"),
+        registered_runner: None,
+    }
+}
+
+fn idle_fx(idle_ago: &[(&str, i64)], busy: &[&str], min_idle: i32) -> Fx {
+    let mut fx = Fx::new();
+    fx.spec.scaling.min_idle = min_idle;
+    let mut groups = Vec::new();
+    let mut runners = Vec::new();
+    for (i, (n, ago)) in idle_ago.iter().enumerate() {
+        groups.push(running(n));
+        runners.push(runner(10 + i as u64, n, true, false));
+        fx.state.idle_since.insert(n.to_string(), t0() - mins(*ago));
+        fx.state.seen_online.insert(n.to_string());
+    }
+    for (i, n) in busy.iter().enumerate() {
+        groups.push(running(n));
+        runners.push(runner(50 + i as u64, n, true, true));
+        fx.state.seen_online.insert(n.to_string());
+    }
+    fx.groups = Ok(groups);
+    fx.runners = Ok(runners);
+    fx
+}
+
+fn deleting(fx: &mut Fx, ago_min: i64) {
+    fx.pool.deletion_timestamp = Some(t0() - mins(ago_min));
+}

@@ -1,0 +1,128 @@
+//! Status: condition transitions, usage, a restart resuming a stall.
+use super::*;
+
+fn stalled_status(reason: &str, message: &str, generation: i64) -> RunnerPoolStatus {
+    let reason = ConditionReason::parse(reason).unwrap();
+    let wanted = conditions::Conditions {
+        ready: conditions::CondValue::new(false, reason, message),
+        reconciling: conditions::CondValue::new(false, ConditionReason::Stalled, message),
+        stalled: conditions::CondValue::new(true, reason, message),
+    };
+    RunnerPoolStatus {
+        desired: 2,
+        conditions: conditions::build(&[], &wanted, Some(generation), t0() - mins(10)),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_restart_resumes_a_stall_of_the_same_generation() {
+    // Fresh memory (controller restart), the written status says Stalled InvalidImage.
+    let mut fx = Fx::new();
+    fx.state = PoolState::default();
+    fx.prev = Some(stalled_status(
+        "InvalidImage",
+        "creating runner pool-x1234: image refused (3 time(s) in a row; next attempt at 2026-01-01T11:51:00+00:00)",
+        1,
+    ));
+    let p = fx.run();
+    // Still Stalled (no flap, no new Warning), and the next attempt is made at once.
+    cond_is(&p, "Stalled", "True", "InvalidImage");
+    assert!(!has_event(&p, "InvalidImage"));
+    assert_eq!(creates(&p).len(), 2);
+    let c = cond(&p, "Stalled");
+    assert_eq!(c.message.matches("time(s) in a row").count(), 1, "{}", c.message);
+    // It fails the same way: still Stalled, and the backoff continues where it was.
+    let name = creates(&p)[0].name().to_string();
+    fx.carry(&p, chrono::Duration::seconds(5));
+    fx.failures = vec![create_failure(&name, "westeurope", Priority::Regular, EdgeErrorKind::InvalidImage)];
+    let p = fx.run();
+    cond_is(&p, "Stalled", "True", "InvalidImage");
+    assert_eq!(p.state.backoff_until, Some(fx.now + chrono::Duration::seconds(80)));
+
+    // A spec changed while the controller was down is the change the stall waited for.
+    let mut fx = Fx::new();
+    fx.state = PoolState::default();
+    fx.pool.generation = Some(2);
+    fx.prev = Some(stalled_status("InvalidImage", "image refused (3 time(s) in a row)", 1));
+    let p = fx.run();
+    cond_is(&p, "Stalled", "False", "NotStalled");
+
+    // Quota: Stalled until a create is accepted; one retry at once.
+    let mut fx = Fx::new();
+    fx.state = PoolState::default();
+    fx.prev =
+        Some(stalled_status("QuotaExceeded", "quota exceeded in westeurope: cores; next attempt at x", 1));
+    let p = fx.run();
+    cond_is(&p, "Stalled", "True", "QuotaExceeded");
+    assert!(!creates(&p).is_empty());
+    let names: Vec<String> = creates(&p).iter().map(|a| a.name().to_string()).collect();
+    fx.carry(&p, chrono::Duration::seconds(5));
+    fx.groups = Ok(names.iter().map(|n| group(n, ContainerState::Waiting { reason: None }, 0)).collect());
+    let p = fx.run();
+    cond_is(&p, "Stalled", "False", "NotStalled");
+}
+
+#[test]
+fn last_transition_time_only_changes_on_flip() {
+    let mut fx = Fx::new();
+    let p1 = fx.run();
+    let ready1 = cond(&p1, "Ready").last_transition_time.clone();
+    fx.carry(&p1, mins(1));
+    let p2 = fx.run();
+    assert_eq!(cond(&p2, "Ready").last_transition_time, ready1);
+    // Flip to Ready.
+    let names: Vec<String> = p1.state.in_flight.keys().cloned().collect();
+    fx.carry(&p2, mins(1));
+    fx.groups = Ok(names.iter().map(|n| running(n)).collect());
+    fx.runners = Ok(names.iter().enumerate().map(|(i, n)| runner(i as u64, n, true, false)).collect());
+    let p3 = fx.run();
+    cond_is(&p3, "Ready", "True", "RunnersReady");
+    assert_ne!(cond(&p3, "Ready").last_transition_time, ready1);
+    assert_eq!(cond(&p3, "Stalled").last_transition_time, cond(&p1, "Stalled").last_transition_time);
+    assert_eq!(cond(&p3, "Ready").observed_generation, Some(1));
+}
+
+#[test]
+fn usage_accumulates_without_double_counting_after_restart() {
+    let mut fx = Fx::new();
+    fx.spec.scaling.min_idle = 1;
+    fx.config.prices = Some(PriceTable {
+        currency: "USD".into(),
+        regular_vcpu_second: 0.001,
+        regular_gb_second: 0.0001,
+        spot_vcpu_second: 0.0,
+        spot_gb_second: 0.0,
+    });
+    fx.state.initialized = true;
+    // Group created 11 minutes ago (container started 10m ago), 2 vCPU, 4 GB.
+    fx.groups = Ok(vec![running("pool-use01")]);
+    fx.runners = Ok(vec![runner(1, "pool-use01", true, false)]);
+    let mut g = fx.groups.as_ref().unwrap()[0].clone();
+    g.created = Some(t0() - mins(10));
+    fx.groups = Ok(vec![g]);
+    let p = fx.run();
+    let u = p.status.usage.clone().unwrap();
+    assert!((u.vcpu_seconds - 1200.0).abs() < 1e-6, "{u:?}");
+    assert!((u.gb_seconds - 2400.0).abs() < 1e-6);
+    assert!((u.estimated_cost.unwrap() - (1.2 + 0.24)).abs() < 1e-9);
+    assert_eq!(u.currency.as_deref(), Some("USD"));
+    fx.carry(&p, mins(1));
+    let p = fx.run();
+    let u2 = p.status.usage.clone().unwrap();
+    assert!((u2.vcpu_seconds - 1320.0).abs() < 1e-6, "{u2:?}");
+    // Restart: state lost → baseline only, nothing added twice.
+    fx.carry(&p, mins(1));
+    fx.state = PoolState::default();
+    let p = fx.run();
+    assert_eq!(p.status.usage.as_ref().unwrap().vcpu_seconds, u2.vcpu_seconds);
+    fx.carry(&p, mins(1));
+    let p = fx.run();
+    assert!((p.status.usage.as_ref().unwrap().vcpu_seconds - (1320.0 + 120.0)).abs() < 1e-6);
+    // A failed list keeps the last usage.
+    let mut failed = fx.clone();
+    failed.carry(&p, mins(1));
+    failed.groups = Err(EdgeError::new(EdgeErrorKind::Transient, "x"));
+    let pf = failed.run();
+    assert_eq!(pf.status.usage, p.status.usage);
+}
