@@ -1,45 +1,45 @@
 //! The controller's view of its two edges. The reconciler speaks only these traits; the Azure
 //! and GitHub clients implement them (see `adapters::azure.rs`, `adapters::github.rs`), which keeps the
 //! reconcile loop independent of HTTP details and lets errors arrive already classified.
-use std::fmt;
-
 use futures::future::BoxFuture;
+use secrecy::{ExposeSecret, SecretString};
 
 use aci_runner_core::crd::{Priority, RunnerPoolSpec};
 use aci_runner_core::plan::{EdgeError, ObservedGroup, ObservedRunner, PoolMeta, SweptGroup};
 
-/// A secret string: never printed by `Debug`/`Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(String);
-
-impl SecretString {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretString {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+// Every secret value below is a `secrecy::SecretString`: derived `Debug` prints it redacted, it
+// has no `Display`, and it is read only through `ExposeSecret` where it leaves for the edge.
 
 /// GitHub credentials of a pool, read from its Secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum GithubCredentials {
     App { app_id: Option<String>, client_id: Option<String>, installation_id: u64, private_key: SecretString },
     Token { token: SecretString },
 }
 
 /// Azure credentials of a pool: the controller's own identity, or a per-pool service principal.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum AzureCredentials {
     Controller,
     ServicePrincipal { tenant_id: String, client_id: String, client_secret: SecretString },
 }
+
+/// Equal when both name the same identity with the same secret: the orphan sweep tries each
+/// distinct identity once. The secrets are compared, never printed.
+impl PartialEq for AzureCredentials {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Controller, Self::Controller) => true,
+            (
+                Self::ServicePrincipal { tenant_id, client_id, client_secret },
+                Self::ServicePrincipal { tenant_id: t, client_id: c, client_secret: s },
+            ) => tenant_id == t && client_id == c && client_secret.expose_secret() == s.expose_secret(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for AzureCredentials {}
 
 /// Everything an edge needs to act for one pool; secret values stay inside this struct.
 #[derive(Clone, Debug)]
@@ -177,7 +177,9 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let c = GithubCredentials::Token { token: SecretString::new("ghp_supersecret") };
-        assert!(!format!("{c:?}").contains("supersecret"));
+        let c = GithubCredentials::Token { token: SecretString::from("ghp_supersecret") };
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("supersecret"), "{printed}");
+        assert!(printed.contains("[REDACTED]"), "{printed}");
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use secrecy::ExposeSecret;
 
 use crate::azure::template::{TAG_CREATED, TAG_POOL_NAME, TAG_POOL_NAMESPACE, TAG_POOL_UID};
 use crate::azure::{
@@ -172,11 +173,11 @@ impl AzureAdapter {
             // share a client only when they hold the same secret, so a pool with a wrong secret
             // never gets (or poisons) another pool's client, whatever namespace either is in.
             AzureCredentials::ServicePrincipal { tenant_id, client_id, client_secret } => Ok((
-                format!("sp:{tenant_id}:{client_id}:{}", secret_fingerprint(client_secret.expose())),
+                format!("sp:{tenant_id}:{client_id}:{}", secret_fingerprint(client_secret.expose_secret())),
                 CredentialSpec::ClientSecret {
                     tenant_id: tenant_id.clone(),
                     client_id: client_id.clone(),
-                    client_secret: client_secret.expose().to_string(),
+                    client_secret: client_secret.clone(),
                 },
             )),
         }
@@ -293,17 +294,9 @@ impl ContainerGroups for AzureAdapter {
         Box::pin(async move {
             let (identity, client) = self.client(pool)?;
             let registration = match req.secret {
-                RunnerSecret::Jit { encoded } => {
-                    azure::RunnerBootstrap::Jit { encoded_config: encoded.expose().to_string() }
-                }
+                RunnerSecret::Jit { encoded } => azure::RunnerBootstrap::Jit { encoded_config: encoded },
                 RunnerSecret::Token { url, token, labels, runner_group, ephemeral } => {
-                    azure::RunnerBootstrap::Token {
-                        url,
-                        token: token.expose().to_string(),
-                        labels,
-                        group: runner_group,
-                        ephemeral,
-                    }
+                    azure::RunnerBootstrap::Token { url, token, labels, group: runner_group, ephemeral }
                 }
             };
             let input = azure::RunnerTemplateInput {
@@ -311,15 +304,11 @@ impl ContainerGroups for AzureAdapter {
                 location: req.location.clone(),
                 priority: req.priority,
                 registration,
-                secure_env: pool
-                    .secure_env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.expose().to_string()))
-                    .collect(),
-                registry_password: pool.registry_credentials.as_ref().map(|(u, p)| azure::RegistryPassword {
-                    username: u.clone(),
-                    password: p.expose().to_string(),
-                }),
+                secure_env: pool.secure_env.clone(),
+                registry_password: pool
+                    .registry_credentials
+                    .as_ref()
+                    .map(|(u, p)| azure::RegistryPassword { username: u.clone(), password: p.clone() }),
                 created: req.created,
             };
             let meta = azure::GroupOwner {

@@ -4,11 +4,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use secrecy::SecretString;
 
-use crate::controller::ports::{
-    GithubCredentials, JitRegistration, PoolContext, RunnerRegistrations, SecretString,
-};
-use crate::github::{Credentials, DemandSignal, GithubClient, GithubError, GithubHub, Runner, Scope, Secret};
+use crate::controller::ports::{GithubCredentials, JitRegistration, PoolContext, RunnerRegistrations};
+use crate::github::{Credentials, DemandSignal, GithubClient, GithubError, GithubHub, Runner, Scope};
 use aci_runner_core::crd::GithubSpec;
 use aci_runner_core::plan::demand::{JobAction, JobEvent};
 use aci_runner_core::plan::{EdgeError, EdgeErrorKind, ObservedRunner};
@@ -57,9 +56,9 @@ impl GithubAdapter {
                 app_id: app_id.clone(),
                 client_id: client_id.clone(),
                 installation_id: *installation_id,
-                private_key_pem: Secret::new(private_key.expose()),
+                private_key_pem: private_key.clone(),
             },
-            GithubCredentials::Token { token } => Credentials::Pat { token: Secret::new(token.expose()) },
+            GithubCredentials::Token { token } => Credentials::Pat { token: token.clone() },
         };
         let client = self.hub.client(&pool.spec.github.api_url, creds).map_err(|e| self.err(&e))?;
         Ok((client, scope))
@@ -136,7 +135,7 @@ impl RunnerRegistrations for GithubAdapter {
                 .generate_jit_config(&scope, name, labels, group, Some(&pool.spec.runner.work_folder))
                 .await
                 .map_err(|e| self.err(&e))?;
-            Ok(JitRegistration { runner_id: jit.runner_id, encoded: SecretString::new(jit.encoded.expose()) })
+            Ok(JitRegistration { runner_id: jit.runner_id, encoded: jit.encoded })
         })
     }
 
@@ -147,7 +146,7 @@ impl RunnerRegistrations for GithubAdapter {
         Box::pin(async move {
             let (client, scope) = self.client(pool)?;
             let t = client.registration_token(&scope).await.map_err(|e| self.err(&e))?;
-            Ok((t.url, SecretString::new(t.token.expose())))
+            Ok((t.url, t.token))
         })
     }
 
