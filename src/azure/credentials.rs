@@ -248,9 +248,10 @@ impl CachedCredential {
     ///
     /// Hand-written (a form POST and a JSON answer) instead of azure_identity 0.21's
     /// `ClientSecretCredential`: that one loses the HTTP status inside the oauth2 crate's error,
-    /// so a throttled or failing token endpoint (429, 5xx) could not be told apart from a wrong
-    /// secret, and a blip stalled pools with `AuthFailed`. Here the status stays in the error
-    /// chain (`ErrorKind::HttpResponse`), which `error::credential_retryable` classifies.
+    /// so a throttled or failing token endpoint (429, 5xx) looks like a wrong secret and a blip
+    /// would stall pools with `AuthFailed`. Here the status stays in the error chain
+    /// (`ErrorKind::HttpResponse`), which `error::credential_retryable` classifies, so a blip is
+    /// retried and only a refused secret is an authentication failure.
     async fn client_secret(
         &self,
         tenant_id: &str,

@@ -98,7 +98,7 @@ struct CachedToken {
 #[derive(Default)]
 struct ListCache {
     /// Per page: (ETag, number of runners); the runners themselves are `runners`, in page order
-    /// (one copy of the list, however many pages: at 10,000 runners a second copy cost megabytes).
+    /// (one copy of the list, however many pages: at 10,000 runners a second copy costs megabytes).
     pages: Vec<(Option<String>, usize)>,
     fetched_at: Option<DateTime<Utc>>,
     runners: Arc<Vec<Runner>>,
