@@ -558,6 +558,21 @@ impl GithubClient {
     }
 
     /// Map a non-success answer to an error.
+    /// GET `path` as `op` and read the 200 answer as `T`: any other status is classified, an
+    /// unreadable body is `Transient` ("unreadable {what}: …").
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        path: &str,
+        what: &str,
+    ) -> Result<T, GithubError> {
+        let r = self.send(op, Method::GET, path, None, None).await?;
+        if r.status != StatusCode::OK {
+            return Err(self.classify(op, &r));
+        }
+        serde_json::from_str(&r.body).map_err(|e| GithubError::Transient(format!("unreadable {what}: {e}")))
+    }
+
     fn classify(&self, op: &str, r: &Resp) -> GithubError {
         let msg = format!("{op}: {} {}", r.status.as_u16(), message_of(&r.body));
         if Self::is_rate_limited(r.status, &r.headers, &r.body) {
@@ -665,12 +680,7 @@ impl GithubClient {
         let q: String =
             url::form_urlencoded::Serializer::new(String::new()).append_pair("name", name).finish();
         let path = format!("{}/actions/runners?{q}", scope.api_path());
-        let r = self.send("list_runners", Method::GET, &path, None, None).await?;
-        if r.status != StatusCode::OK {
-            return Err(self.classify("list_runners", &r));
-        }
-        let p: RunnerPage = serde_json::from_str(&r.body)
-            .map_err(|e| GithubError::Transient(format!("unreadable runner list: {e}")))?;
+        let p: RunnerPage = self.get_json("list_runners", &path, "runner list").await?;
         Ok(p.runners.into_iter().map(Runner::from).find(|x| x.name == name))
     }
 
@@ -805,10 +815,6 @@ impl GithubClient {
         let mut page = 1;
         loop {
             let path = format!("{}/actions/runner-groups?per_page=100&page={page}", scope.api_path());
-            let r = self.send("runner_groups", Method::GET, &path, None, None).await?;
-            if r.status != StatusCode::OK {
-                return Err(self.classify("runner_groups", &r));
-            }
             #[derive(Deserialize)]
             struct G {
                 id: f64,
@@ -821,8 +827,7 @@ impl GithubClient {
                 #[serde(default)]
                 runner_groups: Vec<G>,
             }
-            let g: Groups = serde_json::from_str(&r.body)
-                .map_err(|e| GithubError::Transient(format!("unreadable runner groups: {e}")))?;
+            let g: Groups = self.get_json("runner_groups", &path, "runner groups").await?;
             let n = g.runner_groups.len();
             {
                 let mut groups = lock(&self.hub.groups);
@@ -877,10 +882,6 @@ impl GithubClient {
         let mut run_ids = Vec::new();
         for status in ["queued", "in_progress"] {
             let path = format!("{base}/runs?status={status}&per_page=100&page=1");
-            let r = self.send("list_runs", Method::GET, &path, None, None).await?;
-            if r.status != StatusCode::OK {
-                return Err(self.classify("list_runs", &r));
-            }
             #[derive(Deserialize)]
             struct Run {
                 id: u64,
@@ -890,8 +891,7 @@ impl GithubClient {
                 #[serde(default)]
                 workflow_runs: Vec<Run>,
             }
-            let runs: Runs = serde_json::from_str(&r.body)
-                .map_err(|e| GithubError::Transient(format!("unreadable workflow runs: {e}")))?;
+            let runs: Runs = self.get_json("list_runs", &path, "workflow runs").await?;
             run_ids.extend(runs.workflow_runs.into_iter().map(|r| r.id));
         }
         run_ids.sort_unstable();
@@ -899,10 +899,6 @@ impl GithubClient {
         let mut out = Vec::new();
         for run in run_ids {
             let path = format!("{base}/runs/{run}/jobs?per_page=100&page=1");
-            let r = self.send("list_jobs", Method::GET, &path, None, None).await?;
-            if r.status != StatusCode::OK {
-                return Err(self.classify("list_jobs", &r));
-            }
             #[derive(Deserialize)]
             struct Job {
                 id: u64,
@@ -916,8 +912,7 @@ impl GithubClient {
                 #[serde(default)]
                 jobs: Vec<Job>,
             }
-            let jobs: Jobs = serde_json::from_str(&r.body)
-                .map_err(|e| GithubError::Transient(format!("unreadable jobs: {e}")))?;
+            let jobs: Jobs = self.get_json("list_jobs", &path, "jobs").await?;
             out.extend(jobs.jobs.into_iter().filter(|j| j.status == "queued").map(|j| WorkflowJob {
                 id: j.id,
                 run_id: run,
