@@ -203,7 +203,7 @@ fn token_template_splits_plain_and_secure_env_and_carries_options() {
         v["properties"]["imageRegistryCredentials"][0],
         json!({"server": "acme.azurecr.io", "identity": "/subscriptions/s/resourceGroups/r/providers/Microsoft.ManagedIdentity/userAssignedIdentities/pull"})
     );
-    assert!(format!("{:?}", input.registration).contains("redacted"));
+    assert!(format!("{:?}", input.registration).contains("[REDACTED]"));
 }
 
 // ------------------------------------------------------------------ helpers
@@ -220,7 +220,7 @@ fn secret_spec(h: &ArmSimHandle) -> CredentialSpec {
     CredentialSpec::ClientSecret {
         tenant_id: h.tenant_id(),
         client_id: h.client_id(),
-        client_secret: h.client_secret(),
+        client_secret: h.client_secret().into(),
     }
 }
 

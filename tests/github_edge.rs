@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use aci_runner_controller::github::webhook::{router_with_metrics, verify_signature};
 use aci_runner_controller::github::{
-    Credentials, DemandSignal, GithubError, GithubHub, GithubMetrics, HubConfig, PaceConfig, Scope, Secret,
+    Credentials, DemandSignal, GithubError, GithubHub, GithubMetrics, HubConfig, PaceConfig, Scope,
 };
 use aci_runner_devkit::sim::clock::SimClock;
 use aci_runner_devkit::sim::github::{
     EnqueueJobs, GithubSim, GithubSimConfig, GithubSimHandle, WebhookTarget, sign_webhook,
 };
 use aci_runner_devkit::sim::runtime::{ContainerEnv, ExitNotifier, StartedContainer};
+use secrecy::{ExposeSecret, SecretString};
 
 async fn sim(scale: f64, cfg: GithubSimConfig) -> GithubSimHandle {
     GithubSim::start(cfg, SimClock::new(scale)).await.expect("sim starts")
@@ -34,7 +35,7 @@ fn app_creds(g: &GithubSimHandle, installation: u64) -> Credentials {
         app_id: Some(c.app_id.to_string()),
         client_id: None,
         installation_id: installation,
-        private_key_pem: Secret::new(c.private_key_pem),
+        private_key_pem: SecretString::from(c.private_key_pem),
     }
 }
 
@@ -128,7 +129,7 @@ async fn jit_conflict_is_reported_without_a_duplicate_registration() {
     let jit =
         client.generate_jit_config(&org(), "pool-aaaaa", &["aci".into()], gid, Some("_work")).await.unwrap();
     assert!(jit.runner_id > 0);
-    assert!(!format!("{jit:?}").contains(jit.encoded.expose()), "the encoded config never prints");
+    assert!(!format!("{jit:?}").contains(jit.encoded.expose_secret()), "the encoded config never prints");
     let err = client.generate_jit_config(&org(), "pool-aaaaa", &["aci".into()], gid, None).await.unwrap_err();
     match &err {
         GithubError::Conflict(m) => assert!(m.contains(&format!("id {}", jit.runner_id)), "{m}"),
@@ -172,7 +173,7 @@ async fn deleting_a_busy_runner_is_busy_and_gone_runners_are_fine() {
             command: vec![],
             env: vec![ContainerEnv {
                 name: "ACTIONS_RUNNER_INPUT_JITCONFIG".into(),
-                value: jit.encoded.expose().into(),
+                value: jit.encoded.expose_secret().into(),
                 secure: true,
             }],
             tags: BTreeMap::new(),
@@ -282,14 +283,14 @@ async fn auth_errors_name_the_missing_permission_and_bad_keys() {
         app_id: Some("1".into()),
         client_id: None,
         installation_id: 1001,
-        private_key_pem: Secret::new(
+        private_key_pem: SecretString::from(
             "-----BEGIN RSA PRIVATE KEY-----\nnope\n-----END RSA PRIVATE KEY-----\n",
         ),
     };
     let e = hub.client(&g.url(), bad).unwrap().list_runners(&org()).await.unwrap_err();
     assert!(matches!(e, GithubError::Auth { .. }), "{e:?}");
     // Enterprise scope with a PAT.
-    let pat = Credentials::Pat { token: Secret::new(g.app_credentials().pats[0].clone()) };
+    let pat = Credentials::Pat { token: SecretString::from(g.app_credentials().pats[0].clone()) };
     let ent = Scope::Enterprise(g.app_credentials().enterprise);
     let pc = hub.client(&g.url(), pat).unwrap();
     pc.generate_jit_config(&ent, "ent-1", &["aci".into()], 1, None).await.unwrap();
@@ -322,7 +323,7 @@ async fn webhook_receiver_verifies_signatures_and_emits_demand() {
     ));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<DemandSignal>(64);
     let metrics = GithubMetrics::default();
-    let app = router_with_metrics(Secret::new(secret), tx, Some(metrics.clone()));
+    let app = router_with_metrics(SecretString::from(secret), tx, Some(metrics.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -382,7 +383,7 @@ async fn webhook_receiver_verifies_signatures_and_emits_demand() {
 #[tokio::test]
 async fn simulated_github_deliveries_reach_the_receiver() {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<DemandSignal>(64);
-    let app = aci_runner_controller::github::webhook::router(Secret::new("hook-secret"), tx);
+    let app = aci_runner_controller::github::webhook::router(SecretString::from("hook-secret"), tx);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -566,10 +567,10 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     client.list_runners(&org()).await.unwrap();
     client.delete_runner(&org(), jit.runner_id).await.unwrap();
     let pat = g.app_credentials().pats[0].clone();
-    let pc = hub.client(&g.url(), Credentials::Pat { token: Secret::new(pat.clone()) }).unwrap();
+    let pc = hub.client(&g.url(), Credentials::Pat { token: SecretString::from(pat.clone()) }).unwrap();
     pc.list_runners(&org()).await.unwrap();
     let (tx, _rx) = tokio::sync::mpsc::channel::<DemandSignal>(4);
-    let app = aci_runner_controller::github::webhook::router(Secret::new("hook-secret-value"), tx);
+    let app = aci_runner_controller::github::webhook::router(SecretString::from("hook-secret-value"), tx);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -589,8 +590,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let key = g.app_credentials().private_key_pem;
     let key_line = key.lines().nth(1).unwrap();
     for (what, secret) in [
-        ("JIT config", jit.encoded.expose()),
-        ("registration token", reg.token.expose()),
+        ("JIT config", jit.encoded.expose_secret()),
+        ("registration token", reg.token.expose_secret()),
         ("PAT", pat.as_str()),
         ("App key", key_line),
         ("webhook secret", "hook-secret-value"),

@@ -1101,7 +1101,8 @@ fn group_body(restart: &str, env: Value) -> Value {
 
 #[tokio::test]
 async fn composed_container_group_with_jit_config_comes_online_and_runs_a_job() {
-    use aci_runner_controller::github::{Credentials, GithubHub, Scope, Secret};
+    use aci_runner_controller::github::{Credentials, GithubHub, Scope};
+    use secrecy::{ExposeSecret, SecretString};
     let sim = aci_runner_devkit::sim::start(aci_runner_devkit::sim::SimOptions {
         time_scale: 60.0,
         seed: 11,
@@ -1118,7 +1119,7 @@ async fn composed_container_group_with_jit_config_comes_online_and_runs_a_job() 
                 app_id: None,
                 client_id: Some(creds.client_id.clone()),
                 installation_id: 1001,
-                private_key_pem: Secret::new(creds.private_key_pem.clone()),
+                private_key_pem: SecretString::from(creds.private_key_pem.clone()),
             },
         )
         .unwrap();
@@ -1135,7 +1136,8 @@ async fn composed_container_group_with_jit_config_comes_online_and_runs_a_job() 
             sim.arm.url()
         )
     };
-    let jit_env = json!([{"name": "ACTIONS_RUNNER_INPUT_JITCONFIG", "secureValue": jit.encoded.expose()}]);
+    let jit_env =
+        json!([{"name": "ACTIONS_RUNNER_INPUT_JITCONFIG", "secureValue": jit.encoded.expose_secret()}]);
     let r = http
         .put(url("pool-jit01"))
         .bearer_auth(&tok)
@@ -1146,7 +1148,7 @@ async fn composed_container_group_with_jit_config_comes_online_and_runs_a_job() 
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let token_env = json!([
         {"name": "RUNNER_URL", "value": reg.url},
-        {"name": "RUNNER_TOKEN", "secureValue": reg.token.expose()},
+        {"name": "RUNNER_TOKEN", "secureValue": reg.token.expose_secret()},
         {"name": "RUNNER_NAME", "value": "pool-tok01"},
         {"name": "RUNNER_LABELS", "value": "aci,persistent"},
         {"name": "RUNNER_EPHEMERAL", "value": "false"},
@@ -1336,7 +1338,8 @@ async fn restarted_container_re_registers_and_rate_limits_are_controllable_over_
 
 #[tokio::test]
 async fn composed_twenty_jit_groups_each_run_one_job() {
-    use aci_runner_controller::github::{Credentials, GithubHub, Scope, Secret};
+    use aci_runner_controller::github::{Credentials, GithubHub, Scope};
+    use secrecy::{ExposeSecret, SecretString};
     let sim = aci_runner_devkit::sim::start(aci_runner_devkit::sim::SimOptions {
         time_scale: 120.0,
         seed: 5,
@@ -1357,7 +1360,7 @@ async fn composed_twenty_jit_groups_each_run_one_job() {
                 app_id: Some(creds.app_id.to_string()),
                 client_id: None,
                 installation_id: 1001,
-                private_key_pem: Secret::new(creds.private_key_pem.clone()),
+                private_key_pem: SecretString::from(creds.private_key_pem.clone()),
             },
         )
         .unwrap();
@@ -1367,7 +1370,8 @@ async fn composed_twenty_jit_groups_each_run_one_job() {
     let names: Vec<String> = (0..20).map(|i| format!("bulk-{i:05}")).collect();
     for name in &names {
         let jit = gh.generate_jit_config(&org, name, &["bulk".into()], 1, None).await.unwrap();
-        let env = json!([{"name": "ACTIONS_RUNNER_INPUT_JITCONFIG", "secureValue": jit.encoded.expose()}]);
+        let env =
+            json!([{"name": "ACTIONS_RUNNER_INPUT_JITCONFIG", "secureValue": jit.encoded.expose_secret()}]);
         let url = format!(
             "{}/subscriptions/00000000-0000-0000-0000-0000000000bb/resourceGroups/bulk/providers/Microsoft.ContainerInstance/containerGroups/{name}?api-version=2023-05-01",
             sim.arm.url()

@@ -10,6 +10,7 @@ use std::time::Duration;
 use azure_core::auth::{AccessToken, Secret, TokenCredential};
 use azure_core::error::{Error as CoreError, ErrorKind};
 use azure_core::{HttpClient, Method, Request, Url};
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -83,39 +84,15 @@ impl CloudConfig {
     }
 }
 
-/// Which identity to authenticate as.
-#[derive(Clone, PartialEq)]
+/// Which identity to authenticate as (the client secret prints redacted).
+#[derive(Clone, Debug)]
 pub enum CredentialSpec {
     /// Federated token file (Azure Workload Identity: `AZURE_FEDERATED_TOKEN_FILE`).
     WorkloadIdentity { tenant_id: String, client_id: String, token_file: PathBuf },
     /// App registration secret (environment or a per-pool Secret).
-    ClientSecret { tenant_id: String, client_id: String, client_secret: String },
+    ClientSecret { tenant_id: String, client_id: String, client_secret: SecretString },
     /// IMDS-style managed identity endpoint; `client_id` selects a user-assigned identity.
     ManagedIdentity { client_id: Option<String>, endpoint: Url },
-}
-
-impl std::fmt::Debug for CredentialSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::WorkloadIdentity { tenant_id, client_id, token_file } => f
-                .debug_struct("WorkloadIdentity")
-                .field("tenant_id", tenant_id)
-                .field("client_id", client_id)
-                .field("token_file", token_file)
-                .finish(),
-            Self::ClientSecret { tenant_id, client_id, .. } => f
-                .debug_struct("ClientSecret")
-                .field("tenant_id", tenant_id)
-                .field("client_id", client_id)
-                .field("client_secret", &"<redacted>")
-                .finish(),
-            Self::ManagedIdentity { client_id, endpoint } => f
-                .debug_struct("ManagedIdentity")
-                .field("client_id", client_id)
-                .field("endpoint", &endpoint.as_str())
-                .finish(),
-        }
-    }
 }
 
 /// The Azure VM / AKS node IMDS endpoint.
@@ -142,7 +119,7 @@ impl CredentialSpec {
                     .ok_or("AZURE_TENANT_ID is required with AZURE_CLIENT_SECRET")?,
                 client_id: var("AZURE_CLIENT_ID")
                     .ok_or("AZURE_CLIENT_ID is required with AZURE_CLIENT_SECRET")?,
-                client_secret: secret,
+                client_secret: SecretString::from(secret),
             });
         }
         let endpoint = var("IDENTITY_ENDPOINT").unwrap_or_else(|| IMDS_ENDPOINT.to_string());
@@ -159,7 +136,7 @@ impl CredentialSpec {
                 format!("wi|{}|{tenant_id}|{client_id}|{}", cloud.authority_host, token_file.display())
             }
             Self::ClientSecret { tenant_id, client_id, client_secret } => {
-                let h = hex::encode(Sha256::digest(client_secret.as_bytes()));
+                let h = hex::encode(Sha256::digest(client_secret.expose_secret().as_bytes()));
                 format!("cs|{}|{tenant_id}|{client_id}|{h}", cloud.authority_host)
             }
             Self::ManagedIdentity { client_id, endpoint } => {
@@ -171,7 +148,7 @@ impl CredentialSpec {
 
 enum Source {
     WorkloadIdentity { tenant_id: String, client_id: String, token_file: PathBuf },
-    ClientSecret { tenant_id: String, client_id: String, client_secret: String },
+    ClientSecret { tenant_id: String, client_id: String, client_secret: SecretString },
     ManagedIdentity { client_id: Option<String>, endpoint: Url },
 }
 
@@ -259,7 +236,7 @@ impl CachedCredential {
                 ))
             }
             Source::ClientSecret { tenant_id, client_id, client_secret } => {
-                self.client_secret(tenant_id, client_id, client_secret, scopes).await
+                self.client_secret(tenant_id, client_id, client_secret.expose_secret(), scopes).await
             }
             Source::ManagedIdentity { client_id, endpoint } => {
                 self.managed_identity(client_id.as_deref(), endpoint, scopes).await
@@ -271,9 +248,10 @@ impl CachedCredential {
     ///
     /// Hand-written (a form POST and a JSON answer) instead of azure_identity 0.21's
     /// `ClientSecretCredential`: that one loses the HTTP status inside the oauth2 crate's error,
-    /// so a throttled or failing token endpoint (429, 5xx) could not be told apart from a wrong
-    /// secret, and a blip stalled pools with `AuthFailed`. Here the status stays in the error
-    /// chain (`ErrorKind::HttpResponse`), which `error::credential_retryable` classifies.
+    /// so a throttled or failing token endpoint (429, 5xx) looks like a wrong secret and a blip
+    /// would stall pools with `AuthFailed`. Here the status stays in the error chain
+    /// (`ErrorKind::HttpResponse`), which `error::credential_retryable` classifies, so a blip is
+    /// retried and only a refused secret is an authentication failure.
     async fn client_secret(
         &self,
         tenant_id: &str,
@@ -440,5 +418,21 @@ impl CredentialRegistry {
         map.entry(key)
             .or_insert_with(|| Arc::new(CachedCredential::new(spec, &self.cloud, self.refresh_margin)))
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_secret_never_prints() {
+        let spec = CredentialSpec::ClientSecret {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            client_secret: "sp-topsecret".into(),
+        };
+        let printed = format!("{spec:?}");
+        assert!(!printed.contains("topsecret") && printed.contains("[REDACTED]"), "{printed}");
     }
 }

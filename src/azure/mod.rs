@@ -4,7 +4,7 @@
 //! [`AzureClient::get_group`] / [`AzureClient::list_groups`].
 //!
 //! ```no_run
-//! # async fn f(spec: &aci_runner_controller::crd::RunnerPoolSpec,
+//! # async fn f(spec: &aci_runner_core::crd::RunnerPoolSpec,
 //! #            pool: &aci_runner_controller::azure::GroupOwner,
 //! #            runner: &aci_runner_controller::azure::RunnerTemplateInput) -> Result<(), Box<dyn std::error::Error>> {
 //! use aci_runner_controller::azure::*;

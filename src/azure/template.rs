@@ -7,6 +7,7 @@ use azure_mgmt_containerinstance::package_preview_2024_05::models::{
     ResourceRequirements, UserAssignedIdentities, container_group_identity, container_group_properties,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
+use secrecy::{ExposeSecret, SecretString};
 
 use aci_runner_core::crd::{OsType, Priority, RunnerPoolSpec};
 
@@ -45,49 +46,25 @@ pub struct GroupOwner {
     pub spec_hash: String,
 }
 
-/// How this runner registers with GitHub.
-#[derive(Clone, PartialEq)]
+/// How this runner registers with GitHub (the JIT config and the token print redacted).
+#[derive(Clone, Debug)]
 pub enum RunnerBootstrap {
     /// The encoded JIT config from `generate-jitconfig`.
-    Jit { encoded_config: String },
+    Jit { encoded_config: SecretString },
     /// A registration token for `config.sh`-based images.
-    Token { url: String, token: String, labels: Vec<String>, group: Option<String>, ephemeral: bool },
+    Token { url: String, token: SecretString, labels: Vec<String>, group: Option<String>, ephemeral: bool },
 }
 
-impl std::fmt::Debug for RunnerBootstrap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Jit { .. } => f.write_str("Jit { encoded_config: <redacted> }"),
-            Self::Token { url, labels, group, ephemeral, .. } => f
-                .debug_struct("Token")
-                .field("url", url)
-                .field("token", &"<redacted>")
-                .field("labels", labels)
-                .field("group", group)
-                .field("ephemeral", ephemeral)
-                .finish(),
-        }
-    }
-}
-
-/// Registry username/password (from the pool's registry credentials Secret).
-#[derive(Clone, PartialEq)]
+/// Registry username/password (from the pool's registry credentials Secret; the password
+/// prints redacted).
+#[derive(Clone, Debug)]
 pub struct RegistryPassword {
     pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for RegistryPassword {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryPassword")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
+    pub password: SecretString,
 }
 
 /// One runner's identity and secrets.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct RunnerTemplateInput {
     /// Runner name = container group name.
     pub name: String,
@@ -95,7 +72,7 @@ pub struct RunnerTemplateInput {
     pub priority: Priority,
     pub registration: RunnerBootstrap,
     /// Resolved `spec.runner.secureEnvFrom` values (name, value): always secure.
-    pub secure_env: Vec<(String, String)>,
+    pub secure_env: Vec<(String, SecretString)>,
     pub registry_password: Option<RegistryPassword>,
     pub created: DateTime<Utc>,
 }
@@ -104,8 +81,12 @@ fn plain(name: &str, value: &str) -> EnvironmentVariable {
     EnvironmentVariable { name: name.to_string(), value: Some(value.to_string()), secure_value: None }
 }
 
-fn secure(name: &str, value: &str) -> EnvironmentVariable {
-    EnvironmentVariable { name: name.to_string(), value: None, secure_value: Some(value.to_string()) }
+fn secure(name: &str, value: &SecretString) -> EnvironmentVariable {
+    EnvironmentVariable {
+        name: name.to_string(),
+        value: None,
+        secure_value: Some(value.expose_secret().to_string()),
+    }
 }
 
 /// The tags of a runner's container group: the user's `spec.azure.tags`, then the controller's
@@ -191,7 +172,7 @@ pub fn container_group(
             c.identity = Some(id.clone());
         } else if let Some(pw) = &runner.registry_password {
             c.username = Some(pw.username.clone());
-            c.password = Some(pw.password.clone());
+            c.password = Some(pw.password.expose_secret().to_string());
         }
         p.image_registry_credentials = vec![c];
     }
@@ -217,4 +198,36 @@ pub fn container_group(
         ..Resource::default()
     };
     cg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let input = RunnerTemplateInput {
+            name: "p-abcde".into(),
+            location: "westeurope".into(),
+            priority: Priority::Regular,
+            registration: RunnerBootstrap::Token {
+                url: "https://github.com/acme".into(),
+                token: "tok-secret".into(),
+                labels: vec!["aci".into()],
+                group: None,
+                ephemeral: true,
+            },
+            secure_env: vec![("NPM_TOKEN".into(), "npm-secret".into())],
+            registry_password: Some(RegistryPassword {
+                username: "acme".into(),
+                password: "pw-secret".into(),
+            }),
+            created: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        let jit = RunnerBootstrap::Jit { encoded_config: "jit-secret".into() };
+        let printed = format!("{input:?} {jit:?}");
+        assert!(!printed.contains("secret"), "{printed}");
+        assert_eq!(printed.matches("[REDACTED]").count(), 4, "{printed}");
+        assert!(printed.contains("NPM_TOKEN") && printed.contains("acme"), "names still print: {printed}");
+    }
 }

@@ -135,25 +135,18 @@ impl Metrics {
         let key = (pool.namespace.clone(), pool.name.clone());
         {
             let mut last = crate::sync::lock(&self.stalled_reasons);
+            let set_stalled = |reason: &String, v: i64| {
+                let labels =
+                    StalledLabels { namespace: key.0.clone(), pool: key.1.clone(), reason: reason.clone() };
+                self.pool_stalled.get_or_create(&labels).set(v);
+            };
             if let Some(prev) = last.get(&key)
                 && *prev != reason
             {
-                self.pool_stalled
-                    .get_or_create(&StalledLabels {
-                        namespace: key.0.clone(),
-                        pool: key.1.clone(),
-                        reason: prev.clone(),
-                    })
-                    .set(0);
+                set_stalled(prev, 0);
             }
             if !reason.is_empty() {
-                self.pool_stalled
-                    .get_or_create(&StalledLabels {
-                        namespace: key.0.clone(),
-                        pool: key.1.clone(),
-                        reason: reason.clone(),
-                    })
-                    .set(1);
+                set_stalled(&reason, 1);
             }
             last.insert(key.clone(), reason);
         }

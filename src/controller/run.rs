@@ -416,7 +416,7 @@ pub fn build_edges(
     clock: crate::github::Clock,
 ) -> anyhow::Result<Edges> {
     use crate::azure::{AzureClientConfig, AzureMetrics, CloudConfig, CredentialRegistry, RateLimiter};
-    use crate::github::{GithubHub, HubConfig, Secret};
+    use crate::github::{GithubHub, HubConfig};
 
     let arm = args.arm_endpoint.trim_end_matches('/');
     let scope = args.arm_scope.clone().unwrap_or_else(|| format!("{arm}/.default"));
@@ -459,7 +459,7 @@ pub fn build_edges(
                 }
             });
             let router = crate::github::webhook::router_with_metrics(
-                Secret::new(secret),
+                secrecy::SecretString::from(secret),
                 sig_tx,
                 Some(hub.metrics().clone()),
             );

@@ -3,8 +3,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use secrecy::SecretString;
 
-use super::ports::{AzureCredentials, GithubCredentials, PoolContext, SecretString};
+use super::ports::{AzureCredentials, GithubCredentials, PoolContext};
 use aci_runner_core::crd::RunnerPoolSpec;
 use aci_runner_core::plan::{CredentialProblem, CredentialStatus, PoolMeta};
 
@@ -107,9 +108,9 @@ pub async fn resolve<S: SecretSource>(
                 message: format!("Secret {} key privateKey is not an RSA private key in PEM form", app.name),
             });
         }
-        GithubCredentials::App { app_id, client_id, installation_id, private_key: SecretString::new(pem) }
+        GithubCredentials::App { app_id, client_id, installation_id, private_key: SecretString::from(pem) }
     } else if let Some(tok) = &g.token_secret_ref {
-        GithubCredentials::Token { token: SecretString::new(r.key(&tok.name, &tok.key).await?) }
+        GithubCredentials::Token { token: SecretString::from(r.key(&tok.name, &tok.key).await?) }
     } else {
         return Err(CredentialStatus::Invalid {
             problem: CredentialProblem::InvalidSecret,
@@ -121,20 +122,20 @@ pub async fn resolve<S: SecretSource>(
         Some(s) => AzureCredentials::ServicePrincipal {
             tenant_id: r.key(&s.name, "tenantId").await?,
             client_id: r.key(&s.name, "clientId").await?,
-            client_secret: SecretString::new(r.key(&s.name, "clientSecret").await?),
+            client_secret: SecretString::from(r.key(&s.name, "clientSecret").await?),
         },
     };
     let mut secure_env = Vec::new();
     for e in &spec.runner.secure_env_from {
         let v = r.key(&e.secret_key_ref.name, &e.secret_key_ref.key).await?;
-        secure_env.push((e.name.clone(), SecretString::new(v)));
+        secure_env.push((e.name.clone(), SecretString::from(v)));
     }
     let registry_credentials =
         match spec.runner.image_registry.as_ref().and_then(|x| x.credentials_secret_ref.as_ref()) {
             None => None,
             Some(s) => Some((
                 r.key(&s.name, "username").await?,
-                SecretString::new(r.key(&s.name, "password").await?),
+                SecretString::from(r.key(&s.name, "password").await?),
             )),
         };
     Ok(PoolContext {

@@ -13,6 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use http::{HeaderMap, Method, StatusCode};
 use octocrab::Octocrab;
 use octocrab::service::middleware::retry::RetryConfig;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -20,7 +21,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::metrics::{AuthLabels, EndpointLabels, GithubMetrics, OpLabels};
 use super::pace::{PaceConfig, Pacer};
-use super::{Clock, Credentials, GithubError, Runner, RunnerStatus, Scope, Secret, auth, html_base};
+use super::{Clock, Credentials, GithubError, Runner, RunnerStatus, Scope, auth, html_base};
 
 /// Tuning of the hub.
 #[derive(Clone)]
@@ -57,13 +58,13 @@ impl Default for HubConfig {
 #[derive(Clone, Debug)]
 pub struct JitConfig {
     pub runner_id: u64,
-    pub encoded: Secret,
+    pub encoded: SecretString,
 }
 
 /// A registration token and the URL `config.sh --url` takes.
 #[derive(Clone, Debug)]
 pub struct RegistrationToken {
-    pub token: Secret,
+    pub token: SecretString,
     pub expires_at: DateTime<Utc>,
     pub url: String,
 }
@@ -90,14 +91,14 @@ pub struct RateStatus {
 
 #[derive(Clone)]
 struct CachedToken {
-    token: Secret,
+    token: SecretString,
     expires_at: DateTime<Utc>,
 }
 
 #[derive(Default)]
 struct ListCache {
     /// Per page: (ETag, number of runners); the runners themselves are `runners`, in page order
-    /// (one copy of the list, however many pages: at 10,000 runners a second copy cost megabytes).
+    /// (one copy of the list, however many pages: at 10,000 runners a second copy costs megabytes).
     pages: Vec<(Option<String>, usize)>,
     fetched_at: Option<DateTime<Utc>>,
     runners: Arc<Vec<Runner>>,
@@ -177,7 +178,7 @@ impl GithubHub {
         let principal = match &creds {
             Credentials::App { installation_id, .. } => format!("installation:{installation_id}"),
             Credentials::Pat { token } => {
-                format!("pat:{}", &hex::encode(sha2::Sha256::digest(token.expose().as_bytes()))[..12])
+                format!("pat:{}", &hex::encode(sha2::Sha256::digest(token.expose_secret().as_bytes()))[..12])
             }
         };
         // Installation tokens, lists and rate state are shared only between clients with the
@@ -190,7 +191,7 @@ impl GithubHub {
                 h.update([0]);
                 h.update(client_id.as_deref().unwrap_or("").as_bytes());
                 h.update([0]);
-                h.update(private_key_pem.expose().as_bytes());
+                h.update(private_key_pem.expose_secret().as_bytes());
                 hex::encode(h.finalize())[..12].to_string()
             }
             Credentials::Pat { .. } => String::new(),
@@ -323,7 +324,7 @@ impl GithubClient {
     }
 
     /// The bearer token for a request: the PAT, or a cached / freshly minted installation token.
-    async fn bearer(&self) -> Result<Secret, GithubError> {
+    async fn bearer(&self) -> Result<SecretString, GithubError> {
         let (app_id, client_id, pem) = match &self.creds {
             Credentials::Pat { token } => return Ok(token.clone()),
             Credentials::App { app_id, client_id, private_key_pem, .. } => {
@@ -345,7 +346,7 @@ impl GithubClient {
         })?;
         self.rate_gate()?;
         // Wall clock: GitHub checks JWT times against real time.
-        let jwt = auth::mint_app_jwt(&issuer, pem.expose(), Utc::now())?;
+        let jwt = auth::mint_app_jwt(&issuer, pem.expose_secret(), Utc::now())?;
         let path = format!("/app/installations/{installation_id}/access_tokens");
         let resp = self.execute("access_token", Method::POST, &path, &jwt, None, None).await?;
         if Self::is_rate_limited(resp.status, &resp.headers, &resp.body) {
@@ -379,16 +380,16 @@ impl GithubClient {
             .map_err(|e| GithubError::Transient(format!("unreadable installation token answer: {e}")))?;
         self.hub.metrics.token_mints.get_or_create(&AuthLabels { principal: self.principal.clone() }).inc();
         tracing::debug!(installation_id, expires_at = %t.expires_at, "minted installation token");
-        let tok = CachedToken { token: Secret::new(t.token), expires_at: t.expires_at };
+        let tok = CachedToken { token: SecretString::from(t.token), expires_at: t.expires_at };
         *guard = Some(tok.clone());
         Ok(tok.token)
     }
 
     /// Forget the installation token if it is still `failed` (GitHub answered 401 with it).
-    async fn drop_token(&self, failed: &Secret) {
+    async fn drop_token(&self, failed: &SecretString) {
         if let Some((_, slot)) = self.token_slot() {
             let mut g = slot.lock().await;
-            if g.as_ref().is_some_and(|t| &t.token == failed) {
+            if g.as_ref().is_some_and(|t| t.token.expose_secret() == failed.expose_secret()) {
                 *g = None;
             }
         }
@@ -527,7 +528,7 @@ impl GithubClient {
             if method != Method::GET {
                 self.pace(op).await?;
             }
-            let resp = self.execute(op, method.clone(), path, bearer.expose(), body, etag).await?;
+            let resp = self.execute(op, method.clone(), path, bearer.expose_secret(), body, etag).await?;
             if resp.status == StatusCode::UNAUTHORIZED && matches!(self.creds, Credentials::App { .. }) {
                 self.drop_token(&bearer).await;
                 if idempotent && attempt == 0 {
@@ -557,6 +558,21 @@ impl GithubClient {
     }
 
     /// Map a non-success answer to an error.
+    /// GET `path` as `op` and read the 200 answer as `T`: any other status is classified, an
+    /// unreadable body is `Transient` ("unreadable {what}: …").
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        path: &str,
+        what: &str,
+    ) -> Result<T, GithubError> {
+        let r = self.send(op, Method::GET, path, None, None).await?;
+        if r.status != StatusCode::OK {
+            return Err(self.classify(op, &r));
+        }
+        serde_json::from_str(&r.body).map_err(|e| GithubError::Transient(format!("unreadable {what}: {e}")))
+    }
+
     fn classify(&self, op: &str, r: &Resp) -> GithubError {
         let msg = format!("{op}: {} {}", r.status.as_u16(), message_of(&r.body));
         if Self::is_rate_limited(r.status, &r.headers, &r.body) {
@@ -664,12 +680,7 @@ impl GithubClient {
         let q: String =
             url::form_urlencoded::Serializer::new(String::new()).append_pair("name", name).finish();
         let path = format!("{}/actions/runners?{q}", scope.api_path());
-        let r = self.send("list_runners", Method::GET, &path, None, None).await?;
-        if r.status != StatusCode::OK {
-            return Err(self.classify("list_runners", &r));
-        }
-        let p: RunnerPage = serde_json::from_str(&r.body)
-            .map_err(|e| GithubError::Transient(format!("unreadable runner list: {e}")))?;
+        let p: RunnerPage = self.get_json("list_runners", &path, "runner list").await?;
         Ok(p.runners.into_iter().map(Runner::from).find(|x| x.name == name))
     }
 
@@ -714,7 +725,7 @@ impl GithubClient {
                 }
                 let j: Jit = serde_json::from_str(&r.body)
                     .map_err(|e| GithubError::Transient(format!("unreadable jitconfig answer: {e}")))?;
-                Ok(JitConfig { runner_id: j.runner.id, encoded: Secret::new(j.encoded_jit_config) })
+                Ok(JitConfig { runner_id: j.runner.id, encoded: SecretString::from(j.encoded_jit_config) })
             }
             409 => {
                 let existing = self.find_runner_by_name(scope, name).await.ok().flatten();
@@ -754,7 +765,7 @@ impl GithubClient {
         let t: Tok = serde_json::from_str(&r.body)
             .map_err(|e| GithubError::Transient(format!("unreadable {op} answer: {e}")))?;
         Ok(RegistrationToken {
-            token: Secret::new(t.token),
+            token: SecretString::from(t.token),
             expires_at: t.expires_at,
             url: format!("{}{}", html_base(&self.base), scope.html_path()),
         })
@@ -804,10 +815,6 @@ impl GithubClient {
         let mut page = 1;
         loop {
             let path = format!("{}/actions/runner-groups?per_page=100&page={page}", scope.api_path());
-            let r = self.send("runner_groups", Method::GET, &path, None, None).await?;
-            if r.status != StatusCode::OK {
-                return Err(self.classify("runner_groups", &r));
-            }
             #[derive(Deserialize)]
             struct G {
                 id: f64,
@@ -820,8 +827,7 @@ impl GithubClient {
                 #[serde(default)]
                 runner_groups: Vec<G>,
             }
-            let g: Groups = serde_json::from_str(&r.body)
-                .map_err(|e| GithubError::Transient(format!("unreadable runner groups: {e}")))?;
+            let g: Groups = self.get_json("runner_groups", &path, "runner groups").await?;
             let n = g.runner_groups.len();
             {
                 let mut groups = lock(&self.hub.groups);
@@ -876,10 +882,6 @@ impl GithubClient {
         let mut run_ids = Vec::new();
         for status in ["queued", "in_progress"] {
             let path = format!("{base}/runs?status={status}&per_page=100&page=1");
-            let r = self.send("list_runs", Method::GET, &path, None, None).await?;
-            if r.status != StatusCode::OK {
-                return Err(self.classify("list_runs", &r));
-            }
             #[derive(Deserialize)]
             struct Run {
                 id: u64,
@@ -889,8 +891,7 @@ impl GithubClient {
                 #[serde(default)]
                 workflow_runs: Vec<Run>,
             }
-            let runs: Runs = serde_json::from_str(&r.body)
-                .map_err(|e| GithubError::Transient(format!("unreadable workflow runs: {e}")))?;
+            let runs: Runs = self.get_json("list_runs", &path, "workflow runs").await?;
             run_ids.extend(runs.workflow_runs.into_iter().map(|r| r.id));
         }
         run_ids.sort_unstable();
@@ -898,10 +899,6 @@ impl GithubClient {
         let mut out = Vec::new();
         for run in run_ids {
             let path = format!("{base}/runs/{run}/jobs?per_page=100&page=1");
-            let r = self.send("list_jobs", Method::GET, &path, None, None).await?;
-            if r.status != StatusCode::OK {
-                return Err(self.classify("list_jobs", &r));
-            }
             #[derive(Deserialize)]
             struct Job {
                 id: u64,
@@ -915,8 +912,7 @@ impl GithubClient {
                 #[serde(default)]
                 jobs: Vec<Job>,
             }
-            let jobs: Jobs = serde_json::from_str(&r.body)
-                .map_err(|e| GithubError::Transient(format!("unreadable jobs: {e}")))?;
+            let jobs: Jobs = self.get_json("list_jobs", &path, "jobs").await?;
             out.extend(jobs.jobs.into_iter().filter(|j| j.status == "queued").map(|j| WorkflowJob {
                 id: j.id,
                 run_id: run,

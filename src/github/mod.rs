@@ -9,13 +9,14 @@
 //!
 //! ```no_run
 //! # async fn demo(pem: String) -> Result<(), aci_runner_controller::github::GithubError> {
-//! use aci_runner_controller::github::{Credentials, GithubHub, HubConfig, Scope, Secret};
+//! use aci_runner_controller::github::{Credentials, GithubHub, HubConfig, Scope};
+//! use secrecy::SecretString;
 //! let hub = GithubHub::new(HubConfig::default());
 //! let creds = Credentials::App {
 //!     app_id: None,
 //!     client_id: Some("Iv23li…".into()),
 //!     installation_id: 12345,
-//!     private_key_pem: Secret::new(pem),
+//!     private_key_pem: SecretString::from(pem),
 //! };
 //! let gh = hub.client("https://api.github.com", creds)?;
 //! let scope = Scope::Org("my-org".into());
@@ -36,6 +37,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub use auth::mint_app_jwt;
@@ -46,25 +48,6 @@ pub use webhook::{DemandSignal, WEBHOOK_PATH};
 
 /// The public GitHub API.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
-
-/// A secret string that never prints.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// Where runners are registered.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -129,13 +112,18 @@ pub(crate) fn enc(s: &str) -> String {
     out
 }
 
-/// How the controller authenticates for a pool.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How the controller authenticates for a pool (secrets print redacted).
+#[derive(Clone, Debug)]
 pub enum Credentials {
     /// A GitHub App installation. `app_id` or `client_id` is the JWT issuer (client id preferred).
-    App { app_id: Option<String>, client_id: Option<String>, installation_id: u64, private_key_pem: Secret },
+    App {
+        app_id: Option<String>,
+        client_id: Option<String>,
+        installation_id: u64,
+        private_key_pem: SecretString,
+    },
     /// A personal access token (needed for enterprise scope).
-    Pat { token: Secret },
+    Pat { token: SecretString },
 }
 
 /// Runner status as GitHub reports it.
@@ -218,7 +206,8 @@ mod tests {
         assert_eq!(Scope::Org("my org".into()).api_path(), "/orgs/my%20org");
         assert_eq!(html_base("https://api.github.com/"), "https://github.com");
         assert_eq!(html_base("https://ghe.example.com/api/v3"), "https://ghe.example.com");
-        let c = Credentials::Pat { token: Secret::new("ghp_topsecret") };
-        assert!(!format!("{c:?}").contains("topsecret"));
+        let c = Credentials::Pat { token: SecretString::from("ghp_topsecret") };
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("topsecret") && printed.contains("[REDACTED]"), "{printed}");
     }
 }

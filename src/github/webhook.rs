@@ -9,11 +9,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use super::{GithubMetrics, Secret};
+use super::GithubMetrics;
 
 pub const WEBHOOK_PATH: &str = "/webhooks/github";
 
@@ -32,7 +33,7 @@ pub struct DemandSignal {
 }
 
 struct Ctx {
-    secret: Secret,
+    secret: SecretString,
     tx: mpsc::Sender<DemandSignal>,
     metrics: Option<GithubMetrics>,
 }
@@ -67,13 +68,13 @@ pub fn parse_workflow_job(body: &[u8], delivery_id: Option<String>) -> Option<De
 }
 
 /// The receiver. Mount it on the controller's webhook listener.
-pub fn router(secret: Secret, tx: mpsc::Sender<DemandSignal>) -> Router {
+pub fn router(secret: SecretString, tx: mpsc::Sender<DemandSignal>) -> Router {
     router_with_metrics(secret, tx, None)
 }
 
 /// [`router`] that also counts deliveries by result.
 pub fn router_with_metrics(
-    secret: Secret,
+    secret: SecretString,
     tx: mpsc::Sender<DemandSignal>,
     metrics: Option<GithubMetrics>,
 ) -> Router {
@@ -88,7 +89,7 @@ async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
     };
     let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
     let delivery = h("x-github-delivery").map(str::to_string);
-    if !verify_signature(ctx.secret.expose().as_bytes(), &body, h("x-hub-signature-256")) {
+    if !verify_signature(ctx.secret.expose_secret().as_bytes(), &body, h("x-hub-signature-256")) {
         // Never log the body of an unauthenticated request.
         tracing::warn!(
             delivery = delivery.as_deref().unwrap_or("-"),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
+use secrecy::ExposeSecret;
 
 use crate::azure::template::{TAG_CREATED, TAG_POOL_NAME, TAG_POOL_NAMESPACE, TAG_POOL_UID};
 use crate::azure::{
@@ -172,11 +172,11 @@ impl AzureAdapter {
             // share a client only when they hold the same secret, so a pool with a wrong secret
             // never gets (or poisons) another pool's client, whatever namespace either is in.
             AzureCredentials::ServicePrincipal { tenant_id, client_id, client_secret } => Ok((
-                format!("sp:{tenant_id}:{client_id}:{}", secret_fingerprint(client_secret.expose())),
+                format!("sp:{tenant_id}:{client_id}:{}", secret_fingerprint(client_secret.expose_secret())),
                 CredentialSpec::ClientSecret {
                     tenant_id: tenant_id.clone(),
                     client_id: client_id.clone(),
-                    client_secret: client_secret.expose().to_string(),
+                    client_secret: client_secret.clone(),
                 },
             )),
         }
@@ -262,146 +262,102 @@ impl AzureAdapter {
     }
 }
 
+#[async_trait::async_trait]
 impl ContainerGroups for AzureAdapter {
-    fn list_groups<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-    ) -> BoxFuture<'a, Result<Vec<ObservedGroup>, EdgeError>> {
-        Box::pin(async move {
-            let groups = self.cached_list(pool).await?;
-            Ok(groups.iter().map(|g| with_resources(g, pool)).collect())
-        })
+    async fn list_groups(&self, pool: &PoolContext) -> Result<Vec<ObservedGroup>, EdgeError> {
+        let groups = self.cached_list(pool).await?;
+        Ok(groups.iter().map(|g| with_resources(g, pool)).collect())
     }
 
-    fn list_pool_groups<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-    ) -> BoxFuture<'a, Result<Vec<ObservedGroup>, EdgeError>> {
-        Box::pin(async move {
-            let groups = self.cached_list(pool).await?;
-            let prefix = runner_name_prefix(&pool.meta.name);
-            let concerns = |g: &ObservedGroup| group_concerns_pool(&pool.meta, &prefix, g);
-            Ok(groups.iter().filter(|g| concerns(g)).map(|g| with_resources(g, pool)).collect())
-        })
+    async fn list_pool_groups(&self, pool: &PoolContext) -> Result<Vec<ObservedGroup>, EdgeError> {
+        let groups = self.cached_list(pool).await?;
+        let prefix = runner_name_prefix(&pool.meta.name);
+        let concerns = |g: &ObservedGroup| group_concerns_pool(&pool.meta, &prefix, g);
+        Ok(groups.iter().filter(|g| concerns(g)).map(|g| with_resources(g, pool)).collect())
     }
 
-    fn create_group<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-        req: CreateGroup,
-    ) -> BoxFuture<'a, Result<(), EdgeError>> {
-        Box::pin(async move {
-            let (identity, client) = self.client(pool)?;
-            let registration = match req.secret {
-                RunnerSecret::Jit { encoded } => {
-                    azure::RunnerBootstrap::Jit { encoded_config: encoded.expose().to_string() }
-                }
-                RunnerSecret::Token { url, token, labels, runner_group, ephemeral } => {
-                    azure::RunnerBootstrap::Token {
-                        url,
-                        token: token.expose().to_string(),
-                        labels,
-                        group: runner_group,
-                        ephemeral,
-                    }
-                }
-            };
-            let input = azure::RunnerTemplateInput {
-                name: req.name.clone(),
-                location: req.location.clone(),
-                priority: req.priority,
-                registration,
-                secure_env: pool
-                    .secure_env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.expose().to_string()))
-                    .collect(),
-                registry_password: pool.registry_credentials.as_ref().map(|(u, p)| azure::RegistryPassword {
-                    username: u.clone(),
-                    password: p.expose().to_string(),
-                }),
-                created: req.created,
-            };
-            let meta = azure::GroupOwner {
-                namespace: pool.meta.namespace.clone(),
-                name: pool.meta.name.clone(),
-                uid: pool.meta.uid.clone(),
-                spec_hash: pool.spec_hash.clone(),
-            };
-            let group = azure::container_group(&pool.spec, &meta, &input);
-            let r = client
-                .create_group(
-                    &pool.spec.azure.subscription_id,
-                    &pool.spec.azure.resource_group,
-                    &req.name,
-                    &group,
-                )
-                .await;
-            self.invalidate(&identity, pool).await;
-            r.map(|_| ()).map_err(|e| edge_error(&e))
-        })
+    async fn create_group(&self, pool: &PoolContext, req: CreateGroup) -> Result<(), EdgeError> {
+        let (identity, client) = self.client(pool)?;
+        let registration = match req.secret {
+            RunnerSecret::Jit { encoded } => azure::RunnerBootstrap::Jit { encoded_config: encoded },
+            RunnerSecret::Token { url, token, labels, runner_group, ephemeral } => {
+                azure::RunnerBootstrap::Token { url, token, labels, group: runner_group, ephemeral }
+            }
+        };
+        let input = azure::RunnerTemplateInput {
+            name: req.name.clone(),
+            location: req.location.clone(),
+            priority: req.priority,
+            registration,
+            secure_env: pool.secure_env.clone(),
+            registry_password: pool
+                .registry_credentials
+                .as_ref()
+                .map(|(u, p)| azure::RegistryPassword { username: u.clone(), password: p.clone() }),
+            created: req.created,
+        };
+        let meta = azure::GroupOwner {
+            namespace: pool.meta.namespace.clone(),
+            name: pool.meta.name.clone(),
+            uid: pool.meta.uid.clone(),
+            spec_hash: pool.spec_hash.clone(),
+        };
+        let group = azure::container_group(&pool.spec, &meta, &input);
+        let r = client
+            .create_group(
+                &pool.spec.azure.subscription_id,
+                &pool.spec.azure.resource_group,
+                &req.name,
+                &group,
+            )
+            .await;
+        self.invalidate(&identity, pool).await;
+        r.map(|_| ()).map_err(|e| edge_error(&e))
     }
 
-    fn delete_group<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<(), EdgeError>> {
+    async fn delete_group(&self, pool: &PoolContext, name: &str) -> Result<(), EdgeError> {
         self.delete_group_in(pool, &pool.spec.azure.subscription_id, &pool.spec.azure.resource_group, name)
+            .await
     }
 
-    fn list_subscription_groups<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-    ) -> BoxFuture<'a, Result<Vec<SweptGroup>, EdgeError>> {
-        Box::pin(async move {
-            let (_, client) = self.client(pool)?;
-            let res = (pool.spec.runner.cpu, pool.spec.runner.memory_gb);
-            // Mapped page by page: the full edge form of a large subscription is never held.
-            let groups = client
-                .list_groups_in_subscription_map(&pool.spec.azure.subscription_id, |g| {
-                    let resource_group = g.resource_group().map(str::to_string);
-                    resource_group
-                        .map(|resource_group| SweptGroup { resource_group, group: observed(&g, res) })
-                })
-                .await
-                .map_err(|e| edge_error(&e))?;
-            Ok(groups.into_iter().flatten().collect())
-        })
+    async fn list_subscription_groups(&self, pool: &PoolContext) -> Result<Vec<SweptGroup>, EdgeError> {
+        let (_, client) = self.client(pool)?;
+        let res = (pool.spec.runner.cpu, pool.spec.runner.memory_gb);
+        // Mapped page by page: the full edge form of a large subscription is never held.
+        let groups = client
+            .list_groups_in_subscription_map(&pool.spec.azure.subscription_id, |g| {
+                let resource_group = g.resource_group().map(str::to_string);
+                resource_group.map(|resource_group| SweptGroup { resource_group, group: observed(&g, res) })
+            })
+            .await
+            .map_err(|e| edge_error(&e))?;
+        Ok(groups.into_iter().flatten().collect())
     }
 
-    fn delete_group_in<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-        subscription: &'a str,
-        resource_group: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<(), EdgeError>> {
-        Box::pin(async move {
-            let (identity, client) = self.client(pool)?;
-            let r = client.delete_group(subscription, resource_group, name).await;
-            self.invalidate_at(&identity, subscription, resource_group).await;
-            r.map_err(|e| edge_error(&e))
-        })
+    async fn delete_group_in(
+        &self,
+        pool: &PoolContext,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+    ) -> Result<(), EdgeError> {
+        let (identity, client) = self.client(pool)?;
+        let r = client.delete_group(subscription, resource_group, name).await;
+        self.invalidate_at(&identity, subscription, resource_group).await;
+        r.map_err(|e| edge_error(&e))
     }
 
-    fn release_group<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<(), EdgeError>> {
-        Box::pin(async move {
-            let (identity, client) = self.client(pool)?;
-            let r = client
-                .release_group(
-                    &pool.spec.azure.subscription_id,
-                    &pool.spec.azure.resource_group,
-                    name,
-                    Utc::now(),
-                )
-                .await;
-            self.invalidate(&identity, pool).await;
-            r.map_err(|e| edge_error(&e))
-        })
+    async fn release_group(&self, pool: &PoolContext, name: &str) -> Result<(), EdgeError> {
+        let (identity, client) = self.client(pool)?;
+        let r = client
+            .release_group(
+                &pool.spec.azure.subscription_id,
+                &pool.spec.azure.resource_group,
+                name,
+                Utc::now(),
+            )
+            .await;
+        self.invalidate(&identity, pool).await;
+        r.map_err(|e| edge_error(&e))
     }
 }

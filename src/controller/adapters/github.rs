@@ -3,12 +3,10 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
+use secrecy::SecretString;
 
-use crate::controller::ports::{
-    GithubCredentials, JitRegistration, PoolContext, RunnerRegistrations, SecretString,
-};
-use crate::github::{Credentials, DemandSignal, GithubClient, GithubError, GithubHub, Runner, Scope, Secret};
+use crate::controller::ports::{GithubCredentials, JitRegistration, PoolContext, RunnerRegistrations};
+use crate::github::{Credentials, DemandSignal, GithubClient, GithubError, GithubHub, Runner, Scope};
 use aci_runner_core::crd::GithubSpec;
 use aci_runner_core::plan::demand::{JobAction, JobEvent};
 use aci_runner_core::plan::{EdgeError, EdgeErrorKind, ObservedRunner};
@@ -57,9 +55,9 @@ impl GithubAdapter {
                 app_id: app_id.clone(),
                 client_id: client_id.clone(),
                 installation_id: *installation_id,
-                private_key_pem: Secret::new(private_key.expose()),
+                private_key_pem: private_key.clone(),
             },
-            GithubCredentials::Token { token } => Credentials::Pat { token: Secret::new(token.expose()) },
+            GithubCredentials::Token { token } => Credentials::Pat { token: token.clone() },
         };
         let client = self.hub.client(&pool.spec.github.api_url, creds).map_err(|e| self.err(&e))?;
         Ok((client, scope))
@@ -93,80 +91,58 @@ impl GithubAdapter {
     }
 }
 
+#[async_trait::async_trait]
 impl RunnerRegistrations for GithubAdapter {
-    fn list_runners<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-    ) -> BoxFuture<'a, Result<Vec<ObservedRunner>, EdgeError>> {
-        Box::pin(async move {
-            let runners = self.cached_list(pool).await?;
-            Ok(runners.iter().map(observed_runner).collect())
-        })
+    async fn list_runners(&self, pool: &PoolContext) -> Result<Vec<ObservedRunner>, EdgeError> {
+        let runners = self.cached_list(pool).await?;
+        Ok(runners.iter().map(observed_runner).collect())
     }
 
-    fn list_pool_runners<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-    ) -> BoxFuture<'a, Result<Vec<ObservedRunner>, EdgeError>> {
-        Box::pin(async move {
-            let runners = self.cached_list(pool).await?;
-            // Only the runners with this pool's runner-name shape concern its plan; the rest of
-            // a shared scope's list is not copied per pass.
-            let prefix = aci_runner_core::plan::names::runner_name_prefix(&pool.meta.name);
-            Ok(runners
-                .iter()
-                .filter(|r| aci_runner_core::plan::names::is_pool_runner_name(&prefix, &r.name))
-                .map(observed_runner)
-                .collect())
-        })
+    async fn list_pool_runners(&self, pool: &PoolContext) -> Result<Vec<ObservedRunner>, EdgeError> {
+        let runners = self.cached_list(pool).await?;
+        // Only the runners with this pool's runner-name shape concern its plan; the rest of
+        // a shared scope's list is not copied per pass.
+        let prefix = aci_runner_core::plan::names::runner_name_prefix(&pool.meta.name);
+        Ok(runners
+            .iter()
+            .filter(|r| aci_runner_core::plan::names::is_pool_runner_name(&prefix, &r.name))
+            .map(observed_runner)
+            .collect())
     }
 
-    fn register_jit<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-        name: &'a str,
-        labels: &'a [String],
-        runner_group: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<JitRegistration, EdgeError>> {
-        Box::pin(async move {
-            let (client, scope) = self.client(pool)?;
-            let group =
-                client.runner_group_id(&scope, runner_group.unwrap_or("")).await.map_err(|e| self.err(&e))?;
-            let jit = client
-                .generate_jit_config(&scope, name, labels, group, Some(&pool.spec.runner.work_folder))
-                .await
-                .map_err(|e| self.err(&e))?;
-            Ok(JitRegistration { runner_id: jit.runner_id, encoded: SecretString::new(jit.encoded.expose()) })
-        })
+    async fn register_jit(
+        &self,
+        pool: &PoolContext,
+        name: &str,
+        labels: &[String],
+        runner_group: Option<&str>,
+    ) -> Result<JitRegistration, EdgeError> {
+        let (client, scope) = self.client(pool)?;
+        let group =
+            client.runner_group_id(&scope, runner_group.unwrap_or("")).await.map_err(|e| self.err(&e))?;
+        let jit = client
+            .generate_jit_config(&scope, name, labels, group, Some(&pool.spec.runner.work_folder))
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(JitRegistration { runner_id: jit.runner_id, encoded: jit.encoded })
     }
 
-    fn registration_token<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-    ) -> BoxFuture<'a, Result<(String, SecretString), EdgeError>> {
-        Box::pin(async move {
-            let (client, scope) = self.client(pool)?;
-            let t = client.registration_token(&scope).await.map_err(|e| self.err(&e))?;
-            Ok((t.url, SecretString::new(t.token.expose())))
-        })
+    async fn registration_token(&self, pool: &PoolContext) -> Result<(String, SecretString), EdgeError> {
+        let (client, scope) = self.client(pool)?;
+        let t = client.registration_token(&scope).await.map_err(|e| self.err(&e))?;
+        Ok((t.url, t.token))
     }
 
-    fn unregister<'a>(
-        &'a self,
-        pool: &'a PoolContext,
-        runner_id: u64,
-    ) -> BoxFuture<'a, Result<(), EdgeError>> {
-        Box::pin(async move {
-            let (client, scope) = self.client(pool)?;
-            let r = client.delete_runner(&scope, runner_id).await;
-            if let Err(crate::github::GithubError::Busy(_)) = &r {
-                // GitHub says the runner is busy, so the shared list that showed it idle is stale:
-                // the next pass reads a fresh one instead of deciding the same refused removal
-                // until the list interval ends.
-                client.invalidate_runners(&scope).await;
-            }
-            r.map_err(|e| self.err(&e))
-        })
+    async fn unregister(&self, pool: &PoolContext, runner_id: u64) -> Result<(), EdgeError> {
+        let (client, scope) = self.client(pool)?;
+        let r = client.delete_runner(&scope, runner_id).await;
+        if let Err(crate::github::GithubError::Busy(_)) = &r {
+            // GitHub says the runner is busy, so the shared list that showed it idle is stale:
+            // the next pass reads a fresh one instead of deciding the same refused removal
+            // until the list interval ends.
+            client.invalidate_runners(&scope).await;
+        }
+        r.map_err(|e| self.err(&e))
     }
 }
 

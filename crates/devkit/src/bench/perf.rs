@@ -624,7 +624,7 @@ async fn p5(
                 name: runner.clone(),
                 location: spec.azure.location.clone(),
                 priority: aci_runner_core::crd::Priority::Regular,
-                registration: RunnerBootstrap::Jit { encoded_config: encoded },
+                registration: RunnerBootstrap::Jit { encoded_config: encoded.into() },
                 secure_env: Vec::new(),
                 registry_password: None,
                 created: sim.clock.now(),

@@ -9,8 +9,10 @@ pub mod runtime;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
+use tokio::task::JoinSet;
 
 use arm::{ArmSim, ArmSimConfig, ArmSimError, ArmSimHandle};
 use clock::SimClock;
@@ -58,6 +60,36 @@ pub async fn start(mut opts: SimOptions) -> Result<Simulator, SimError> {
     let github = GithubSim::start(opts.github, clock.clone()).await?;
     let arm = ArmSim::start(opts.arm, clock.clone(), github.runtime()).await?;
     Ok(Simulator { clock, arm, github })
+}
+
+/// The background tasks every simulator runs: its HTTP server (`app` on `listener`) and a ticker
+/// that calls `tick` on its state every 10 ms of real time for as long as the state lives. The
+/// returned [`JoinSet`] aborts its tasks when dropped: a handle keeps it in an `Arc`, so the
+/// simulator stops with the last handle clone.
+pub(crate) fn serve_and_tick<S: Send + Sync + 'static>(
+    name: &'static str,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shared: &Arc<S>,
+    tick: impl Fn(&Arc<S>) + Send + 'static,
+) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "{name} server stopped");
+        }
+    });
+    let weak = Arc::downgrade(shared);
+    tasks.spawn(async move {
+        let mut iv = tokio::time::interval(std::time::Duration::from_millis(10));
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            iv.tick().await;
+            let Some(s) = weak.upgrade() else { break };
+            tick(&s);
+        }
+    });
+    tasks
 }
 
 /// What `aci-runner-devkit sim` prints on stdout (one JSON object).

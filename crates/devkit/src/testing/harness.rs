@@ -150,7 +150,7 @@ pub fn sim_identity(sim: &Simulator) -> CredentialSpec {
     CredentialSpec::ClientSecret {
         tenant_id: sim.arm.tenant_id(),
         client_id: sim.arm.client_id(),
-        client_secret: sim.arm.client_secret(),
+        client_secret: sim.arm.client_secret().into(),
     }
 }
 

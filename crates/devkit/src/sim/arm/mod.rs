@@ -14,9 +14,10 @@ mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 
 use crate::sim::clock::SimClock;
 use crate::sim::runtime::ContainerRuntime;
@@ -256,37 +257,9 @@ impl ArmSim {
         let url = format!("http://{addr}");
         let shared = Arc::new(state::Shared::new(cfg, clock, runtime, url.clone()));
         let app = http::router(shared.clone());
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "ARM simulator server stopped");
-            }
-        });
-        let ticker = {
-            let weak = Arc::downgrade(&shared);
-            tokio::spawn(async move {
-                let mut iv = tokio::time::interval(std::time::Duration::from_millis(10));
-                iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                loop {
-                    iv.tick().await;
-                    let Some(s) = weak.upgrade() else { break };
-                    s.tick();
-                }
-            })
-        };
+        let tasks = crate::sim::serve_and_tick("ARM simulator", listener, app, &shared, |s| s.tick());
         tracing::info!(%url, "ARM simulator listening");
-        Ok(ArmSimHandle { shared, addr, _tasks: Arc::new(Tasks(Mutex::new(vec![server, ticker]))) })
-    }
-}
-
-struct Tasks(Mutex<Vec<tokio::task::JoinHandle<()>>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        if let Ok(tasks) = self.0.lock() {
-            for t in tasks.iter() {
-                t.abort();
-            }
-        }
+        Ok(ArmSimHandle { shared, addr, _tasks: Arc::new(tasks) })
     }
 }
 
@@ -295,7 +268,7 @@ impl Drop for Tasks {
 pub struct ArmSimHandle {
     shared: Arc<state::Shared>,
     addr: SocketAddr,
-    _tasks: Arc<Tasks>,
+    _tasks: Arc<JoinSet<()>>,
 }
 
 impl ArmSimHandle {

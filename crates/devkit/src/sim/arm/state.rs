@@ -120,6 +120,22 @@ struct CState {
     detail: Option<String>,
 }
 
+impl CState {
+    /// Before its group is provisioned: waiting for the image.
+    fn creating() -> Self {
+        Self {
+            state: "Waiting",
+            start: None,
+            finish: None,
+            exit: None,
+            detail: Some("ContainerCreating".into()),
+        }
+    }
+    fn running(now: DateTime<Utc>) -> Self {
+        Self { state: "Running", start: Some(now), finish: None, exit: None, detail: None }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Ctr {
     name: String,
@@ -904,13 +920,7 @@ impl Shared {
                 command: command.clone(),
                 env: env.clone(),
                 restart_count: 0,
-                current: CState {
-                    state: "Waiting",
-                    start: None,
-                    finish: None,
-                    exit: None,
-                    detail: Some("ContainerCreating".into()),
-                },
+                current: CState::creating(),
                 previous: None,
                 events: Vec::new(),
                 restart_due: None,
@@ -1201,33 +1211,11 @@ impl Shared {
                 }
                 if g.prov == "Creating" && now >= g.running_at {
                     g.prov = "Succeeded";
-                    for (i, c) in g.containers.iter_mut().enumerate() {
-                        push_event(
-                            &mut c.events,
-                            "Pulled",
-                            format!("Successfully pulled image \"{}\"", c.image),
-                            now,
-                        );
-                        push_event(&mut c.events, "Started", "Started container".to_string(), now);
-                        c.current = CState {
-                            state: "Running",
-                            start: Some(now),
-                            finish: None,
-                            exit: None,
-                            detail: None,
-                        };
-                        Self::launch(
-                            &cfg,
-                            &mut st.rng,
-                            g.id.as_str(),
-                            &g.name,
-                            &g.tags,
-                            key,
-                            i,
-                            c,
-                            now,
-                            &mut starts,
-                        );
+                    for i in 0..g.containers.len() {
+                        let c = &mut g.containers[i];
+                        let pulled = format!("Successfully pulled image \"{}\"", c.image);
+                        push_event(&mut c.events, "Pulled", pulled, now);
+                        Self::start_container(&cfg, &mut st.rng, g, key, i, now, &mut starts);
                     }
                 }
                 for i in 0..g.containers.len() {
@@ -1240,28 +1228,9 @@ impl Shared {
                         c.restart_due = None;
                         c.restart_count += 1;
                         c.previous = Some(c.current.clone());
-                        c.current = CState {
-                            state: "Running",
-                            start: Some(now),
-                            finish: None,
-                            exit: None,
-                            detail: None,
-                        };
-                        push_event(&mut c.events, "Started", "Started container".to_string(), now);
                         st.generation += 1;
                         c.generation = st.generation;
-                        Self::launch(
-                            &cfg,
-                            &mut st.rng,
-                            g.id.as_str(),
-                            &g.name,
-                            &g.tags,
-                            key,
-                            i,
-                            c,
-                            now,
-                            &mut starts,
-                        );
+                        Self::start_container(&cfg, &mut st.rng, g, key, i, now, &mut starts);
                     }
                 }
                 g.state = group_state(g);
@@ -1316,13 +1285,7 @@ impl Shared {
             g.running_at = g.creating_at + ms(cfg.image_pull_delay_ms);
             for c in &mut g.containers {
                 c.previous = Some(c.current.clone());
-                c.current = CState {
-                    state: "Waiting",
-                    start: None,
-                    finish: None,
-                    exit: None,
-                    detail: Some("ContainerCreating".into()),
-                };
+                c.current = CState::creating();
                 st.generation += 1;
                 c.generation = st.generation;
             }
@@ -1354,28 +1317,15 @@ impl Shared {
                     format!("The container group '{name}' is not running and cannot be restarted."),
                 );
             }
-            for (i, c) in g.containers.iter_mut().enumerate() {
+            for i in 0..g.containers.len() {
+                let c = &mut g.containers[i];
                 c.previous = Some(c.current.clone());
-                c.current =
-                    CState { state: "Running", start: Some(now), finish: None, exit: None, detail: None };
                 c.restart_count += 1;
                 c.restart_due = None;
                 c.crash_due = None;
-                push_event(&mut c.events, "Started", "Started container".to_string(), now);
                 st.generation += 1;
                 c.generation = st.generation;
-                Self::launch(
-                    &cfg,
-                    &mut st.rng,
-                    g.id.as_str(),
-                    &g.name,
-                    &g.tags,
-                    &key,
-                    i,
-                    c,
-                    now,
-                    &mut starts,
-                );
+                Self::start_container(&cfg, &mut st.rng, g, &key, i, now, &mut starts);
             }
             g.state = group_state(g);
             g.id.clone()
@@ -1385,19 +1335,20 @@ impl Shared {
         Answer::empty(204)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn launch(
+    /// Container `idx` of `g` runs from `now` (a `Started` event): it is handed to the runtime,
+    /// unless the fault draw makes it crash before its runner registers.
+    fn start_container(
         cfg: &ArmSimConfig,
         rng: &mut StdRng,
-        group_id: &str,
-        group_name: &str,
-        tags: &BTreeMap<String, String>,
+        g: &mut Group,
         key: &str,
         idx: usize,
-        c: &mut Ctr,
         now: DateTime<Utc>,
         starts: &mut Vec<(StartedContainer, String, usize, u64)>,
     ) {
+        let c = &mut g.containers[idx];
+        c.current = CState::running(now);
+        push_event(&mut c.events, "Started", "Started container".to_string(), now);
         let p = cfg.faults.crash_before_registration;
         if p > 0.0 && rng.r#gen::<f64>() < p {
             c.crash_due = Some(now + chrono::Duration::seconds(1));
@@ -1405,13 +1356,13 @@ impl Shared {
         }
         starts.push((
             StartedContainer {
-                group_id: group_id.to_string(),
-                group_name: group_name.to_string(),
+                group_id: g.id.clone(),
+                group_name: g.name.clone(),
                 container_name: c.name.clone(),
                 image: c.image.clone(),
                 command: c.command.clone(),
                 env: c.env.clone(),
-                tags: tags.clone(),
+                tags: g.tags.clone(),
             },
             key.to_string(),
             idx,

@@ -125,8 +125,20 @@ fn query_map(uri: &Uri) -> BTreeMap<String, String> {
     url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
 }
 
+/// The requested page of `items` as GitHub lists answer: `{"total_count": n, <key>: [page]}`
+/// with a `Link` header when there are other pages; 422 for an invalid `per_page` or `page`.
+fn paginate(s: &Shared, items: Vec<Value>, q: &BTreeMap<String, String>, path: &str, key: &str) -> Answer {
+    match page_of(s, items, q, path) {
+        Ok((page, total, link)) => {
+            let a = Answer::ok(200, json!({"total_count": total, key: page}));
+            if let Some(l) = link { a.header("link", l) } else { a }
+        }
+        Err(a) => a,
+    }
+}
+
 /// Slice `items` into the requested page; returns the page, `total_count` and the `Link` header.
-fn paginate(
+fn page_of(
     s: &Shared,
     items: Vec<Value>,
     q: &BTreeMap<String, String>,
@@ -268,13 +280,7 @@ fn serve(s: &Shared, route: Route, p: &Principal, uri: &Uri, headers: &HeaderMap
         Route::RateLimit => Answer::ok(200, s.rate_limit_body(p)),
         Route::RunnerGroups(sc) => {
             let groups = s.runner_groups(&sc);
-            match paginate(s, groups, &q, uri.path()) {
-                Ok((page, total, link)) => {
-                    let a = Answer::ok(200, json!({"total_count": total, "runner_groups": page}));
-                    if let Some(l) = link { a.header("link", l) } else { a }
-                }
-                Err(a) => a,
-            }
+            paginate(s, groups, &q, uri.path(), "runner_groups")
         }
         Route::CreateRunnerGroup(sc) => match json_body() {
             Ok(b) => match b.get("name").and_then(Value::as_str) {
@@ -285,13 +291,7 @@ fn serve(s: &Shared, route: Route, p: &Principal, uri: &Uri, headers: &HeaderMap
         },
         Route::ListRunners(sc) => {
             let runners = s.list_runners(&sc, q.get("name").map(String::as_str));
-            match paginate(s, runners, &q, uri.path()) {
-                Ok((page, total, link)) => {
-                    let a = Answer::ok(200, json!({"total_count": total, "runners": page}));
-                    if let Some(l) = link { a.header("link", l) } else { a }
-                }
-                Err(a) => a,
-            }
+            paginate(s, runners, &q, uri.path(), "runners")
         }
         Route::Jit(sc) => match json_body() {
             Ok(b) => s.generate_jitconfig(&sc, &b),
@@ -310,23 +310,11 @@ fn serve(s: &Shared, route: Route, p: &Principal, uri: &Uri, headers: &HeaderMap
         },
         Route::ListRuns(repo) => {
             let runs = s.list_runs(&repo, q.get("status").map(String::as_str));
-            match paginate(s, runs, &q, uri.path()) {
-                Ok((page, total, link)) => {
-                    let a = Answer::ok(200, json!({"total_count": total, "workflow_runs": page}));
-                    if let Some(l) = link { a.header("link", l) } else { a }
-                }
-                Err(a) => a,
-            }
+            paginate(s, runs, &q, uri.path(), "workflow_runs")
         }
         Route::ListJobs(repo, run) => match s.list_run_jobs(&repo, run) {
             None => Answer::error(404, "Not Found"),
-            Some(jobs) => match paginate(s, jobs, &q, uri.path()) {
-                Ok((page, total, link)) => {
-                    let a = Answer::ok(200, json!({"total_count": total, "jobs": page}));
-                    if let Some(l) = link { a.header("link", l) } else { a }
-                }
-                Err(a) => a,
-            },
+            Some(jobs) => paginate(s, jobs, &q, uri.path(), "jobs"),
         },
         Route::AccessToken(_) => Answer::error(404, "Not Found"),
     };

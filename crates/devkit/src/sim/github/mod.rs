@@ -14,9 +14,10 @@ mod webhook;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 
 use crate::sim::clock::SimClock;
 use crate::sim::runtime::{ContainerRuntime, ExitNotifier, StartedContainer};
@@ -268,42 +269,10 @@ impl GithubSim {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(state::Shared::new(cfg, clock, keys, url.clone(), tx));
         let app = http::router(shared.clone());
-        let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "GitHub simulator server stopped");
-            }
-        });
-        let sender = tokio::spawn(webhook::sender(Arc::downgrade(&shared), rx));
-        let ticker = {
-            let weak = Arc::downgrade(&shared);
-            tokio::spawn(async move {
-                let mut iv = tokio::time::interval(std::time::Duration::from_millis(10));
-                iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                loop {
-                    iv.tick().await;
-                    let Some(s) = weak.upgrade() else { break };
-                    s.tick();
-                }
-            })
-        };
+        let mut tasks = crate::sim::serve_and_tick("GitHub simulator", listener, app, &shared, |s| s.tick());
+        tasks.spawn(webhook::sender(Arc::downgrade(&shared), rx));
         tracing::info!(%url, "GitHub simulator listening");
-        Ok(GithubSimHandle {
-            shared,
-            addr,
-            _tasks: Arc::new(Tasks(Mutex::new(vec![server, sender, ticker]))),
-        })
-    }
-}
-
-struct Tasks(Mutex<Vec<tokio::task::JoinHandle<()>>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        if let Ok(tasks) = self.0.lock() {
-            for t in tasks.iter() {
-                t.abort();
-            }
-        }
+        Ok(GithubSimHandle { shared, addr, _tasks: Arc::new(tasks) })
     }
 }
 
@@ -312,7 +281,7 @@ impl Drop for Tasks {
 pub struct GithubSimHandle {
     shared: Arc<state::Shared>,
     addr: SocketAddr,
-    _tasks: Arc<Tasks>,
+    _tasks: Arc<JoinSet<()>>,
 }
 
 impl GithubSimHandle {
