@@ -4,9 +4,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "aci-runner-controller", version, about)]
 struct Cli {
-    /// Log format: `text` or `json`.
-    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "text")]
-    log_format: String,
+    #[command(flatten)]
+    log: aci_runner_controller::controller::run::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,7 +20,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    aci_runner_controller::controller::run::init_tracing(&cli.log_format);
+    cli.log.init();
     match cli.command {
         Command::Crd => {
             print!("{}", aci_runner_core::crd::crd_yaml()?);

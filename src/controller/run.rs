@@ -139,9 +139,24 @@ impl ApiLimitArgs {
     }
 }
 
+/// The logging flag every binary of the project takes (`--log-format`, `LOG_FORMAT`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log format: `text` or `json`.
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl LogArgs {
+    /// Install the process's `tracing` subscriber (see [`init_tracing`]).
+    pub fn init(&self) {
+        init_tracing(&self.log_format)
+    }
+}
+
 /// Install the process's `tracing` subscriber: `RUST_LOG` filter (default `info`), logs on
 /// stderr as text or, with `format == "json"`, one JSON object a line.
-pub fn init_tracing(format: &str) {
+fn init_tracing(format: &str) {
     use tracing_subscriber::{EnvFilter, fmt, prelude::*};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
