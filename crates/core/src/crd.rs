@@ -530,8 +530,8 @@ pub fn precompile_patterns() -> Result<(), regex::Error> {
     Ok(())
 }
 
-/// Shared behind an `Arc`: a cloned `Regex` would get its own (empty) match-cache pool, and those
-/// caches were a measurable part of the heap with many pools (bench P5 heap profile).
+/// Shared behind an `Arc`: a cloned `Regex` gets its own (empty) match-cache pool, and one pool
+/// per clone per pool's pass is a measurable part of the heap with many pools.
 fn compiled(re: &'static str) -> Result<std::sync::Arc<regex::Regex>, regex::Error> {
     type Cache = std::collections::HashMap<&'static str, std::sync::Arc<regex::Regex>>;
     static CACHE: std::sync::LazyLock<std::sync::Mutex<Cache>> = std::sync::LazyLock::new(Default::default);
