@@ -268,7 +268,8 @@ impl World {
     /// Apply a Secret with these `stringData` in namespace `ns`.
     pub async fn apply_secret_in(&self, ns: &str, name: &str, data: Value) {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data});
+        let secret =
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data});
         harness::apply(&api, name, &secret).await.unwrap();
     }
 
@@ -350,7 +351,8 @@ impl World {
     /// Events (events.k8s.io/v1) about a pool: (type, reason, note), oldest first.
     pub async fn events_of(&self, pool: &str) -> Vec<(String, String, String)> {
         use k8s_openapi::api::events::v1::Event;
-        let list = Api::<Event>::namespaced(self.client.clone(), &self.ns).list(&Default::default()).await.unwrap();
+        let list =
+            Api::<Event>::namespaced(self.client.clone(), &self.ns).list(&Default::default()).await.unwrap();
         let mut evs: Vec<_> = list
             .items
             .into_iter()
