@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aci_runner_controller::azure::template::{TAG_MANAGED_BY, TAG_POOL_NAME, TAG_POOL_UID};
-use aci_runner_devkit::sim::github::{EnqueueJobs, JobStatus};
+use aci_runner_devkit::sim::github::JobStatus;
 use aci_runner_devkit::sim::{self, Simulator};
 use aci_runner_devkit::testing::harness::{
     ORG, condition, eventually, fast_sim_options, groups_of, pool_manifest,
@@ -59,6 +59,18 @@ fn group_deleted_at(sim: &Simulator, name: &str) -> Option<chrono::DateTime<chro
         .map(|c| c.at)
 }
 
+/// Wait until the simulated ARM has answered at least `list_all` subscription-wide and `list`
+/// resource-group lists since `since`. Passes that list run one after the other, so the n-th
+/// list shows that the passes before it are done.
+async fn wait_listed(w: &World, since: chrono::DateTime<chrono::Utc>, list_all: usize, list: usize) {
+    let count =
+        |op: &str| w.sim.arm.calls().iter().filter(|c| c.op == op && c.at >= since && c.status < 300).count();
+    let listed =
+        eventually(T, || async { (count("listAll") >= list_all && count("list") >= list).then_some(()) })
+            .await;
+    assert!(listed.is_some(), "{} listAll and {} list calls since {since}", count("listAll"), count("list"));
+}
+
 /// Register a runner directly through the simulated GitHub API (a PAT), as a leaked JIT
 /// registration whose container never started: it stays offline.
 async fn leak_registration(sim: &Simulator, name: &str, labels: &[&str]) -> i64 {
@@ -103,15 +115,7 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     let initial: BTreeSet<String> = names(&w.groups_of("burst"), |g| &g.name);
 
     // Jobs this pool cannot run (a label it lacks) are no demand for it.
-    w.sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["self-hosted".into(), "aci".into(), "gpu".into()],
-            duration_secs: 3.0,
-            count: 5,
-            ..Default::default()
-        })
-        .unwrap();
+    w.enqueue(&["self-hosted", "aci", "gpu"], 3.0, 5);
     let t = tokio::time::Instant::now();
     while t.elapsed() < Duration::from_secs(3) {
         let p = w.get_pool("burst").await.unwrap();
@@ -123,16 +127,7 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     assert!(w.sim.github.deliveries().iter().any(|d| d.action == "queued"), "no webhook was delivered");
     let t0 = std::time::Instant::now();
 
-    let jobs = w
-        .sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["self-hosted".into(), "aci".into()],
-            duration_secs: 3.0,
-            count: 10,
-            ..Default::default()
-        })
-        .unwrap();
+    let jobs = w.enqueue(&["self-hosted", "aci"], 3.0, 10);
     let job_ids: BTreeSet<i64> = jobs.iter().map(|j| j.id).collect();
     assert_eq!(job_ids.len(), 10);
 
@@ -245,30 +240,15 @@ async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the
     w.wait_ready("shrink", 3).await;
 
     // One long job: one runner becomes busy.
-    let job = w
-        .sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 20.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
-    let busy = eventually(T, || async { w.runners_of("shrink").into_iter().find(|r| r.busy) }).await;
-    let Some(busy) = busy else { panic!("no runner took the job\n{}", w.describe("shrink").await) };
-    assert_eq!(
-        w.sim.github.jobs().iter().find(|j| j.id == job.id).and_then(|j| j.runner_name.clone()),
-        Some(busy.name.clone())
-    );
+    let job = w.enqueue_one(20.0);
+    let busy = w.wait_busy("shrink").await;
+    assert_eq!(w.job(job.id).runner_name, Some(busy.name.clone()));
 
     w.apply("shrink", json!({"scaling": {"minIdle": 0}})).await;
 
     // The idle runners go; the busy one stays (group and registration) while its job runs.
     let mut others: BTreeMap<String, i64> = BTreeMap::new();
-    let job_running =
-        || w.sim.github.jobs().iter().any(|j| j.id == job.id && j.status != JobStatus::Completed);
+    let job_running = || w.job(job.id).status != JobStatus::Completed;
     let deadline = tokio::time::Instant::now() + T;
     let mut shrunk = false;
     while tokio::time::Instant::now() < deadline {
@@ -459,6 +439,10 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
 // registration first. One of its runners takes a job after the restarted controller marked the
 // groups (its shared runner list, cached for a while, still shows the runner idle): that group
 // must survive until the job is done (GitHub refuses to unregister a busy runner).
+//
+// "After the mark" is read from the simulated ARM's call log (a second subscription-wide list
+// since the restart: GC passes run one after the other); a fixed 1.5 s sleep assumed the first
+// pass was done by then.
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_after_restart() {
@@ -488,28 +472,19 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
 
     let restarted_at = w.sim.clock.now();
     w.start_controller().await;
-    // After the first GC pass marked the orphans, one of their runners takes a job.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let job = w
-        .sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 8.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
+    // After the first GC pass marked the orphans (the second one has begun), one of their
+    // runners takes a job.
+    wait_listed(&w, restarted_at, 2, 0).await;
+    let job = w.enqueue_one(8.0);
     let collected = eventually(T, || async {
-        let done = w.sim.github.jobs().iter().any(|j| j.id == job.id && j.status == JobStatus::Completed);
+        let done = w.job(job.id).status == JobStatus::Completed;
         (done && w.groups_of("gone").is_empty()).then_some(())
     })
     .await;
     if collected.is_none() {
         panic!("orphaned groups never collected\n{}", w.describe("gone").await);
     }
-    let j = w.sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    let j = w.job(job.id);
     let busy = j.runner_name.clone().unwrap();
     assert!(gone_groups.contains(&busy), "{j:?}");
     assert_eq!(j.conclusion.as_deref(), Some("success"), "the orphan was killed mid-job: {j:?}");
@@ -547,6 +522,9 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
 // 4d. A pool deleted and re-created under the same name while no controller ran: the groups of
 // the old pool (old uid) are collected by the new pool's passes, its runners are never counted,
 // and one that takes a job after the mark keeps its group until the job is done.
+//
+// "After the mark" is read from the simulated ARM's call log (second lists since the restart),
+// as in 4c, instead of a fixed 1.5 s sleep.
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_counted() {
@@ -575,24 +553,14 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
 
     let restarted_at = w.sim.clock.now();
     w.start_controller().await;
-    // After the first pass marked the old groups, an old runner (lowest id: GitHub's pick) takes
-    // a job.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let job = w
-        .sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 8.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
+    // After the first passes marked the old groups (the second GC pass and the pool's second
+    // pass have begun), an old runner (lowest id: GitHub's pick) takes a job.
+    wait_listed(&w, restarted_at, 2, 2).await;
+    let job = w.enqueue_one(8.0);
     let converged = eventually(T, || async {
         let groups = w.groups_of("reborn");
         let regs = w.runners_of("reborn");
-        let done = w.sim.github.jobs().iter().any(|j| j.id == job.id && j.status == JobStatus::Completed);
+        let done = w.job(job.id).status == JobStatus::Completed;
         let p = w.get_pool("reborn").await?;
         let st = p.status.as_ref()?;
         let ok = done
@@ -609,7 +577,7 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
     if converged.is_none() {
         panic!("old groups not collected\n{}", w.describe("reborn").await);
     }
-    let j = w.sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    let j = w.job(job.id);
     let busy = j.runner_name.clone().unwrap();
     assert!(old_runners.contains_key(&busy), "{j:?}");
     assert_eq!(j.conclusion.as_deref(), Some("success"), "the old runner was killed mid-job: {j:?}");
@@ -642,25 +610,13 @@ async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
     let mut w = World::builder("e2e-drain").sim_options(sim_options(7)).start().await;
     w.apply("drain", json!({"scaling": {"minIdle": 2}})).await;
     w.wait_ready("drain", 2).await;
-    let job = w
-        .sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 20.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
-    let busy = eventually(T, || async { w.runners_of("drain").into_iter().find(|r| r.busy) }).await;
-    let Some(busy) = busy else { panic!("no runner took the job\n{}", w.describe("drain").await) };
+    let job = w.enqueue_one(20.0);
+    let busy = w.wait_busy("drain").await;
 
     w.delete_pool("drain").await;
 
     // The idle runners go; the busy one and the pool stay while the job runs.
-    let job_running =
-        || w.sim.github.jobs().iter().any(|j| j.id == job.id && j.status != JobStatus::Completed);
+    let job_running = || w.job(job.id).status != JobStatus::Completed;
     let drained = eventually(T, || async {
         let running = job_running();
         let p = w.get_pool("drain").await;
@@ -690,7 +646,7 @@ async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
     if finished.is_none() {
         panic!("pool not removed after its job\n{}", w.describe("drain").await);
     }
-    let j = w.sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    let j = w.job(job.id);
     assert_eq!(j.conclusion.as_deref(), Some("success"), "{j:?}");
     // A stale list may make the controller try once; GitHub's refusal must then refresh its view
     // instead of the same refused DELETE going out every pass.
@@ -716,19 +672,8 @@ async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
     let mut w = World::builder("e2e-drainto").sim_options(sim_options(8)).start().await;
     w.apply("hurry", json!({"scaling": {"minIdle": 1, "drainTimeout": "3s"}})).await;
     w.wait_ready("hurry", 1).await;
-    let job = w
-        .sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 120.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
-    let busy = eventually(T, || async { w.runners_of("hurry").into_iter().find(|r| r.busy) }).await;
-    let Some(busy) = busy else { panic!("never busy\n{}", w.describe("hurry").await) };
+    let job = w.enqueue_one(120.0);
+    let busy = w.wait_busy("hurry").await;
 
     w.delete_pool("hurry").await;
     // drainTimeout counts from the deletionTimestamp (whole seconds, so up to 1 s before the call).
@@ -754,7 +699,7 @@ async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
     let at = group_deleted_at(&w.sim, &busy.name).unwrap();
     let waited = (at - deleted_at).to_std().unwrap_or_default();
     assert!(waited >= Duration::from_secs(3), "busy group deleted {waited:?} after the deletionTimestamp");
-    let j = w.sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    let j = w.job(job.id);
     assert_ne!(j.conclusion.as_deref(), Some("success"), "{j:?}");
     assert!(w.sim.arm.groups().is_empty());
     assert!(w.sim.github.runners().is_empty());
@@ -839,20 +784,9 @@ async fn token_mode_burst(prefix: &str, pool: &str, seed: u64, ephemeral: bool) 
         assert!(env.iter().any(|(_, n, secure)| n == "RUNNER_EPHEMERAL" && !*secure), "{env:?}");
     }
 
-    let job_ids: BTreeSet<i64> = w
-        .sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            // Default labels in GitHub's spelling match case-insensitively.
-            labels: vec!["self-hosted".into(), "Linux".into(), "X64".into(), "aci".into()],
-            duration_secs: 2.0,
-            count,
-            ..Default::default()
-        })
-        .unwrap()
-        .iter()
-        .map(|j| j.id)
-        .collect();
+    // Default labels in GitHub's spelling match case-insensitively.
+    let job_ids: BTreeSet<i64> =
+        w.enqueue(&["self-hosted", "Linux", "X64", "aci"], 2.0, count).iter().map(|j| j.id).collect();
     let mut max_groups = 0usize;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut settled = false;

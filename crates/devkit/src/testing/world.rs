@@ -16,7 +16,7 @@ use super::harness::{
     eventually, fast_sim_options, pool_manifest, start_controller,
 };
 use crate::sim::arm::GroupSummary;
-use crate::sim::github::RunnerRecord;
+use crate::sim::github::{EnqueueJobs, JobRecord, RunnerRecord};
 use crate::sim::{self, SimOptions, Simulator};
 use aci_runner_core::crd::RunnerPool;
 
@@ -396,6 +396,35 @@ impl World {
             Some(m) => m,
             None => panic!("no Warning event {reason} for {pool}; events: {:#?}", self.events_of(pool).await),
         }
+    }
+
+    // --- jobs ---------------------------------------------------------------------------------
+
+    /// Queue `count` jobs with these `runs-on` labels, each running `duration_secs`.
+    pub fn enqueue(&self, labels: &[&str], duration_secs: f64, count: u32) -> Vec<JobRecord> {
+        let labels = labels.iter().map(|l| l.to_string()).collect();
+        self.sim
+            .github
+            .enqueue_jobs(EnqueueJobs { labels, duration_secs, count, ..Default::default() })
+            .unwrap()
+    }
+
+    /// Queue one `[aci]` job running `duration_secs`.
+    pub fn enqueue_one(&self, duration_secs: f64) -> JobRecord {
+        self.enqueue(&["aci"], duration_secs, 1).remove(0)
+    }
+
+    /// Wait until a runner of the pool is busy; panic if none takes a job.
+    pub async fn wait_busy(&self, pool: &str) -> RunnerRecord {
+        match eventually(T, || async { self.runners_of(pool).into_iter().find(|r| r.busy) }).await {
+            Some(r) => r,
+            None => panic!("no runner took the job\n{}", self.describe(pool).await),
+        }
+    }
+
+    /// The simulated job with this id, as it is now.
+    pub fn job(&self, id: i64) -> JobRecord {
+        self.sim.github.jobs().into_iter().find(|j| j.id == id).expect("the simulator has the job")
     }
 
     // --- the simulator's view -----------------------------------------------------------------
