@@ -941,45 +941,45 @@ fn argocd_health_check_classifies_runner_pools() {
         lua_src,
         "argocd-cm-health.yaml must embed runnerpool-health.lua verbatim"
     );
-    let ready = pool_with(
-        3,
-        Some(3),
-        serde_json::json!([
-            cond("Ready", "True", "RunnersReady", "2 idle, 0 busy of 2 desired"),
-            cond("Reconciling", "False", "RunnersReady", ""),
-            cond("Stalled", "False", "RunnersReady", "")
-        ]),
-    );
-    assert_eq!(
-        argocd_health(&lua_src, &ready),
-        ("Healthy".into(), "RunnersReady: 2 idle, 0 busy of 2 desired".into())
-    );
-    let stalled = pool_with(
-        3,
-        Some(3),
-        serde_json::json!([
-            cond("Ready", "False", "SecretNotFound", "Secret github-app not found"),
-            cond("Reconciling", "False", "SecretNotFound", ""),
-            cond("Stalled", "True", "SecretNotFound", "Secret github-app not found")
-        ]),
-    );
-    assert_eq!(
-        argocd_health(&lua_src, &stalled),
-        ("Degraded".into(), "SecretNotFound: Secret github-app not found".into())
-    );
-    let scaling = pool_with(
-        3,
-        Some(3),
-        serde_json::json!([
-            cond("Ready", "False", "ScalingUp", "1 of 3"),
-            cond("Reconciling", "True", "ScalingUp", "creating 2 runners"),
-            cond("Stalled", "False", "ScalingUp", "")
-        ]),
-    );
-    assert_eq!(
-        argocd_health(&lua_src, &scaling),
-        ("Progressing".into(), "ScalingUp: creating 2 runners".into())
-    );
+    // (status, reason, message) of Ready, Reconciling and Stalled → Argo CD health and message.
+    let cases = [
+        (
+            [
+                ("True", "RunnersReady", "2 idle, 0 busy of 2 desired"),
+                ("False", "RunnersReady", ""),
+                ("False", "RunnersReady", ""),
+            ],
+            "Healthy",
+            "RunnersReady: 2 idle, 0 busy of 2 desired",
+        ),
+        (
+            [
+                ("False", "SecretNotFound", "Secret github-app not found"),
+                ("False", "SecretNotFound", ""),
+                ("True", "SecretNotFound", "Secret github-app not found"),
+            ],
+            "Degraded",
+            "SecretNotFound: Secret github-app not found",
+        ),
+        (
+            [
+                ("False", "ScalingUp", "1 of 3"),
+                ("True", "ScalingUp", "creating 2 runners"),
+                ("False", "ScalingUp", ""),
+            ],
+            "Progressing",
+            "ScalingUp: creating 2 runners",
+        ),
+    ];
+    for (conds, health, message) in cases {
+        let conditions: Vec<Value> = ["Ready", "Reconciling", "Stalled"]
+            .iter()
+            .zip(conds)
+            .map(|(t, (status, reason, msg))| cond(t, status, reason, msg))
+            .collect();
+        let pool = pool_with(3, Some(3), Value::Array(conditions));
+        assert_eq!(argocd_health(&lua_src, &pool), (health.into(), message.into()), "{conds:?}");
+    }
     // A Ready status written for an older spec is not trusted.
     let stale = pool_with(4, Some(3), serde_json::json!([cond("Ready", "True", "RunnersReady", "ok")]));
     let (status, message) = argocd_health(&lua_src, &stale);

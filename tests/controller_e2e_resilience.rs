@@ -15,7 +15,7 @@ use aci_runner_devkit::sim::Simulator;
 use aci_runner_devkit::sim::arm::{FaultConfig, OpFaults, Quotas};
 use aci_runner_devkit::sim::github::{GhOpFaults, GithubFaults, OPERATIONS};
 use aci_runner_devkit::testing::harness::{
-    ControllerHandle, ControllerOptions, ORG, apply_app_secret, condition, eventually, groups_of, runners_of,
+    ControllerHandle, ControllerOptions, apply_app_secret, condition, eventually, groups_of, jobs, runners_of,
 };
 use aci_runner_devkit::testing::world::{T, World, cond_is, metric_sum, one_to_one_online, ready_with};
 use kube::Api;
@@ -920,26 +920,23 @@ async fn a_wrong_azure_client_secret_neither_poisons_nor_borrows_anothers_creden
 /// (docs/planner.md, known limits), but once they ran their job (ephemeral JIT runners) their
 /// finished container groups in the old resource group must be removed, not leaked: they are
 /// no longer in the pool's list, and no other pool sweeps that resource group.
+///
+/// The jobs are queued once the pool's status is of the new generation (the controller acts on
+/// the new spec); a fixed 2 s sleep assumed it did by then, else the old runners' replacements
+/// would go to the old resource group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runners_left_in_the_old_resource_group_are_removed_after_their_job() {
-    use aci_runner_devkit::sim::github::EnqueueJobs;
     let mut w = World::start("e2e-moverg", 94).await;
     w.apply("move", json!({"scaling": {"minIdle": 2}})).await;
     let before = w.wait_settled("move", 2).await;
 
     w.apply("move", json!({"azure": {"resourceGroup": "rg-other"}, "scaling": {"minIdle": 2}})).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.wait_pool("move", "at the new generation", T, |p| {
+        p.status.as_ref().and_then(|s| s.observed_generation) == p.metadata.generation
+    })
+    .await;
     // The old runners each run a job and finish (ephemeral); new ones come in rg-other.
-    w.sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            repo: format!("{ORG}/octo-repo"),
-            labels: vec!["self-hosted".into(), "aci".into()],
-            duration_secs: 1.0,
-            count: 2,
-            ..Default::default()
-        })
-        .unwrap();
+    w.sim.github.enqueue_jobs(jobs(&["self-hosted", "aci"], 1.0, 2)).unwrap();
     let moved = eventually(T, || async {
         let groups = w.groups_of("move");
         let p = w.get_pool("move").await?;

@@ -115,7 +115,12 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     let initial: BTreeSet<String> = names(&w.groups_of("burst"), |g| &g.name);
 
     // Jobs this pool cannot run (a label it lacks) are no demand for it.
+    // The 3 s below start once the controller has answered their webhooks (the simulator's
+    // delivery log), however long the delivery took.
     w.enqueue(&["self-hosted", "aci", "gpu"], 3.0, 5);
+    let answered = || w.sim.github.deliveries().iter().any(|d| d.action == "queued" && d.status.is_some());
+    let delivered = eventually(T, || async { answered().then_some(()) }).await;
+    assert!(delivered.is_some(), "no webhook was delivered: {:?}", w.sim.github.deliveries());
     let t = tokio::time::Instant::now();
     while t.elapsed() < Duration::from_secs(3) {
         let p = w.get_pool("burst").await.unwrap();
@@ -124,7 +129,6 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
         assert_eq!(w.groups_of("burst").len(), min_idle as usize);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(w.sim.github.deliveries().iter().any(|d| d.action == "queued"), "no webhook was delivered");
     let t0 = std::time::Instant::now();
 
     let jobs = w.enqueue(&["self-hosted", "aci"], 3.0, 10);

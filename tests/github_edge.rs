@@ -14,6 +14,7 @@ use aci_runner_devkit::sim::github::{
     EnqueueJobs, GithubSim, GithubSimConfig, GithubSimHandle, WebhookTarget, sign_webhook,
 };
 use aci_runner_devkit::sim::runtime::{ContainerEnv, ExitNotifier, StartedContainer};
+use aci_runner_devkit::testing::harness::jobs;
 
 async fn sim(scale: f64, cfg: GithubSimConfig) -> GithubSimHandle {
     GithubSim::start(cfg, SimClock::new(scale)).await.expect("sim starts")
@@ -179,8 +180,7 @@ async fn deleting_a_busy_runner_is_busy_and_gone_runners_are_fine() {
         },
         ExitNotifier::new(move |c| e2.lock().unwrap().push(c)),
     );
-    g.enqueue_jobs(EnqueueJobs { labels: vec!["aci".into()], duration_secs: 600.0, ..Default::default() })
-        .unwrap();
+    g.enqueue_jobs(jobs(&["aci"], 600.0, 1)).unwrap();
     let start = std::time::Instant::now();
     loop {
         client.invalidate_runners(&org()).await;
@@ -388,13 +388,7 @@ async fn simulated_github_deliveries_reach_the_receiver() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let g = sim(60.0, GithubSimConfig::default()).await;
     g.set_webhook(Some(WebhookTarget { url, secret: "hook-secret".into() }));
-    let jobs = g
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["self-hosted".into(), "aci".into()],
-            count: 3,
-            ..Default::default()
-        })
-        .unwrap();
+    let jobs = g.enqueue_jobs(jobs(&["self-hosted", "aci"], 60.0, 3)).unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
         let s = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
@@ -474,12 +468,7 @@ async fn ghes_base_url_deprecations_and_queued_jobs() {
     assert_eq!(client.runner_version_deprecation(&org(), "2.300.0").await.unwrap(), Some(deprecated));
     assert_eq!(client.runner_version_deprecation(&org(), "2.329.0").await.unwrap(), None);
 
-    g.enqueue_jobs(EnqueueJobs {
-        labels: vec!["self-hosted".into(), "gpu".into()],
-        count: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    g.enqueue_jobs(jobs(&["self-hosted", "gpu"], 60.0, 2)).unwrap();
     g.enqueue_jobs(EnqueueJobs { repo: "octo-org/other-repo".into(), ..Default::default() }).unwrap();
     let q = client.queued_jobs("octo-org", "octo-repo").await.unwrap();
     assert_eq!(q.len(), 2);

@@ -1111,14 +1111,17 @@ async fn managed_identity_endpoint_and_sim_http_api() {
     assert_eq!(groups, json!([]));
 }
 
+/// The token lives 1 s real (600 s simulated at scale 600): a 0.1 s lifetime made the first
+/// call's 404 depend on it coming within 100 ms of the token on a loaded machine.
 #[tokio::test]
 async fn access_tokens_expire_in_simulated_time() {
     let mut c = cfg();
-    c.token_lifetime_secs = 60; // 0.1 s at scale 600
+    // 1 s real at scale 600: the first call has that long to come before the token expires.
+    c.token_lifetime_secs = 600;
     let (h, _rt) = start(c).await;
     let arm = Arm::new(&h).await;
     assert_eq!(arm.get("x").await.status, 404);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = arm.get("x").await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("ExpiredAuthenticationToken")));
     // Audience check: a token for another resource is refused.

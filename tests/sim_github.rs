@@ -10,10 +10,11 @@ use std::time::Duration;
 use aci_runner_controller::github::mint_app_jwt;
 use aci_runner_devkit::sim::clock::SimClock;
 use aci_runner_devkit::sim::github::{
-    EnqueueJobs, GhOpFaults, GithubFaults, GithubSim, GithubSimConfig, GithubSimHandle, JobStatus,
-    WebhookTarget, sign_webhook,
+    GhOpFaults, GithubFaults, GithubSim, GithubSimConfig, GithubSimHandle, JobStatus, WebhookTarget,
+    sign_webhook,
 };
 use aci_runner_devkit::sim::runtime::{ContainerEnv, ExitNotifier, StartedContainer};
+use aci_runner_devkit::testing::harness::jobs;
 use aci_runner_devkit::testing::specs::load_json;
 use serde_json::{Value, json};
 
@@ -382,13 +383,7 @@ async fn every_operation_conforms_to_the_rest_description() {
     assert_eq!(r.status, 204);
 
     // Workflow runs and jobs with the status filter.
-    g.enqueue_jobs(EnqueueJobs {
-        repo: "octo-org/octo-repo".into(),
-        labels: vec!["self-hosted".into(), "aci".into()],
-        count: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    g.enqueue_jobs(jobs(&["self-hosted", "aci"], 60.0, 2)).unwrap();
     let runs_t = "/repos/{owner}/{repo}/actions/runs";
     let r = c.call("GET", runs_t, "/repos/octo-org/octo-repo/actions/runs?status=queued", &tok, None).await;
     assert_eq!(r.status, 200);
@@ -596,19 +591,8 @@ async fn runner_takes_a_job_end_to_end_with_signed_valid_webhooks() {
     );
 
     // A job the runner cannot take (label mismatch) and one it can (60 s simulated = 1 s real).
-    g.enqueue_jobs(EnqueueJobs {
-        labels: vec!["self-hosted".into(), "gpu".into()],
-        duration_secs: 5.0,
-        ..Default::default()
-    })
-    .unwrap();
-    let jobs = g
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["self-hosted".into(), "ACI".into()],
-            duration_secs: 60.0,
-            ..Default::default()
-        })
-        .unwrap();
+    g.enqueue_jobs(jobs(&["self-hosted", "gpu"], 5.0, 1)).unwrap();
+    let jobs = g.enqueue_jobs(jobs(&["self-hosted", "ACI"], 60.0, 1)).unwrap();
     let job_id = jobs[0].id;
     wait_for("busy", Duration::from_secs(5), || g.runners().iter().any(|r| r.id == rid && r.busy)).await;
     // Busy runners cannot be deleted.
@@ -719,13 +703,7 @@ async fn token_mode_persistent_runner_kill_offline_and_invalid_configs() {
     );
 
     // Two jobs in sequence on the same persistent runner.
-    g.enqueue_jobs(EnqueueJobs {
-        labels: vec!["aci".into(), "big".into()],
-        duration_secs: 10.0,
-        count: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    g.enqueue_jobs(jobs(&["aci", "big"], 10.0, 2)).unwrap();
     wait_for("2 jobs done", Duration::from_secs(5), || {
         g.jobs().iter().filter(|j| j.status == JobStatus::Completed).count() == 2
     })
@@ -735,8 +713,7 @@ async fn token_mode_persistent_runner_kill_offline_and_invalid_configs() {
     assert_eq!(exits.lock().unwrap().len(), 3, "persistent runners keep going");
 
     // The container is killed mid-job: the runner shows offline, the job fails.
-    g.enqueue_jobs(EnqueueJobs { labels: vec!["aci".into()], duration_secs: 600.0, ..Default::default() })
-        .unwrap();
+    g.enqueue_jobs(jobs(&["aci"], 600.0, 1)).unwrap();
     wait_for("busy", Duration::from_secs(5), || g.runners().iter().any(|r| r.name == "persist-1" && r.busy))
         .await;
     rt.kill(&container("persist-1", vec![]).group_id);
@@ -1049,8 +1026,7 @@ async fn runner_faults_crash_and_death_mid_job_and_webhook_drops() {
     );
     wait_for("online", Duration::from_secs(5), || g.runners().iter().any(|r| r.name == "mortal" && r.online))
         .await;
-    g.enqueue_jobs(EnqueueJobs { labels: vec!["aci".into()], duration_secs: 120.0, ..Default::default() })
-        .unwrap();
+    g.enqueue_jobs(jobs(&["aci"], 120.0, 1)).unwrap();
     wait_for("death", Duration::from_secs(5), || exits.lock().unwrap().len() == 2).await;
     assert_eq!(exits.lock().unwrap()[1], ("mortal".to_string(), 1));
     let j = &g.jobs()[0];
@@ -1175,14 +1151,7 @@ async fn composed_container_group_with_jit_config_comes_online_and_runs_a_job() 
     assert!(tok_rec.names.contains(&("RUNNER_URL".to_string(), false)));
 
     // A job only the JIT runner can take: it runs, the runner exits 0, the group succeeds.
-    let jobs = sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["self-hosted".into(), "jit".into(), "linux".into()],
-            duration_secs: 30.0,
-            ..Default::default()
-        })
-        .unwrap();
+    let jobs = sim.github.enqueue_jobs(jobs(&["self-hosted", "jit", "linux"], 30.0, 1)).unwrap();
     wait_for("job done", Duration::from_secs(10), || {
         sim.github.jobs().iter().any(|j| j.id == jobs[0].id && j.status == JobStatus::Completed)
     })
@@ -1375,14 +1344,7 @@ async fn composed_twenty_jit_groups_each_run_one_job() {
         let r = http.put(url).bearer_auth(&tok).json(&group_body("Never", env)).send().await.unwrap();
         assert_eq!(r.status(), 201);
     }
-    sim.github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["bulk".into()],
-            duration_secs: 60.0,
-            count: 20,
-            ..Default::default()
-        })
-        .unwrap();
+    sim.github.enqueue_jobs(jobs(&["bulk"], 60.0, 20)).unwrap();
     wait_for("20 jobs done", Duration::from_secs(20), || {
         sim.github.jobs().iter().filter(|j| j.conclusion.as_deref() == Some("success")).count() == 20
     })

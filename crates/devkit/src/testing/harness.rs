@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::sim::arm::ArmSimConfig;
-use crate::sim::github::{GithubSimConfig, WebhookTarget};
+use crate::sim::github::{EnqueueJobs, GithubSimConfig, WebhookTarget};
 use crate::sim::{SimOptions, Simulator};
 use aci_runner_controller::azure::CredentialSpec;
 use aci_runner_controller::controller::run::{Edges, RunArgs, build_edges, run_with};
@@ -364,6 +364,13 @@ pub fn groups_of(sim: &Simulator, pool: &str) -> Vec<crate::sim::arm::GroupSumma
 pub fn runners_of(sim: &Simulator, pool: &str) -> Vec<crate::sim::github::RunnerRecord> {
     let prefix = format!("{pool}-");
     sim.github.runners().into_iter().filter(|r| r.name.starts_with(&prefix)).collect()
+}
+
+/// `count` jobs of `octo-org/octo-repo` for the simulated GitHub to queue, with these `runs-on`
+/// labels, each running `duration_secs` simulated seconds.
+pub fn jobs(labels: &[&str], duration_secs: f64, count: u32) -> EnqueueJobs {
+    let labels = labels.iter().map(|l| l.to_string()).collect();
+    EnqueueJobs { labels, duration_secs, count, ..EnqueueJobs::default() }
 }
 
 /// Log to the test output (filter from `RUST_LOG`, default `warn`); safe to call repeatedly.

@@ -16,7 +16,7 @@ use super::harness::{
     eventually, fast_sim_options, pool_manifest, start_controller,
 };
 use crate::sim::arm::GroupSummary;
-use crate::sim::github::{EnqueueJobs, JobRecord, RunnerRecord};
+use crate::sim::github::{JobRecord, RunnerRecord};
 use crate::sim::{self, SimOptions, Simulator};
 use aci_runner_core::crd::RunnerPool;
 
@@ -402,11 +402,7 @@ impl World {
 
     /// Queue `count` jobs with these `runs-on` labels, each running `duration_secs`.
     pub fn enqueue(&self, labels: &[&str], duration_secs: f64, count: u32) -> Vec<JobRecord> {
-        let labels = labels.iter().map(|l| l.to_string()).collect();
-        self.sim
-            .github
-            .enqueue_jobs(EnqueueJobs { labels, duration_secs, count, ..Default::default() })
-            .unwrap()
+        self.sim.github.enqueue_jobs(harness::jobs(labels, duration_secs, count)).unwrap()
     }
 
     /// Queue one `[aci]` job running `duration_secs`.
