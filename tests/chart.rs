@@ -520,16 +520,18 @@ fn kubectl(cp: &control_plane::ControlPlane, args: &[&str], stdin: Option<&[u8]>
     (out.status.success(), text(&out))
 }
 
-/// Minimal stand-ins for the Prometheus Operator CRDs (absent on the local control plane), so
+/// A minimal stand-in for a Prometheus Operator CRD (absent on the local control plane), so
 /// the ServiceMonitor and PrometheusRule of the maximal values are checked by the server too.
-const MONITORING_CRDS: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
+fn monitoring_crd(kind: &str) -> String {
+    let singular = kind.to_lowercase();
+    format!(
+        r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: {name: servicemonitors.monitoring.coreos.com}
+metadata: {{name: {singular}s.monitoring.coreos.com}}
 spec:
   group: monitoring.coreos.com
   scope: Namespaced
-  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  names: {{kind: {kind}, listKind: {kind}List, plural: {singular}s, singular: {singular}}}
   versions:
     - name: v1
       served: true
@@ -538,25 +540,10 @@ spec:
         openAPIV3Schema:
           type: object
           properties:
-            spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: prometheusrules.monitoring.coreos.com}
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          properties:
-            spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#;
+            spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#
+    )
+}
 
 fn ensure_namespace(cp: &control_plane::ControlPlane, ns: &str) {
     let (ok, out) = kubectl(cp, &["create", "namespace", ns], None);
@@ -566,7 +553,8 @@ fn ensure_namespace(cp: &control_plane::ControlPlane, ns: &str) {
 fn setup_monitoring_crds(cp: &control_plane::ControlPlane) {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let (ok, out) = kubectl(cp, &["apply", "-f", "-"], Some(MONITORING_CRDS.as_bytes()));
+        let crds = [monitoring_crd("ServiceMonitor"), monitoring_crd("PrometheusRule")].join("---\n");
+        let (ok, out) = kubectl(cp, &["apply", "-f", "-"], Some(crds.as_bytes()));
         assert!(ok, "{out}");
         let (ok, out) = kubectl(
             cp,

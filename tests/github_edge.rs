@@ -21,12 +21,13 @@ async fn sim(scale: f64, cfg: GithubSimConfig) -> GithubSimHandle {
 }
 
 fn hub_for(g: &GithubSimHandle, interval_secs: i64) -> GithubHub {
+    hub_with(g, HubConfig { list_interval: chrono::Duration::seconds(interval_secs), ..Default::default() })
+}
+
+/// A hub with `cfg` on the simulator's clock.
+fn hub_with(g: &GithubSimHandle, cfg: HubConfig) -> GithubHub {
     let clock = g.clock();
-    GithubHub::new(HubConfig {
-        list_interval: chrono::Duration::seconds(interval_secs),
-        clock: Arc::new(move || clock.now()),
-        ..Default::default()
-    })
+    GithubHub::new(HubConfig { clock: Arc::new(move || clock.now()), ..cfg })
 }
 
 fn app_creds(g: &GithubSimHandle, installation: u64) -> Credentials {
@@ -86,13 +87,14 @@ async fn unchanged_runner_list_uses_304_and_costs_nothing() {
     // 150 registrations in a burst: lift GitHub's 80-writes-per-minute secondary limit.
     // ... and the client's pace of content-creating requests with it (as `--github-writes-per-minute`).
     let g = sim(60.0, GithubSimConfig { secondary_writes_per_minute: 1000, ..Default::default() }).await;
-    let clock = g.clock();
-    let hub = GithubHub::new(HubConfig {
-        list_interval: chrono::Duration::seconds(30),
-        clock: Arc::new(move || clock.now()),
-        content_pace: PaceConfig { per_minute: 1000, ..PaceConfig::default() },
-        ..Default::default()
-    });
+    let hub = hub_with(
+        &g,
+        HubConfig {
+            list_interval: chrono::Duration::seconds(30),
+            content_pace: PaceConfig { per_minute: 1000, ..PaceConfig::default() },
+            ..Default::default()
+        },
+    );
     let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
     // 150 runners: the list spans two pages of 100.
     for i in 0..150 {
@@ -242,14 +244,15 @@ async fn exhausted_rate_limit_sends_nothing_before_the_announced_reset() {
 #[tokio::test]
 async fn low_remaining_polls_less_and_says_why() {
     let g = sim(60.0, GithubSimConfig { rate_limit: 100, ..Default::default() }).await;
-    let clock = g.clock();
-    let hub = GithubHub::new(HubConfig {
-        list_interval: chrono::Duration::seconds(6),
-        low_remaining: 200,
-        slow_factor: 10,
-        clock: Arc::new(move || clock.now()),
-        ..Default::default()
-    });
+    let hub = hub_with(
+        &g,
+        HubConfig {
+            list_interval: chrono::Duration::seconds(6),
+            low_remaining: 200,
+            slow_factor: 10,
+            ..Default::default()
+        },
+    );
     let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
     client.list_runners(&org()).await.unwrap();
     let status = client.rate_status();

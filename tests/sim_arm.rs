@@ -271,6 +271,22 @@ fn runner_group(image: &str, restart: &str) -> Value {
     })
 }
 
+/// `runner_group("busybox", "Never")` with each JSON pointer set to its value, or removed.
+fn busybox_with(edits: &[(&str, Option<Value>)]) -> Value {
+    let mut b = runner_group("busybox", "Never");
+    for (ptr, v) in edits {
+        let (parent, key) = ptr.rsplit_once('/').unwrap();
+        let (p, key) = (b.pointer_mut(parent).unwrap(), key.replace("~1", "/"));
+        match v {
+            Some(v) => p[key.as_str()] = v.clone(),
+            None => {
+                p.as_object_mut().unwrap().remove(&key);
+            }
+        }
+    }
+    b
+}
+
 async fn wait_for(
     h: &ArmSimHandle,
     name: &str,
@@ -553,105 +569,46 @@ async fn auth_api_version_and_validation_errors_use_arm_error_shape() {
         .await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (404, Some("SubscriptionNotFound")));
 
-    let cases: Vec<(&str, Value, &str)> = vec![
-        ("Bad_Name", runner_group("busybox", "Never"), "ContainerGroupNameInvalid"),
-        ("a--b", runner_group("busybox", "Never"), "ContainerGroupNameInvalid"),
-        ("-ab", runner_group("busybox", "Never"), "ContainerGroupNameInvalid"),
-        (
-            "ok1",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b.as_object_mut().unwrap().remove("location");
-                b
-            },
-            "LocationRequired",
-        ),
-        (
-            "ok2",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["location"] = json!("moon");
-                b
-            },
-            "LocationNotAvailableForResourceType",
-        ),
-        (
-            "ok3",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["osType"] = json!("Plan9");
-                b
-            },
-            "InvalidOsType",
-        ),
+    // (name, edits of the busybox group (JSON pointer → value, or removed), the error code).
+    let cases: Vec<(&str, Vec<(&str, Option<Value>)>, &str)> = vec![
+        ("Bad_Name", vec![], "ContainerGroupNameInvalid"),
+        ("a--b", vec![], "ContainerGroupNameInvalid"),
+        ("-ab", vec![], "ContainerGroupNameInvalid"),
+        ("ok1", vec![("/location", None)], "LocationRequired"),
+        ("ok2", vec![("/location", Some(json!("moon")))], "LocationNotAvailableForResourceType"),
+        ("ok3", vec![("/properties/osType", Some(json!("Plan9")))], "InvalidOsType"),
         (
             "ok4",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["containers"][0]["properties"]["resources"]["requests"]["cpu"] = json!(5.0);
-                b
-            },
+            vec![("/properties/containers/0/properties/resources/requests/cpu", Some(json!(5.0)))],
             "ResourceSkuRequestsExceedLimits",
         ),
         (
             "ok5",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["containers"][0]["properties"]["resources"] = json!({});
-                b
-            },
+            vec![("/properties/containers/0/properties/resources", Some(json!({})))],
             "ResourceRequestsNotSpecified",
         ),
-        (
-            "ok6",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["restartPolicy"] = json!("Sometimes");
-                b
-            },
-            "InvalidRestartPolicy",
-        ),
-        (
-            "ok7",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["tags"]["a/b"] = json!("x");
-                b
-            },
-            "InvalidTagNameCharacters",
-        ),
-        (
-            "ok8",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["containers"][0]["name"] = json!("Runner");
-                b
-            },
-            "InvalidContainerName",
-        ),
+        ("ok6", vec![("/properties/restartPolicy", Some(json!("Sometimes")))], "InvalidRestartPolicy"),
+        ("ok7", vec![("/tags/a~1b", Some(json!("x")))], "InvalidTagNameCharacters"),
+        ("ok8", vec![("/properties/containers/0/name", Some(json!("Runner")))], "InvalidContainerName"),
         (
             "ok9",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["priority"] = json!("Spot");
-                b["properties"]["osType"] = json!("Windows");
-                b
-            },
+            vec![
+                ("/properties/priority", Some(json!("Spot"))),
+                ("/properties/osType", Some(json!("Windows"))),
+            ],
             "SpotPriorityNotSupported",
         ),
         (
             "ok10",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["containers"][0]["properties"]["environmentVariables"][1]["name"] =
-                    json!("RUNNER_LABELS");
-                b
-            },
+            vec![(
+                "/properties/containers/0/properties/environmentVariables/1/name",
+                Some(json!("RUNNER_LABELS")),
+            )],
             "DuplicateEnvironmentVariables",
         ),
     ];
-    for (name, body, code) in cases {
-        let r = arm.put(name, &body).await;
+    for (name, edits, code) in cases {
+        let r = arm.put(name, &busybox_with(&edits)).await;
         assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some(code)), "{name}");
     }
     let r = arm.call(reqwest::Method::PUT, &arm.group_url(SUB, RG, "raw", "2023-05-01"), None).await;
