@@ -10,6 +10,7 @@ use aci_runner_devkit::sim::arm::{
 };
 use aci_runner_devkit::sim::clock::SimClock;
 use aci_runner_devkit::sim::runtime::{ContainerRuntime, ExitNotifier, StartedContainer};
+use aci_runner_devkit::testing::harness::runner_group_body;
 use aci_runner_devkit::testing::specs::load_json;
 use azure_core::auth::TokenCredential;
 use futures::StreamExt;
@@ -249,26 +250,13 @@ fn check_answer_allowing(r: &Resp, allowed: &[String]) {
 }
 
 fn runner_group(image: &str, restart: &str) -> Value {
-    json!({
-        "location": "westeurope",
-        "tags": {"aci-runners-managed-by": "aci-runner-controller", "team": "ci"},
-        "properties": {
-            "osType": "Linux",
-            "restartPolicy": restart,
-            "containers": [{
-                "name": "runner",
-                "properties": {
-                    "image": image,
-                    "command": ["/home/runner/run.sh"],
-                    "resources": {"requests": {"cpu": 1.0, "memoryInGB": 2.0}},
-                    "environmentVariables": [
-                        {"name": "RUNNER_LABELS", "value": "linux,x64"},
-                        {"name": "ACTIONS_RUNNER_INPUT_JITCONFIG", "secureValue": "c2VjcmV0LWppdA=="}
-                    ]
-                }
-            }]
-        }
-    })
+    let env = json!([
+        {"name": "RUNNER_LABELS", "value": "linux,x64"},
+        {"name": "ACTIONS_RUNNER_INPUT_JITCONFIG", "secureValue": "c2VjcmV0LWppdA=="}
+    ]);
+    let mut body = runner_group_body(image, restart, env);
+    body["tags"]["team"] = json!("ci");
+    body
 }
 
 /// `runner_group("busybox", "Never")` with each JSON pointer set to its value, or removed.

@@ -366,6 +366,28 @@ pub fn runners_of(sim: &Simulator, pool: &str) -> Vec<crate::sim::github::Runner
     sim.github.runners().into_iter().filter(|r| r.name.starts_with(&prefix)).collect()
 }
 
+/// The PUT body of a one-container runner group (1 vCPU, 2 GB, `run.sh`) in westeurope, tagged
+/// as managed by the controller, as the tests send it to the simulated ARM.
+pub fn runner_group_body(image: &str, restart: &str, env: Value) -> Value {
+    json!({
+        "location": "westeurope",
+        "tags": {"aci-runners-managed-by": "aci-runner-controller"},
+        "properties": {
+            "osType": "Linux",
+            "restartPolicy": restart,
+            "containers": [{
+                "name": "runner",
+                "properties": {
+                    "image": image,
+                    "command": ["/home/runner/run.sh"],
+                    "resources": {"requests": {"cpu": 1.0, "memoryInGB": 2.0}},
+                    "environmentVariables": env,
+                }
+            }]
+        }
+    })
+}
+
 /// `count` jobs of `octo-org/octo-repo` for the simulated GitHub to queue, with these `runs-on`
 /// labels, each running `duration_secs` simulated seconds.
 pub fn jobs(labels: &[&str], duration_secs: f64, count: u32) -> EnqueueJobs {
