@@ -26,6 +26,51 @@ fn sim_options(seed: u64) -> sim::SimOptions {
     o
 }
 
+/// The usual world of these tests: [`sim_options`] with `seed`, one controller.
+async fn scaling_world(prefix: &str, seed: u64) -> World {
+    World::builder(prefix).sim_options(sim_options(seed)).start().await
+}
+
+/// [`scaling_world`] with a GC grace period of 3 s.
+async fn gc_world(prefix: &str, seed: u64) -> World {
+    World::builder(prefix)
+        .sim_options(sim_options(seed))
+        .controller(|o| o.gc_grace = Duration::from_secs(3))
+        .start()
+        .await
+}
+
+/// The job `job_id` ran on one of the groups of `runners` (name → registration id) and succeeded,
+/// and every one of those groups was deleted `grace` or more after `since`: the one that ran the
+/// job once the job was done, every other one after its registration was removed.
+fn assert_collected_after_grace(
+    w: &World,
+    runners: &BTreeMap<String, i64>,
+    since: chrono::DateTime<chrono::Utc>,
+    grace: Duration,
+    job_id: i64,
+    what: &str,
+) {
+    let j = w.job(job_id);
+    let busy = j.runner_name.clone().unwrap();
+    assert!(runners.contains_key(&busy), "{j:?}");
+    assert_eq!(j.conclusion.as_deref(), Some("success"), "the {what} was killed mid-job: {j:?}");
+    for (name, id) in runners {
+        let deleted = group_deleted_at(&w.sim, name).unwrap_or_else(|| panic!("{name} never deleted"));
+        let waited = (deleted - since).to_std().unwrap_or_default();
+        assert!(waited >= grace, "{name} deleted {waited:?} after the restart (grace {grace:?})");
+        if *name == busy {
+            assert!(
+                j.completed_at.is_some_and(|c| deleted >= c),
+                "{name} deleted at {deleted} during its job {j:?}"
+            );
+        } else {
+            let unreg = unregistered_at(&w.sim, *id).unwrap_or_else(|| panic!("{name} never unregistered"));
+            assert!(unreg <= deleted, "{name}: group deleted before its registration");
+        }
+    }
+}
+
 /// Groups of the pool that are not being deleted (a `Deleting` group no longer runs a runner).
 fn live_groups_of(sim: &Simulator, pool: &str) -> usize {
     groups_of(sim, pool).iter().filter(|g| g.provisioning_state != "Deleting").count()
@@ -239,9 +284,8 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the_busy_one() {
     let started = std::time::Instant::now();
-    let mut w = World::builder("e2e-shrink").sim_options(sim_options(3)).start().await;
-    w.apply("shrink", json!({"scaling": {"minIdle": 3}})).await;
-    w.wait_ready("shrink", 3).await;
+    let mut w = scaling_world("e2e-shrink", 3).await;
+    w.apply_ready("shrink", 3).await;
 
     // One long job: one runner becomes busy.
     let job = w.enqueue_one(20.0);
@@ -331,10 +375,9 @@ async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_period() {
-    let mut w = World::builder("e2e-leak").sim_options(sim_options(4)).start().await;
+    let mut w = scaling_world("e2e-leak", 4).await;
     let grace = w.opts.gc_grace;
-    w.apply("leak", json!({"scaling": {"minIdle": 1}})).await;
-    w.wait_ready("leak", 1).await;
+    w.apply_ready("leak", 1).await;
     let own = w.runners_of("leak").remove(0);
 
     let leaked_at = w.sim.clock.now();
@@ -379,9 +422,8 @@ async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_peri
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_runner_group_is_removed_and_replaced() {
-    let mut w = World::builder("e2e-crash").sim_options(sim_options(5)).start().await;
-    w.apply("crash", json!({"scaling": {"minIdle": 3}})).await;
-    w.wait_ready("crash", 3).await;
+    let mut w = scaling_world("e2e-crash", 5).await;
+    w.apply_ready("crash", 3).await;
     let before = w.runners_of("crash");
     let (victim, removed, survivor) = (before[0].clone(), before[1].clone(), before[2].clone());
 
@@ -450,11 +492,7 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_after_restart() {
-    let mut w = World::builder("e2e-orphan")
-        .sim_options(sim_options(6))
-        .controller(|o| o.gc_grace = Duration::from_secs(3))
-        .start()
-        .await;
+    let mut w = gc_world("e2e-orphan", 6).await;
     let grace = w.opts.gc_grace;
     // Same subscription, resource group and org for both; only "gone" can run `aci` jobs.
     w.apply("gone", json!({"scaling": {"minIdle": 2}})).await;
@@ -469,9 +507,7 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
 
     w.stop().await;
     // Pool "gone" disappears without its finalizer running.
-    w.drop_finalizers("gone").await;
-    w.delete_pool("gone").await;
-    assert!(w.wait_gone("gone", T).await, "pool gone was not deleted");
+    w.delete_without_cleanup("gone").await;
     assert_eq!(names(&w.groups_of("gone"), |g| &g.name), gone_groups, "nothing ran the finalizer");
 
     let restarted_at = w.sim.clock.now();
@@ -488,24 +524,10 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
     if collected.is_none() {
         panic!("orphaned groups never collected\n{}", w.describe("gone").await);
     }
-    let j = w.job(job.id);
-    let busy = j.runner_name.clone().unwrap();
-    assert!(gone_groups.contains(&busy), "{j:?}");
-    assert_eq!(j.conclusion.as_deref(), Some("success"), "the orphan was killed mid-job: {j:?}");
-    for g in &gone_groups {
-        let at = group_deleted_at(&w.sim, g).unwrap();
-        let waited = (at - restarted_at).to_std().unwrap_or_default();
-        assert!(waited >= grace, "{g} deleted {waited:?} after the restart (grace {grace:?})");
-        if *g == busy {
-            assert!(j.completed_at.is_some_and(|c| at >= c), "{g} deleted at {at} during its job {j:?}");
-        } else {
-            // Same org as the live pool "kept", whose list shows the orphan's registration: it
-            // is unregistered first, then the group goes.
-            let unreg =
-                unregistered_at(&w.sim, gone_runners[g]).unwrap_or_else(|| panic!("{g} never unregistered"));
-            assert!(unreg <= at, "{g}: group deleted before its registration");
-        }
-    }
+    // Same org as the live pool "kept", whose list shows the orphans' registrations: each idle
+    // one is unregistered first, then its group goes.
+    assert_eq!(names(&gone_runners.keys().collect::<Vec<_>>(), |n| n), gone_groups);
+    assert_collected_after_grace(&w, &gone_runners, restarted_at, grace, job.id, "orphan");
     assert!(w.runners_of("gone").is_empty(), "{:?}", w.runners_of("gone"));
 
     // Pool "kept" is untouched.
@@ -532,11 +554,7 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_counted() {
-    let mut w = World::builder("e2e-reborn")
-        .sim_options(sim_options(10))
-        .controller(|o| o.gc_grace = Duration::from_secs(3))
-        .start()
-        .await;
+    let mut w = gc_world("e2e-reborn", 10).await;
     let grace = w.opts.gc_grace;
     let manifest = pool_manifest("reborn", &w.sim, json!({"scaling": {"minIdle": 2}}));
     let old = w.apply_manifest(&manifest).await;
@@ -546,9 +564,7 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
         w.runners_of("reborn").into_iter().map(|r| (r.name, r.id)).collect();
 
     w.stop().await;
-    w.drop_finalizers("reborn").await;
-    w.delete_pool("reborn").await;
-    assert!(w.wait_gone("reborn", T).await);
+    w.delete_without_cleanup("reborn").await;
     // Re-created with one idle runner: the two old ones must not count towards it.
     let manifest = pool_manifest("reborn", &w.sim, json!({"scaling": {"minIdle": 1}}));
     let new = w.apply_manifest(&manifest).await;
@@ -581,21 +597,7 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
     if converged.is_none() {
         panic!("old groups not collected\n{}", w.describe("reborn").await);
     }
-    let j = w.job(job.id);
-    let busy = j.runner_name.clone().unwrap();
-    assert!(old_runners.contains_key(&busy), "{j:?}");
-    assert_eq!(j.conclusion.as_deref(), Some("success"), "the old runner was killed mid-job: {j:?}");
-    for (name, id) in &old_runners {
-        let deleted = group_deleted_at(&w.sim, name).unwrap_or_else(|| panic!("{name} never deleted"));
-        let waited = (deleted - restarted_at).to_std().unwrap_or_default();
-        assert!(waited >= grace, "{name} deleted {waited:?} after the restart (grace {grace:?})");
-        if *name == busy {
-            assert!(j.completed_at.is_some_and(|c| deleted >= c), "{name} deleted during its job {j:?}");
-        } else {
-            let unreg = unregistered_at(&w.sim, *id).unwrap_or_else(|| panic!("{name} never unregistered"));
-            assert!(unreg <= deleted, "{name}: group deleted before its registration");
-        }
-    }
+    assert_collected_after_grace(&w, &old_runners, restarted_at, grace, job.id, "old runner");
     let p = w.get_pool("reborn").await.unwrap();
     assert_eq!(condition(&p, "Stalled").map(|c| c.0).as_deref(), Some("False"));
     w.expect_event("reborn", "GarbageCollected", "").await;
@@ -611,9 +613,8 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
     let started = std::time::Instant::now();
-    let mut w = World::builder("e2e-drain").sim_options(sim_options(7)).start().await;
-    w.apply("drain", json!({"scaling": {"minIdle": 2}})).await;
-    w.wait_ready("drain", 2).await;
+    let mut w = scaling_world("e2e-drain", 7).await;
+    w.apply_ready("drain", 2).await;
     let job = w.enqueue_one(20.0);
     let busy = w.wait_busy("drain").await;
 
@@ -673,7 +674,7 @@ async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
-    let mut w = World::builder("e2e-drainto").sim_options(sim_options(8)).start().await;
+    let mut w = scaling_world("e2e-drainto", 8).await;
     w.apply("hurry", json!({"scaling": {"minIdle": 1, "drainTimeout": "3s"}})).await;
     w.wait_ready("hurry", 1).await;
     let job = w.enqueue_one(120.0);
@@ -717,7 +718,7 @@ async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pool_with_the_orphan_policy_releases_its_runners_and_leaves_them_running() {
-    let mut w = World::builder("e2e-release").sim_options(sim_options(9)).start().await;
+    let mut w = scaling_world("e2e-release", 9).await;
     let grace = w.opts.gc_grace;
     let mut manifest = pool_manifest("keep", &w.sim, json!({"scaling": {"minIdle": 2}}));
     manifest["metadata"]["annotations"] = json!({"aci-runners.dev/deletion-policy": "orphan"});
@@ -862,8 +863,7 @@ async fn deleting_a_pool_without_its_secret_gives_up_after_bounded_retries_and_s
         .controller(|o| o.planner.deletion_max_attempts = 4)
         .start()
         .await;
-    w.apply("orphaned", json!({"scaling": {"minIdle": 2}})).await;
-    w.wait_ready("orphaned", 2).await;
+    w.apply_ready("orphaned", 2).await;
     let groups = names(&w.groups_of("orphaned"), |g| &g.name);
 
     w.delete_secret("github-app").await;

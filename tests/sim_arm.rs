@@ -160,18 +160,23 @@ fn cfg() -> ArmSimConfig {
     ArmSimConfig::default()
 }
 
-async fn token(h: &ArmSimHandle) -> String {
-    let r = reqwest::Client::new()
+/// The client-credentials token request of the simulator's app registration.
+async fn request_token(h: &ArmSimHandle, client_secret: &str, scope: &str) -> reqwest::Response {
+    reqwest::Client::new()
         .post(format!("{}/{}/oauth2/v2.0/token", h.url(), h.tenant_id()))
         .form(&[
             ("grant_type", "client_credentials"),
             ("client_id", &h.client_id()),
-            ("client_secret", &h.client_secret()),
-            ("scope", "https://management.azure.com/.default"),
+            ("client_secret", client_secret),
+            ("scope", scope),
         ])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn token(h: &ArmSimHandle) -> String {
+    let r = request_token(h, &h.client_secret(), "https://management.azure.com/.default").await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["token_type"], "Bearer");
@@ -1061,7 +1066,6 @@ async fn managed_identity_endpoint_and_sim_http_api() {
 #[tokio::test]
 async fn access_tokens_expire_in_simulated_time() {
     let mut c = cfg();
-    // 1 s real at scale 600: the first call has that long to come before the token expires.
     c.token_lifetime_secs = 600;
     let (h, _rt) = start(c).await;
     let arm = Arm::new(&h).await;
@@ -1070,20 +1074,8 @@ async fn access_tokens_expire_in_simulated_time() {
     let r = arm.get("x").await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("ExpiredAuthenticationToken")));
     // Audience check: a token for another resource is refused.
-    let v: Value = reqwest::Client::new()
-        .post(format!("{}/{}/oauth2/v2.0/token", h.url(), h.tenant_id()))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", &h.client_id()),
-            ("client_secret", &h.client_secret()),
-            ("scope", "https://vault.azure.net/.default"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value =
+        request_token(&h, &h.client_secret(), "https://vault.azure.net/.default").await.json().await.unwrap();
     let other = Arm {
         base: h.url(),
         tok: v["access_token"].as_str().unwrap().to_string(),
@@ -1095,32 +1087,12 @@ async fn access_tokens_expire_in_simulated_time() {
         (401, Some("InvalidAuthenticationTokenAudience"))
     );
     // OAuth errors use Entra's shape.
-    let r = reqwest::Client::new()
-        .post(format!("{}/{}/oauth2/v2.0/token", h.url(), h.tenant_id()))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", &h.client_id()),
-            ("client_secret", "nope"),
-            ("scope", "https://management.azure.com/.default"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = request_token(&h, "nope", "https://management.azure.com/.default").await;
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"], "invalid_client");
     assert_eq!(e["error_codes"][0], 7000215);
-    let r = reqwest::Client::new()
-        .post(format!("{}/{}/oauth2/v2.0/token", h.url(), h.tenant_id()))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", &h.client_id()),
-            ("client_secret", &h.client_secret()),
-            ("scope", "https://management.azure.com/"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = request_token(&h, &h.client_secret(), "https://management.azure.com/").await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_scope");
 }

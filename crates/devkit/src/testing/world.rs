@@ -255,6 +255,14 @@ impl World {
         self.pools(&self.ns).patch(name, &PatchParams::default(), &Patch::Merge(no_finalizer)).await.unwrap();
     }
 
+    /// Delete a pool without its finalizer running (as when no controller runs and someone
+    /// removes the finalizer by hand); it must be gone within [`T`].
+    pub async fn delete_without_cleanup(&self, name: &str) {
+        self.drop_finalizers(name).await;
+        self.delete_pool(name).await;
+        assert!(self.wait_gone(name, T).await, "pool {name} was not deleted");
+    }
+
     /// Wait until the pool is gone; whether it went within `timeout`.
     pub async fn wait_gone(&self, name: &str, timeout: Duration) -> bool {
         eventually(timeout, || async { self.get_pool(name).await.is_none().then_some(()) }).await.is_some()
@@ -318,6 +326,12 @@ impl World {
             Some(p) => p,
             None => panic!("pool {name} never Ready with {idle} idle\n{}", self.describe(name).await),
         }
+    }
+
+    /// Apply a pool with `minIdle: idle` and wait until it is Ready with that many idle runners.
+    pub async fn apply_ready(&self, name: &str, idle: i32) -> RunnerPool {
+        self.apply(name, json!({"scaling": {"minIdle": idle}})).await;
+        self.wait_ready(name, idle).await
     }
 
     /// Wait until the pool is Ready with `n` idle runners (status of the current generation) and
