@@ -189,8 +189,7 @@ async fn killed_mid_scale_up_then_restarted_converges_without_duplicates_or_leak
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_scale_down_then_restarted_finishes_it_without_failures() {
     let mut w = World::start("e2e-killdown", 61).await;
-    w.apply("down", json!({"scaling": {"minIdle": 6, "maxRunners": 6}})).await;
-    let before = w.wait_settled("down", 6).await;
+    let before = w.apply_settled("down", 6, 6).await;
     let trace = ConditionTrace::start(&w, "down");
     // Container-group DELETEs take 400 ms before they are answered (real ARM takes longer): each
     // removal leaves a window of at least that long in which its runner is unregistered and its
@@ -226,8 +225,7 @@ async fn killed_mid_scale_down_then_restarted_finishes_it_without_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_deletion_then_restarted_finishes_the_cleanup() {
     let mut w = World::start("e2e-killdel", 62).await;
-    w.apply("del", json!({"scaling": {"minIdle": 6, "maxRunners": 6}})).await;
-    w.wait_settled("del", 6).await;
+    w.apply_settled("del", 6, 6).await;
 
     // Container-group DELETEs take 400 ms before they are answered (real ARM takes longer): the
     // cleanup leaves a window of at least that long with runners unregistered and groups left.
@@ -436,16 +434,14 @@ async fn inaccessible_image_stalls_with_invalid_image_and_leaks_no_registration(
     assert!(seen.iter().all(|l| l.contains("Stalled=True/InvalidImage")), "{seen:#?}");
 
     // The change the Stalled pool waits for: back to the default image → Ready.
-    w.apply("image", json!({"scaling": {"minIdle": 2}})).await;
-    w.wait_settled("image", 2).await;
+    w.apply_settled("image", 2, 10).await;
     w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_server_error_bursts_leave_no_leaked_groups_or_registrations() {
     let mut w = World::start("e2e-gh5xx", 74).await;
-    w.apply("gh", json!({"scaling": {"minIdle": 2, "maxRunners": 8}})).await;
-    w.wait_settled("gh", 2).await;
+    w.apply_settled("gh", 2, 8).await;
 
     // Bursts of 5xx on every GitHub operation while the pool scales up and then down.
     let burst = GithubFaults {
@@ -484,8 +480,7 @@ async fn github_server_error_bursts_leave_no_leaked_groups_or_registrations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_errors_and_throttling_leave_no_leaked_groups_or_registrations() {
     let mut w = World::start("e2e-arm5xx", 75).await;
-    w.apply("arm", json!({"scaling": {"minIdle": 2, "maxRunners": 8}})).await;
-    w.wait_settled("arm", 2).await;
+    w.apply_settled("arm", 2, 8).await;
     let sampler = GroupSampler::start(&w.sim, "arm");
 
     // 500s, 503s and 429s on creates, deletes and lists while the pool scales up, then down.
@@ -597,8 +592,7 @@ async fn two_replicas_only_the_leader_acts_and_the_standby_takes_over() {
     assert!(!x.is_finished() && !y.is_finished(), "a replica exited");
     let (a, b) = if x_leads { (x, y) } else { (y, x) };
 
-    w.apply("leader", json!({"scaling": {"minIdle": 2}})).await;
-    let first = w.wait_settled("leader", 2).await;
+    let first = w.apply_settled("leader", 2, 10).await;
     // Let the standby see several resync intervals.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ma = a.metrics().await.unwrap();
@@ -607,7 +601,7 @@ async fn two_replicas_only_the_leader_acts_and_the_standby_takes_over() {
         metric_sum(
             &ma,
             "aci_runner_controller_actions_total",
-            &["action=\"create_runner\"", "result=\"ok\""]
+            &[("action", "create_runner"), ("result", "ok")]
         ) >= 2.0,
         "{ma}"
     );
@@ -629,15 +623,14 @@ async fn two_replicas_only_the_leader_acts_and_the_standby_takes_over() {
     assert!(took_over.is_some(), "replica-b never took over: {}", readyz(&b).await);
     // The same runners are adopted, not replaced.
     assert_eq!(one_to_one_online(&w.sim, "leader"), Some(first.clone()), "{}", w.world("leader"));
-    w.apply("leader", json!({"scaling": {"minIdle": 3}})).await;
-    let after = w.wait_settled("leader", 3).await;
+    let after = w.apply_settled("leader", 3, 10).await;
     assert!(first.is_subset(&after), "{first:?} vs {after:?}");
     let mb = b.metrics().await.unwrap();
     assert_eq!(
         metric_sum(
             &mb,
             "aci_runner_controller_actions_total",
-            &["action=\"create_runner\"", "result=\"ok\""]
+            &[("action", "create_runner"), ("result", "ok")]
         ),
         1.0,
         "{mb}"
@@ -656,8 +649,7 @@ async fn a_leader_whose_lease_is_taken_stops_acting() {
         ..w.opts.clone()
     };
     let a = w.spawn_controller(opts).await;
-    w.apply("steal", json!({"scaling": {"minIdle": 1}})).await;
-    w.wait_settled("steal", 1).await;
+    w.apply_settled("steal", 1, 10).await;
 
     // Another holder takes the Lease (e.g. replica-a's renewals did not reach the API server in
     // time and a successor acquired it): replica-a must notice and stop acting.
@@ -750,9 +742,7 @@ async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
     for (pool, reason) in
         [("nosecret", "SecretNotFound"), ("badkey", "InvalidAppKey"), ("invalid", "InvalidSpec")]
     {
-        let pool_label = format!("pool=\"{pool}\"");
-        let reason_label = format!("reason=\"{reason}\"");
-        let v = metric_sum(&m, "aci_runner_controller_pool_stalled", &[&pool_label, &reason_label]);
+        let v = metric_sum(&m, "aci_runner_controller_pool_stalled", &[("pool", pool), ("reason", reason)]);
         assert_eq!(v, 1.0, "{pool}/{reason}: {m}");
     }
 
@@ -803,7 +793,7 @@ async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
     assert_eq!(again, names, "{}", w.world("keeps"));
     let m = w.metrics().await;
     assert_eq!(
-        metric_sum(&m, "aci_runner_controller_actions_total", &["action=\"delete_group\""]),
+        metric_sum(&m, "aci_runner_controller_actions_total", &[("action", "delete_group")]),
         0.0,
         "{m}"
     );
@@ -813,8 +803,7 @@ async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pool_whose_spec_became_invalid_still_removes_its_runners() {
     let mut w = World::start("e2e-invdel", 91).await;
-    w.apply("invdel", json!({"scaling": {"minIdle": 2, "maxRunners": 4}})).await;
-    w.wait_settled("invdel", 2).await;
+    w.apply_settled("invdel", 2, 4).await;
     // An edit the 1.20 API server accepts and validate() rejects: Stalled, runners kept.
     w.apply("invdel", json!({"scaling": {"minIdle": 8, "maxRunners": 4}})).await;
     w.wait_pool("invdel", "Stalled/InvalidSpec", T, |p| cond_is(p, "Stalled", "True", Some("InvalidSpec")))
@@ -927,8 +916,7 @@ async fn a_wrong_azure_client_secret_neither_poisons_nor_borrows_anothers_creden
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runners_left_in_the_old_resource_group_are_removed_after_their_job() {
     let mut w = World::start("e2e-moverg", 94).await;
-    w.apply("move", json!({"scaling": {"minIdle": 2}})).await;
-    let before = w.wait_settled("move", 2).await;
+    let before = w.apply_settled("move", 2, 10).await;
 
     w.apply("move", json!({"azure": {"resourceGroup": "rg-other"}, "scaling": {"minIdle": 2}})).await;
     w.wait_pool("move", "at the new generation", T, |p| {

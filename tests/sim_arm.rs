@@ -990,15 +990,12 @@ async fn managed_identity_endpoint_and_sim_http_api() {
     let tok = v["access_token"].as_str().unwrap().to_string();
     assert_eq!(v["token_type"], "Bearer");
     // The token works on ARM.
-    let r = http
-        .get(format!(
-            "{}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerInstance/containerGroups?api-version=2023-05-01",
-            h.url()
-        ))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let list_url = format!(
+        "{}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerInstance/containerGroups?api-version=2023-05-01",
+        h.url()
+    );
+    let list = || http.get(&list_url).bearer_auth(&tok).send();
+    let r = list().await.unwrap();
     assert_eq!(r.status(), 200);
     // No Metadata header: refused. Unknown identity: refused.
     let r = http
@@ -1029,15 +1026,7 @@ async fn managed_identity_endpoint_and_sim_http_api() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let r = http
-        .get(format!(
-            "{}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerInstance/containerGroups?api-version=2023-05-01",
-            h.url()
-        ))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let r = list().await.unwrap();
     assert_eq!(r.status(), 500);
     let calls: Value =
         http.get(format!("{}/_sim/arm/calls", h.url())).send().await.unwrap().json().await.unwrap();

@@ -185,19 +185,29 @@ impl SimApi {
         }
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, ObserveError> {
-        let r = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| ObserveError::Http { url: url.clone(), source })?;
+    /// Send `req` to `url`; the answer if it is a success, else its status and body.
+    async fn answer(url: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ObserveError> {
+        let r = req.send().await.map_err(|source| ObserveError::Http { url: url.to_string(), source })?;
         let status = r.status();
         if !status.is_success() {
             let body = r.text().await.unwrap_or_default();
-            return Err(ObserveError::Status { url, status: status.as_u16(), body });
+            return Err(ObserveError::Status { url: url.to_string(), status: status.as_u16(), body });
         }
+        Ok(r)
+    }
+
+    /// The JSON answer of `req` to `url`.
+    async fn json<T: serde::de::DeserializeOwned>(
+        url: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ObserveError> {
+        let r = Self::answer(&url, req).await?;
         r.json().await.map_err(|source| ObserveError::Http { url, source })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, ObserveError> {
+        let req = self.http.get(&url);
+        Self::json(url, req).await
     }
 
     async fn send(
@@ -206,41 +216,39 @@ impl SimApi {
         url: String,
         body: &impl serde::Serialize,
     ) -> Result<(), ObserveError> {
-        let r = self
-            .http
-            .request(method, &url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|source| ObserveError::Http { url: url.clone(), source })?;
-        let status = r.status();
-        if !status.is_success() {
-            let body = r.text().await.unwrap_or_default();
-            return Err(ObserveError::Status { url, status: status.as_u16(), body });
-        }
-        Ok(())
+        Self::answer(&url, self.http.request(method, &url).json(body)).await.map(|_| ())
+    }
+
+    /// GET `/_sim/arm/<path>`.
+    async fn arm<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ObserveError> {
+        self.get(format!("{}/_sim/arm/{path}", self.arm_url)).await
+    }
+
+    /// GET `/_sim/github/<path>`.
+    async fn github<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ObserveError> {
+        self.get(format!("{}/_sim/github/{path}", self.github_url)).await
     }
 
     pub async fn groups(&self) -> Result<Vec<Group>, ObserveError> {
-        self.get(format!("{}/_sim/arm/groups", self.arm_url)).await
+        self.arm("groups").await
     }
     pub async fn arm_calls(&self) -> Result<ArmCalls, ObserveError> {
-        self.get(format!("{}/_sim/arm/calls", self.arm_url)).await
+        self.arm("calls").await
     }
     pub async fn runners(&self) -> Result<Vec<Runner>, ObserveError> {
-        self.get(format!("{}/_sim/github/runners", self.github_url)).await
+        self.github("runners").await
     }
     pub async fn jobs(&self) -> Result<Vec<Job>, ObserveError> {
-        self.get(format!("{}/_sim/github/jobs", self.github_url)).await
+        self.github("jobs").await
     }
     pub async fn github_calls(&self) -> Result<GithubCalls, ObserveError> {
-        self.get(format!("{}/_sim/github/calls", self.github_url)).await
+        self.github("calls").await
     }
     pub async fn github_call_log(&self) -> Result<Vec<GithubCall>, ObserveError> {
-        self.get(format!("{}/_sim/github/calls/log", self.github_url)).await
+        self.github("calls/log").await
     }
     pub async fn rate_limits(&self) -> Result<Vec<RateLimit>, ObserveError> {
-        self.get(format!("{}/_sim/github/rate-limits", self.github_url)).await
+        self.github("rate-limits").await
     }
     /// Point `workflow_job` webhooks at `url` (signed with `secret`).
     pub async fn set_webhook(&self, url: &str, secret: &str) -> Result<(), ObserveError> {
@@ -250,19 +258,8 @@ impl SimApi {
     /// Enqueue jobs; returns the jobs created.
     pub async fn enqueue(&self, req: &EnqueueJobs) -> Result<Vec<Job>, ObserveError> {
         let url = format!("{}/_sim/github/jobs", self.github_url);
-        let r = self
-            .http
-            .post(&url)
-            .json(req)
-            .send()
-            .await
-            .map_err(|source| ObserveError::Http { url: url.clone(), source })?;
-        let status = r.status();
-        if !status.is_success() {
-            let body = r.text().await.unwrap_or_default();
-            return Err(ObserveError::Status { url, status: status.as_u16(), body });
-        }
-        r.json().await.map_err(|source| ObserveError::Http { url, source })
+        let post = self.http.post(&url).json(req);
+        Self::json(url, post).await
     }
     pub async fn set_arm_faults(&self, f: &FaultConfig) -> Result<(), ObserveError> {
         self.send(reqwest::Method::PUT, format!("{}/_sim/arm/faults", self.arm_url), f).await

@@ -10,6 +10,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
+pub use crate::bench::observe::metric_sum;
+
 use super::control_plane;
 use super::harness::{
     self, ControllerHandle, ControllerOptions, apply_app_secret, apply_pool, condition, connect_webhooks,
@@ -341,6 +343,13 @@ impl World {
         self.wait_settled_in(&self.ns, pool, n).await
     }
 
+    /// Apply a pool with `minIdle: idle` and `maxRunners: max` and wait until it has settled at
+    /// `idle` ([`World::wait_settled`]). Returns the runner names.
+    pub async fn apply_settled(&self, pool: &str, idle: i32, max: i32) -> BTreeSet<String> {
+        self.apply(pool, json!({"scaling": {"minIdle": idle, "maxRunners": max}})).await;
+        self.wait_settled(pool, idle).await
+    }
+
     /// [`World::wait_settled`] for a pool in namespace `ns`.
     pub async fn wait_settled_in(&self, ns: &str, pool: &str, n: i32) -> BTreeSet<String> {
         let got = eventually(T, || async {
@@ -521,11 +530,4 @@ fn samples<'a>(text: &'a str, name: &'a str, filters: &'a [String]) -> impl Iter
         .filter(move |l| l.starts_with(&open) || l.starts_with(&plain))
         .filter(move |l| filters.iter().all(|f| l.contains(f.as_str())))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-}
-
-/// Sum of the samples of a metric family whose labels contain every `filter`
-/// (`key="value"`).
-pub fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
-    let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
-    samples(text, name, &filters).sum()
 }
