@@ -288,8 +288,7 @@ async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the
     w.apply_ready("shrink", 3).await;
 
     // One long job: one runner becomes busy.
-    let job = w.enqueue_one(20.0);
-    let busy = w.wait_busy("shrink").await;
+    let (job, busy) = w.busy_with_one_job("shrink", 20.0).await;
     assert_eq!(w.job(job.id).runner_name, Some(busy.name.clone()));
 
     w.apply("shrink", json!({"scaling": {"minIdle": 0}})).await;
@@ -615,8 +614,7 @@ async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
     let started = std::time::Instant::now();
     let mut w = scaling_world("e2e-drain", 7).await;
     w.apply_ready("drain", 2).await;
-    let job = w.enqueue_one(20.0);
-    let busy = w.wait_busy("drain").await;
+    let (job, busy) = w.busy_with_one_job("drain", 20.0).await;
 
     w.delete_pool("drain").await;
 
@@ -677,8 +675,7 @@ async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
     let mut w = scaling_world("e2e-drainto", 8).await;
     w.apply("hurry", json!({"scaling": {"minIdle": 1, "drainTimeout": "3s"}})).await;
     w.wait_ready("hurry", 1).await;
-    let job = w.enqueue_one(120.0);
-    let busy = w.wait_busy("hurry").await;
+    let (job, busy) = w.busy_with_one_job("hurry", 120.0).await;
 
     w.delete_pool("hurry").await;
     // drainTimeout counts from the deletionTimestamp (whole seconds, so up to 1 s before the call).

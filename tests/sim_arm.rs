@@ -901,25 +901,22 @@ async fn azure_sdk_clients_work_against_the_simulator() {
     assert!(!t.token.secret().is_empty());
     // azure_identity: workload identity with a federated assertion.
     let claims = h.default_assertion_claims(600).unwrap();
-    let wi = azure_identity::WorkloadIdentityCredential::new(
-        http.clone(),
-        authority.clone(),
-        h.tenant_id(),
-        h.client_id(),
-        h.federated_assertion(&claims),
-    );
+    let workload_identity = |assertion: String| {
+        azure_identity::WorkloadIdentityCredential::new(
+            http.clone(),
+            authority.clone(),
+            h.tenant_id(),
+            h.client_id(),
+            assertion,
+        )
+    };
+    let wi = workload_identity(h.federated_assertion(&claims));
     assert!(wi.get_token(&["https://management.azure.com/.default"]).await.is_ok());
     assert_eq!(h.accepted_assertions(), vec![claims.jti.clone()]);
     // A wrong subject is refused.
     let mut bad = claims.clone();
     bad.sub = "system:serviceaccount:other:other".into();
-    let wi_bad = azure_identity::WorkloadIdentityCredential::new(
-        http.clone(),
-        authority.clone(),
-        h.tenant_id(),
-        h.client_id(),
-        h.federated_assertion(&bad),
-    );
+    let wi_bad = workload_identity(h.federated_assertion(&bad));
     assert!(wi_bad.get_token(&["https://management.azure.com/.default"]).await.is_err());
     // A wrong secret is refused.
     let wrong = azure_identity::ClientSecretCredential::new(

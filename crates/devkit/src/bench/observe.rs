@@ -164,6 +164,18 @@ pub struct SimEndpoints {
     pub client_secret: String,
 }
 
+/// `name -> Type = side "path";`: a `pub async fn name(&self)` that GETs `/_sim/<side>/<path>`.
+macro_rules! sim_getters {
+    ($($name:ident -> $t:ty = $side:ident $path:literal;)*) => {
+        $(
+            #[doc = concat!("GET `/_sim/", stringify!($side), "/", $path, "`.")]
+            pub async fn $name(&self) -> Result<$t, ObserveError> {
+                self.$side($path).await
+            }
+        )*
+    };
+}
+
 /// A client of the simulator's inspection and control APIs.
 #[derive(Clone)]
 pub struct SimApi {
@@ -229,27 +241,16 @@ impl SimApi {
         self.get(format!("{}/_sim/github/{path}", self.github_url)).await
     }
 
-    pub async fn groups(&self) -> Result<Vec<Group>, ObserveError> {
-        self.arm("groups").await
+    sim_getters! {
+        groups -> Vec<Group> = arm "groups";
+        arm_calls -> ArmCalls = arm "calls";
+        runners -> Vec<Runner> = github "runners";
+        jobs -> Vec<Job> = github "jobs";
+        github_calls -> GithubCalls = github "calls";
+        github_call_log -> Vec<GithubCall> = github "calls/log";
+        rate_limits -> Vec<RateLimit> = github "rate-limits";
     }
-    pub async fn arm_calls(&self) -> Result<ArmCalls, ObserveError> {
-        self.arm("calls").await
-    }
-    pub async fn runners(&self) -> Result<Vec<Runner>, ObserveError> {
-        self.github("runners").await
-    }
-    pub async fn jobs(&self) -> Result<Vec<Job>, ObserveError> {
-        self.github("jobs").await
-    }
-    pub async fn github_calls(&self) -> Result<GithubCalls, ObserveError> {
-        self.github("calls").await
-    }
-    pub async fn github_call_log(&self) -> Result<Vec<GithubCall>, ObserveError> {
-        self.github("calls/log").await
-    }
-    pub async fn rate_limits(&self) -> Result<Vec<RateLimit>, ObserveError> {
-        self.github("rate-limits").await
-    }
+
     /// Point `workflow_job` webhooks at `url` (signed with `secret`).
     pub async fn set_webhook(&self, url: &str, secret: &str) -> Result<(), ObserveError> {
         let t = WebhookTarget { url: url.to_string(), secret: secret.to_string() };

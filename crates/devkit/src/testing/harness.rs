@@ -1,6 +1,7 @@
 //! The whole product in one process, for the end-to-end tests, the demo and the benchmarks:
 //! the simulated Azure and GitHub, the controller's production edges pointed at them, and the
 //! controller itself (`run_with`) against a real Kubernetes API server.
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,10 +140,16 @@ impl Drop for ControllerHandle {
     }
 }
 
-/// A free local port (bound, then released for the controller to bind).
+/// A free local port (bound, then released for the controller to bind), never one this process
+/// handed out before: two controllers started at once do not get the same port.
 pub fn free_addr() -> std::io::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    l.local_addr()
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.port()) {
+            return Ok(addr);
+        }
+    }
 }
 
 /// The controller's identity in the simulated Entra ID (the pre-registered app registration).
@@ -181,7 +188,26 @@ pub fn run_args(
 }
 
 /// Start a controller in this process, driving the simulator through the production edges.
+/// A controller that exits before it answers `/healthz` is an error (what it returned).
+///
+/// Its ports come from [`free_addr`] (bound, then released): another test may take one before
+/// the controller binds it, and then the controller exits at once; it is started again on new
+/// ports (up to three times).
 pub async fn start_controller(
+    client: &Client,
+    sim: &Simulator,
+    opts: ControllerOptions,
+) -> anyhow::Result<ControllerHandle> {
+    let mut attempt = 1;
+    loop {
+        match launch_controller(client, sim, opts.clone()).await {
+            Err(e) if attempt < 3 && format!("{e:#}").contains("binding ") => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
+async fn launch_controller(
     client: &Client,
     sim: &Simulator,
     opts: ControllerOptions,
@@ -219,6 +245,13 @@ pub async fn start_controller(
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if task.is_finished() {
+        return Err(match task.await {
+            Ok(Ok(())) => anyhow::anyhow!("the controller exited at start"),
+            Ok(Err(e)) => e.context("the controller exited at start"),
+            Err(e) => anyhow::anyhow!("controller task failed at start: {e}"),
+        });
     }
     Ok(ControllerHandle {
         stop: Some(stop_tx),

@@ -441,6 +441,12 @@ impl World {
         }
     }
 
+    /// Queue one `[aci]` job running `duration_secs` and wait until a runner of the pool is busy.
+    pub async fn busy_with_one_job(&self, pool: &str, duration_secs: f64) -> (JobRecord, RunnerRecord) {
+        let job = self.enqueue_one(duration_secs);
+        (job, self.wait_busy(pool).await)
+    }
+
     /// The simulated job with this id, as it is now.
     pub fn job(&self, id: i64) -> JobRecord {
         self.sim.github.jobs().into_iter().find(|j| j.id == id).expect("the simulator has the job")
