@@ -264,8 +264,11 @@ fn runner_group(image: &str, restart: &str) -> Value {
     body
 }
 
+/// A JSON pointer and the value to set there (`None`: remove it).
+type Edit = (&'static str, Option<Value>);
+
 /// `runner_group("busybox", "Never")` with each JSON pointer set to its value, or removed.
-fn busybox_with(edits: &[(&str, Option<Value>)]) -> Value {
+fn busybox_with(edits: &[Edit]) -> Value {
     let mut b = runner_group("busybox", "Never");
     for (ptr, v) in edits {
         let (parent, key) = ptr.rsplit_once('/').unwrap();
@@ -563,7 +566,7 @@ async fn auth_api_version_and_validation_errors_use_arm_error_shape() {
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (404, Some("SubscriptionNotFound")));
 
     // (name, edits of the busybox group (JSON pointer → value, or removed), the error code).
-    let cases: Vec<(&str, Vec<(&str, Option<Value>)>, &str)> = vec![
+    let cases: Vec<(&str, Vec<Edit>, &str)> = vec![
         ("Bad_Name", vec![], "ContainerGroupNameInvalid"),
         ("a--b", vec![], "ContainerGroupNameInvalid"),
         ("-ab", vec![], "ContainerGroupNameInvalid"),
