@@ -416,11 +416,14 @@ async fn create_get_list_delete_conform_to_the_spec() {
     assert_eq!(h.env_records().len(), 2);
 }
 
+/// The group shows `Deleting` for 600 s simulated (1 s real at scale 600) after the 202: the
+/// GET right after it has that long. 5 s simulated (8 ms real) made the test depend on the GET
+/// coming within 8 ms of the DELETE.
 #[tokio::test]
 async fn async_delete_answers_202_with_operation_then_404() {
     let mut c = cfg();
     c.delete_mode = DeleteMode::Async;
-    c.delete_delay_ms = 5_000;
+    c.delete_delay_ms = 600_000;
     let (h, _rt) = start(c).await;
     let arm = Arm::new(&h).await;
     assert_eq!(arm.put("gone-soon", &runner_group("busybox", "Never")).await.status, 201);
@@ -429,7 +432,7 @@ async fn async_delete_answers_202_with_operation_then_404() {
     let op_url = d.headers["azure-asyncoperation"].to_str().unwrap().to_string();
     let g = arm.get("gone-soon").await;
     assert_eq!(g.body["properties"]["provisioningState"], "Deleting");
-    for _ in 0..200 {
+    for _ in 0..400 {
         if arm.get("gone-soon").await.status == 404 {
             break;
         }
