@@ -520,16 +520,18 @@ fn kubectl(cp: &control_plane::ControlPlane, args: &[&str], stdin: Option<&[u8]>
     (out.status.success(), text(&out))
 }
 
-/// Minimal stand-ins for the Prometheus Operator CRDs (absent on the local control plane), so
+/// A minimal stand-in for a Prometheus Operator CRD (absent on the local control plane), so
 /// the ServiceMonitor and PrometheusRule of the maximal values are checked by the server too.
-const MONITORING_CRDS: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
+fn monitoring_crd(kind: &str) -> String {
+    let singular = kind.to_lowercase();
+    format!(
+        r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: {name: servicemonitors.monitoring.coreos.com}
+metadata: {{name: {singular}s.monitoring.coreos.com}}
 spec:
   group: monitoring.coreos.com
   scope: Namespaced
-  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  names: {{kind: {kind}, listKind: {kind}List, plural: {singular}s, singular: {singular}}}
   versions:
     - name: v1
       served: true
@@ -538,25 +540,10 @@ spec:
         openAPIV3Schema:
           type: object
           properties:
-            spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: prometheusrules.monitoring.coreos.com}
-spec:
-  group: monitoring.coreos.com
-  scope: Namespaced
-  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          properties:
-            spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#;
+            spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#
+    )
+}
 
 fn ensure_namespace(cp: &control_plane::ControlPlane, ns: &str) {
     let (ok, out) = kubectl(cp, &["create", "namespace", ns], None);
@@ -566,7 +553,8 @@ fn ensure_namespace(cp: &control_plane::ControlPlane, ns: &str) {
 fn setup_monitoring_crds(cp: &control_plane::ControlPlane) {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let (ok, out) = kubectl(cp, &["apply", "-f", "-"], Some(MONITORING_CRDS.as_bytes()));
+        let crds = [monitoring_crd("ServiceMonitor"), monitoring_crd("PrometheusRule")].join("---\n");
+        let (ok, out) = kubectl(cp, &["apply", "-f", "-"], Some(crds.as_bytes()));
         assert!(ok, "{out}");
         let (ok, out) = kubectl(
             cp,
@@ -941,45 +929,45 @@ fn argocd_health_check_classifies_runner_pools() {
         lua_src,
         "argocd-cm-health.yaml must embed runnerpool-health.lua verbatim"
     );
-    let ready = pool_with(
-        3,
-        Some(3),
-        serde_json::json!([
-            cond("Ready", "True", "RunnersReady", "2 idle, 0 busy of 2 desired"),
-            cond("Reconciling", "False", "RunnersReady", ""),
-            cond("Stalled", "False", "RunnersReady", "")
-        ]),
-    );
-    assert_eq!(
-        argocd_health(&lua_src, &ready),
-        ("Healthy".into(), "RunnersReady: 2 idle, 0 busy of 2 desired".into())
-    );
-    let stalled = pool_with(
-        3,
-        Some(3),
-        serde_json::json!([
-            cond("Ready", "False", "SecretNotFound", "Secret github-app not found"),
-            cond("Reconciling", "False", "SecretNotFound", ""),
-            cond("Stalled", "True", "SecretNotFound", "Secret github-app not found")
-        ]),
-    );
-    assert_eq!(
-        argocd_health(&lua_src, &stalled),
-        ("Degraded".into(), "SecretNotFound: Secret github-app not found".into())
-    );
-    let scaling = pool_with(
-        3,
-        Some(3),
-        serde_json::json!([
-            cond("Ready", "False", "ScalingUp", "1 of 3"),
-            cond("Reconciling", "True", "ScalingUp", "creating 2 runners"),
-            cond("Stalled", "False", "ScalingUp", "")
-        ]),
-    );
-    assert_eq!(
-        argocd_health(&lua_src, &scaling),
-        ("Progressing".into(), "ScalingUp: creating 2 runners".into())
-    );
+    // (status, reason, message) of Ready, Reconciling and Stalled → Argo CD health and message.
+    let cases = [
+        (
+            [
+                ("True", "RunnersReady", "2 idle, 0 busy of 2 desired"),
+                ("False", "RunnersReady", ""),
+                ("False", "RunnersReady", ""),
+            ],
+            "Healthy",
+            "RunnersReady: 2 idle, 0 busy of 2 desired",
+        ),
+        (
+            [
+                ("False", "SecretNotFound", "Secret github-app not found"),
+                ("False", "SecretNotFound", ""),
+                ("True", "SecretNotFound", "Secret github-app not found"),
+            ],
+            "Degraded",
+            "SecretNotFound: Secret github-app not found",
+        ),
+        (
+            [
+                ("False", "ScalingUp", "1 of 3"),
+                ("True", "ScalingUp", "creating 2 runners"),
+                ("False", "ScalingUp", ""),
+            ],
+            "Progressing",
+            "ScalingUp: creating 2 runners",
+        ),
+    ];
+    for (conds, health, message) in cases {
+        let conditions: Vec<Value> = ["Ready", "Reconciling", "Stalled"]
+            .iter()
+            .zip(conds)
+            .map(|(t, (status, reason, msg))| cond(t, status, reason, msg))
+            .collect();
+        let pool = pool_with(3, Some(3), Value::Array(conditions));
+        assert_eq!(argocd_health(&lua_src, &pool), (health.into(), message.into()), "{conds:?}");
+    }
     // A Ready status written for an older spec is not trusted.
     let stale = pool_with(4, Some(3), serde_json::json!([cond("Ready", "True", "RunnersReady", "ok")]));
     let (status, message) = argocd_health(&lua_src, &stale);

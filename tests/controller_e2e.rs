@@ -2,39 +2,28 @@
 //! and GitHub, and the controller (`run_with`, production edges) in this process.
 use std::time::Duration;
 
-use aci_runner_core::crd::RunnerPool;
-use aci_runner_devkit::sim;
-use aci_runner_devkit::testing::control_plane::{self, setup};
-use aci_runner_devkit::testing::harness::*;
-use kube::Api;
+use aci_runner_devkit::testing::control_plane;
+use aci_runner_devkit::testing::harness::{condition, eventually};
+use aci_runner_devkit::testing::world::World;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
 
-async fn get_pool(client: &kube::Client, ns: &str, name: &str) -> Option<RunnerPool> {
-    Api::<RunnerPool>::namespaced(client.clone(), ns).get_opt(name).await.ok().flatten()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_idle_two_becomes_ready_with_two_online_runners_and_columns() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-ready").await.unwrap();
-    let sim = sim::start(fast_sim_options(1)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
-    apply_pool(&client, &ns, &pool_manifest("ready", &sim, json!({"scaling": {"minIdle": 2}})))
-        .await
-        .unwrap();
+    let mut w = World::start("e2e-ready", 1).await;
+    let (sim, ns) = (w.sim.clone(), w.ns.clone());
+    w.apply("ready", json!({"scaling": {"minIdle": 2}})).await;
 
     let ready = eventually(T, || async {
-        let p = get_pool(&client, &ns, "ready").await?;
+        let p = w.get_pool("ready").await?;
         (condition(&p, "Ready").map(|c| c.0) == Some("True".into())).then_some(p)
     })
     .await;
-    let groups = groups_of(&sim, "ready");
-    let runners = runners_of(&sim, "ready");
+    let groups = w.groups_of("ready");
+    let runners = w.runners_of("ready");
     let Some(pool) = ready else {
-        let p = get_pool(&client, &ns, "ready").await.map(|p| p.status);
+        let p = w.get_pool("ready").await.map(|p| p.status);
         panic!("never Ready; status {p:?}; groups {groups:?}; runners {runners:?}");
     };
     let status = pool.status.clone().unwrap();
@@ -64,7 +53,7 @@ async fn min_idle_two_becomes_ready_with_two_online_runners_and_columns() {
     assert_eq!(&cols[..6], &["ready", "org/octo-org", "2", "0", "2", "True"], "{text}");
 
     // Metrics: runners by state for this pool.
-    let m = ctl.metrics().await.unwrap();
+    let m = w.metrics().await;
     assert!(
         m.lines().any(|l| l.starts_with("aci_runner_controller_runners{")
             && l.contains(&format!("namespace=\"{ns}\""))
@@ -72,5 +61,5 @@ async fn min_idle_two_becomes_ready_with_two_online_runners_and_columns() {
             && l.ends_with(" 2")),
         "{m}"
     );
-    ctl.stop().await.unwrap();
+    w.stop().await;
 }

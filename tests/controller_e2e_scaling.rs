@@ -9,15 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aci_runner_controller::azure::template::{TAG_MANAGED_BY, TAG_POOL_NAME, TAG_POOL_UID};
-use aci_runner_core::crd::RunnerPool;
-use aci_runner_devkit::sim::github::{EnqueueJobs, JobStatus};
+use aci_runner_devkit::sim::github::JobStatus;
 use aci_runner_devkit::sim::{self, Simulator};
-use aci_runner_devkit::testing::control_plane::setup;
-use aci_runner_devkit::testing::harness::*;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use aci_runner_devkit::testing::harness::{
+    ORG, condition, eventually, fast_sim_options, groups_of, pool_manifest,
+};
+use aci_runner_devkit::testing::world::{T, World};
 use serde_json::json;
-
-const T: Duration = Duration::from_secs(40);
 
 /// The harness's fast simulator, with deletes as Azure answers them: 202 Accepted, the group
 /// shows `Deleting` for a while before it is gone.
@@ -28,58 +26,54 @@ fn sim_options(seed: u64) -> sim::SimOptions {
     o
 }
 
+/// The usual world of these tests: [`sim_options`] with `seed`, one controller.
+async fn scaling_world(prefix: &str, seed: u64) -> World {
+    World::builder(prefix).sim_options(sim_options(seed)).start().await
+}
+
+/// [`scaling_world`] with a GC grace period of 3 s.
+async fn gc_world(prefix: &str, seed: u64) -> World {
+    World::builder(prefix)
+        .sim_options(sim_options(seed))
+        .controller(|o| o.gc_grace = Duration::from_secs(3))
+        .start()
+        .await
+}
+
+/// The job `job_id` ran on one of the groups of `runners` (name → registration id) and succeeded,
+/// and every one of those groups was deleted `grace` or more after `since`: the one that ran the
+/// job once the job was done, every other one after its registration was removed.
+fn assert_collected_after_grace(
+    w: &World,
+    runners: &BTreeMap<String, i64>,
+    since: chrono::DateTime<chrono::Utc>,
+    grace: Duration,
+    job_id: i64,
+    what: &str,
+) {
+    let j = w.job(job_id);
+    let busy = j.runner_name.clone().unwrap();
+    assert!(runners.contains_key(&busy), "{j:?}");
+    assert_eq!(j.conclusion.as_deref(), Some("success"), "the {what} was killed mid-job: {j:?}");
+    for (name, id) in runners {
+        let deleted = group_deleted_at(&w.sim, name).unwrap_or_else(|| panic!("{name} never deleted"));
+        let waited = (deleted - since).to_std().unwrap_or_default();
+        assert!(waited >= grace, "{name} deleted {waited:?} after the restart (grace {grace:?})");
+        if *name == busy {
+            assert!(
+                j.completed_at.is_some_and(|c| deleted >= c),
+                "{name} deleted at {deleted} during its job {j:?}"
+            );
+        } else {
+            let unreg = unregistered_at(&w.sim, *id).unwrap_or_else(|| panic!("{name} never unregistered"));
+            assert!(unreg <= deleted, "{name}: group deleted before its registration");
+        }
+    }
+}
+
 /// Groups of the pool that are not being deleted (a `Deleting` group no longer runs a runner).
 fn live_groups_of(sim: &Simulator, pool: &str) -> usize {
     groups_of(sim, pool).iter().filter(|g| g.provisioning_state != "Deleting").count()
-}
-
-async fn get_pool(client: &kube::Client, ns: &str, name: &str) -> Option<RunnerPool> {
-    Api::<RunnerPool>::namespaced(client.clone(), ns).get_opt(name).await.ok().flatten()
-}
-
-async fn delete_pool(client: &kube::Client, ns: &str, name: &str) {
-    Api::<RunnerPool>::namespaced(client.clone(), ns).delete(name, &DeleteParams::default()).await.unwrap();
-}
-
-/// Pool status summary for failure messages.
-async fn describe(client: &kube::Client, ns: &str, name: &str, sim: &Simulator) -> String {
-    let status = get_pool(client, ns, name).await.map(|p| p.status);
-    let groups: Vec<(String, String, Vec<String>)> = groups_of(sim, name)
-        .into_iter()
-        .map(|g| {
-            (g.name, g.state, g.containers.iter().map(|c| format!("{}:{:?}", c.state, c.exit_code)).collect())
-        })
-        .collect();
-    let runners: Vec<(String, i64, bool, bool)> =
-        runners_of(sim, name).into_iter().map(|r| (r.name, r.id, r.online, r.busy)).collect();
-    let jobs: Vec<_> = sim
-        .github
-        .jobs()
-        .into_iter()
-        .map(|j| (j.id, j.labels, j.status, j.conclusion, j.runner_name))
-        .collect();
-    format!(
-        "status {status:?}\ngroups {groups:?}\nrunners (name, id, online, busy) {runners:?}\njobs {jobs:?}"
-    )
-}
-
-/// Wait until the pool is Ready with `idle` idle runners (and as many groups and online runners).
-async fn wait_ready(client: &kube::Client, ns: &str, name: &str, sim: &Simulator, idle: i32) -> RunnerPool {
-    let ready = eventually(T, || async {
-        let p = get_pool(client, ns, name).await?;
-        let st = p.status.as_ref()?;
-        let ok = condition(&p, "Ready").map(|c| c.0) == Some("True".into())
-            && st.idle == idle
-            && st.busy == 0
-            && groups_of(sim, name).len() == idle as usize
-            && runners_of(sim, name).iter().filter(|r| r.online && !r.busy).count() == idle as usize;
-        ok.then_some(p)
-    })
-    .await;
-    match ready {
-        Some(p) => p,
-        None => panic!("pool {name} never Ready with {idle} idle\n{}", describe(client, ns, name, sim).await),
-    }
 }
 
 fn names<T>(items: &[T], f: impl Fn(&T) -> &str) -> BTreeSet<String> {
@@ -110,6 +104,18 @@ fn group_deleted_at(sim: &Simulator, name: &str) -> Option<chrono::DateTime<chro
         .map(|c| c.at)
 }
 
+/// Wait until the simulated ARM has answered at least `list_all` subscription-wide and `list`
+/// resource-group lists since `since`. Passes that list run one after the other, so the n-th
+/// list shows that the passes before it are done.
+async fn wait_listed(w: &World, since: chrono::DateTime<chrono::Utc>, list_all: usize, list: usize) {
+    let count =
+        |op: &str| w.sim.arm.calls().iter().filter(|c| c.op == op && c.at >= since && c.status < 300).count();
+    let listed =
+        eventually(T, || async { (count("listAll") >= list_all && count("list") >= list).then_some(()) })
+            .await;
+    assert!(listed.is_some(), "{} listAll and {} list calls since {since}", count("listAll"), count("list"));
+}
+
 /// Register a runner directly through the simulated GitHub API (a PAT), as a leaked JIT
 /// registration whose container never started: it stays offline.
 async fn leak_registration(sim: &Simulator, name: &str, labels: &[&str]) -> i64 {
@@ -130,43 +136,6 @@ async fn leak_registration(sim: &Simulator, name: &str, labels: &[&str]) -> i64 
     body["runner"]["id"].as_i64().unwrap()
 }
 
-/// Events (events.k8s.io/v1) about a pool: (type, reason, note), oldest first.
-async fn events_of(client: &kube::Client, ns: &str, pool: &str) -> Vec<(String, String, String)> {
-    use k8s_openapi::api::events::v1::Event;
-    let list = Api::<Event>::namespaced(client.clone(), ns).list(&Default::default()).await.unwrap();
-    let mut evs: Vec<_> = list
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pool))
-        .collect();
-    evs.sort_by_key(|e| e.metadata.creation_timestamp.clone());
-    evs.into_iter()
-        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-        .collect()
-}
-
-/// Wait for an Event with this reason (and a note containing `needle`) about the pool.
-async fn expect_event(client: &kube::Client, ns: &str, pool: &str, reason: &str, needle: &str) {
-    let found = eventually(Duration::from_secs(10), || async {
-        events_of(client, ns, pool)
-            .await
-            .iter()
-            .any(|(_, r, n)| r == reason && n.contains(needle))
-            .then_some(())
-    })
-    .await;
-    if found.is_none() {
-        panic!("no {reason} event mentioning {needle:?} for {pool}: {:?}", events_of(client, ns, pool).await);
-    }
-}
-
-/// No Warning Event about the pool.
-async fn expect_no_warnings(client: &kube::Client, ns: &str, pool: &str) {
-    let evs = events_of(client, ns, pool).await;
-    let warnings: Vec<_> = evs.iter().filter(|(t, _, _)| t == "Warning").collect();
-    assert!(warnings.is_empty(), "warnings for {pool}: {warnings:?}");
-}
-
 /// GitHub `DELETE .../runners/{id}` calls refused (422: the runner is busy).
 fn refused_unregisters(sim: &Simulator, id: i64) -> usize {
     let suffix = format!("/actions/runners/{id}");
@@ -177,82 +146,37 @@ fn refused_unregisters(sim: &Simulator, id: i64) -> usize {
         .count()
 }
 
-/// A sample of the controller's metrics: the first series `name{...}` carrying all `labels`
-/// (0 when there is none).
-async fn metric(ctl: &ControllerHandle, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let m = ctl.metrics().await.unwrap();
-    m.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// `aci_runner_controller_reconcile_errors_total` of a controller.
-async fn reconcile_errors(ctl: &ControllerHandle) -> f64 {
-    let m = ctl.metrics().await.unwrap();
-    m.lines()
-        .find_map(|l| l.strip_prefix("aci_runner_controller_reconcile_errors_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no reconcile error counter in\n{m}"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // 2. demand via webhook → scale up within maxRunners; jobs complete; runners recycled; 2 idle.
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-burst").await.unwrap();
-    let sim = sim::start(sim_options(2)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
     let secret = "e2e-burst-webhook-secret";
-    let opts =
-        ControllerOptions { webhook_secret: Some(secret.into()), ..ControllerOptions::for_namespace(&ns) };
-    let ctl = start_controller(&client, &sim, opts).await.unwrap();
-    assert!(ctl.webhook_addr.is_some());
-    connect_webhooks(&sim, &ctl, secret);
+    let mut w = World::builder("e2e-burst").sim_options(sim_options(2)).webhooks(secret).start().await;
+    assert!(w.ctl().webhook_addr.is_some());
     let (min_idle, max_runners) = (2, 6);
-    apply_pool(
-        &client,
-        &ns,
-        &pool_manifest("burst", &sim, json!({"scaling": {"minIdle": min_idle, "maxRunners": max_runners}})),
-    )
-    .await
-    .unwrap();
-    wait_ready(&client, &ns, "burst", &sim, min_idle).await;
-    let initial: BTreeSet<String> = names(&groups_of(&sim, "burst"), |g| &g.name);
+    w.apply("burst", json!({"scaling": {"minIdle": min_idle, "maxRunners": max_runners}})).await;
+    w.wait_ready("burst", min_idle).await;
+    let initial: BTreeSet<String> = names(&w.groups_of("burst"), |g| &g.name);
 
     // Jobs this pool cannot run (a label it lacks) are no demand for it.
-    sim.github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["self-hosted".into(), "aci".into(), "gpu".into()],
-            duration_secs: 3.0,
-            count: 5,
-            ..Default::default()
-        })
-        .unwrap();
+    // The 3 s below start once the controller has answered their webhooks (the simulator's
+    // delivery log), however long the delivery took.
+    w.enqueue(&["self-hosted", "aci", "gpu"], 3.0, 5);
+    let answered = || w.sim.github.deliveries().iter().any(|d| d.action == "queued" && d.status.is_some());
+    let delivered = eventually(T, || async { answered().then_some(()) }).await;
+    assert!(delivered.is_some(), "no webhook was delivered: {:?}", w.sim.github.deliveries());
     let t = tokio::time::Instant::now();
     while t.elapsed() < Duration::from_secs(3) {
-        let p = get_pool(&client, &ns, "burst").await.unwrap();
+        let p = w.get_pool("burst").await.unwrap();
         let desired = p.status.as_ref().map(|s| s.desired);
         assert_eq!(desired, Some(min_idle), "non-matching jobs counted as demand");
-        assert_eq!(groups_of(&sim, "burst").len(), min_idle as usize);
+        assert_eq!(w.groups_of("burst").len(), min_idle as usize);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(sim.github.deliveries().iter().any(|d| d.action == "queued"), "no webhook was delivered");
     let t0 = std::time::Instant::now();
 
-    let jobs = sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["self-hosted".into(), "aci".into()],
-            duration_secs: 3.0,
-            count: 10,
-            ..Default::default()
-        })
-        .unwrap();
+    let jobs = w.enqueue(&["self-hosted", "aci"], 3.0, 10);
     let job_ids: BTreeSet<i64> = jobs.iter().map(|j| j.id).collect();
     assert_eq!(job_ids.len(), 10);
 
@@ -266,18 +190,19 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     let mut converged = None;
     let mut jobs_done_after = None;
     while tokio::time::Instant::now() < deadline {
-        let groups = groups_of(&sim, "burst");
-        let regs = runners_of(&sim, "burst");
-        max_groups = max_groups.max(live_groups_of(&sim, "burst"));
+        let groups = w.groups_of("burst");
+        let regs = w.runners_of("burst");
+        max_groups = max_groups.max(live_groups_of(&w.sim, "burst"));
         max_registrations = max_registrations.max(regs.len());
         all_groups.extend(groups.iter().map(|g| g.name.clone()));
-        if let Some(p) = get_pool(&client, &ns, "burst").await
+        if let Some(p) = w.get_pool("burst").await
             && let Some(st) = p.status.clone()
         {
             if st.desired > st.busy + min_idle {
                 demand_seen = true;
             }
-            let done = sim
+            let done = w
+                .sim
                 .github
                 .jobs()
                 .iter()
@@ -303,11 +228,8 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     }
     if converged.is_none() {
         let jobs: Vec<_> =
-            sim.github.jobs().into_iter().map(|j| (j.id, j.status, j.conclusion, j.runner_name)).collect();
-        panic!(
-            "never converged back to {min_idle} idle; jobs {jobs:?}\n{}",
-            describe(&client, &ns, "burst", &sim).await
-        );
+            w.sim.github.jobs().into_iter().map(|j| (j.id, j.status, j.conclusion, j.runner_name)).collect();
+        panic!("never converged back to {min_idle} idle; jobs {jobs:?}\n{}", w.describe("burst").await);
     }
 
     // Scaled up because of the queued jobs, within maxRunners (and no quota was hit).
@@ -316,14 +238,14 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     // Groups being deleted (Azure deletes take a while) no longer run a runner and do not count.
     assert!(max_groups <= max_runners as usize, "{max_groups} live groups > maxRunners {max_runners}");
     assert!(max_registrations <= max_runners as usize, "{max_registrations} registrations > maxRunners");
-    assert_eq!(sim.arm.quota_rejections(), 0);
+    assert_eq!(w.sim.arm.quota_rejections(), 0);
     // Every webhook delivery was accepted by the controller.
-    let deliveries = sim.github.deliveries();
+    let deliveries = w.sim.github.deliveries();
     assert!(!deliveries.is_empty());
     assert!(deliveries.iter().all(|d| d.status.is_some_and(|s| (200..300).contains(&s))), "{deliveries:?}");
 
     // Every job succeeded, each on its own (ephemeral) runner, and none of those runners is left.
-    let done: Vec<_> = sim.github.jobs().into_iter().filter(|j| job_ids.contains(&j.id)).collect();
+    let done: Vec<_> = w.sim.github.jobs().into_iter().filter(|j| job_ids.contains(&j.id)).collect();
     assert!(done.iter().all(|j| j.conclusion.as_deref() == Some("success")), "{done:?}");
     let ran_on: BTreeSet<String> = done.iter().filter_map(|j| j.runner_name.clone()).collect();
     assert_eq!(ran_on.len(), 10, "ephemeral runners take one job each: {ran_on:?}");
@@ -331,30 +253,24 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     assert!(ran_on.iter().all(|n| all_groups.contains(n) || initial.contains(n)));
 
     // End state: exactly minIdle idle runners; nothing else in Azure or GitHub.
-    let groups = sim.arm.groups();
-    let runners = sim.github.runners();
+    let groups = w.sim.arm.groups();
+    let runners = w.sim.github.runners();
     assert_eq!(groups.len(), min_idle as usize, "{groups:?}");
     assert_eq!(runners.len(), min_idle as usize, "{runners:?}");
     assert_eq!(names(&groups, |g| &g.name), names(&runners, |r| &r.name));
     assert!(runners.iter().all(|r| r.online && !r.busy && r.jobs_done == 0), "{runners:?}");
     assert!(groups.iter().all(|g| !ran_on.contains(&g.name)));
-    expect_event(&client, &ns, "burst", "ScaledUp", "").await;
-    expect_event(&client, &ns, "burst", "RunnerRecycled", "").await;
-    expect_no_warnings(&client, &ns, "burst").await;
+    w.expect_event("burst", "ScaledUp", "").await;
+    w.expect_event("burst", "RunnerRecycled", "").await;
+    w.expect_no_warnings("burst").await;
     // Only the 5 jobs no pool can run are still queued.
-    assert_eq!(metric(&ctl, "aci_runner_controller_demand_queue_length", &[]).await, 5.0);
-    let pool = [("namespace", ns.as_str()), ("pool", "burst")];
-    assert_eq!(
-        metric(&ctl, "aci_runner_controller_runners", &[pool[0], pool[1], ("state", "idle")]).await,
-        2.0
-    );
-    assert_eq!(
-        metric(&ctl, "aci_runner_controller_runners", &[pool[0], pool[1], ("state", "busy")]).await,
-        0.0
-    );
+    assert_eq!(w.metric("aci_runner_controller_demand_queue_length", &[]).await, 5.0);
+    let pool = [("namespace", w.ns.as_str()), ("pool", "burst")];
+    assert_eq!(w.metric("aci_runner_controller_runners", &[pool[0], pool[1], ("state", "idle")]).await, 2.0);
+    assert_eq!(w.metric("aci_runner_controller_runners", &[pool[0], pool[1], ("state", "busy")]).await, 0.0);
     let recycled = [("action", "delete_group"), ("reason", "Recycled"), ("result", "ok")];
-    assert!(metric(&ctl, "aci_runner_controller_actions_total", &recycled).await >= 10.0);
-    ctl.stop().await.unwrap();
+    assert!(w.metric("aci_runner_controller_actions_total", &recycled).await >= 10.0);
+    w.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -367,50 +283,25 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the_busy_one() {
-    init_test_logging();
     let started = std::time::Instant::now();
-    let (client, ns) = setup("e2e-shrink").await.unwrap();
-    let sim = sim::start(sim_options(3)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
-    apply_pool(&client, &ns, &pool_manifest("shrink", &sim, json!({"scaling": {"minIdle": 3}})))
-        .await
-        .unwrap();
-    wait_ready(&client, &ns, "shrink", &sim, 3).await;
+    let mut w = scaling_world("e2e-shrink", 3).await;
+    w.apply_ready("shrink", 3).await;
 
     // One long job: one runner becomes busy.
-    let job = sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 20.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
-    let busy = eventually(T, || async { runners_of(&sim, "shrink").into_iter().find(|r| r.busy) }).await;
-    let Some(busy) = busy else {
-        panic!("no runner took the job\n{}", describe(&client, &ns, "shrink", &sim).await)
-    };
-    assert_eq!(
-        sim.github.jobs().iter().find(|j| j.id == job.id).and_then(|j| j.runner_name.clone()),
-        Some(busy.name.clone())
-    );
+    let (job, busy) = w.busy_with_one_job("shrink", 20.0).await;
+    assert_eq!(w.job(job.id).runner_name, Some(busy.name.clone()));
 
-    apply_pool(&client, &ns, &pool_manifest("shrink", &sim, json!({"scaling": {"minIdle": 0}})))
-        .await
-        .unwrap();
+    w.apply("shrink", json!({"scaling": {"minIdle": 0}})).await;
 
     // The idle runners go; the busy one stays (group and registration) while its job runs.
     let mut others: BTreeMap<String, i64> = BTreeMap::new();
-    let job_running = || sim.github.jobs().iter().any(|j| j.id == job.id && j.status != JobStatus::Completed);
+    let job_running = || w.job(job.id).status != JobStatus::Completed;
     let deadline = tokio::time::Instant::now() + T;
     let mut shrunk = false;
     while tokio::time::Instant::now() < deadline {
         let running = job_running();
-        let groups = names(&groups_of(&sim, "shrink"), |g| &g.name);
-        let regs = runners_of(&sim, "shrink");
+        let groups = names(&w.groups_of("shrink"), |g| &g.name);
+        let regs = w.runners_of("shrink");
         others.extend(regs.iter().filter(|r| r.id != busy.id).map(|r| (r.name.clone(), r.id)));
         if running {
             assert!(groups.contains(&busy.name), "the busy runner's group was removed while its job ran");
@@ -424,7 +315,7 @@ async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the
             && regs[0].id == busy.id
             && regs[0].busy;
         if only_busy
-            && let Some(p) = get_pool(&client, &ns, "shrink").await
+            && let Some(p) = w.get_pool("shrink").await
             && let Some(st) = p.status.as_ref()
             && (st.desired, st.idle, st.busy) == (1, 0, 1)
         {
@@ -434,47 +325,47 @@ async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !shrunk {
-        panic!("idle runners not removed\n{}", describe(&client, &ns, "shrink", &sim).await);
+        panic!("idle runners not removed\n{}", w.describe("shrink").await);
     }
     assert!(job_running(), "the job ended before the idle runners were removed: the test proves nothing");
     assert!(others.len() >= 2, "{others:?}");
-    assert!(unregistered_at(&sim, busy.id).is_none(), "the busy runner was unregistered");
+    assert!(unregistered_at(&w.sim, busy.id).is_none(), "the busy runner was unregistered");
     // A stale list may make the controller try once; GitHub's refusal must then refresh its view
     // instead of the same refused DELETE going out every pass.
-    let refused = refused_unregisters(&sim, busy.id);
+    let refused = refused_unregisters(&w.sim, busy.id);
     assert!(refused <= 2, "{refused} refused unregisters of the busy runner");
-    assert!(group_deleted_at(&sim, &busy.name).is_none(), "the busy runner's group was deleted");
+    assert!(group_deleted_at(&w.sim, &busy.name).is_none(), "the busy runner's group was deleted");
     for (name, id) in &others {
-        let unreg = unregistered_at(&sim, *id).unwrap_or_else(|| panic!("{name} was never unregistered"));
+        let unreg = unregistered_at(&w.sim, *id).unwrap_or_else(|| panic!("{name} was never unregistered"));
         let deleted =
-            group_deleted_at(&sim, name).unwrap_or_else(|| panic!("{name}'s group was never deleted"));
+            group_deleted_at(&w.sim, name).unwrap_or_else(|| panic!("{name}'s group was never deleted"));
         assert!(unreg <= deleted, "{name}: group deleted at {deleted} before unregistering at {unreg}");
     }
 
     // When the job ends, the ephemeral runner is recycled and nothing is left (minIdle 0).
     let empty = eventually(T, || async {
         let done =
-            sim.github.jobs().iter().any(|j| j.id == job.id && j.conclusion.as_deref() == Some("success"));
-        let p = get_pool(&client, &ns, "shrink").await?;
+            w.sim.github.jobs().iter().any(|j| j.id == job.id && j.conclusion.as_deref() == Some("success"));
+        let p = w.get_pool("shrink").await?;
         let st = p.status.as_ref()?;
         (done
-            && groups_of(&sim, "shrink").is_empty()
-            && runners_of(&sim, "shrink").is_empty()
+            && w.groups_of("shrink").is_empty()
+            && w.runners_of("shrink").is_empty()
             && (st.desired, st.idle, st.busy) == (0, 0, 0)
             && condition(&p, "Ready").map(|c| c.0) == Some("True".into()))
         .then_some(())
     })
     .await;
     if empty.is_none() {
-        panic!("busy runner not recycled after its job\n{}", describe(&client, &ns, "shrink", &sim).await);
+        panic!("busy runner not recycled after its job\n{}", w.describe("shrink").await);
     }
-    assert!(sim.arm.groups().is_empty());
-    assert!(sim.github.runners().is_empty());
+    assert!(w.sim.arm.groups().is_empty());
+    assert!(w.sim.github.runners().is_empty());
     let first_removed = others.keys().next().unwrap().clone();
-    expect_event(&client, &ns, "shrink", "ScaledDown", &first_removed).await;
-    expect_event(&client, &ns, "shrink", "RunnerRecycled", &busy.name).await;
-    expect_no_warnings(&client, &ns, "shrink").await;
-    ctl.stop().await.unwrap();
+    w.expect_event("shrink", "ScaledDown", &first_removed).await;
+    w.expect_event("shrink", "RunnerRecycled", &busy.name).await;
+    w.expect_no_warnings("shrink").await;
+    w.stop().await;
     eprintln!("test 3 took {:?}", started.elapsed());
 }
 
@@ -483,51 +374,45 @@ async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_period() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-leak").await.unwrap();
-    let sim = sim::start(sim_options(4)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let opts = ControllerOptions::for_namespace(&ns);
-    let grace = opts.gc_grace;
-    let ctl = start_controller(&client, &sim, opts).await.unwrap();
-    apply_pool(&client, &ns, &pool_manifest("leak", &sim, json!({"scaling": {"minIdle": 1}}))).await.unwrap();
-    wait_ready(&client, &ns, "leak", &sim, 1).await;
-    let own = runners_of(&sim, "leak").remove(0);
+    let mut w = scaling_world("e2e-leak", 4).await;
+    let grace = w.opts.gc_grace;
+    w.apply_ready("leak", 1).await;
+    let own = w.runners_of("leak").remove(0);
 
-    let leaked_at = sim.clock.now();
-    let leaked = leak_registration(&sim, "leak-zzzzz", &["aci"]).await;
+    let leaked_at = w.sim.clock.now();
+    let leaked = leak_registration(&w.sim, "leak-zzzzz", &["aci"]).await;
     // Not this pool's: other labels; a name that is not `<pool>-<5 chars>`; another prefix.
-    let foreign_labels = leak_registration(&sim, "leak-yyyyy", &["gpu"]).await;
-    let foreign_name = leak_registration(&sim, "leak-zzzzzz", &["aci"]).await;
-    let foreign_prefix = leak_registration(&sim, "leaky-zzzzz", &["aci"]).await;
-    let r = sim.github.runners().into_iter().find(|r| r.id == leaked).unwrap();
+    let foreign_labels = leak_registration(&w.sim, "leak-yyyyy", &["gpu"]).await;
+    let foreign_name = leak_registration(&w.sim, "leak-zzzzzz", &["aci"]).await;
+    let foreign_prefix = leak_registration(&w.sim, "leaky-zzzzz", &["aci"]).await;
+    let r = w.sim.github.runners().into_iter().find(|r| r.id == leaked).unwrap();
     assert!(!r.online && r.labels.contains(&"aci".to_string()), "{r:?}");
 
     let gone =
-        eventually(T, || async { sim.github.runners().iter().all(|r| r.id != leaked).then_some(()) }).await;
+        eventually(T, || async { w.sim.github.runners().iter().all(|r| r.id != leaked).then_some(()) }).await;
     if gone.is_none() {
-        panic!("leaked registration never removed\n{}", describe(&client, &ns, "leak", &sim).await);
+        panic!("leaked registration never removed\n{}", w.describe("leak").await);
     }
     // Mark, then confirm: not removed before the grace period.
-    let at = unregistered_at(&sim, leaked).unwrap();
+    let at = unregistered_at(&w.sim, leaked).unwrap();
     let waited = (at - leaked_at).to_std().unwrap_or_default();
     assert!(waited >= grace, "removed {waited:?} after it appeared (grace {grace:?})");
 
     // A few more passes: nothing else was touched.
     tokio::time::sleep(grace * 2).await;
-    let ids: BTreeSet<i64> = sim.github.runners().iter().map(|r| r.id).collect();
+    let ids: BTreeSet<i64> = w.sim.github.runners().iter().map(|r| r.id).collect();
     for id in [foreign_labels, foreign_name, foreign_prefix, own.id as i64] {
         assert!(ids.contains(&id), "registration {id} was removed; left: {ids:?}");
     }
-    assert_eq!(groups_of(&sim, "leak").len(), 1);
-    assert!(group_deleted_at(&sim, &own.name).is_none());
-    let p = get_pool(&client, &ns, "leak").await.unwrap();
+    assert_eq!(w.groups_of("leak").len(), 1);
+    assert!(group_deleted_at(&w.sim, &own.name).is_none());
+    let p = w.get_pool("leak").await.unwrap();
     assert_eq!(condition(&p, "Ready").map(|c| c.0).as_deref(), Some("True"), "{:?}", p.status);
-    expect_event(&client, &ns, "leak", "GarbageCollected", "leak-zzzzz").await;
-    expect_no_warnings(&client, &ns, "leak").await;
+    w.expect_event("leak", "GarbageCollected", "leak-zzzzz").await;
+    w.expect_no_warnings("leak").await;
     let gc = [("action", "unregister_runner"), ("reason", "GarbageCollected"), ("result", "ok")];
-    assert_eq!(metric(&ctl, "aci_runner_controller_actions_total", &gc).await, 1.0);
-    ctl.stop().await.unwrap();
+    assert_eq!(w.metric("aci_runner_controller_actions_total", &gc).await, 1.0);
+    w.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -536,22 +421,15 @@ async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_peri
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_runner_group_is_removed_and_replaced() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-crash").await.unwrap();
-    let sim = sim::start(sim_options(5)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
-    apply_pool(&client, &ns, &pool_manifest("crash", &sim, json!({"scaling": {"minIdle": 3}})))
-        .await
-        .unwrap();
-    wait_ready(&client, &ns, "crash", &sim, 3).await;
-    let before = runners_of(&sim, "crash");
+    let mut w = scaling_world("e2e-crash", 5).await;
+    w.apply_ready("crash", 3).await;
+    let before = w.runners_of("crash");
     let (victim, removed, survivor) = (before[0].clone(), before[1].clone(), before[2].clone());
 
-    assert!(sim.arm.exit_container(&victim.name, 137), "no running container in {}", victim.name);
-    let pat = sim.github.app_credentials().pats.first().expect("the simulator has a PAT").clone();
+    assert!(w.sim.arm.exit_container(&victim.name, 137), "no running container in {}", victim.name);
+    let pat = w.sim.github.app_credentials().pats.first().expect("the simulator has a PAT").clone();
     let r = reqwest::Client::new()
-        .delete(format!("{}/orgs/{ORG}/actions/runners/{}", sim.github.url(), removed.id))
+        .delete(format!("{}/orgs/{ORG}/actions/runners/{}", w.sim.github.url(), removed.id))
         .bearer_auth(pat)
         .header("user-agent", "e2e")
         .send()
@@ -560,9 +438,9 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
     assert_eq!(r.status().as_u16(), 204);
 
     let replaced = eventually(T, || async {
-        let groups = names(&groups_of(&sim, "crash"), |g| &g.name);
-        let regs = runners_of(&sim, "crash");
-        let p = get_pool(&client, &ns, "crash").await?;
+        let groups = names(&w.groups_of("crash"), |g| &g.name);
+        let regs = w.runners_of("crash");
+        let p = w.get_pool("crash").await?;
         let st = p.status.as_ref()?;
         let ok = !groups.contains(&victim.name)
             && !groups.contains(&removed.name)
@@ -581,24 +459,24 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
             "runners {} (crashed) and {} (removed) not replaced\n{}",
             victim.name,
             removed.name,
-            describe(&client, &ns, "crash", &sim).await
+            w.describe("crash").await
         );
     }
-    assert!(unregistered_at(&sim, victim.id).is_some());
-    assert!(group_deleted_at(&sim, &victim.name).is_some());
-    assert!(group_deleted_at(&sim, &removed.name).is_some());
-    assert!(unregistered_at(&sim, survivor.id).is_none(), "the healthy runner was touched");
-    assert!(group_deleted_at(&sim, &survivor.name).is_none(), "the healthy runner was touched");
+    assert!(unregistered_at(&w.sim, victim.id).is_some());
+    assert!(group_deleted_at(&w.sim, &victim.name).is_some());
+    assert!(group_deleted_at(&w.sim, &removed.name).is_some());
+    assert!(unregistered_at(&w.sim, survivor.id).is_none(), "the healthy runner was touched");
+    assert!(group_deleted_at(&w.sim, &survivor.name).is_none(), "the healthy runner was touched");
     // A crash after the runner was online is not a provisioning failure.
-    let p = get_pool(&client, &ns, "crash").await.unwrap();
+    let p = w.get_pool("crash").await.unwrap();
     assert_eq!(condition(&p, "Stalled").map(|c| c.0).as_deref(), Some("False"));
-    expect_event(&client, &ns, "crash", "RunnerRecycled", &victim.name).await;
-    expect_event(&client, &ns, "crash", "RunnerRecycled", &removed.name).await;
-    expect_no_warnings(&client, &ns, "crash").await;
+    w.expect_event("crash", "RunnerRecycled", &victim.name).await;
+    w.expect_event("crash", "RunnerRecycled", &removed.name).await;
+    w.expect_no_warnings("crash").await;
     let crashed = [("action", "delete_group"), ("reason", "Crashed"), ("result", "ok")];
-    assert_eq!(metric(&ctl, "aci_runner_controller_actions_total", &crashed).await, 1.0);
-    assert_eq!(sim.arm.groups().iter().filter(|g| g.provisioning_state != "Deleting").count(), 3);
-    ctl.stop().await.unwrap();
+    assert_eq!(w.metric("aci_runner_controller_actions_total", &crashed).await, 1.0);
+    assert_eq!(w.sim.arm.groups().iter().filter(|g| g.provisioning_state != "Deleting").count(), 3);
+    w.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -606,162 +484,103 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
 // registration first. One of its runners takes a job after the restarted controller marked the
 // groups (its shared runner list, cached for a while, still shows the runner idle): that group
 // must survive until the job is done (GitHub refuses to unregister a busy runner).
+//
+// "After the mark" is read from the simulated ARM's call log (a second subscription-wide list
+// since the restart: GC passes run one after the other); a fixed 1.5 s sleep assumed the first
+// pass was done by then.
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_after_restart() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-orphan").await.unwrap();
-    let sim = sim::start(sim_options(6)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let mut opts = ControllerOptions::for_namespace(&ns);
-    opts.gc_grace = Duration::from_secs(3);
-    let grace = opts.gc_grace;
-    let ctl = start_controller(&client, &sim, opts.clone()).await.unwrap();
+    let mut w = gc_world("e2e-orphan", 6).await;
+    let grace = w.opts.gc_grace;
     // Same subscription, resource group and org for both; only "gone" can run `aci` jobs.
-    apply_pool(&client, &ns, &pool_manifest("gone", &sim, json!({"scaling": {"minIdle": 2}}))).await.unwrap();
-    apply_pool(
-        &client,
-        &ns,
-        &pool_manifest("kept", &sim, json!({"scaling": {"minIdle": 1}, "github": {"labels": ["spare"]}})),
-    )
-    .await
-    .unwrap();
-    wait_ready(&client, &ns, "gone", &sim, 2).await;
-    wait_ready(&client, &ns, "kept", &sim, 1).await;
-    let gone_groups = names(&groups_of(&sim, "gone"), |g| &g.name);
+    w.apply("gone", json!({"scaling": {"minIdle": 2}})).await;
+    w.apply("kept", json!({"scaling": {"minIdle": 1}, "github": {"labels": ["spare"]}})).await;
+    w.wait_ready("gone", 2).await;
+    w.wait_ready("kept", 1).await;
+    let gone_groups = names(&w.groups_of("gone"), |g| &g.name);
     let gone_runners: BTreeMap<String, i64> =
-        runners_of(&sim, "gone").into_iter().map(|r| (r.name, r.id)).collect();
-    let kept_groups = names(&groups_of(&sim, "kept"), |g| &g.name);
-    let kept_runners: BTreeSet<i64> = runners_of(&sim, "kept").iter().map(|r| r.id).collect();
+        w.runners_of("gone").into_iter().map(|r| (r.name, r.id)).collect();
+    let kept_groups = names(&w.groups_of("kept"), |g| &g.name);
+    let kept_runners: BTreeSet<i64> = w.runners_of("kept").iter().map(|r| r.id).collect();
 
-    ctl.stop().await.unwrap();
+    w.stop().await;
     // Pool "gone" disappears without its finalizer running.
-    let api = Api::<RunnerPool>::namespaced(client.clone(), &ns);
-    api.patch("gone", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap();
-    delete_pool(&client, &ns, "gone").await;
-    let deleted =
-        eventually(T, || async { get_pool(&client, &ns, "gone").await.is_none().then_some(()) }).await;
-    assert!(deleted.is_some(), "pool gone was not deleted");
-    assert_eq!(names(&groups_of(&sim, "gone"), |g| &g.name), gone_groups, "nothing ran the finalizer");
+    w.delete_without_cleanup("gone").await;
+    assert_eq!(names(&w.groups_of("gone"), |g| &g.name), gone_groups, "nothing ran the finalizer");
 
-    let restarted_at = sim.clock.now();
-    let ctl = start_controller(&client, &sim, opts).await.unwrap();
-    // After the first GC pass marked the orphans, one of their runners takes a job.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let job = sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 8.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
+    let restarted_at = w.sim.clock.now();
+    w.start_controller().await;
+    // After the first GC pass marked the orphans (the second one has begun), one of their
+    // runners takes a job.
+    wait_listed(&w, restarted_at, 2, 0).await;
+    let job = w.enqueue_one(8.0);
     let collected = eventually(T, || async {
-        let done = sim.github.jobs().iter().any(|j| j.id == job.id && j.status == JobStatus::Completed);
-        (done && groups_of(&sim, "gone").is_empty()).then_some(())
+        let done = w.job(job.id).status == JobStatus::Completed;
+        (done && w.groups_of("gone").is_empty()).then_some(())
     })
     .await;
     if collected.is_none() {
-        panic!("orphaned groups never collected\n{}", describe(&client, &ns, "gone", &sim).await);
+        panic!("orphaned groups never collected\n{}", w.describe("gone").await);
     }
-    let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
-    let busy = j.runner_name.clone().unwrap();
-    assert!(gone_groups.contains(&busy), "{j:?}");
-    assert_eq!(j.conclusion.as_deref(), Some("success"), "the orphan was killed mid-job: {j:?}");
-    for g in &gone_groups {
-        let at = group_deleted_at(&sim, g).unwrap();
-        let waited = (at - restarted_at).to_std().unwrap_or_default();
-        assert!(waited >= grace, "{g} deleted {waited:?} after the restart (grace {grace:?})");
-        if *g == busy {
-            assert!(j.completed_at.is_some_and(|c| at >= c), "{g} deleted at {at} during its job {j:?}");
-        } else {
-            // Same org as the live pool "kept", whose list shows the orphan's registration: it
-            // is unregistered first, then the group goes.
-            let unreg =
-                unregistered_at(&sim, gone_runners[g]).unwrap_or_else(|| panic!("{g} never unregistered"));
-            assert!(unreg <= at, "{g}: group deleted before its registration");
-        }
-    }
-    assert!(runners_of(&sim, "gone").is_empty(), "{:?}", runners_of(&sim, "gone"));
+    // Same org as the live pool "kept", whose list shows the orphans' registrations: each idle
+    // one is unregistered first, then its group goes.
+    assert_eq!(names(&gone_runners.keys().collect::<Vec<_>>(), |n| n), gone_groups);
+    assert_collected_after_grace(&w, &gone_runners, restarted_at, grace, job.id, "orphan");
+    assert!(w.runners_of("gone").is_empty(), "{:?}", w.runners_of("gone"));
 
     // Pool "kept" is untouched.
-    assert_eq!(names(&groups_of(&sim, "kept"), |g| &g.name), kept_groups);
-    let now_runners: BTreeSet<i64> = runners_of(&sim, "kept").iter().map(|r| r.id).collect();
+    assert_eq!(names(&w.groups_of("kept"), |g| &g.name), kept_groups);
+    let now_runners: BTreeSet<i64> = w.runners_of("kept").iter().map(|r| r.id).collect();
     assert_eq!(now_runners, kept_runners);
     for g in &kept_groups {
-        assert!(group_deleted_at(&sim, g).is_none(), "{g} of the live pool was deleted");
+        assert!(group_deleted_at(&w.sim, g).is_none(), "{g} of the live pool was deleted");
     }
-    let p = get_pool(&client, &ns, "kept").await.unwrap();
+    let p = w.get_pool("kept").await.unwrap();
     assert_eq!(condition(&p, "Ready").map(|c| c.0).as_deref(), Some("True"), "{:?}", p.status);
     let orphaned = [("action", "delete_group"), ("reason", "Orphaned"), ("result", "ok")];
-    assert_eq!(
-        metric(&ctl, "aci_runner_controller_actions_total", &orphaned).await,
-        gone_groups.len() as f64
-    );
-    ctl.stop().await.unwrap();
+    assert_eq!(w.metric("aci_runner_controller_actions_total", &orphaned).await, gone_groups.len() as f64);
+    w.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // 4d. A pool deleted and re-created under the same name while no controller ran: the groups of
 // the old pool (old uid) are collected by the new pool's passes, its runners are never counted,
 // and one that takes a job after the mark keeps its group until the job is done.
+//
+// "After the mark" is read from the simulated ARM's call log (second lists since the restart),
+// as in 4c, instead of a fixed 1.5 s sleep.
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_counted() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-reborn").await.unwrap();
-    let sim = sim::start(sim_options(10)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let mut opts = ControllerOptions::for_namespace(&ns);
-    opts.gc_grace = Duration::from_secs(3);
-    let grace = opts.gc_grace;
-    let ctl = start_controller(&client, &sim, opts.clone()).await.unwrap();
-    let manifest = pool_manifest("reborn", &sim, json!({"scaling": {"minIdle": 2}}));
-    let old = apply_pool(&client, &ns, &manifest).await.unwrap();
-    wait_ready(&client, &ns, "reborn", &sim, 2).await;
+    let mut w = gc_world("e2e-reborn", 10).await;
+    let grace = w.opts.gc_grace;
+    let manifest = pool_manifest("reborn", &w.sim, json!({"scaling": {"minIdle": 2}}));
+    let old = w.apply_manifest(&manifest).await;
+    w.wait_ready("reborn", 2).await;
     let old_uid = old.metadata.uid.clone().unwrap();
     let old_runners: BTreeMap<String, i64> =
-        runners_of(&sim, "reborn").into_iter().map(|r| (r.name, r.id)).collect();
+        w.runners_of("reborn").into_iter().map(|r| (r.name, r.id)).collect();
 
-    ctl.stop().await.unwrap();
-    let api = Api::<RunnerPool>::namespaced(client.clone(), &ns);
-    api.patch("reborn", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap();
-    delete_pool(&client, &ns, "reborn").await;
-    let deleted =
-        eventually(T, || async { get_pool(&client, &ns, "reborn").await.is_none().then_some(()) }).await;
-    assert!(deleted.is_some());
+    w.stop().await;
+    w.delete_without_cleanup("reborn").await;
     // Re-created with one idle runner: the two old ones must not count towards it.
-    let manifest = pool_manifest("reborn", &sim, json!({"scaling": {"minIdle": 1}}));
-    let new = apply_pool(&client, &ns, &manifest).await.unwrap();
+    let manifest = pool_manifest("reborn", &w.sim, json!({"scaling": {"minIdle": 1}}));
+    let new = w.apply_manifest(&manifest).await;
     let new_uid = new.metadata.uid.clone().unwrap();
     assert_ne!(new_uid, old_uid);
 
-    let restarted_at = sim.clock.now();
-    let ctl = start_controller(&client, &sim, opts).await.unwrap();
-    // After the first pass marked the old groups, an old runner (lowest id: GitHub's pick) takes
-    // a job.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let job = sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 8.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
+    let restarted_at = w.sim.clock.now();
+    w.start_controller().await;
+    // After the first passes marked the old groups (the second GC pass and the pool's second
+    // pass have begun), an old runner (lowest id: GitHub's pick) takes a job.
+    wait_listed(&w, restarted_at, 2, 2).await;
+    let job = w.enqueue_one(8.0);
     let converged = eventually(T, || async {
-        let groups = groups_of(&sim, "reborn");
-        let regs = runners_of(&sim, "reborn");
-        let done = sim.github.jobs().iter().any(|j| j.id == job.id && j.status == JobStatus::Completed);
-        let p = get_pool(&client, &ns, "reborn").await?;
+        let groups = w.groups_of("reborn");
+        let regs = w.runners_of("reborn");
+        let done = w.job(job.id).status == JobStatus::Completed;
+        let p = w.get_pool("reborn").await?;
         let st = p.status.as_ref()?;
         let ok = done
             && groups.len() == 1
@@ -775,29 +594,15 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
     })
     .await;
     if converged.is_none() {
-        panic!("old groups not collected\n{}", describe(&client, &ns, "reborn", &sim).await);
+        panic!("old groups not collected\n{}", w.describe("reborn").await);
     }
-    let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
-    let busy = j.runner_name.clone().unwrap();
-    assert!(old_runners.contains_key(&busy), "{j:?}");
-    assert_eq!(j.conclusion.as_deref(), Some("success"), "the old runner was killed mid-job: {j:?}");
-    for (name, id) in &old_runners {
-        let deleted = group_deleted_at(&sim, name).unwrap_or_else(|| panic!("{name} never deleted"));
-        let waited = (deleted - restarted_at).to_std().unwrap_or_default();
-        assert!(waited >= grace, "{name} deleted {waited:?} after the restart (grace {grace:?})");
-        if *name == busy {
-            assert!(j.completed_at.is_some_and(|c| deleted >= c), "{name} deleted during its job {j:?}");
-        } else {
-            let unreg = unregistered_at(&sim, *id).unwrap_or_else(|| panic!("{name} never unregistered"));
-            assert!(unreg <= deleted, "{name}: group deleted before its registration");
-        }
-    }
-    let p = get_pool(&client, &ns, "reborn").await.unwrap();
+    assert_collected_after_grace(&w, &old_runners, restarted_at, grace, job.id, "old runner");
+    let p = w.get_pool("reborn").await.unwrap();
     assert_eq!(condition(&p, "Stalled").map(|c| c.0).as_deref(), Some("False"));
-    expect_event(&client, &ns, "reborn", "GarbageCollected", "").await;
-    assert!(sim.arm.groups().iter().filter(|g| g.provisioning_state != "Deleting").count() == 1);
-    assert!(sim.github.runners().len() == 1);
-    ctl.stop().await.unwrap();
+    w.expect_event("reborn", "GarbageCollected", "").await;
+    assert!(w.sim.arm.groups().iter().filter(|g| g.provisioning_state != "Deleting").count() == 1);
+    assert!(w.sim.github.runners().len() == 1);
+    w.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -806,82 +611,59 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
-    init_test_logging();
     let started = std::time::Instant::now();
-    let (client, ns) = setup("e2e-drain").await.unwrap();
-    let sim = sim::start(sim_options(7)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
-    apply_pool(&client, &ns, &pool_manifest("drain", &sim, json!({"scaling": {"minIdle": 2}})))
-        .await
-        .unwrap();
-    wait_ready(&client, &ns, "drain", &sim, 2).await;
-    let job = sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 20.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
-    let busy = eventually(T, || async { runners_of(&sim, "drain").into_iter().find(|r| r.busy) }).await;
-    let Some(busy) = busy else {
-        panic!("no runner took the job\n{}", describe(&client, &ns, "drain", &sim).await)
-    };
+    let mut w = scaling_world("e2e-drain", 7).await;
+    w.apply_ready("drain", 2).await;
+    let (job, busy) = w.busy_with_one_job("drain", 20.0).await;
 
-    delete_pool(&client, &ns, "drain").await;
+    w.delete_pool("drain").await;
 
     // The idle runners go; the busy one and the pool stay while the job runs.
-    let job_running = || sim.github.jobs().iter().any(|j| j.id == job.id && j.status != JobStatus::Completed);
+    let job_running = || w.job(job.id).status != JobStatus::Completed;
     let drained = eventually(T, || async {
         let running = job_running();
-        let p = get_pool(&client, &ns, "drain").await;
+        let p = w.get_pool("drain").await;
         if running {
             assert!(p.is_some(), "the finalizer was removed while a runner was busy");
-            assert!(groups_of(&sim, "drain").iter().any(|g| g.name == busy.name), "busy group deleted");
-            assert!(runners_of(&sim, "drain").iter().any(|r| r.id == busy.id), "busy runner unregistered");
+            assert!(w.groups_of("drain").iter().any(|g| g.name == busy.name), "busy group deleted");
+            assert!(w.runners_of("drain").iter().any(|r| r.id == busy.id), "busy runner unregistered");
         }
         let p = p?;
-        let only_busy = names(&groups_of(&sim, "drain"), |g| &g.name) == BTreeSet::from([busy.name.clone()])
-            && runners_of(&sim, "drain").len() == 1;
+        let only_busy = names(&w.groups_of("drain"), |g| &g.name) == BTreeSet::from([busy.name.clone()])
+            && w.runners_of("drain").len() == 1;
         let draining = condition(&p, "Ready") == Some(("False".into(), "Draining".into()));
         (only_busy && draining).then_some(())
     })
     .await;
     if drained.is_none() {
-        panic!(
-            "not draining with only the busy runner left\n{}",
-            describe(&client, &ns, "drain", &sim).await
-        );
+        panic!("not draining with only the busy runner left\n{}", w.describe("drain").await);
     }
     assert!(job_running(), "the job ended before the pool was seen draining: the test proves nothing");
 
     // The job completes; then everything is gone and the finalizer is removed.
     let finished = eventually(T, || async {
-        let gone = get_pool(&client, &ns, "drain").await.is_none();
-        (gone && groups_of(&sim, "drain").is_empty() && runners_of(&sim, "drain").is_empty()).then_some(())
+        let gone = w.get_pool("drain").await.is_none();
+        (gone && w.groups_of("drain").is_empty() && w.runners_of("drain").is_empty()).then_some(())
     })
     .await;
     if finished.is_none() {
-        panic!("pool not removed after its job\n{}", describe(&client, &ns, "drain", &sim).await);
+        panic!("pool not removed after its job\n{}", w.describe("drain").await);
     }
-    let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    let j = w.job(job.id);
     assert_eq!(j.conclusion.as_deref(), Some("success"), "{j:?}");
     // A stale list may make the controller try once; GitHub's refusal must then refresh its view
     // instead of the same refused DELETE going out every pass.
-    let refused = refused_unregisters(&sim, busy.id);
+    let refused = refused_unregisters(&w.sim, busy.id);
     assert!(refused <= 2, "{refused} refused unregisters of the busy runner");
-    assert!(unregistered_at(&sim, busy.id).is_none() || j.completed_at.is_some());
-    assert!(group_deleted_at(&sim, &busy.name).is_none_or(|at| j.completed_at.is_some_and(|c| at >= c)));
-    assert!(sim.arm.groups().is_empty());
-    assert!(sim.github.runners().is_empty());
+    assert!(unregistered_at(&w.sim, busy.id).is_none() || j.completed_at.is_some());
+    assert!(group_deleted_at(&w.sim, &busy.name).is_none_or(|at| j.completed_at.is_some_and(|c| at >= c)));
+    assert!(w.sim.arm.groups().is_empty());
+    assert!(w.sim.github.runners().is_empty());
     // Cleanup ends without a failed pass (e.g. a finalizer patch refused with 409).
-    assert_eq!(reconcile_errors(&ctl).await, 0.0);
-    expect_event(&client, &ns, "drain", "CleanupComplete", "").await;
-    expect_no_warnings(&client, &ns, "drain").await;
-    ctl.stop().await.unwrap();
+    assert_eq!(w.reconcile_errors().await, 0.0);
+    w.expect_event("drain", "CleanupComplete", "").await;
+    w.expect_no_warnings("drain").await;
+    w.stop().await;
     eprintln!("test 5a took {:?}", started.elapsed());
 }
 
@@ -890,62 +672,42 @@ async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-drainto").await.unwrap();
-    let sim = sim::start(sim_options(8)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let ctl = start_controller(&client, &sim, ControllerOptions::for_namespace(&ns)).await.unwrap();
-    apply_pool(
-        &client,
-        &ns,
-        &pool_manifest("hurry", &sim, json!({"scaling": {"minIdle": 1, "drainTimeout": "3s"}})),
-    )
-    .await
-    .unwrap();
-    wait_ready(&client, &ns, "hurry", &sim, 1).await;
-    let job = sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["aci".into()],
-            duration_secs: 120.0,
-            count: 1,
-            ..Default::default()
-        })
-        .unwrap()
-        .remove(0);
-    let busy = eventually(T, || async { runners_of(&sim, "hurry").into_iter().find(|r| r.busy) }).await;
-    let Some(busy) = busy else { panic!("never busy\n{}", describe(&client, &ns, "hurry", &sim).await) };
+    let mut w = scaling_world("e2e-drainto", 8).await;
+    w.apply("hurry", json!({"scaling": {"minIdle": 1, "drainTimeout": "3s"}})).await;
+    w.wait_ready("hurry", 1).await;
+    let (job, busy) = w.busy_with_one_job("hurry", 120.0).await;
 
-    delete_pool(&client, &ns, "hurry").await;
+    w.delete_pool("hurry").await;
     // drainTimeout counts from the deletionTimestamp (whole seconds, so up to 1 s before the call).
-    let deleted_at = get_pool(&client, &ns, "hurry")
+    let deleted_at = w
+        .get_pool("hurry")
         .await
         .and_then(|p| p.metadata.deletion_timestamp)
         .map(|t| chrono::DateTime::<chrono::Utc>::from_timestamp(t.0.as_second(), 0).unwrap())
         .expect("the pool waits for its busy runner");
     let finished = eventually(T, || async {
-        let gone = get_pool(&client, &ns, "hurry").await.is_none();
-        (gone && groups_of(&sim, "hurry").is_empty() && runners_of(&sim, "hurry").is_empty()).then_some(())
+        let gone = w.get_pool("hurry").await.is_none();
+        (gone && w.groups_of("hurry").is_empty() && w.runners_of("hurry").is_empty()).then_some(())
     })
     .await;
     if finished.is_none() {
-        panic!("pool not removed after drainTimeout\n{}", describe(&client, &ns, "hurry", &sim).await);
+        panic!("pool not removed after drainTimeout\n{}", w.describe("hurry").await);
     }
     // Not before drainTimeout; well before the job would have ended.
     // A stale list may make the controller try once; GitHub's refusal must then refresh its view
     // instead of the same refused DELETE going out every pass.
-    let refused = refused_unregisters(&sim, busy.id);
+    let refused = refused_unregisters(&w.sim, busy.id);
     assert!(refused <= 2, "{refused} refused unregisters of the busy runner");
-    let at = group_deleted_at(&sim, &busy.name).unwrap();
+    let at = group_deleted_at(&w.sim, &busy.name).unwrap();
     let waited = (at - deleted_at).to_std().unwrap_or_default();
     assert!(waited >= Duration::from_secs(3), "busy group deleted {waited:?} after the deletionTimestamp");
-    let j = sim.github.jobs().into_iter().find(|j| j.id == job.id).unwrap();
+    let j = w.job(job.id);
     assert_ne!(j.conclusion.as_deref(), Some("success"), "{j:?}");
-    assert!(sim.arm.groups().is_empty());
-    assert!(sim.github.runners().is_empty());
+    assert!(w.sim.arm.groups().is_empty());
+    assert!(w.sim.github.runners().is_empty());
     // Cleanup ends without a failed pass (e.g. a finalizer patch refused with 409).
-    assert_eq!(reconcile_errors(&ctl).await, 0.0);
-    ctl.stop().await.unwrap();
+    assert_eq!(w.reconcile_errors().await, 0.0);
+    w.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -953,34 +715,27 @@ async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pool_with_the_orphan_policy_releases_its_runners_and_leaves_them_running() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-release").await.unwrap();
-    let sim = sim::start(sim_options(9)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let opts = ControllerOptions::for_namespace(&ns);
-    let grace = opts.gc_grace;
-    let ctl = start_controller(&client, &sim, opts).await.unwrap();
-    let mut manifest = pool_manifest("keep", &sim, json!({"scaling": {"minIdle": 2}}));
+    let mut w = scaling_world("e2e-release", 9).await;
+    let grace = w.opts.gc_grace;
+    let mut manifest = pool_manifest("keep", &w.sim, json!({"scaling": {"minIdle": 2}}));
     manifest["metadata"]["annotations"] = json!({"aci-runners.dev/deletion-policy": "orphan"});
-    apply_pool(&client, &ns, &manifest).await.unwrap();
+    w.apply_manifest(&manifest).await;
     // Another live pool in the same resource group, so that orphan GC sweeps it.
-    apply_pool(&client, &ns, &pool_manifest("other", &sim, json!({"scaling": {"minIdle": 1}})))
-        .await
-        .unwrap();
-    let keep = wait_ready(&client, &ns, "keep", &sim, 2).await;
-    wait_ready(&client, &ns, "other", &sim, 1).await;
+    w.apply("other", json!({"scaling": {"minIdle": 1}})).await;
+    let keep = w.wait_ready("keep", 2).await;
+    w.wait_ready("other", 1).await;
     let uid = keep.metadata.uid.clone().unwrap();
-    let groups = names(&groups_of(&sim, "keep"), |g| &g.name);
-    let runners: BTreeSet<i64> = runners_of(&sim, "keep").iter().map(|r| r.id).collect();
+    let groups = names(&w.groups_of("keep"), |g| &g.name);
+    let runners: BTreeSet<i64> = w.runners_of("keep").iter().map(|r| r.id).collect();
 
-    delete_pool(&client, &ns, "keep").await;
-    let gone = eventually(T, || async { get_pool(&client, &ns, "keep").await.is_none().then_some(()) }).await;
+    w.delete_pool("keep").await;
+    let gone = eventually(T, || async { w.get_pool("keep").await.is_none().then_some(()) }).await;
     if gone.is_none() {
-        panic!("finalizer never removed\n{}", describe(&client, &ns, "keep", &sim).await);
+        panic!("finalizer never removed\n{}", w.describe("keep").await);
     }
     // Released: still there, running, no longer tagged as managed; provenance tags kept.
     for name in &groups {
-        let g = sim.arm.group(name).unwrap_or_else(|| panic!("group {name} was deleted"));
+        let g = w.sim.arm.group(name).unwrap_or_else(|| panic!("group {name} was deleted"));
         assert!(!g.tags.contains_key(TAG_MANAGED_BY), "{name} still managed: {:?}", g.tags);
         assert_eq!(g.tags.get(TAG_POOL_UID), Some(&uid));
         assert_eq!(g.tags.get(TAG_POOL_NAME).map(String::as_str), Some("keep"));
@@ -988,23 +743,23 @@ async fn deleting_a_pool_with_the_orphan_policy_releases_its_runners_and_leaves_
     }
     // Several GC passes later, nothing was deleted or unregistered.
     tokio::time::sleep(grace * 3).await;
-    assert_eq!(names(&groups_of(&sim, "keep"), |g| &g.name), groups);
-    let now: BTreeSet<i64> = runners_of(&sim, "keep").iter().filter(|r| r.online).map(|r| r.id).collect();
+    assert_eq!(names(&w.groups_of("keep"), |g| &g.name), groups);
+    let now: BTreeSet<i64> = w.runners_of("keep").iter().filter(|r| r.online).map(|r| r.id).collect();
     assert_eq!(now, runners, "registrations of the released runners changed");
     for name in &groups {
-        assert!(group_deleted_at(&sim, name).is_none());
+        assert!(group_deleted_at(&w.sim, name).is_none());
     }
     for id in &runners {
-        assert!(unregistered_at(&sim, *id).is_none());
+        assert!(unregistered_at(&w.sim, *id).is_none());
     }
-    assert_eq!(groups_of(&sim, "other").len(), 1);
+    assert_eq!(w.groups_of("other").len(), 1);
     // Cleanup ends without a failed pass (e.g. a finalizer patch refused with 409).
-    assert_eq!(reconcile_errors(&ctl).await, 0.0);
+    assert_eq!(w.reconcile_errors().await, 0.0);
     let some_group = groups.iter().next().unwrap().clone();
-    expect_event(&client, &ns, "keep", "Orphaned", &some_group).await;
-    expect_no_warnings(&client, &ns, "keep").await;
-    expect_no_warnings(&client, &ns, "other").await;
-    ctl.stop().await.unwrap();
+    w.expect_event("keep", "Orphaned", &some_group).await;
+    w.expect_no_warnings("keep").await;
+    w.expect_no_warnings("other").await;
+    w.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1012,53 +767,37 @@ async fn deleting_a_pool_with_the_orphan_policy_releases_its_runners_and_leaves_
 // with persistent runners: scale up within maxRunners, every job succeeds, back to minIdle.
 // ---------------------------------------------------------------------------------------------
 async fn token_mode_burst(prefix: &str, pool: &str, seed: u64, ephemeral: bool) {
-    init_test_logging();
-    let (client, ns) = setup(prefix).await.unwrap();
-    let sim = sim::start(sim_options(seed)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
     let secret = format!("{prefix}-webhook-secret");
-    let opts =
-        ControllerOptions { webhook_secret: Some(secret.clone()), ..ControllerOptions::for_namespace(&ns) };
-    let ctl = start_controller(&client, &sim, opts).await.unwrap();
-    connect_webhooks(&sim, &ctl, &secret);
+    let mut w = World::builder(prefix).sim_options(sim_options(seed)).webhooks(&secret).start().await;
     let (min_idle, max_runners, count) = (1, 4, 6u32);
     let manifest = pool_manifest(
         pool,
-        &sim,
+        &w.sim,
         json!({
             "scaling": {"minIdle": min_idle, "maxRunners": max_runners},
             "runner": {"registration": {"mode": "token", "ephemeral": ephemeral}},
         }),
     );
-    apply_pool(&client, &ns, &manifest).await.unwrap();
-    wait_ready(&client, &ns, pool, &sim, min_idle).await;
-    for g in groups_of(&sim, pool) {
-        let env = sim.arm.env_names(&g.name);
+    w.apply_manifest(&manifest).await;
+    w.wait_ready(pool, min_idle).await;
+    for g in w.groups_of(pool) {
+        let env = w.sim.arm.env_names(&g.name);
         assert!(env.iter().any(|(_, n, secure)| n == "RUNNER_TOKEN" && *secure), "{env:?}");
         assert!(env.iter().any(|(_, n, secure)| n == "RUNNER_EPHEMERAL" && !*secure), "{env:?}");
     }
 
-    let job_ids: BTreeSet<i64> = sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            // Default labels in GitHub's spelling match case-insensitively.
-            labels: vec!["self-hosted".into(), "Linux".into(), "X64".into(), "aci".into()],
-            duration_secs: 2.0,
-            count,
-            ..Default::default()
-        })
-        .unwrap()
-        .iter()
-        .map(|j| j.id)
-        .collect();
+    // Default labels in GitHub's spelling match case-insensitively.
+    let job_ids: BTreeSet<i64> =
+        w.enqueue(&["self-hosted", "Linux", "X64", "aci"], 2.0, count).iter().map(|j| j.id).collect();
     let mut max_groups = 0usize;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut settled = false;
     while tokio::time::Instant::now() < deadline {
-        let groups = groups_of(&sim, pool);
-        let regs = runners_of(&sim, pool);
-        max_groups = max_groups.max(live_groups_of(&sim, pool));
-        let done = sim
+        let groups = w.groups_of(pool);
+        let regs = w.runners_of(pool);
+        max_groups = max_groups.max(live_groups_of(&w.sim, pool));
+        let done = w
+            .sim
             .github
             .jobs()
             .iter()
@@ -1069,7 +808,7 @@ async fn token_mode_burst(prefix: &str, pool: &str, seed: u64, ephemeral: bool) 
             && groups.len() == min_idle as usize
             && regs.len() == min_idle as usize
             && regs.iter().all(|r| r.online && !r.busy)
-            && let Some(p) = get_pool(&client, &ns, pool).await
+            && let Some(p) = w.get_pool(pool).await
             && let Some(st) = p.status.as_ref()
             && (st.idle, st.busy, st.desired) == (min_idle, 0, min_idle)
             && condition(&p, "Ready").map(|c| c.0) == Some("True".into())
@@ -1080,23 +819,23 @@ async fn token_mode_burst(prefix: &str, pool: &str, seed: u64, ephemeral: bool) 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !settled {
-        panic!("never converged back to {min_idle} idle\n{}", describe(&client, &ns, pool, &sim).await);
+        panic!("never converged back to {min_idle} idle\n{}", w.describe(pool).await);
     }
     assert!(max_groups > min_idle as usize && max_groups <= max_runners as usize, "max {max_groups} groups");
-    let done: Vec<_> = sim.github.jobs().into_iter().filter(|j| job_ids.contains(&j.id)).collect();
+    let done: Vec<_> = w.sim.github.jobs().into_iter().filter(|j| job_ids.contains(&j.id)).collect();
     assert!(done.iter().all(|j| j.conclusion.as_deref() == Some("success")), "{done:?}");
     let ran_on: BTreeSet<String> = done.iter().filter_map(|j| j.runner_name.clone()).collect();
     if ephemeral {
         assert_eq!(ran_on.len(), count as usize, "ephemeral runners take one job each: {ran_on:?}");
     }
     // Nothing else left: one group per registration, same names.
-    let groups = sim.arm.groups();
-    let runners = sim.github.runners();
+    let groups = w.sim.arm.groups();
+    let runners = w.sim.github.runners();
     assert_eq!(names(&groups, |g| &g.name), names(&runners, |r| &r.name));
     assert_eq!(groups.len(), min_idle as usize);
-    expect_no_warnings(&client, &ns, pool).await;
-    assert_eq!(reconcile_errors(&ctl).await, 0.0);
-    ctl.stop().await.unwrap();
+    w.expect_no_warnings(pool).await;
+    assert_eq!(w.reconcile_errors().await, 0.0);
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1115,33 +854,25 @@ async fn token_mode_persistent_runners_scale_with_demand_and_scale_down() {
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pool_without_its_secret_gives_up_after_bounded_retries_and_says_what_is_left() {
-    init_test_logging();
-    let (client, ns) = setup("e2e-nosecret").await.unwrap();
-    let sim = sim::start(sim_options(14)).await.unwrap();
-    apply_app_secret(&client, &ns, "github-app", &sim).await.unwrap();
-    let mut opts = ControllerOptions::for_namespace(&ns);
-    // A smaller retry budget than the default 10 attempts keeps the test short.
-    opts.planner.deletion_max_attempts = 4;
-    let ctl = start_controller(&client, &sim, opts).await.unwrap();
-    apply_pool(&client, &ns, &pool_manifest("orphaned", &sim, json!({"scaling": {"minIdle": 2}})))
-        .await
-        .unwrap();
-    wait_ready(&client, &ns, "orphaned", &sim, 2).await;
-    let groups = names(&groups_of(&sim, "orphaned"), |g| &g.name);
+    let mut w = World::builder("e2e-nosecret")
+        .sim_options(sim_options(14))
+        // A smaller retry budget than the default 10 attempts keeps the test short.
+        .controller(|o| o.planner.deletion_max_attempts = 4)
+        .start()
+        .await;
+    w.apply_ready("orphaned", 2).await;
+    let groups = names(&w.groups_of("orphaned"), |g| &g.name);
 
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
-        .delete("github-app", &DeleteParams::default())
-        .await
-        .unwrap();
-    delete_pool(&client, &ns, "orphaned").await;
+    w.delete_secret("github-app").await;
+    w.delete_pool("orphaned").await;
     let gone = eventually(Duration::from_secs(50), || async {
-        get_pool(&client, &ns, "orphaned").await.is_none().then_some(())
+        w.get_pool("orphaned").await.is_none().then_some(())
     })
     .await;
     if gone.is_none() {
-        panic!("deletion wedged\n{}", describe(&client, &ns, "orphaned", &sim).await);
+        panic!("deletion wedged\n{}", w.describe("orphaned").await);
     }
-    let evs = events_of(&client, &ns, "orphaned").await;
+    let evs = w.events_of("orphaned").await;
     let abandoned: Vec<_> =
         evs.iter().filter(|(t, r, _)| t == "Warning" && r == "CleanupAbandoned").collect();
     assert_eq!(abandoned.len(), 1, "{evs:#?}");
@@ -1150,8 +881,8 @@ async fn deleting_a_pool_without_its_secret_gives_up_after_bounded_retries_and_s
     }
     // Nothing was deleted without credentials.
     for g in &groups {
-        assert!(group_deleted_at(&sim, g).is_none());
+        assert!(group_deleted_at(&w.sim, g).is_none());
     }
-    assert_eq!(reconcile_errors(&ctl).await, 0.0);
-    ctl.stop().await.unwrap();
+    assert_eq!(w.reconcile_errors().await, 0.0);
+    w.stop().await;
 }

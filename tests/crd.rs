@@ -40,6 +40,13 @@ fn expectation(path: &Path) -> String {
         .unwrap_or_else(|| panic!("{} has no '# expect:' line", path.display()))
 }
 
+/// The invalid fixtures under `tests/fixtures/<dir>`: (file, the field its `# expect:` line
+/// names, its first document).
+fn invalid_fixtures(dir: &str) -> Vec<(PathBuf, String, serde_json::Value)> {
+    let files = yaml_files(&repo().join("tests/fixtures").join(dir));
+    files.into_iter().map(|f| (f.clone(), expectation(&f), yaml_docs(&f).remove(0))).collect()
+}
+
 async fn create_any(client: &kube::Client, ns: &str, doc: &serde_json::Value) -> Result<(), kube::Error> {
     let api_version = doc["apiVersion"].as_str().unwrap();
     let kind = doc["kind"].as_str().unwrap();
@@ -103,9 +110,7 @@ async fn every_example_is_accepted_and_valid() {
 #[tokio::test]
 async fn schema_rejects_invalid_fixtures_naming_the_field() {
     let (client, ns) = setup("invalid").await.unwrap();
-    for file in yaml_files(&repo().join("tests/fixtures/invalid")) {
-        let expect = expectation(&file);
-        let doc = yaml_docs(&file).remove(0);
+    for (file, expect, doc) in invalid_fixtures("invalid") {
         match create_any(&client, &ns, &doc).await {
             Ok(()) => panic!("{} was accepted by the API server", file.display()),
             Err(kube::Error::Api(s)) => {
@@ -132,9 +137,7 @@ async fn rust_validation_rejects_cel_level_cases() {
     // API servers before 1.25 ignore x-kubernetes-validations: these are accepted by the local
     // v1.20 server, so the controller's own checks must catch every one of them.
     let (client, ns) = setup("cel").await.unwrap();
-    for file in yaml_files(&repo().join("tests/fixtures/invalid-cel")) {
-        let expect = expectation(&file);
-        let doc = yaml_docs(&file).remove(0);
+    for (file, expect, doc) in invalid_fixtures("invalid-cel") {
         create_any(&client, &ns, &doc)
             .await
             .unwrap_or_else(|e| panic!("{}: schema-level rejection not expected: {e}", file.display()));

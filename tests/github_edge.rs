@@ -14,6 +14,7 @@ use aci_runner_devkit::sim::github::{
     EnqueueJobs, GithubSim, GithubSimConfig, GithubSimHandle, WebhookTarget, sign_webhook,
 };
 use aci_runner_devkit::sim::runtime::{ContainerEnv, ExitNotifier, StartedContainer};
+use aci_runner_devkit::testing::harness::jobs;
 use secrecy::{ExposeSecret, SecretString};
 
 async fn sim(scale: f64, cfg: GithubSimConfig) -> GithubSimHandle {
@@ -21,12 +22,13 @@ async fn sim(scale: f64, cfg: GithubSimConfig) -> GithubSimHandle {
 }
 
 fn hub_for(g: &GithubSimHandle, interval_secs: i64) -> GithubHub {
+    hub_with(g, HubConfig { list_interval: chrono::Duration::seconds(interval_secs), ..Default::default() })
+}
+
+/// A hub with `cfg` on the simulator's clock.
+fn hub_with(g: &GithubSimHandle, cfg: HubConfig) -> GithubHub {
     let clock = g.clock();
-    GithubHub::new(HubConfig {
-        list_interval: chrono::Duration::seconds(interval_secs),
-        clock: Arc::new(move || clock.now()),
-        ..Default::default()
-    })
+    GithubHub::new(HubConfig { clock: Arc::new(move || clock.now()), ..cfg })
 }
 
 fn app_creds(g: &GithubSimHandle, installation: u64) -> Credentials {
@@ -86,13 +88,14 @@ async fn unchanged_runner_list_uses_304_and_costs_nothing() {
     // 150 registrations in a burst: lift GitHub's 80-writes-per-minute secondary limit.
     // ... and the client's pace of content-creating requests with it (as `--github-writes-per-minute`).
     let g = sim(60.0, GithubSimConfig { secondary_writes_per_minute: 1000, ..Default::default() }).await;
-    let clock = g.clock();
-    let hub = GithubHub::new(HubConfig {
-        list_interval: chrono::Duration::seconds(30),
-        clock: Arc::new(move || clock.now()),
-        content_pace: PaceConfig { per_minute: 1000, ..PaceConfig::default() },
-        ..Default::default()
-    });
+    let hub = hub_with(
+        &g,
+        HubConfig {
+            list_interval: chrono::Duration::seconds(30),
+            content_pace: PaceConfig { per_minute: 1000, ..PaceConfig::default() },
+            ..Default::default()
+        },
+    );
     let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
     // 150 runners: the list spans two pages of 100.
     for i in 0..150 {
@@ -180,8 +183,7 @@ async fn deleting_a_busy_runner_is_busy_and_gone_runners_are_fine() {
         },
         ExitNotifier::new(move |c| e2.lock().unwrap().push(c)),
     );
-    g.enqueue_jobs(EnqueueJobs { labels: vec!["aci".into()], duration_secs: 600.0, ..Default::default() })
-        .unwrap();
+    g.enqueue_jobs(jobs(&["aci"], 600.0, 1)).unwrap();
     let start = std::time::Instant::now();
     loop {
         client.invalidate_runners(&org()).await;
@@ -243,14 +245,15 @@ async fn exhausted_rate_limit_sends_nothing_before_the_announced_reset() {
 #[tokio::test]
 async fn low_remaining_polls_less_and_says_why() {
     let g = sim(60.0, GithubSimConfig { rate_limit: 100, ..Default::default() }).await;
-    let clock = g.clock();
-    let hub = GithubHub::new(HubConfig {
-        list_interval: chrono::Duration::seconds(6),
-        low_remaining: 200,
-        slow_factor: 10,
-        clock: Arc::new(move || clock.now()),
-        ..Default::default()
-    });
+    let hub = hub_with(
+        &g,
+        HubConfig {
+            list_interval: chrono::Duration::seconds(6),
+            low_remaining: 200,
+            slow_factor: 10,
+            ..Default::default()
+        },
+    );
     let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
     client.list_runners(&org()).await.unwrap();
     let status = client.rate_status();
@@ -389,13 +392,7 @@ async fn simulated_github_deliveries_reach_the_receiver() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let g = sim(60.0, GithubSimConfig::default()).await;
     g.set_webhook(Some(WebhookTarget { url, secret: "hook-secret".into() }));
-    let jobs = g
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["self-hosted".into(), "aci".into()],
-            count: 3,
-            ..Default::default()
-        })
-        .unwrap();
+    let jobs = g.enqueue_jobs(jobs(&["self-hosted", "aci"], 60.0, 3)).unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
         let s = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
@@ -475,12 +472,7 @@ async fn ghes_base_url_deprecations_and_queued_jobs() {
     assert_eq!(client.runner_version_deprecation(&org(), "2.300.0").await.unwrap(), Some(deprecated));
     assert_eq!(client.runner_version_deprecation(&org(), "2.329.0").await.unwrap(), None);
 
-    g.enqueue_jobs(EnqueueJobs {
-        labels: vec!["self-hosted".into(), "gpu".into()],
-        count: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    g.enqueue_jobs(jobs(&["self-hosted", "gpu"], 60.0, 2)).unwrap();
     g.enqueue_jobs(EnqueueJobs { repo: "octo-org/other-repo".into(), ..Default::default() }).unwrap();
     let q = client.queued_jobs("octo-org", "octo-repo").await.unwrap();
     assert_eq!(q.len(), 2);

@@ -10,6 +10,7 @@ use aci_runner_devkit::sim::arm::{
 };
 use aci_runner_devkit::sim::clock::SimClock;
 use aci_runner_devkit::sim::runtime::{ContainerRuntime, ExitNotifier, StartedContainer};
+use aci_runner_devkit::testing::harness::runner_group_body;
 use aci_runner_devkit::testing::specs::load_json;
 use azure_core::auth::TokenCredential;
 use futures::StreamExt;
@@ -159,18 +160,23 @@ fn cfg() -> ArmSimConfig {
     ArmSimConfig::default()
 }
 
-async fn token(h: &ArmSimHandle) -> String {
-    let r = reqwest::Client::new()
+/// The client-credentials token request of the simulator's app registration.
+async fn request_token(h: &ArmSimHandle, client_secret: &str, scope: &str) -> reqwest::Response {
+    reqwest::Client::new()
         .post(format!("{}/{}/oauth2/v2.0/token", h.url(), h.tenant_id()))
         .form(&[
             ("grant_type", "client_credentials"),
             ("client_id", &h.client_id()),
-            ("client_secret", &h.client_secret()),
-            ("scope", "https://management.azure.com/.default"),
+            ("client_secret", client_secret),
+            ("scope", scope),
         ])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn token(h: &ArmSimHandle) -> String {
+    let r = request_token(h, &h.client_secret(), "https://management.azure.com/.default").await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["token_type"], "Bearer");
@@ -249,26 +255,32 @@ fn check_answer_allowing(r: &Resp, allowed: &[String]) {
 }
 
 fn runner_group(image: &str, restart: &str) -> Value {
-    json!({
-        "location": "westeurope",
-        "tags": {"aci-runners-managed-by": "aci-runner-controller", "team": "ci"},
-        "properties": {
-            "osType": "Linux",
-            "restartPolicy": restart,
-            "containers": [{
-                "name": "runner",
-                "properties": {
-                    "image": image,
-                    "command": ["/home/runner/run.sh"],
-                    "resources": {"requests": {"cpu": 1.0, "memoryInGB": 2.0}},
-                    "environmentVariables": [
-                        {"name": "RUNNER_LABELS", "value": "linux,x64"},
-                        {"name": "ACTIONS_RUNNER_INPUT_JITCONFIG", "secureValue": "c2VjcmV0LWppdA=="}
-                    ]
-                }
-            }]
+    let env = json!([
+        {"name": "RUNNER_LABELS", "value": "linux,x64"},
+        {"name": "ACTIONS_RUNNER_INPUT_JITCONFIG", "secureValue": "c2VjcmV0LWppdA=="}
+    ]);
+    let mut body = runner_group_body(image, restart, env);
+    body["tags"]["team"] = json!("ci");
+    body
+}
+
+/// A JSON pointer and the value to set there (`None`: remove it).
+type Edit = (&'static str, Option<Value>);
+
+/// `runner_group("busybox", "Never")` with each JSON pointer set to its value, or removed.
+fn busybox_with(edits: &[Edit]) -> Value {
+    let mut b = runner_group("busybox", "Never");
+    for (ptr, v) in edits {
+        let (parent, key) = ptr.rsplit_once('/').unwrap();
+        let (p, key) = (b.pointer_mut(parent).unwrap(), key.replace("~1", "/"));
+        match v {
+            Some(v) => p[key.as_str()] = v.clone(),
+            None => {
+                p.as_object_mut().unwrap().remove(&key);
+            }
         }
-    })
+    }
+    b
 }
 
 async fn wait_for(
@@ -404,11 +416,14 @@ async fn create_get_list_delete_conform_to_the_spec() {
     assert_eq!(h.env_records().len(), 2);
 }
 
+/// The group shows `Deleting` for 600 s simulated (1 s real at scale 600) after the 202: the
+/// GET right after it has that long. 5 s simulated (8 ms real) made the test depend on the GET
+/// coming within 8 ms of the DELETE.
 #[tokio::test]
 async fn async_delete_answers_202_with_operation_then_404() {
     let mut c = cfg();
     c.delete_mode = DeleteMode::Async;
-    c.delete_delay_ms = 5_000;
+    c.delete_delay_ms = 600_000;
     let (h, _rt) = start(c).await;
     let arm = Arm::new(&h).await;
     assert_eq!(arm.put("gone-soon", &runner_group("busybox", "Never")).await.status, 201);
@@ -417,7 +432,7 @@ async fn async_delete_answers_202_with_operation_then_404() {
     let op_url = d.headers["azure-asyncoperation"].to_str().unwrap().to_string();
     let g = arm.get("gone-soon").await;
     assert_eq!(g.body["properties"]["provisioningState"], "Deleting");
-    for _ in 0..200 {
+    for _ in 0..400 {
         if arm.get("gone-soon").await.status == 404 {
             break;
         }
@@ -553,105 +568,46 @@ async fn auth_api_version_and_validation_errors_use_arm_error_shape() {
         .await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (404, Some("SubscriptionNotFound")));
 
-    let cases: Vec<(&str, Value, &str)> = vec![
-        ("Bad_Name", runner_group("busybox", "Never"), "ContainerGroupNameInvalid"),
-        ("a--b", runner_group("busybox", "Never"), "ContainerGroupNameInvalid"),
-        ("-ab", runner_group("busybox", "Never"), "ContainerGroupNameInvalid"),
-        (
-            "ok1",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b.as_object_mut().unwrap().remove("location");
-                b
-            },
-            "LocationRequired",
-        ),
-        (
-            "ok2",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["location"] = json!("moon");
-                b
-            },
-            "LocationNotAvailableForResourceType",
-        ),
-        (
-            "ok3",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["osType"] = json!("Plan9");
-                b
-            },
-            "InvalidOsType",
-        ),
+    // (name, edits of the busybox group (JSON pointer → value, or removed), the error code).
+    let cases: Vec<(&str, Vec<Edit>, &str)> = vec![
+        ("Bad_Name", vec![], "ContainerGroupNameInvalid"),
+        ("a--b", vec![], "ContainerGroupNameInvalid"),
+        ("-ab", vec![], "ContainerGroupNameInvalid"),
+        ("ok1", vec![("/location", None)], "LocationRequired"),
+        ("ok2", vec![("/location", Some(json!("moon")))], "LocationNotAvailableForResourceType"),
+        ("ok3", vec![("/properties/osType", Some(json!("Plan9")))], "InvalidOsType"),
         (
             "ok4",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["containers"][0]["properties"]["resources"]["requests"]["cpu"] = json!(5.0);
-                b
-            },
+            vec![("/properties/containers/0/properties/resources/requests/cpu", Some(json!(5.0)))],
             "ResourceSkuRequestsExceedLimits",
         ),
         (
             "ok5",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["containers"][0]["properties"]["resources"] = json!({});
-                b
-            },
+            vec![("/properties/containers/0/properties/resources", Some(json!({})))],
             "ResourceRequestsNotSpecified",
         ),
-        (
-            "ok6",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["restartPolicy"] = json!("Sometimes");
-                b
-            },
-            "InvalidRestartPolicy",
-        ),
-        (
-            "ok7",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["tags"]["a/b"] = json!("x");
-                b
-            },
-            "InvalidTagNameCharacters",
-        ),
-        (
-            "ok8",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["containers"][0]["name"] = json!("Runner");
-                b
-            },
-            "InvalidContainerName",
-        ),
+        ("ok6", vec![("/properties/restartPolicy", Some(json!("Sometimes")))], "InvalidRestartPolicy"),
+        ("ok7", vec![("/tags/a~1b", Some(json!("x")))], "InvalidTagNameCharacters"),
+        ("ok8", vec![("/properties/containers/0/name", Some(json!("Runner")))], "InvalidContainerName"),
         (
             "ok9",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["priority"] = json!("Spot");
-                b["properties"]["osType"] = json!("Windows");
-                b
-            },
+            vec![
+                ("/properties/priority", Some(json!("Spot"))),
+                ("/properties/osType", Some(json!("Windows"))),
+            ],
             "SpotPriorityNotSupported",
         ),
         (
             "ok10",
-            {
-                let mut b = runner_group("busybox", "Never");
-                b["properties"]["containers"][0]["properties"]["environmentVariables"][1]["name"] =
-                    json!("RUNNER_LABELS");
-                b
-            },
+            vec![(
+                "/properties/containers/0/properties/environmentVariables/1/name",
+                Some(json!("RUNNER_LABELS")),
+            )],
             "DuplicateEnvironmentVariables",
         ),
     ];
-    for (name, body, code) in cases {
-        let r = arm.put(name, &body).await;
+    for (name, edits, code) in cases {
+        let r = arm.put(name, &busybox_with(&edits)).await;
         assert_eq!((r.status, r.body["error"]["code"].as_str()), (400, Some(code)), "{name}");
     }
     let r = arm.call(reqwest::Method::PUT, &arm.group_url(SUB, RG, "raw", "2023-05-01"), None).await;
@@ -951,25 +907,22 @@ async fn azure_sdk_clients_work_against_the_simulator() {
     assert!(!t.token.secret().is_empty());
     // azure_identity: workload identity with a federated assertion.
     let claims = h.default_assertion_claims(600).unwrap();
-    let wi = azure_identity::WorkloadIdentityCredential::new(
-        http.clone(),
-        authority.clone(),
-        h.tenant_id(),
-        h.client_id(),
-        h.federated_assertion(&claims),
-    );
+    let workload_identity = |assertion: String| {
+        azure_identity::WorkloadIdentityCredential::new(
+            http.clone(),
+            authority.clone(),
+            h.tenant_id(),
+            h.client_id(),
+            assertion,
+        )
+    };
+    let wi = workload_identity(h.federated_assertion(&claims));
     assert!(wi.get_token(&["https://management.azure.com/.default"]).await.is_ok());
     assert_eq!(h.accepted_assertions(), vec![claims.jti.clone()]);
     // A wrong subject is refused.
     let mut bad = claims.clone();
     bad.sub = "system:serviceaccount:other:other".into();
-    let wi_bad = azure_identity::WorkloadIdentityCredential::new(
-        http.clone(),
-        authority.clone(),
-        h.tenant_id(),
-        h.client_id(),
-        h.federated_assertion(&bad),
-    );
+    let wi_bad = workload_identity(h.federated_assertion(&bad));
     assert!(wi_bad.get_token(&["https://management.azure.com/.default"]).await.is_err());
     // A wrong secret is refused.
     let wrong = azure_identity::ClientSecretCredential::new(
@@ -1040,15 +993,12 @@ async fn managed_identity_endpoint_and_sim_http_api() {
     let tok = v["access_token"].as_str().unwrap().to_string();
     assert_eq!(v["token_type"], "Bearer");
     // The token works on ARM.
-    let r = http
-        .get(format!(
-            "{}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerInstance/containerGroups?api-version=2023-05-01",
-            h.url()
-        ))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let list_url = format!(
+        "{}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerInstance/containerGroups?api-version=2023-05-01",
+        h.url()
+    );
+    let list = || http.get(&list_url).bearer_auth(&tok).send();
+    let r = list().await.unwrap();
     assert_eq!(r.status(), 200);
     // No Metadata header: refused. Unknown identity: refused.
     let r = http
@@ -1079,15 +1029,7 @@ async fn managed_identity_endpoint_and_sim_http_api() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let r = http
-        .get(format!(
-            "{}/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerInstance/containerGroups?api-version=2023-05-01",
-            h.url()
-        ))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let r = list().await.unwrap();
     assert_eq!(r.status(), 500);
     let calls: Value =
         http.get(format!("{}/_sim/arm/calls", h.url())).send().await.unwrap().json().await.unwrap();
@@ -1111,31 +1053,21 @@ async fn managed_identity_endpoint_and_sim_http_api() {
     assert_eq!(groups, json!([]));
 }
 
+/// The token lives 1 s real (600 s simulated at scale 600): a 0.1 s lifetime made the first
+/// call's 404 depend on it coming within 100 ms of the token on a loaded machine.
 #[tokio::test]
 async fn access_tokens_expire_in_simulated_time() {
     let mut c = cfg();
-    c.token_lifetime_secs = 60; // 0.1 s at scale 600
+    c.token_lifetime_secs = 600;
     let (h, _rt) = start(c).await;
     let arm = Arm::new(&h).await;
     assert_eq!(arm.get("x").await.status, 404);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = arm.get("x").await;
     assert_eq!((r.status, r.body["error"]["code"].as_str()), (401, Some("ExpiredAuthenticationToken")));
     // Audience check: a token for another resource is refused.
-    let v: Value = reqwest::Client::new()
-        .post(format!("{}/{}/oauth2/v2.0/token", h.url(), h.tenant_id()))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", &h.client_id()),
-            ("client_secret", &h.client_secret()),
-            ("scope", "https://vault.azure.net/.default"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value =
+        request_token(&h, &h.client_secret(), "https://vault.azure.net/.default").await.json().await.unwrap();
     let other = Arm {
         base: h.url(),
         tok: v["access_token"].as_str().unwrap().to_string(),
@@ -1147,32 +1079,12 @@ async fn access_tokens_expire_in_simulated_time() {
         (401, Some("InvalidAuthenticationTokenAudience"))
     );
     // OAuth errors use Entra's shape.
-    let r = reqwest::Client::new()
-        .post(format!("{}/{}/oauth2/v2.0/token", h.url(), h.tenant_id()))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", &h.client_id()),
-            ("client_secret", "nope"),
-            ("scope", "https://management.azure.com/.default"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = request_token(&h, "nope", "https://management.azure.com/.default").await;
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"], "invalid_client");
     assert_eq!(e["error_codes"][0], 7000215);
-    let r = reqwest::Client::new()
-        .post(format!("{}/{}/oauth2/v2.0/token", h.url(), h.tenant_id()))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", &h.client_id()),
-            ("client_secret", &h.client_secret()),
-            ("scope", "https://management.azure.com/"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = request_token(&h, &h.client_secret(), "https://management.azure.com/").await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_scope");
 }

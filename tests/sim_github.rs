@@ -10,10 +10,11 @@ use std::time::Duration;
 use aci_runner_controller::github::mint_app_jwt;
 use aci_runner_devkit::sim::clock::SimClock;
 use aci_runner_devkit::sim::github::{
-    EnqueueJobs, GhOpFaults, GithubFaults, GithubSim, GithubSimConfig, GithubSimHandle, JobStatus,
-    WebhookTarget, sign_webhook,
+    GhOpFaults, GithubFaults, GithubSim, GithubSimConfig, GithubSimHandle, JobStatus, WebhookTarget,
+    sign_webhook,
 };
 use aci_runner_devkit::sim::runtime::{ContainerEnv, ExitNotifier, StartedContainer};
+use aci_runner_devkit::testing::harness::{jobs, runner_group_body};
 use aci_runner_devkit::testing::specs::load_json;
 use serde_json::{Value, json};
 
@@ -114,6 +115,11 @@ struct Conform {
     seen: Mutex<BTreeSet<(String, String, u16)>>,
 }
 
+/// The path of an operation's template for org and owner `octo-org`, repo `octo-repo`.
+fn octo_path(tmpl: &str) -> String {
+    tmpl.replace("{org}", "octo-org").replace("{owner}", "octo-org").replace("{repo}", "octo-repo")
+}
+
 struct Got {
     status: u16,
     headers: reqwest::header::HeaderMap,
@@ -127,6 +133,11 @@ impl Conform {
 
     async fn call(&self, method: &str, tmpl: &str, path: &str, token: &str, body: Option<Value>) -> Got {
         self.call_h(method, tmpl, path, token, body, &[]).await
+    }
+
+    /// [`Conform::call`] on the path of `tmpl` for org and owner `octo-org`, repo `octo-repo`.
+    async fn op(&self, method: &str, tmpl: &str, token: &str, body: Option<Value>) -> Got {
+        self.call(method, tmpl, &octo_path(tmpl), token, body).await
     }
 
     async fn call_h(
@@ -240,18 +251,15 @@ async fn every_operation_conforms_to_the_rest_description() {
     let tok = installation_token(&g, &c, 1001).await;
 
     // Runner groups (org).
-    let r = c
-        .call("GET", "/orgs/{org}/actions/runner-groups", "/orgs/octo-org/actions/runner-groups", &tok, None)
-        .await;
+    let r = c.op("GET", "/orgs/{org}/actions/runner-groups", &tok, None).await;
     assert_eq!(r.status, 200);
     let names: Vec<&str> =
         r.body["runner_groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["Default", "aci"]);
     let r = c
-        .call(
+        .op(
             "POST",
             "/orgs/{org}/actions/runner-groups",
-            "/orgs/octo-org/actions/runner-groups",
             &tok,
             Some(json!({"name": "gpu", "visibility": "all"})),
         )
@@ -271,30 +279,14 @@ async fn every_operation_conforms_to_the_rest_description() {
         assert_eq!(r.body["runner"]["status"], "offline");
         ids.push(r.body["runner"]["id"].as_i64().unwrap());
     }
-    let r = c
-        .call("POST", jit_t, jit_p, &tok, Some(json!({"name": "r-1", "runner_group_id": 1, "labels": ["x"]})))
-        .await;
-    assert_eq!(r.status, 409);
-    let r = c
-        .call(
-            "POST",
-            jit_t,
-            jit_p,
-            &tok,
-            Some(json!({"name": "r-9", "runner_group_id": 1, "labels": ["a b"]})),
-        )
-        .await;
-    assert_eq!(r.status, 422);
-    let r = c
-        .call(
-            "POST",
-            jit_t,
-            jit_p,
-            &tok,
-            Some(json!({"name": "r-9", "runner_group_id": 77, "labels": ["x"]})),
-        )
-        .await;
-    assert_eq!(r.status, 404);
+    for (body, status) in [
+        (json!({"name": "r-1", "runner_group_id": 1, "labels": ["x"]}), 409),
+        (json!({"name": "r-9", "runner_group_id": 1, "labels": ["a b"]}), 422),
+        (json!({"name": "r-9", "runner_group_id": 77, "labels": ["x"]}), 404),
+    ] {
+        let r = c.call("POST", jit_t, jit_p, &tok, Some(body.clone())).await;
+        assert_eq!(r.status, status, "{body}");
+    }
 
     // List with paging, Link header and name filter.
     let lt = "/orgs/{org}/actions/runners";
@@ -351,25 +343,16 @@ async fn every_operation_conforms_to_the_rest_description() {
 
     // Repo scope.
     let r = c
-        .call(
+        .op(
             "POST",
             "/repos/{owner}/{repo}/actions/runners/generate-jitconfig",
-            "/repos/octo-org/octo-repo/actions/runners/generate-jitconfig",
             &tok,
             Some(json!({"name": "repo-r", "runner_group_id": 1, "labels": ["aci"]})),
         )
         .await;
     assert_eq!(r.status, 201);
     let rid = r.body["runner"]["id"].as_i64().unwrap();
-    let r = c
-        .call(
-            "GET",
-            "/repos/{owner}/{repo}/actions/runners",
-            "/repos/octo-org/octo-repo/actions/runners",
-            &tok,
-            None,
-        )
-        .await;
+    let r = c.op("GET", "/repos/{owner}/{repo}/actions/runners", &tok, None).await;
     assert_eq!(r.body["total_count"], 1);
     let rt = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
     let r = c.call("GET", rt, &format!("/repos/octo-org/octo-repo/actions/runners/{rid}"), &tok, None).await;
@@ -382,13 +365,7 @@ async fn every_operation_conforms_to_the_rest_description() {
     assert_eq!(r.status, 204);
 
     // Workflow runs and jobs with the status filter.
-    g.enqueue_jobs(EnqueueJobs {
-        repo: "octo-org/octo-repo".into(),
-        labels: vec!["self-hosted".into(), "aci".into()],
-        count: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    g.enqueue_jobs(jobs(&["self-hosted", "aci"], 60.0, 2)).unwrap();
     let runs_t = "/repos/{owner}/{repo}/actions/runs";
     let r = c.call("GET", runs_t, "/repos/octo-org/octo-repo/actions/runs?status=queued", &tok, None).await;
     assert_eq!(r.status, 200);
@@ -411,11 +388,11 @@ async fn every_operation_conforms_to_the_rest_description() {
     assert_eq!(r.body["jobs"][0]["status"], "queued");
 
     // Rate limit endpoint and ETag revalidation (304 not counted).
-    let r = c.call("GET", "/rate_limit", "/rate_limit", &tok, None).await;
+    let r = c.op("GET", "/rate_limit", &tok, None).await;
     assert_eq!(r.status, 200);
     let used = r.body["resources"]["core"]["used"].as_u64().unwrap();
     assert!(used > 10);
-    let r = c.call("GET", "/rate_limit", "/rate_limit", &tok, None).await;
+    let r = c.op("GET", "/rate_limit", &tok, None).await;
     assert_eq!(r.body["rate"]["used"].as_u64().unwrap(), used, "/rate_limit is free");
     let r = c.call("GET", lt, "/orgs/octo-org/actions/runners", &tok, None).await;
     let etag = r.headers["etag"].to_str().unwrap().to_string();
@@ -569,10 +546,9 @@ async fn runner_takes_a_job_end_to_end_with_signed_valid_webhooks() {
     let c = Conform::new(&g.url());
     let tok = installation_token(&g, &c, 1001).await;
     let r = c
-        .call(
+        .op(
             "POST",
             "/orgs/{org}/actions/runners/generate-jitconfig",
-            "/orgs/octo-org/actions/runners/generate-jitconfig",
             &tok,
             Some(json!({"name": "pool-abcde", "runner_group_id": 1, "labels": ["aci"]})),
         )
@@ -596,19 +572,8 @@ async fn runner_takes_a_job_end_to_end_with_signed_valid_webhooks() {
     );
 
     // A job the runner cannot take (label mismatch) and one it can (60 s simulated = 1 s real).
-    g.enqueue_jobs(EnqueueJobs {
-        labels: vec!["self-hosted".into(), "gpu".into()],
-        duration_secs: 5.0,
-        ..Default::default()
-    })
-    .unwrap();
-    let jobs = g
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["self-hosted".into(), "ACI".into()],
-            duration_secs: 60.0,
-            ..Default::default()
-        })
-        .unwrap();
+    g.enqueue_jobs(jobs(&["self-hosted", "gpu"], 5.0, 1)).unwrap();
+    let jobs = g.enqueue_jobs(jobs(&["self-hosted", "ACI"], 60.0, 1)).unwrap();
     let job_id = jobs[0].id;
     wait_for("busy", Duration::from_secs(5), || g.runners().iter().any(|r| r.id == rid && r.busy)).await;
     // Busy runners cannot be deleted.
@@ -669,15 +634,7 @@ async fn token_mode_persistent_runner_kill_offline_and_invalid_configs() {
     let g = sim(60.0, GithubSimConfig::default()).await;
     let c = Conform::new(&g.url());
     let tok = installation_token(&g, &c, 1001).await;
-    let r = c
-        .call(
-            "POST",
-            "/orgs/{org}/actions/runners/registration-token",
-            "/orgs/octo-org/actions/runners/registration-token",
-            &tok,
-            None,
-        )
-        .await;
+    let r = c.op("POST", "/orgs/{org}/actions/runners/registration-token", &tok, None).await;
     let reg = r.body["token"].as_str().unwrap().to_string();
     let exits: Exits = Arc::default();
     let rt = g.runtime();
@@ -719,13 +676,7 @@ async fn token_mode_persistent_runner_kill_offline_and_invalid_configs() {
     );
 
     // Two jobs in sequence on the same persistent runner.
-    g.enqueue_jobs(EnqueueJobs {
-        labels: vec!["aci".into(), "big".into()],
-        duration_secs: 10.0,
-        count: 2,
-        ..Default::default()
-    })
-    .unwrap();
+    g.enqueue_jobs(jobs(&["aci", "big"], 10.0, 2)).unwrap();
     wait_for("2 jobs done", Duration::from_secs(5), || {
         g.jobs().iter().filter(|j| j.status == JobStatus::Completed).count() == 2
     })
@@ -735,8 +686,7 @@ async fn token_mode_persistent_runner_kill_offline_and_invalid_configs() {
     assert_eq!(exits.lock().unwrap().len(), 3, "persistent runners keep going");
 
     // The container is killed mid-job: the runner shows offline, the job fails.
-    g.enqueue_jobs(EnqueueJobs { labels: vec!["aci".into()], duration_secs: 600.0, ..Default::default() })
-        .unwrap();
+    g.enqueue_jobs(jobs(&["aci"], 600.0, 1)).unwrap();
     wait_for("busy", Duration::from_secs(5), || g.runners().iter().any(|r| r.name == "persist-1" && r.busy))
         .await;
     rt.kill(&container("persist-1", vec![]).group_id);
@@ -756,10 +706,9 @@ async fn offline_ephemeral_runners_disappear_after_a_simulated_day() {
     // A PAT: an installation token would expire in 20 ms real at this scale.
     let tok = g.app_credentials().pats[0].clone();
     let r = c
-        .call(
+        .op(
             "POST",
             "/orgs/{org}/actions/runners/generate-jitconfig",
-            "/orgs/octo-org/actions/runners/generate-jitconfig",
             &tok,
             Some(json!({"name": "never-started", "runner_group_id": 1, "labels": ["aci"]})),
         )
@@ -861,7 +810,7 @@ async fn missing_permission_is_named() {
     let g = sim(10.0, cfg).await;
     let c = Conform::new(&g.url());
     let tok = installation_token(&g, &c, 1001).await;
-    let r = c.call("GET", "/orgs/{org}/actions/runners", "/orgs/octo-org/actions/runners", &tok, None).await;
+    let r = c.op("GET", "/orgs/{org}/actions/runners", &tok, None).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.headers["x-accepted-github-permissions"], "organization_self_hosted_runners=write");
 }
@@ -913,10 +862,9 @@ async fn content_creating_requests_have_their_own_secondary_limit() {
     let mut statuses = Vec::new();
     for i in 0..82 {
         let r = c
-            .call(
+            .op(
                 "POST",
                 "/orgs/{org}/actions/runners/generate-jitconfig",
-                "/orgs/octo-org/actions/runners/generate-jitconfig",
                 &pat,
                 Some(json!({"name": format!("burst-{i}"), "runner_group_id": 1, "labels": ["aci"]})),
             )
@@ -929,7 +877,7 @@ async fn content_creating_requests_have_their_own_secondary_limit() {
     assert!(statuses[..80].iter().all(|s| *s == 201));
     assert_eq!(&statuses[80..], &[403, 403]);
     // Reads are still fine.
-    let r = c.call("GET", "/orgs/{org}/actions/runners", "/orgs/octo-org/actions/runners", &pat, None).await;
+    let r = c.op("GET", "/orgs/{org}/actions/runners", &pat, None).await;
     assert_eq!(r.status, 200);
 }
 
@@ -959,7 +907,7 @@ async fn content_creating_requests_are_also_limited_per_hour() {
     assert_eq!(r.status, 403);
     let retry: i64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry > 3000 && retry <= 3600, "retry-after {retry} s: the rest of the hour");
-    let r = c.call("GET", "/orgs/{org}/actions/runners", "/orgs/octo-org/actions/runners", &pat, None).await;
+    let r = c.op("GET", "/orgs/{org}/actions/runners", &pat, None).await;
     assert_eq!(r.status, 200, "reads are not content-creating");
 }
 
@@ -1013,10 +961,9 @@ async fn runner_faults_crash_and_death_mid_job_and_webhook_drops() {
         let tok = &tok;
         async move {
             let r = c
-                .call(
+                .op(
                     "POST",
                     "/orgs/{org}/actions/runners/generate-jitconfig",
-                    "/orgs/octo-org/actions/runners/generate-jitconfig",
                     tok,
                     Some(json!({"name": name, "runner_group_id": 1, "labels": ["aci"]})),
                 )
@@ -1049,8 +996,7 @@ async fn runner_faults_crash_and_death_mid_job_and_webhook_drops() {
     );
     wait_for("online", Duration::from_secs(5), || g.runners().iter().any(|r| r.name == "mortal" && r.online))
         .await;
-    g.enqueue_jobs(EnqueueJobs { labels: vec!["aci".into()], duration_secs: 120.0, ..Default::default() })
-        .unwrap();
+    g.enqueue_jobs(jobs(&["aci"], 120.0, 1)).unwrap();
     wait_for("death", Duration::from_secs(5), || exits.lock().unwrap().len() == 2).await;
     assert_eq!(exits.lock().unwrap()[1], ("mortal".to_string(), 1));
     let j = &g.jobs()[0];
@@ -1080,23 +1026,7 @@ async fn arm_token(sim: &aci_runner_devkit::sim::Simulator) -> String {
 }
 
 fn group_body(restart: &str, env: Value) -> Value {
-    json!({
-        "location": "westeurope",
-        "tags": {"aci-runners-managed-by": "aci-runner-controller"},
-        "properties": {
-            "osType": "Linux",
-            "restartPolicy": restart,
-            "containers": [{
-                "name": "runner",
-                "properties": {
-                    "image": "ghcr.io/actions/actions-runner:2.329.0",
-                    "command": ["/home/runner/run.sh"],
-                    "resources": {"requests": {"cpu": 1.0, "memoryInGB": 2.0}},
-                    "environmentVariables": env,
-                }
-            }]
-        }
-    })
+    runner_group_body("ghcr.io/actions/actions-runner:2.329.0", restart, env)
 }
 
 #[tokio::test]
@@ -1177,14 +1107,7 @@ async fn composed_container_group_with_jit_config_comes_online_and_runs_a_job() 
     assert!(tok_rec.names.contains(&("RUNNER_URL".to_string(), false)));
 
     // A job only the JIT runner can take: it runs, the runner exits 0, the group succeeds.
-    let jobs = sim
-        .github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["self-hosted".into(), "jit".into(), "linux".into()],
-            duration_secs: 30.0,
-            ..Default::default()
-        })
-        .unwrap();
+    let jobs = sim.github.enqueue_jobs(jobs(&["self-hosted", "jit", "linux"], 30.0, 1)).unwrap();
     wait_for("job done", Duration::from_secs(10), || {
         sim.github.jobs().iter().any(|j| j.id == jobs[0].id && j.status == JobStatus::Completed)
     })
@@ -1286,16 +1209,7 @@ async fn restarted_container_re_registers_and_rate_limits_are_controllable_over_
     let g = sim(60.0, GithubSimConfig::default()).await;
     let c = Conform::new(&g.url());
     let tok = installation_token(&g, &c, 1001).await;
-    let reg = c
-        .call(
-            "POST",
-            "/orgs/{org}/actions/runners/registration-token",
-            "/orgs/octo-org/actions/runners/registration-token",
-            &tok,
-            None,
-        )
-        .await
-        .body["token"]
+    let reg = c.op("POST", "/orgs/{org}/actions/runners/registration-token", &tok, None).await.body["token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1379,14 +1293,7 @@ async fn composed_twenty_jit_groups_each_run_one_job() {
         let r = http.put(url).bearer_auth(&tok).json(&group_body("Never", env)).send().await.unwrap();
         assert_eq!(r.status(), 201);
     }
-    sim.github
-        .enqueue_jobs(EnqueueJobs {
-            labels: vec!["bulk".into()],
-            duration_secs: 60.0,
-            count: 20,
-            ..Default::default()
-        })
-        .unwrap();
+    sim.github.enqueue_jobs(jobs(&["bulk"], 60.0, 20)).unwrap();
     wait_for("20 jobs done", Duration::from_secs(20), || {
         sim.github.jobs().iter().filter(|j| j.conclusion.as_deref() == Some("success")).count() == 20
     })

@@ -164,6 +164,18 @@ pub struct SimEndpoints {
     pub client_secret: String,
 }
 
+/// `name -> Type = side "path";`: a `pub async fn name(&self)` that GETs `/_sim/<side>/<path>`.
+macro_rules! sim_getters {
+    ($($name:ident -> $t:ty = $side:ident $path:literal;)*) => {
+        $(
+            #[doc = concat!("GET `/_sim/", stringify!($side), "/", $path, "`.")]
+            pub async fn $name(&self) -> Result<$t, ObserveError> {
+                self.$side($path).await
+            }
+        )*
+    };
+}
+
 /// A client of the simulator's inspection and control APIs.
 #[derive(Clone)]
 pub struct SimApi {
@@ -185,19 +197,29 @@ impl SimApi {
         }
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, ObserveError> {
-        let r = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| ObserveError::Http { url: url.clone(), source })?;
+    /// Send `req` to `url`; the answer if it is a success, else its status and body.
+    async fn answer(url: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ObserveError> {
+        let r = req.send().await.map_err(|source| ObserveError::Http { url: url.to_string(), source })?;
         let status = r.status();
         if !status.is_success() {
             let body = r.text().await.unwrap_or_default();
-            return Err(ObserveError::Status { url, status: status.as_u16(), body });
+            return Err(ObserveError::Status { url: url.to_string(), status: status.as_u16(), body });
         }
+        Ok(r)
+    }
+
+    /// The JSON answer of `req` to `url`.
+    async fn json<T: serde::de::DeserializeOwned>(
+        url: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ObserveError> {
+        let r = Self::answer(&url, req).await?;
         r.json().await.map_err(|source| ObserveError::Http { url, source })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, url: String) -> Result<T, ObserveError> {
+        let req = self.http.get(&url);
+        Self::json(url, req).await
     }
 
     async fn send(
@@ -206,42 +228,29 @@ impl SimApi {
         url: String,
         body: &impl serde::Serialize,
     ) -> Result<(), ObserveError> {
-        let r = self
-            .http
-            .request(method, &url)
-            .json(body)
-            .send()
-            .await
-            .map_err(|source| ObserveError::Http { url: url.clone(), source })?;
-        let status = r.status();
-        if !status.is_success() {
-            let body = r.text().await.unwrap_or_default();
-            return Err(ObserveError::Status { url, status: status.as_u16(), body });
-        }
-        Ok(())
+        Self::answer(&url, self.http.request(method, &url).json(body)).await.map(|_| ())
     }
 
-    pub async fn groups(&self) -> Result<Vec<Group>, ObserveError> {
-        self.get(format!("{}/_sim/arm/groups", self.arm_url)).await
+    /// GET `/_sim/arm/<path>`.
+    async fn arm<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ObserveError> {
+        self.get(format!("{}/_sim/arm/{path}", self.arm_url)).await
     }
-    pub async fn arm_calls(&self) -> Result<ArmCalls, ObserveError> {
-        self.get(format!("{}/_sim/arm/calls", self.arm_url)).await
+
+    /// GET `/_sim/github/<path>`.
+    async fn github<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ObserveError> {
+        self.get(format!("{}/_sim/github/{path}", self.github_url)).await
     }
-    pub async fn runners(&self) -> Result<Vec<Runner>, ObserveError> {
-        self.get(format!("{}/_sim/github/runners", self.github_url)).await
+
+    sim_getters! {
+        groups -> Vec<Group> = arm "groups";
+        arm_calls -> ArmCalls = arm "calls";
+        runners -> Vec<Runner> = github "runners";
+        jobs -> Vec<Job> = github "jobs";
+        github_calls -> GithubCalls = github "calls";
+        github_call_log -> Vec<GithubCall> = github "calls/log";
+        rate_limits -> Vec<RateLimit> = github "rate-limits";
     }
-    pub async fn jobs(&self) -> Result<Vec<Job>, ObserveError> {
-        self.get(format!("{}/_sim/github/jobs", self.github_url)).await
-    }
-    pub async fn github_calls(&self) -> Result<GithubCalls, ObserveError> {
-        self.get(format!("{}/_sim/github/calls", self.github_url)).await
-    }
-    pub async fn github_call_log(&self) -> Result<Vec<GithubCall>, ObserveError> {
-        self.get(format!("{}/_sim/github/calls/log", self.github_url)).await
-    }
-    pub async fn rate_limits(&self) -> Result<Vec<RateLimit>, ObserveError> {
-        self.get(format!("{}/_sim/github/rate-limits", self.github_url)).await
-    }
+
     /// Point `workflow_job` webhooks at `url` (signed with `secret`).
     pub async fn set_webhook(&self, url: &str, secret: &str) -> Result<(), ObserveError> {
         let t = WebhookTarget { url: url.to_string(), secret: secret.to_string() };
@@ -250,19 +259,8 @@ impl SimApi {
     /// Enqueue jobs; returns the jobs created.
     pub async fn enqueue(&self, req: &EnqueueJobs) -> Result<Vec<Job>, ObserveError> {
         let url = format!("{}/_sim/github/jobs", self.github_url);
-        let r = self
-            .http
-            .post(&url)
-            .json(req)
-            .send()
-            .await
-            .map_err(|source| ObserveError::Http { url: url.clone(), source })?;
-        let status = r.status();
-        if !status.is_success() {
-            let body = r.text().await.unwrap_or_default();
-            return Err(ObserveError::Status { url, status: status.as_u16(), body });
-        }
-        r.json().await.map_err(|source| ObserveError::Http { url, source })
+        let post = self.http.post(&url).json(req);
+        Self::json(url, post).await
     }
     pub async fn set_arm_faults(&self, f: &FaultConfig) -> Result<(), ObserveError> {
         self.send(reqwest::Method::PUT, format!("{}/_sim/arm/faults", self.arm_url), f).await

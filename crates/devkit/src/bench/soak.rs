@@ -330,15 +330,8 @@ pub struct SeedResult {
     pub passed: bool,
     pub violations: Vec<String>,
     pub jobs_total: usize,
-    pub jobs_completed: usize,
-    /// Failed jobs whose runner the controller removed (a failed job the simulator's
-    /// `runnerDeathMidJob` fault killed is counted in `runner_deaths` instead).
-    pub busy_runners_killed: usize,
-    /// Jobs failed by the `runnerDeathMidJob` fault.
-    pub runner_deaths: usize,
-    pub leaked_groups: usize,
-    pub leaked_registrations: usize,
-    pub panics: usize,
+    #[serde(flatten)]
+    pub outcome: Outcome,
     pub controller_starts: u32,
     /// kube-apiserver restarts while this seed ran.
     pub apiserver_restarts: usize,
@@ -350,6 +343,32 @@ pub struct SeedResult {
     /// The kinds of fault injected (see [`fault_kinds`]).
     pub fault_kinds: BTreeSet<String>,
     pub secs: f64,
+}
+
+/// What went right and wrong, of one seed or summed over all of them.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub jobs_completed: usize,
+    /// Failed jobs whose runner the controller removed (a failed job the simulator's
+    /// `runnerDeathMidJob` fault killed is counted in `runner_deaths` instead).
+    pub busy_runners_killed: usize,
+    /// Jobs failed by the `runnerDeathMidJob` fault.
+    pub runner_deaths: usize,
+    pub leaked_groups: usize,
+    pub leaked_registrations: usize,
+    pub panics: usize,
+}
+
+impl std::ops::AddAssign<&Outcome> for Outcome {
+    fn add_assign(&mut self, o: &Outcome) {
+        self.jobs_completed += o.jobs_completed;
+        self.busy_runners_killed += o.busy_runners_killed;
+        self.runner_deaths += o.runner_deaths;
+        self.leaked_groups += o.leaked_groups;
+        self.leaked_registrations += o.leaked_registrations;
+        self.panics += o.panics;
+    }
 }
 
 /// The soak's JSON result.
@@ -367,12 +386,8 @@ pub struct SoakReport {
 #[serde(rename_all = "camelCase")]
 pub struct SoakTotals {
     pub jobs: usize,
-    pub jobs_completed: usize,
-    pub busy_runners_killed: usize,
-    pub runner_deaths: usize,
-    pub leaked_groups: usize,
-    pub leaked_registrations: usize,
-    pub panics: usize,
+    #[serde(flatten)]
+    pub outcome: Outcome,
     pub controller_kills: usize,
     pub apiserver_restarts: usize,
     /// The kube-apiserver was found dead without a planned restart (started again at once).
@@ -700,14 +715,14 @@ pub async fn run_seed(
     let jobs = sim.github.jobs();
     let mine: Vec<_> = jobs.iter().filter(|j| job_ids.contains(&j.id)).collect();
     res.jobs_total = mine.len();
-    res.jobs_completed = mine.iter().filter(|j| j.completed_at.is_some()).count();
+    res.outcome.jobs_completed = mine.iter().filter(|j| j.completed_at.is_some()).count();
     for j in mine.iter().filter(|j| j.conclusion.as_deref().is_some_and(|c| c != "success")) {
         // The simulator's runnerDeathMidJob fault ends the job at (or, by one tick, after) the
         // drawn instant; a job that ended before it (or had none) lost its runner otherwise.
         if j.die_at.is_some_and(|d| j.completed_at.is_some_and(|c| c >= d)) {
-            res.runner_deaths += 1;
+            res.outcome.runner_deaths += 1;
         } else {
-            res.busy_runners_killed += 1;
+            res.outcome.busy_runners_killed += 1;
         }
     }
 
@@ -746,8 +761,8 @@ pub async fn run_seed(
                 _ => left += 1,
             }
         }
-        res.leaked_groups = groups;
-        res.leaked_registrations = regs;
+        res.outcome.leaked_groups = groups;
+        res.outcome.leaked_registrations = regs;
         if (groups == 0 && regs == 0 && left == 0) || Instant::now() > deadline {
             break;
         }
@@ -756,32 +771,36 @@ pub async fn run_seed(
     ctl.stop().await;
     res.controller_starts = ctl.starts;
     let panics = ctl.panics();
-    res.panics = panics.len();
+    res.outcome.panics = panics.len();
     let explained = schedule.explained_reasons();
     res.unexplained_stalled =
         res.stalled_reasons.iter().filter(|r| !explained.contains(r.as_str())).cloned().collect();
 
     let mut v = Vec::new();
-    if res.jobs_completed < res.jobs_total {
-        v.push(format!("{} of {} jobs never completed", res.jobs_total - res.jobs_completed, res.jobs_total));
+    if res.outcome.jobs_completed < res.jobs_total {
+        v.push(format!(
+            "{} of {} jobs never completed",
+            res.jobs_total - res.outcome.jobs_completed,
+            res.jobs_total
+        ));
     }
     if !unsettled.is_empty() {
         v.push(format!("{} s after the faults cleared: {}", SETTLE.as_secs(), unsettled.join("; ")));
     }
-    if res.busy_runners_killed > 0 {
-        v.push(format!("{} busy runner(s) killed", res.busy_runners_killed));
+    if res.outcome.busy_runners_killed > 0 {
+        v.push(format!("{} busy runner(s) killed", res.outcome.busy_runners_killed));
     }
-    if res.leaked_groups > 0 {
-        v.push(format!("{} leaked container group(s)", res.leaked_groups));
+    if res.outcome.leaked_groups > 0 {
+        v.push(format!("{} leaked container group(s)", res.outcome.leaked_groups));
     }
-    if res.leaked_registrations > 0 {
-        v.push(format!("{} leaked registration(s)", res.leaked_registrations));
+    if res.outcome.leaked_registrations > 0 {
+        v.push(format!("{} leaked registration(s)", res.outcome.leaked_registrations));
     }
     if left > 0 {
         v.push(format!("{left} pool(s) not deleted (finalizer)"));
     }
-    if res.panics > 0 {
-        v.push(format!("{} panic(s) in the controller log: {}", res.panics, panics.join(" | ")));
+    if res.outcome.panics > 0 {
+        v.push(format!("{} panic(s) in the controller log: {}", res.outcome.panics, panics.join(" | ")));
     }
     if !res.unexplained_stalled.is_empty() {
         v.push(format!("Stalled reasons without an injected cause: {:?}", res.unexplained_stalled));
@@ -932,12 +951,7 @@ fn summarize(results: &[SeedResult], restarts: &Restarts) -> SoakReport {
     let mut t = SoakTotals::default();
     for r in results {
         t.jobs += r.jobs_total;
-        t.jobs_completed += r.jobs_completed;
-        t.busy_runners_killed += r.busy_runners_killed;
-        t.runner_deaths += r.runner_deaths;
-        t.leaked_groups += r.leaked_groups;
-        t.leaked_registrations += r.leaked_registrations;
-        t.panics += r.panics;
+        t.outcome += &r.outcome;
         t.controller_kills += r.controller_starts.saturating_sub(1) as usize;
         t.unexplained_stalled += r.unexplained_stalled.len();
         for k in &r.fault_kinds {
@@ -972,13 +986,13 @@ pub fn markdown(r: &SoakReport, args: &SoakArgs) -> String {
     );
     s += "| invariant | result |\n| --- | --- |\n";
     s += &format!("| seeds passed | {}/{} |\n", r.passed, r.seeds);
-    s += &format!("| leaked container groups | {} |\n", t.leaked_groups);
-    s += &format!("| leaked registrations | {} |\n", t.leaked_registrations);
-    s += &format!("| busy runners killed (by the controller) | {} |\n", t.busy_runners_killed);
-    s += &format!("| panics in controller logs | {} |\n", t.panics);
+    s += &format!("| leaked container groups | {} |\n", t.outcome.leaked_groups);
+    s += &format!("| leaked registrations | {} |\n", t.outcome.leaked_registrations);
+    s += &format!("| busy runners killed (by the controller) | {} |\n", t.outcome.busy_runners_killed);
+    s += &format!("| panics in controller logs | {} |\n", t.outcome.panics);
     s += &format!("| Stalled reasons without an injected cause | {} |\n", t.unexplained_stalled);
-    s += &format!("| jobs completed | {}/{} |\n", t.jobs_completed, t.jobs);
-    s += &format!("| jobs failed by the injected runner death | {} |\n", t.runner_deaths);
+    s += &format!("| jobs completed | {}/{} |\n", t.outcome.jobs_completed, t.jobs);
+    s += &format!("| jobs failed by the injected runner death | {} |\n", t.outcome.runner_deaths);
     s += &format!("| controller SIGKILLs + restarts | {} |\n", t.controller_kills);
     s += &format!(
         "| kube-apiserver restarts (shared by the seeds running then) | {} |\n",

@@ -1,6 +1,7 @@
 //! The whole product in one process, for the end-to-end tests, the demo and the benchmarks:
 //! the simulated Azure and GitHub, the controller's production edges pointed at them, and the
 //! controller itself (`run_with`) against a real Kubernetes API server.
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::sim::arm::ArmSimConfig;
-use crate::sim::github::{GithubSimConfig, WebhookTarget};
+use crate::sim::github::{EnqueueJobs, GithubSimConfig, WebhookTarget};
 use crate::sim::{SimOptions, Simulator};
 use aci_runner_controller::azure::CredentialSpec;
 use aci_runner_controller::controller::run::{Edges, RunArgs, build_edges, run_with};
@@ -139,10 +140,16 @@ impl Drop for ControllerHandle {
     }
 }
 
-/// A free local port (bound, then released for the controller to bind).
+/// A free local port (bound, then released for the controller to bind), never one this process
+/// handed out before: two controllers started at once do not get the same port.
 pub fn free_addr() -> std::io::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    l.local_addr()
+    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.port()) {
+            return Ok(addr);
+        }
+    }
 }
 
 /// The controller's identity in the simulated Entra ID (the pre-registered app registration).
@@ -181,7 +188,26 @@ pub fn run_args(
 }
 
 /// Start a controller in this process, driving the simulator through the production edges.
+/// A controller that exits before it answers `/healthz` is an error (what it returned).
+///
+/// Its ports come from [`free_addr`] (bound, then released): another test may take one before
+/// the controller binds it, and then the controller exits at once; it is started again on new
+/// ports (up to three times).
 pub async fn start_controller(
+    client: &Client,
+    sim: &Simulator,
+    opts: ControllerOptions,
+) -> anyhow::Result<ControllerHandle> {
+    let mut attempt = 1;
+    loop {
+        match launch_controller(client, sim, opts.clone()).await {
+            Err(e) if attempt < 3 && format!("{e:#}").contains("binding ") => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
+async fn launch_controller(
     client: &Client,
     sim: &Simulator,
     opts: ControllerOptions,
@@ -219,6 +245,13 @@ pub async fn start_controller(
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if task.is_finished() {
+        return Err(match task.await {
+            Ok(Ok(())) => anyhow::anyhow!("the controller exited at start"),
+            Ok(Err(e)) => e.context("the controller exited at start"),
+            Err(e) => anyhow::anyhow!("controller task failed at start: {e}"),
+        });
     }
     Ok(ControllerHandle {
         stop: Some(stop_tx),
@@ -364,6 +397,35 @@ pub fn groups_of(sim: &Simulator, pool: &str) -> Vec<crate::sim::arm::GroupSumma
 pub fn runners_of(sim: &Simulator, pool: &str) -> Vec<crate::sim::github::RunnerRecord> {
     let prefix = format!("{pool}-");
     sim.github.runners().into_iter().filter(|r| r.name.starts_with(&prefix)).collect()
+}
+
+/// The PUT body of a one-container runner group (1 vCPU, 2 GB, `run.sh`) in westeurope, tagged
+/// as managed by the controller, as the tests send it to the simulated ARM.
+pub fn runner_group_body(image: &str, restart: &str, env: Value) -> Value {
+    json!({
+        "location": "westeurope",
+        "tags": {"aci-runners-managed-by": "aci-runner-controller"},
+        "properties": {
+            "osType": "Linux",
+            "restartPolicy": restart,
+            "containers": [{
+                "name": "runner",
+                "properties": {
+                    "image": image,
+                    "command": ["/home/runner/run.sh"],
+                    "resources": {"requests": {"cpu": 1.0, "memoryInGB": 2.0}},
+                    "environmentVariables": env,
+                }
+            }]
+        }
+    })
+}
+
+/// `count` jobs of `octo-org/octo-repo` for the simulated GitHub to queue, with these `runs-on`
+/// labels, each running `duration_secs` simulated seconds.
+pub fn jobs(labels: &[&str], duration_secs: f64, count: u32) -> EnqueueJobs {
+    let labels = labels.iter().map(|l| l.to_string()).collect();
+    EnqueueJobs { labels, duration_secs, count, ..EnqueueJobs::default() }
 }
 
 /// Log to the test output (filter from `RUST_LOG`, default `warn`); safe to call repeatedly.

@@ -1,10 +1,11 @@
 //! Test support shared by the integration tests, the demo and the benchmarks: the upstream API
-//! descriptions in `../shared/specs/` and the local Kubernetes control plane.
+//! descriptions in `../shared/specs/`, the local Kubernetes control plane and the e2e world.
 use std::path::{Path, PathBuf};
 
 pub mod control_plane;
 pub mod harness;
 pub mod specs;
+pub mod world;
 
 /// The repository's root (the workspace this crate is built in: `crates/devkit/../..`).
 pub fn repo_root() -> PathBuf {
