@@ -203,6 +203,14 @@ async fn sim(scale: f64, cfg: GithubSimConfig) -> GithubSimHandle {
     GithubSim::start(cfg, SimClock::new(scale)).await.expect("sim starts")
 }
 
+/// [`sim`], a [`Conform`] client on it and an installation token of installation 1001.
+async fn sim_with_token(scale: f64, cfg: GithubSimConfig) -> (GithubSimHandle, Conform, String) {
+    let g = sim(scale, cfg).await;
+    let c = Conform::new(&g.url());
+    let tok = installation_token(&g, &c, 1001).await;
+    (g, c, tok)
+}
+
 async fn installation_token(g: &GithubSimHandle, c: &Conform, installation: i64) -> String {
     let creds = g.app_credentials();
     let jwt = mint_app_jwt(&creds.app_id.to_string(), &creds.private_key_pem, chrono::Utc::now()).unwrap();
@@ -252,9 +260,7 @@ async fn wait_for(what: &str, real_timeout: Duration, mut f: impl FnMut() -> boo
 
 #[tokio::test]
 async fn every_operation_conforms_to_the_rest_description() {
-    let g = sim(10.0, GithubSimConfig::default()).await;
-    let c = Conform::new(&g.url());
-    let tok = installation_token(&g, &c, 1001).await;
+    let (g, c, tok) = sim_with_token(10.0, GithubSimConfig::default()).await;
 
     // Runner groups (org).
     let r = c.op("GET", "/orgs/{org}/actions/runner-groups", &tok, None).await;
@@ -623,9 +629,7 @@ fn signature_reproduces_githubs_published_vector() {
 
 #[tokio::test]
 async fn token_mode_persistent_runner_kill_offline_and_invalid_configs() {
-    let g = sim(60.0, GithubSimConfig::default()).await;
-    let c = Conform::new(&g.url());
-    let tok = installation_token(&g, &c, 1001).await;
+    let (g, c, tok) = sim_with_token(60.0, GithubSimConfig::default()).await;
     let r = c.op("POST", "/orgs/{org}/actions/runners/registration-token", &tok, None).await;
     let reg = r.body["token"].as_str().unwrap().to_string();
     let exits: Exits = Arc::default();
@@ -792,9 +796,7 @@ async fn app_auth_rules() {
 async fn missing_permission_is_named() {
     let mut cfg = GithubSimConfig::default();
     cfg.installations[0].permissions.remove("organization_self_hosted_runners");
-    let g = sim(10.0, cfg).await;
-    let c = Conform::new(&g.url());
-    let tok = installation_token(&g, &c, 1001).await;
+    let (_g, c, tok) = sim_with_token(10.0, cfg).await;
     let r = c.op("GET", "/orgs/{org}/actions/runners", &tok, None).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.headers["x-accepted-github-permissions"], "organization_self_hosted_runners=write");
@@ -802,9 +804,7 @@ async fn missing_permission_is_named() {
 
 #[tokio::test]
 async fn rate_limits_primary_secondary_and_etag_free() {
-    let g = sim(10.0, GithubSimConfig { rate_limit: 4, ..Default::default() }).await;
-    let c = Conform::new(&g.url());
-    let tok = installation_token(&g, &c, 1001).await;
+    let (g, c, tok) = sim_with_token(10.0, GithubSimConfig { rate_limit: 4, ..Default::default() }).await;
     let lt = "/orgs/{org}/actions/runners";
     let p = "/orgs/octo-org/actions/runners";
     let mut remaining = Vec::new();
@@ -1182,9 +1182,7 @@ async fn sim_cli_starts_fast_prints_endpoints_and_writes_app_credentials() {
 
 #[tokio::test]
 async fn restarted_container_re_registers_and_rate_limits_are_controllable_over_http() {
-    let g = sim(60.0, GithubSimConfig::default()).await;
-    let c = Conform::new(&g.url());
-    let tok = installation_token(&g, &c, 1001).await;
+    let (g, c, tok) = sim_with_token(60.0, GithubSimConfig::default()).await;
     let reg = c.op("POST", "/orgs/{org}/actions/runners/registration-token", &tok, None).await.body["token"]
         .as_str()
         .unwrap()
