@@ -6,6 +6,7 @@
 //! 7. faults: quota, primary-location capacity, inaccessible image, GitHub 5xx bursts.
 //! 8. two replicas with leader election: only the leader acts; the standby takes over.
 //! 9. missing Secret, bad App key, invalid spec: Stalled with the right reason, nothing deleted.
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -94,6 +95,32 @@ impl ConditionTrace {
 /// `hit` holds for them: true; false when `miss` holds first or the time is up. The tests that
 /// use it open the window `hit` looks for with a simulated ARM latency of hundreds of
 /// milliseconds, so the poll finds it however loaded the machine is.
+/// When the ARM simulator refused a container-group create with the error `code`, in order.
+fn refused_creates(sim: &Simulator, code: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+    sim.arm
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == "create" && c.code.as_deref() == Some(code))
+        .map(|c| c.at)
+        .collect()
+}
+
+/// How many calls of a simulator's `call_counts` (operation → status → count) were answered
+/// with a status `pick` keeps.
+fn answers_where(counts: &BTreeMap<String, BTreeMap<u16, u64>>, pick: impl Fn(u16) -> bool) -> u64 {
+    counts.values().flat_map(|by_status| by_status.iter().filter(|(s, _)| pick(**s)).map(|(_, n)| *n)).sum()
+}
+
+/// Stop the controller, start it again and return the condition lines of `pool` seen from the
+/// stop until `watch` after the restart (see [`ConditionTrace`]).
+async fn conditions_across_a_restart(w: &mut World, pool: &str, watch: Duration) -> Vec<String> {
+    w.stop().await;
+    let trace = ConditionTrace::start(w, pool);
+    w.start_controller().await;
+    tokio::time::sleep(watch).await;
+    trace.finish().await
+}
+
 async fn counts_reach(
     sim: &Simulator,
     pool: &str,
@@ -280,14 +307,7 @@ async fn quota_exceeded_stalls_with_an_event_and_recovers_when_raised() {
     assert!(w.sim.arm.quota_rejections() >= 2, "no retry after the quota wait");
     // Creates refused for quota are retried only after the quota wait (quota_backoff_base = 1 s
     // here), one at a time: never in the very next pass.
-    let refused: Vec<chrono::DateTime<chrono::Utc>> = w
-        .sim
-        .arm
-        .calls()
-        .into_iter()
-        .filter(|c| c.op == "create" && c.code.as_deref() == Some("ContainerGroupQuotaReached"))
-        .map(|c| c.at)
-        .collect();
+    let refused = refused_creates(&w.sim, "ContainerGroupQuotaReached");
     for pair in refused.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(gap >= chrono::Duration::milliseconds(900), "quota retries {gap} apart: {refused:?}");
@@ -301,11 +321,7 @@ async fn quota_exceeded_stalls_with_an_event_and_recovers_when_raised() {
     assert!(w.sim.arm.quota_rejections() > 0);
 
     // A controller restart while the quota lasts: still Stalled, no flap.
-    w.stop().await;
-    let trace = ConditionTrace::start(&w, "quota");
-    w.start_controller().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let seen = trace.finish().await;
+    let seen = conditions_across_a_restart(&mut w, "quota", Duration::from_secs(3)).await;
     assert!(seen.iter().all(|l| l.contains("Stalled=True/QuotaExceeded")), "{seen:#?}");
 
     // Quota raised: the pool recovers on its own (no spec change).
@@ -399,14 +415,7 @@ async fn inaccessible_image_stalls_with_invalid_image_and_leaks_no_registration(
     // Refused creates are retried with the per-pool backoff (0.5 s doubling up to 4 s here):
     // passes of refusals are spaced, the retries go on while Stalled, and never hammer.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let refused: Vec<chrono::DateTime<chrono::Utc>> = w
-        .sim
-        .arm
-        .calls()
-        .into_iter()
-        .filter(|c| c.op == "create" && c.code.as_deref() == Some("InaccessibleImage"))
-        .map(|c| c.at)
-        .collect();
+    let refused = refused_creates(&w.sim, "InaccessibleImage");
     let mut passes: Vec<chrono::DateTime<chrono::Utc>> = Vec::new();
     for t in &refused {
         if passes.last().is_none_or(|last| *t - *last > chrono::Duration::milliseconds(300)) {
@@ -426,11 +435,7 @@ async fn inaccessible_image_stalls_with_invalid_image_and_leaks_no_registration(
 
     // A controller restart (rolling update, new leader) does not un-stall the pool: nothing
     // changed, the next attempt fails the same way (no Stalled False/True flap, no alert noise).
-    w.stop().await;
-    let trace = ConditionTrace::start(&w, "image");
-    w.start_controller().await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let seen = trace.finish().await;
+    let seen = conditions_across_a_restart(&mut w, "image", Duration::from_secs(5)).await;
     assert!(seen.iter().all(|l| l.contains("Stalled=True/InvalidImage")), "{seen:#?}");
 
     // The change the Stalled pool waits for: back to the default image → Ready.
@@ -459,13 +464,7 @@ async fn github_server_error_bursts_leave_no_leaked_groups_or_registrations() {
     w.sim.github.set_faults(GithubFaults { seed: 7, ..burst });
     w.apply("gh", json!({"scaling": {"minIdle": 1, "maxRunners": 8}})).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let errors: u64 = w
-        .sim
-        .github
-        .call_counts()
-        .values()
-        .flat_map(|by_status| by_status.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| *n))
-        .sum();
+    let errors = answers_where(&w.sim.github.call_counts(), |s| s >= 500);
     assert!(errors > 0, "the bursts injected no 5xx: {:?}", w.sim.github.call_counts());
     w.sim.github.set_faults(GithubFaults::default());
 
@@ -505,13 +504,7 @@ async fn azure_errors_and_throttling_leave_no_leaked_groups_or_registrations() {
     w.sim.arm.set_faults(FaultConfig { seed: 99, ..faults });
     w.apply("arm", json!({"scaling": {"minIdle": 1, "maxRunners": 8}})).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let errors: u64 = w
-        .sim
-        .arm
-        .call_counts()
-        .values()
-        .flat_map(|by_status| by_status.iter().filter(|(s, _)| **s >= 500 || **s == 429).map(|(_, n)| *n))
-        .sum();
+    let errors = answers_where(&w.sim.arm.call_counts(), |s| s >= 500 || s == 429);
     assert!(errors > 0, "no injected errors: {:?}", w.sim.arm.call_counts());
     w.sim.arm.set_faults(FaultConfig::default());
 

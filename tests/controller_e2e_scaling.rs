@@ -31,6 +31,11 @@ async fn scaling_world(prefix: &str, seed: u64) -> World {
     World::builder(prefix).sim_options(sim_options(seed)).start().await
 }
 
+/// How many of the jobs `job_ids` GitHub shows completed.
+fn completed_among(w: &World, job_ids: &BTreeSet<i64>) -> usize {
+    w.sim.github.jobs().iter().filter(|j| job_ids.contains(&j.id) && j.status == JobStatus::Completed).count()
+}
+
 /// [`scaling_world`] with a GC grace period of 3 s.
 async fn gc_world(prefix: &str, seed: u64) -> World {
     World::builder(prefix)
@@ -201,14 +206,7 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
             if st.desired > st.busy + min_idle {
                 demand_seen = true;
             }
-            let done = w
-                .sim
-                .github
-                .jobs()
-                .iter()
-                .filter(|j| job_ids.contains(&j.id) && j.status == JobStatus::Completed)
-                .count()
-                == 10;
+            let done = completed_among(&w, &job_ids) == 10;
             if done && jobs_done_after.is_none() {
                 jobs_done_after = Some(t0.elapsed());
             }
@@ -796,14 +794,7 @@ async fn token_mode_burst(prefix: &str, pool: &str, seed: u64, ephemeral: bool) 
         let groups = w.groups_of(pool);
         let regs = w.runners_of(pool);
         max_groups = max_groups.max(live_groups_of(&w.sim, pool));
-        let done = w
-            .sim
-            .github
-            .jobs()
-            .iter()
-            .filter(|j| job_ids.contains(&j.id) && j.status == JobStatus::Completed)
-            .count()
-            == count as usize;
+        let done = completed_among(&w, &job_ids) == count as usize;
         if done
             && groups.len() == min_idle as usize
             && regs.len() == min_idle as usize

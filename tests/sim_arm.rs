@@ -160,6 +160,13 @@ fn cfg() -> ArmSimConfig {
     ArmSimConfig::default()
 }
 
+/// [`cfg`] with `change` made to it.
+fn cfg_with(change: impl FnOnce(&mut ArmSimConfig)) -> ArmSimConfig {
+    let mut c = cfg();
+    change(&mut c);
+    c
+}
+
 /// The client-credentials token request of the simulator's app registration.
 async fn request_token(h: &ArmSimHandle, client_secret: &str, scope: &str) -> reqwest::Response {
     reqwest::Client::new()
@@ -421,10 +428,11 @@ async fn create_get_list_delete_conform_to_the_spec() {
 /// coming within 8 ms of the DELETE.
 #[tokio::test]
 async fn async_delete_answers_202_with_operation_then_404() {
-    let mut c = cfg();
-    c.delete_mode = DeleteMode::Async;
-    c.delete_delay_ms = 600_000;
-    let (h, _rt) = start(c).await;
+    let (h, _rt) = start(cfg_with(|c| {
+        c.delete_mode = DeleteMode::Async;
+        c.delete_delay_ms = 600_000;
+    }))
+    .await;
     let arm = Arm::new(&h).await;
     assert_eq!(arm.put("gone-soon", &runner_group("busybox", "Never")).await.status, 201);
     let d = arm.delete("gone-soon").await;
@@ -534,9 +542,7 @@ async fn restart_policies_follow_container_exits() {
 
 #[tokio::test]
 async fn auth_api_version_and_validation_errors_use_arm_error_shape() {
-    let mut c = cfg();
-    c.subscriptions = vec![SUB.to_string()];
-    let (h, _rt) = start(c).await;
+    let (h, _rt) = start(cfg_with(|c| c.subscriptions = vec![SUB.to_string()])).await;
     let arm = Arm::new(&h).await;
     let url = arm.group_url(SUB, RG, "x1", "2023-05-01");
     let http = reqwest::Client::new();
@@ -622,15 +628,16 @@ async fn auth_api_version_and_validation_errors_use_arm_error_shape() {
 
 #[tokio::test]
 async fn quotas_throttling_capacity_images_and_permissions() {
-    let mut c = cfg();
-    c.quotas = Quotas {
-        container_groups: 3,
-        cores: 100.0,
-        creates_per_5min: 100,
-        creates_per_hour: 300,
-        ..Quotas::default()
-    };
-    let (h, _rt) = start(c).await;
+    let (h, _rt) = start(cfg_with(|c| {
+        c.quotas = Quotas {
+            container_groups: 3,
+            cores: 100.0,
+            creates_per_5min: 100,
+            creates_per_hour: 300,
+            ..Quotas::default()
+        }
+    }))
+    .await;
     let arm = Arm::new(&h).await;
     for i in 0..3 {
         assert_eq!(arm.put(&format!("q{i}"), &runner_group("busybox", "Never")).await.status, 201);
@@ -773,9 +780,7 @@ async fn crash_before_registration_fault_exits_the_container() {
 
 #[tokio::test]
 async fn list_pages_with_next_link() {
-    let mut c = cfg();
-    c.page_size = 2;
-    let (h, _rt) = start(c).await;
+    let (h, _rt) = start(cfg_with(|c| c.page_size = 2)).await;
     let arm = Arm::new(&h).await;
     for i in 0..5 {
         assert_eq!(arm.put(&format!("p{i}"), &runner_group("busybox", "Never")).await.status, 201);
@@ -804,9 +809,7 @@ async fn list_pages_with_next_link() {
 
 #[tokio::test]
 async fn spec_examples_replay_and_answers_validate() {
-    let mut c = cfg();
-    c.locations.push("westus".into());
-    let (h, _rt) = start(c).await;
+    let (h, _rt) = start(cfg_with(|c| c.locations.push("westus".into()))).await;
     let arm = Arm::new(&h).await;
     let dir = aci_runner_devkit::testing::specs::specs_dir().join("azure/examples");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
@@ -1057,9 +1060,7 @@ async fn managed_identity_endpoint_and_sim_http_api() {
 /// call's 404 depend on it coming within 100 ms of the token on a loaded machine.
 #[tokio::test]
 async fn access_tokens_expire_in_simulated_time() {
-    let mut c = cfg();
-    c.token_lifetime_secs = 600;
-    let (h, _rt) = start(c).await;
+    let (h, _rt) = start(cfg_with(|c| c.token_lifetime_secs = 600)).await;
     let arm = Arm::new(&h).await;
     assert_eq!(arm.get("x").await.status, 404);
     tokio::time::sleep(Duration::from_millis(1100)).await;

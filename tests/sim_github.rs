@@ -136,6 +136,12 @@ impl Conform {
     }
 
     /// [`Conform::call`] on the path of `tmpl` for org and owner `octo-org`, repo `octo-repo`.
+    /// `POST {scope}/actions/runners/generate-jitconfig` (`scope`: `/orgs/{org}` or
+    /// `/repos/{owner}/{repo}`) for a runner `name` in group 1 with the label `aci`.
+    async fn generate_jit(&self, scope: &str, token: &str, name: &str) -> Got {
+        let body = json!({"name": name, "runner_group_id": 1, "labels": ["aci"]});
+        self.op("POST", &format!("{scope}/actions/runners/generate-jitconfig"), token, Some(body)).await
+    }
     async fn op(&self, method: &str, tmpl: &str, token: &str, body: Option<Value>) -> Got {
         self.call(method, tmpl, &octo_path(tmpl), token, body).await
     }
@@ -197,6 +203,14 @@ async fn sim(scale: f64, cfg: GithubSimConfig) -> GithubSimHandle {
     GithubSim::start(cfg, SimClock::new(scale)).await.expect("sim starts")
 }
 
+/// [`sim`], a [`Conform`] client on it and an installation token of installation 1001.
+async fn sim_with_token(scale: f64, cfg: GithubSimConfig) -> (GithubSimHandle, Conform, String) {
+    let g = sim(scale, cfg).await;
+    let c = Conform::new(&g.url());
+    let tok = installation_token(&g, &c, 1001).await;
+    (g, c, tok)
+}
+
 async fn installation_token(g: &GithubSimHandle, c: &Conform, installation: i64) -> String {
     let creds = g.app_credentials();
     let jwt = mint_app_jwt(&creds.app_id.to_string(), &creds.private_key_pem, chrono::Utc::now()).unwrap();
@@ -246,9 +260,7 @@ async fn wait_for(what: &str, real_timeout: Duration, mut f: impl FnMut() -> boo
 
 #[tokio::test]
 async fn every_operation_conforms_to_the_rest_description() {
-    let g = sim(10.0, GithubSimConfig::default()).await;
-    let c = Conform::new(&g.url());
-    let tok = installation_token(&g, &c, 1001).await;
+    let (g, c, tok) = sim_with_token(10.0, GithubSimConfig::default()).await;
 
     // Runner groups (org).
     let r = c.op("GET", "/orgs/{org}/actions/runner-groups", &tok, None).await;
@@ -342,14 +354,7 @@ async fn every_operation_conforms_to_the_rest_description() {
     }
 
     // Repo scope.
-    let r = c
-        .op(
-            "POST",
-            "/repos/{owner}/{repo}/actions/runners/generate-jitconfig",
-            &tok,
-            Some(json!({"name": "repo-r", "runner_group_id": 1, "labels": ["aci"]})),
-        )
-        .await;
+    let r = c.generate_jit("/repos/{owner}/{repo}", &tok, "repo-r").await;
     assert_eq!(r.status, 201);
     let rid = r.body["runner"]["id"].as_i64().unwrap();
     let r = c.op("GET", "/repos/{owner}/{repo}/actions/runners", &tok, None).await;
@@ -545,14 +550,7 @@ async fn runner_takes_a_job_end_to_end_with_signed_valid_webhooks() {
     g.set_webhook(Some(WebhookTarget { url: hook_url, secret: "s3cret".into() }));
     let c = Conform::new(&g.url());
     let tok = installation_token(&g, &c, 1001).await;
-    let r = c
-        .op(
-            "POST",
-            "/orgs/{org}/actions/runners/generate-jitconfig",
-            &tok,
-            Some(json!({"name": "pool-abcde", "runner_group_id": 1, "labels": ["aci"]})),
-        )
-        .await;
+    let r = c.generate_jit("/orgs/{org}", &tok, "pool-abcde").await;
     let rid = r.body["runner"]["id"].as_i64().unwrap();
     let enc = r.body["encoded_jit_config"].as_str().unwrap().to_string();
 
@@ -631,9 +629,7 @@ fn signature_reproduces_githubs_published_vector() {
 
 #[tokio::test]
 async fn token_mode_persistent_runner_kill_offline_and_invalid_configs() {
-    let g = sim(60.0, GithubSimConfig::default()).await;
-    let c = Conform::new(&g.url());
-    let tok = installation_token(&g, &c, 1001).await;
+    let (g, c, tok) = sim_with_token(60.0, GithubSimConfig::default()).await;
     let r = c.op("POST", "/orgs/{org}/actions/runners/registration-token", &tok, None).await;
     let reg = r.body["token"].as_str().unwrap().to_string();
     let exits: Exits = Arc::default();
@@ -705,14 +701,7 @@ async fn offline_ephemeral_runners_disappear_after_a_simulated_day() {
     let c = Conform::new(&g.url());
     // A PAT: an installation token would expire in 20 ms real at this scale.
     let tok = g.app_credentials().pats[0].clone();
-    let r = c
-        .op(
-            "POST",
-            "/orgs/{org}/actions/runners/generate-jitconfig",
-            &tok,
-            Some(json!({"name": "never-started", "runner_group_id": 1, "labels": ["aci"]})),
-        )
-        .await;
+    let r = c.generate_jit("/orgs/{org}", &tok, "never-started").await;
     assert_eq!(r.status, 201);
     assert_eq!(g.runners().len(), 1);
     wait_for("gc", Duration::from_secs(3), || g.runners().is_empty()).await;
@@ -807,9 +796,7 @@ async fn app_auth_rules() {
 async fn missing_permission_is_named() {
     let mut cfg = GithubSimConfig::default();
     cfg.installations[0].permissions.remove("organization_self_hosted_runners");
-    let g = sim(10.0, cfg).await;
-    let c = Conform::new(&g.url());
-    let tok = installation_token(&g, &c, 1001).await;
+    let (_g, c, tok) = sim_with_token(10.0, cfg).await;
     let r = c.op("GET", "/orgs/{org}/actions/runners", &tok, None).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.headers["x-accepted-github-permissions"], "organization_self_hosted_runners=write");
@@ -817,9 +804,7 @@ async fn missing_permission_is_named() {
 
 #[tokio::test]
 async fn rate_limits_primary_secondary_and_etag_free() {
-    let g = sim(10.0, GithubSimConfig { rate_limit: 4, ..Default::default() }).await;
-    let c = Conform::new(&g.url());
-    let tok = installation_token(&g, &c, 1001).await;
+    let (g, c, tok) = sim_with_token(10.0, GithubSimConfig { rate_limit: 4, ..Default::default() }).await;
     let lt = "/orgs/{org}/actions/runners";
     let p = "/orgs/octo-org/actions/runners";
     let mut remaining = Vec::new();
@@ -861,14 +846,7 @@ async fn content_creating_requests_have_their_own_secondary_limit() {
     let pat = g.app_credentials().pats[0].clone();
     let mut statuses = Vec::new();
     for i in 0..82 {
-        let r = c
-            .op(
-                "POST",
-                "/orgs/{org}/actions/runners/generate-jitconfig",
-                &pat,
-                Some(json!({"name": format!("burst-{i}"), "runner_group_id": 1, "labels": ["aci"]})),
-            )
-            .await;
+        let r = c.generate_jit("/orgs/{org}", &pat, &format!("burst-{i}")).await;
         statuses.push(r.status);
         if r.status == 403 {
             assert!(r.headers.contains_key("retry-after"));
@@ -960,14 +938,7 @@ async fn runner_faults_crash_and_death_mid_job_and_webhook_drops() {
         let c = &c;
         let tok = &tok;
         async move {
-            let r = c
-                .op(
-                    "POST",
-                    "/orgs/{org}/actions/runners/generate-jitconfig",
-                    tok,
-                    Some(json!({"name": name, "runner_group_id": 1, "labels": ["aci"]})),
-                )
-                .await;
+            let r = c.generate_jit("/orgs/{org}", tok, name).await;
             r.body["encoded_jit_config"].as_str().unwrap().to_string()
         }
     };
@@ -1025,6 +996,17 @@ async fn arm_token(sim: &aci_runner_devkit::sim::Simulator) -> String {
     r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
 }
 
+/// Both simulators on one clock running `time_scale` times real time, faults drawn from `seed`.
+async fn composed_sim(time_scale: f64, seed: u64) -> aci_runner_devkit::sim::Simulator {
+    aci_runner_devkit::sim::start(aci_runner_devkit::sim::SimOptions {
+        time_scale,
+        seed,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 fn group_body(restart: &str, env: Value) -> Value {
     runner_group_body("ghcr.io/actions/actions-runner:2.329.0", restart, env)
 }
@@ -1033,13 +1015,7 @@ fn group_body(restart: &str, env: Value) -> Value {
 async fn composed_container_group_with_jit_config_comes_online_and_runs_a_job() {
     use aci_runner_controller::github::{Credentials, GithubHub, Scope};
     use secrecy::{ExposeSecret, SecretString};
-    let sim = aci_runner_devkit::sim::start(aci_runner_devkit::sim::SimOptions {
-        time_scale: 60.0,
-        seed: 11,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = composed_sim(60.0, 11).await;
     let creds = sim.github.app_credentials();
     let hub = GithubHub::default();
     let gh = hub
@@ -1206,9 +1182,7 @@ async fn sim_cli_starts_fast_prints_endpoints_and_writes_app_credentials() {
 
 #[tokio::test]
 async fn restarted_container_re_registers_and_rate_limits_are_controllable_over_http() {
-    let g = sim(60.0, GithubSimConfig::default()).await;
-    let c = Conform::new(&g.url());
-    let tok = installation_token(&g, &c, 1001).await;
+    let (g, c, tok) = sim_with_token(60.0, GithubSimConfig::default()).await;
     let reg = c.op("POST", "/orgs/{org}/actions/runners/registration-token", &tok, None).await.body["token"]
         .as_str()
         .unwrap()
@@ -1254,13 +1228,7 @@ async fn restarted_container_re_registers_and_rate_limits_are_controllable_over_
 async fn composed_twenty_jit_groups_each_run_one_job() {
     use aci_runner_controller::github::{Credentials, GithubHub, Scope};
     use secrecy::{ExposeSecret, SecretString};
-    let sim = aci_runner_devkit::sim::start(aci_runner_devkit::sim::SimOptions {
-        time_scale: 120.0,
-        seed: 5,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = composed_sim(120.0, 5).await;
     let creds = sim.github.app_credentials();
     let clock = sim.clock.clone();
     let hub = GithubHub::new(aci_runner_controller::github::HubConfig {

@@ -139,27 +139,40 @@ fn pct(p: f64) -> String {
     format!("{:.0}%", p * 100.0)
 }
 
+/// Gives each of `ops`, with an even chance, the faults `draw` makes for it (drawn from `rng`
+/// right after the coin, in the order of `ops`).
+fn draw_op_faults<F>(
+    rng: &mut rand::rngs::StdRng,
+    ops: &[&str],
+    into: &mut std::collections::BTreeMap<String, F>,
+    mut draw: impl FnMut(&mut rand::rngs::StdRng, &str) -> F,
+) {
+    for op in ops {
+        if rng.gen_bool(0.5) {
+            into.insert(op.to_string(), draw(rng, op));
+        }
+    }
+}
+
 impl Schedule {
     /// Draw a schedule from `seed`. Every simulator fault has a fair chance per seed, so a few
     /// hundred seeds cover each of them many times, and in many combinations.
     pub fn draw(seed: u64) -> Self {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut arm = FaultConfig { seed, ..FaultConfig::default() };
-        for op in ARM_OPS {
-            if rng.gen_bool(0.5) {
-                let mut f = OpFaults {
-                    throttle: rng.gen_range(0.0..0.15),
-                    internal_error: rng.gen_range(0.0..0.1),
-                    unavailable: rng.gen_range(0.0..0.1),
-                    latency_ms: 0,
-                };
-                // The token endpoint answers without the per-operation latency.
-                if *op != "token" && rng.gen_bool(0.3) {
-                    f.latency_ms = rng.gen_range(50..1_500);
-                }
-                arm.ops.insert(op.to_string(), f);
+        draw_op_faults(&mut rng, ARM_OPS, &mut arm.ops, |rng, op| {
+            let mut f = OpFaults {
+                throttle: rng.gen_range(0.0..0.15),
+                internal_error: rng.gen_range(0.0..0.1),
+                unavailable: rng.gen_range(0.0..0.1),
+                latency_ms: 0,
+            };
+            // The token endpoint answers without the per-operation latency.
+            if op != "token" && rng.gen_bool(0.3) {
+                f.latency_ms = rng.gen_range(50..1_500);
             }
-        }
+            f
+        });
         if rng.gen_bool(0.4) {
             arm.crash_before_registration = rng.gen_range(0.0..0.25);
         }
@@ -206,23 +219,21 @@ impl Schedule {
         });
 
         let mut github = GithubFaults { seed, ..GithubFaults::default() };
-        for op in GITHUB_OPS {
-            if rng.gen_bool(0.5) {
-                let mut f = GhOpFaults {
-                    server_error: rng.gen_range(0.0..0.12),
-                    rate_limited: rng.gen_range(0.0..0.05),
-                    conflict: 0.0,
-                    unprocessable: 0.0,
-                };
-                if rng.gen_bool(0.4) {
-                    f.conflict = rng.gen_range(0.0..0.08);
-                }
-                if rng.gen_bool(0.4) {
-                    f.unprocessable = rng.gen_range(0.0..0.08);
-                }
-                github.ops.insert(op.to_string(), f);
+        draw_op_faults(&mut rng, GITHUB_OPS, &mut github.ops, |rng, _| {
+            let mut f = GhOpFaults {
+                server_error: rng.gen_range(0.0..0.12),
+                rate_limited: rng.gen_range(0.0..0.05),
+                conflict: 0.0,
+                unprocessable: 0.0,
+            };
+            if rng.gen_bool(0.4) {
+                f.conflict = rng.gen_range(0.0..0.08);
             }
-        }
+            if rng.gen_bool(0.4) {
+                f.unprocessable = rng.gen_range(0.0..0.08);
+            }
+            f
+        });
         if rng.gen_bool(0.5) {
             github.webhook_drop_rate = rng.gen_range(0.0..0.4);
         }

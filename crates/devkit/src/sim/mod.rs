@@ -92,6 +92,34 @@ pub(crate) fn serve_and_tick<S: Send + Sync + 'static>(
     tasks
 }
 
+/// Bind a simulator's listener on `listen`, with the address it got (port 0 = any free port).
+pub(crate) async fn bind(listen: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// Where a simulator listens, and its background tasks (see [`serve_and_tick`]): shared by the
+/// clones of its handle, so the tasks stop with the last clone.
+#[derive(Clone)]
+pub(crate) struct Server {
+    addr: SocketAddr,
+    _tasks: Arc<JoinSet<()>>,
+}
+
+impl Server {
+    pub(crate) fn new(addr: SocketAddr, tasks: JoinSet<()>) -> Self {
+        Self { addr, _tasks: Arc::new(tasks) }
+    }
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 /// What `aci-runner-devkit sim` prints on stdout (one JSON object).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

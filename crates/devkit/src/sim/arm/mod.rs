@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinSet;
 
 use crate::sim::clock::SimClock;
 use crate::sim::runtime::ContainerRuntime;
@@ -250,16 +249,15 @@ impl ArmSim {
         if cfg.page_size == 0 {
             return Err(ArmSimError::Config("pageSize must be at least 1".into()));
         }
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
+        let (listener, addr) = crate::sim::bind(cfg.listen)
             .await
             .map_err(|source| ArmSimError::Bind { addr: cfg.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| ArmSimError::Bind { addr: cfg.listen, source })?;
         let url = format!("http://{addr}");
         let shared = Arc::new(state::Shared::new(cfg, clock, runtime, url.clone()));
         let app = http::router(shared.clone());
         let tasks = crate::sim::serve_and_tick("ARM simulator", listener, app, &shared, |s| s.tick());
         tracing::info!(%url, "ARM simulator listening");
-        Ok(ArmSimHandle { shared, addr, _tasks: Arc::new(tasks) })
+        Ok(ArmSimHandle { shared, server: crate::sim::Server::new(addr, tasks) })
     }
 }
 
@@ -267,17 +265,16 @@ impl ArmSim {
 #[derive(Clone)]
 pub struct ArmSimHandle {
     shared: Arc<state::Shared>,
-    addr: SocketAddr,
-    _tasks: Arc<JoinSet<()>>,
+    server: crate::sim::Server,
 }
 
 impl ArmSimHandle {
     /// Base URL (`http://127.0.0.1:PORT`): ARM endpoint and Entra authority host.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
     pub fn tenant_id(&self) -> String {
         self.shared.cfg().tenant_id

@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinSet;
 
 use crate::sim::clock::SimClock;
 use crate::sim::runtime::{ContainerRuntime, ExitNotifier, StartedContainer};
@@ -260,11 +259,9 @@ impl GithubSim {
     /// runner ticker and the webhook sender.
     pub async fn start(cfg: GithubSimConfig, clock: SimClock) -> Result<GithubSimHandle, GithubSimError> {
         let keys = state::AppKeys::load_or_generate(cfg.private_key_pem.as_deref()).await?;
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
+        let (listener, addr) = crate::sim::bind(cfg.listen)
             .await
             .map_err(|source| GithubSimError::Bind { addr: cfg.listen, source })?;
-        let addr =
-            listener.local_addr().map_err(|source| GithubSimError::Bind { addr: cfg.listen, source })?;
         let url = format!("http://{addr}");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(state::Shared::new(cfg, clock, keys, url.clone(), tx));
@@ -272,7 +269,7 @@ impl GithubSim {
         let mut tasks = crate::sim::serve_and_tick("GitHub simulator", listener, app, &shared, |s| s.tick());
         tasks.spawn(webhook::sender(Arc::downgrade(&shared), rx));
         tracing::info!(%url, "GitHub simulator listening");
-        Ok(GithubSimHandle { shared, addr, _tasks: Arc::new(tasks) })
+        Ok(GithubSimHandle { shared, server: crate::sim::Server::new(addr, tasks) })
     }
 }
 
@@ -280,17 +277,16 @@ impl GithubSim {
 #[derive(Clone)]
 pub struct GithubSimHandle {
     shared: Arc<state::Shared>,
-    addr: SocketAddr,
-    _tasks: Arc<JoinSet<()>>,
+    server: crate::sim::Server,
 }
 
 impl GithubSimHandle {
     /// REST base URL (`http://127.0.0.1:port`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
     pub fn clock(&self) -> SimClock {
         self.shared.clock.clone()

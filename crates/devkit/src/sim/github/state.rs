@@ -368,6 +368,17 @@ pub(crate) struct Shared {
     webhook_tx: tokio::sync::mpsc::UnboundedSender<Delivery>,
 }
 
+impl State {
+    /// Ids of the open jobs in `status`, lowest (oldest) first.
+    fn open_jobs_in(&self, status: JobStatus) -> Vec<i64> {
+        self.open_jobs
+            .iter()
+            .copied()
+            .filter(|id| self.jobs.get(id).is_some_and(|j| j.status == status))
+            .collect()
+    }
+}
+
 fn random_token(rng: &mut StdRng, prefix: &str, len: usize) -> String {
     let s: String = rng.sample_iter(&Alphanumeric).take(len).map(char::from).collect();
     format!("{prefix}{s}")
@@ -1353,12 +1364,7 @@ impl Shared {
         }
 
         // 2. Finish (or kill) running jobs.
-        let running: Vec<i64> = st
-            .open_jobs
-            .iter()
-            .filter(|id| st.jobs.get(id).is_some_and(|j| j.status == JobStatus::InProgress))
-            .copied()
-            .collect();
+        let running = st.open_jobs_in(JobStatus::InProgress);
         for id in running {
             let Some(j) = st.jobs.get(&id) else { continue };
             let runner_id = j.runner_id.unwrap_or(0);
@@ -1403,12 +1409,7 @@ impl Shared {
 
         // 3. Assign queued jobs to idle online runners (oldest job first, lowest runner id first).
         let mut idle: Vec<i64> = st.runners.values().filter(|r| r.online && !r.busy).map(|r| r.id).collect();
-        let queued: Vec<i64> = st
-            .open_jobs
-            .iter()
-            .filter(|id| st.jobs.get(id).is_some_and(|j| j.status == JobStatus::Queued))
-            .copied()
-            .collect();
+        let queued = st.open_jobs_in(JobStatus::Queued);
         for id in queued {
             if idle.is_empty() {
                 break;
