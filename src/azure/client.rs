@@ -451,11 +451,23 @@ impl AzureClient {
     pub async fn delete_group(&self, sub: &str, rg: &str, name: &str) -> Result<(), AzureError> {
         let span = tracing::info_span!("azure.delete_group", subscription = %sub, resource_group = %rg, group = %name, correlation_id = tracing::field::Empty);
         let req = self.aci.container_groups_client().delete(sub, rg, name);
-        let fut = async move {
-            let rsp = req.send().await?;
-            Ok(rsp.into_raw_response().status() as u16)
-        };
-        match self.exchange("delete", RequestKind::Write, sub, "", fut).instrument(span).await {
+        let sent = async move { Ok(req.send().await?.into_raw_response().status()) };
+        self.write_until_gone("delete", sub, span, sent).await
+    }
+
+    /// Send a write (DELETE, or the PATCH that releases a group) whose "not found" answer means
+    /// the same as success: the group is going or gone.
+    async fn write_until_gone<F>(
+        &self,
+        op: &'static str,
+        sub: &str,
+        span: tracing::Span,
+        sent: F,
+    ) -> Result<(), AzureError>
+    where
+        F: std::future::Future<Output = azure_core::Result<azure_core::StatusCode>>,
+    {
+        match self.exchange(op, RequestKind::Write, sub, "", sent).instrument(span).await {
             Ok(_) | Err(AzureError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
@@ -488,13 +500,7 @@ impl AzureClient {
         resource.tags = Some(serde_json::Value::Object(tags));
         let span = tracing::info_span!("azure.release_group", subscription = %sub, resource_group = %rg, group = %name, correlation_id = tracing::field::Empty);
         let req = self.aci.container_groups_client().update(sub, rg, name, resource);
-        let fut = async move {
-            let rsp = req.send().await?;
-            Ok(rsp.into_raw_response().status() as u16)
-        };
-        match self.exchange("update", RequestKind::Write, sub, "", fut).instrument(span).await {
-            Ok(_) | Err(AzureError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        let sent = async move { Ok(req.send().await?.into_raw_response().status()) };
+        self.write_until_gone("update", sub, span, sent).await
     }
 }

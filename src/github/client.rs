@@ -371,13 +371,7 @@ impl GithubClient {
             }
             _ => return Err(self.classify("access_token", &resp)),
         }
-        #[derive(Deserialize)]
-        struct Tok {
-            token: String,
-            expires_at: DateTime<Utc>,
-        }
-        let t: Tok = serde_json::from_str(&resp.body)
-            .map_err(|e| GithubError::Transient(format!("unreadable installation token answer: {e}")))?;
+        let t = token_answer(&resp.body, "installation token")?;
         self.hub.metrics.token_mints.get_or_create(&AuthLabels { principal: self.principal.clone() }).inc();
         tracing::debug!(installation_id, expires_at = %t.expires_at, "minted installation token");
         let tok = CachedToken { token: SecretString::from(t.token), expires_at: t.expires_at };
@@ -757,13 +751,7 @@ impl GithubClient {
         if r.status.as_u16() != 201 && r.status.as_u16() != 200 {
             return Err(self.classify(op, &r));
         }
-        #[derive(Deserialize)]
-        struct Tok {
-            token: String,
-            expires_at: DateTime<Utc>,
-        }
-        let t: Tok = serde_json::from_str(&r.body)
-            .map_err(|e| GithubError::Transient(format!("unreadable {op} answer: {e}")))?;
+        let t = token_answer(&r.body, op)?;
         Ok(RegistrationToken {
             token: SecretString::from(t.token),
             expires_at: t.expires_at,
@@ -921,4 +909,17 @@ impl GithubClient {
         }
         Ok(out)
     }
+}
+
+/// A token answer (`POST /app/installations/{id}/access_tokens`, `.../registration-token`,
+/// `.../remove-token`): the token and when it expires.
+#[derive(Deserialize)]
+struct TokenAnswer {
+    token: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// Read a token answer; an unreadable one is transient (GitHub answered, but not as documented).
+fn token_answer(body: &str, what: &str) -> Result<TokenAnswer, GithubError> {
+    serde_json::from_str(body).map_err(|e| GithubError::Transient(format!("unreadable {what} answer: {e}")))
 }

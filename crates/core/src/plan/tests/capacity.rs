@@ -1,16 +1,16 @@
 //! Capacity: fallback locations, Spot fallback, quota waits.
 use super::*;
 
+/// A Regular create of `name` in `location` refused for capacity.
+fn no_capacity(name: &str, location: &str) -> ActionFailure {
+    create_failure(name, location, Priority::Regular, EdgeErrorKind::CapacityUnavailable)
+}
+
 #[test]
 fn capacity_spills_to_fallback_locations_in_order() {
     let mut fx = Fx::new();
     fx.spec.azure.fallback_locations = vec!["northeurope".into(), "swedencentral".into()];
-    fx.failures = vec![create_failure(
-        "pool-aaaaa",
-        "westeurope",
-        Priority::Regular,
-        EdgeErrorKind::CapacityUnavailable,
-    )];
+    fx.failures = vec![no_capacity("pool-aaaaa", "westeurope")];
     let p = fx.run();
     let locs: Vec<&str> = p
         .actions
@@ -24,10 +24,7 @@ fn capacity_spills_to_fallback_locations_in_order() {
     assert!(has_event(&p, "CapacityUnavailable"));
     assert!(p.state.location_cooldown.contains_key("westeurope"));
     fx.carry(&p, mins(1));
-    fx.failures = ["pool-aaaaa", "pool-aaaab"]
-        .iter()
-        .map(|n| create_failure(n, "northeurope", Priority::Regular, EdgeErrorKind::CapacityUnavailable))
-        .collect();
+    fx.failures = ["pool-aaaaa", "pool-aaaab"].iter().map(|n| no_capacity(n, "northeurope")).collect();
     let p = fx.run();
     assert!(
         creates(&p)
@@ -35,12 +32,7 @@ fn capacity_spills_to_fallback_locations_in_order() {
             .all(|a| matches!(a, Action::CreateRunner { location, .. } if location == "swedencentral"))
     );
     fx.carry(&p, mins(1));
-    fx.failures = vec![create_failure(
-        "pool-aaaac",
-        "swedencentral",
-        Priority::Regular,
-        EdgeErrorKind::CapacityUnavailable,
-    )];
+    fx.failures = vec![no_capacity("pool-aaaac", "swedencentral")];
     let p = fx.run();
     assert!(creates(&p).is_empty());
     cond_is(&p, "Reconciling", "True", "CapacityUnavailable");

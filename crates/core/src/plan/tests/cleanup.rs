@@ -170,21 +170,8 @@ fn stale_group_of_older_pool_with_same_name_is_collected() {
     busy_old.pool_uid = Some("uid-dead".into());
     fx.groups = Ok(vec![old, other_live, busy_old]);
     fx.runners = Ok(vec![runner(5, "pool-old01", false, false), runner(6, "pool-old02", true, true)]);
-    let p = fx.run();
-    assert!(p.actions.is_empty(), "{:?}", p.actions);
-    fx.carry(&p, mins(3));
-    let p = fx.run();
-    assert_eq!(
-        p.actions,
-        vec![
-            Action::UnregisterRunner { id: 5, name: "pool-old01".into(), reason: RemovalReason::Orphaned },
-            Action::DeleteGroup {
-                name: "pool-old01".into(),
-                reason: RemovalReason::Orphaned,
-                only_if_unregistered: None
-            },
-        ]
-    );
+    let p = confirmed_pass(&mut fx);
+    assert_eq!(p.actions, orphan_removal(5, "pool-old01", None));
 }
 
 #[test]
@@ -197,21 +184,28 @@ fn stale_group_of_an_online_runner_is_deleted_only_if_its_unregister_succeeds() 
     old.pool_uid = Some("uid-dead".into());
     fx.groups = Ok(vec![old]);
     fx.runners = Ok(vec![runner(5, "pool-old01", true, false)]);
+    let p = confirmed_pass(&mut fx);
+    assert_eq!(p.actions, orphan_removal(5, "pool-old01", Some(5)));
+}
+
+/// A pass that only marks stale groups, then the pass after the mark is confirmed.
+fn confirmed_pass(fx: &mut Fx) -> Plan {
     let p = fx.run();
-    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert!(p.actions.is_empty(), "the first pass only marks: {:?}", p.actions);
     fx.carry(&p, mins(3));
-    let p = fx.run();
-    assert_eq!(
-        p.actions,
-        vec![
-            Action::UnregisterRunner { id: 5, name: "pool-old01".into(), reason: RemovalReason::Orphaned },
-            Action::DeleteGroup {
-                name: "pool-old01".into(),
-                reason: RemovalReason::Orphaned,
-                only_if_unregistered: Some(5)
-            },
-        ]
-    );
+    fx.run()
+}
+
+/// Unregister then delete of the orphaned runner `name`, the delete guarded by `guard`.
+fn orphan_removal(id: u64, name: &str, guard: Option<u64>) -> Vec<Action> {
+    vec![
+        Action::UnregisterRunner { id, name: name.into(), reason: RemovalReason::Orphaned },
+        Action::DeleteGroup {
+            name: name.into(),
+            reason: RemovalReason::Orphaned,
+            only_if_unregistered: guard,
+        },
+    ]
 }
 
 #[test]
