@@ -10,10 +10,15 @@ fn repo() -> &'static Path {
 /// The production binary (`run`, `crd`).
 const BIN: &str = env!("CARGO_BIN_EXE_aci-runner-controller");
 
-/// The development binary (`sim`, `bench`), built beside it by the workspace build.
+/// The development binary (`sim`, `bench`), linked beside it by `cargo test --workspace` (for the
+/// devkit package's own integration tests).
 fn devkit() -> std::path::PathBuf {
     let bin = aci_runner_devkit::testing::devkit_bin();
-    assert!(bin.is_file(), "{} not built: run the workspace build (`cargo build`)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} not built: run `cargo test --workspace` (scripts/test), or set ACI_RC_DEVKIT_BIN",
+        bin.display()
+    );
     bin
 }
 
