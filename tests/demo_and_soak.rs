@@ -100,13 +100,7 @@ fn production_binary_ships_no_development_subcommand() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    let commands: Vec<&str> = help
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let commands = aci_runner_devkit::testing::subcommands(&help);
     assert_eq!(commands, ["crd", "run", "help"], "{help}");
     for dev in ["sim", "bench"] {
         let out = Command::new(BIN).arg(dev).output().unwrap();

@@ -10,13 +10,7 @@ fn help_lists_the_simulator_and_the_benchmarks_and_nothing_of_production() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let help = String::from_utf8_lossy(&out.stdout);
-    let commands: Vec<&str> = help
-        .lines()
-        .skip_while(|l| !l.starts_with("Commands:"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let commands = aci_runner_devkit::testing::subcommands(&help);
     assert_eq!(commands, ["sim", "bench", "help"], "{help}");
 }
 

@@ -24,6 +24,16 @@ pub fn devkit_bin() -> PathBuf {
     sibling_bin("ACI_RC_DEVKIT_BIN", "aci-runner-devkit")
 }
 
+/// The subcommand names a clap `--help` lists under `Commands:`, in order.
+pub fn subcommands(help: &str) -> Vec<&str> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect()
+}
+
 fn sibling_bin(env: &str, name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
