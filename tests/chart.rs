@@ -958,6 +958,15 @@ fn argocd_health_check_classifies_runner_pools() {
             "Progressing",
             "ScalingUp: creating 2 runners",
         ),
+        (
+            [
+                ("False", "Recycling", "1 idle, 2 busy, 1 provisioning of 4 desired"),
+                ("False", "SteadyState", "1 idle, 2 busy, 1 provisioning of 4 desired"),
+                ("False", "NotStalled", ""),
+            ],
+            "Healthy",
+            "SteadyState: 1 idle, 2 busy, 1 provisioning of 4 desired",
+        ),
     ];
     for (conds, health, message) in cases {
         let conditions: Vec<Value> = ["Ready", "Reconciling", "Stalled"]

@@ -5,6 +5,7 @@ use std::time::Duration;
 use aci_runner_devkit::testing::control_plane;
 use aci_runner_devkit::testing::harness::{condition, eventually};
 use aci_runner_devkit::testing::world::World;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
@@ -62,4 +63,63 @@ async fn min_idle_two_becomes_ready_with_two_online_runners_and_columns() {
         "{m}"
     );
     w.stop().await;
+}
+
+/// Flux's kstatus reads a RunnerPool without conditions, or with an older `observedGeneration`,
+/// as done. A new pool and a changed spec are acknowledged (observedGeneration, Reconciling
+/// True/NewGeneration) before the controller's list of Azure is answered: a 15 s latency on the
+/// simulated ARM list holds that list back, and the simulator's call log (which records a call
+/// when it is answered) shows that none was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_generation_is_acknowledged_before_azure_answers() {
+    use aci_runner_devkit::sim::arm::{FaultConfig, OpFaults};
+    let w = World::start("e2e-ack", 3).await;
+    let slow = |ms| FaultConfig {
+        ops: [("list".to_string(), OpFaults { latency_ms: ms, ..OpFaults::default() })].into(),
+        ..FaultConfig::default()
+    };
+    let lists = || w.sim.arm.calls().into_iter().filter(|c| c.op == "list").count();
+    let acknowledged = |generation: i64| {
+        move |p: &aci_runner_core::crd::RunnerPool| {
+            p.status.as_ref().and_then(|s| s.observed_generation) == Some(generation)
+                && condition(p, "Reconciling") == Some(("True".into(), "NewGeneration".into()))
+                && condition(p, "Stalled").map(|c| c.0) == Some("False".into())
+        }
+    };
+
+    w.sim.arm.set_faults(slow(15_000));
+    let answered_before = lists();
+    w.apply("ack", json!({"scaling": {"minIdle": 1}})).await;
+    w.wait_pool("ack", "acknowledged at generation 1", T, acknowledged(1)).await;
+    assert_eq!(lists(), answered_before, "an ARM list was answered before the acknowledgement");
+
+    w.sim.arm.set_faults(FaultConfig::default());
+    let ready = w.wait_ready("ack", 1).await;
+    assert_eq!(condition(&ready, "Reconciling"), Some(("False".into(), "Converged".into())));
+
+    // A spec change (its pass may use a cached list, so no latency holds it): the API server's
+    // watch of the pool, from before the change, shows every status written; the first of
+    // generation 2 is the acknowledgement.
+    let api: kube::Api<aci_runner_core::crd::RunnerPool> = kube::Api::namespaced(w.client.clone(), &w.ns);
+    let from = ready.metadata.resource_version.clone().unwrap();
+    let mut changes = api
+        .watch(&kube::api::WatchParams::default().fields("metadata.name=ack").timeout(120), &from)
+        .await
+        .unwrap()
+        .boxed();
+    w.apply("ack", json!({"scaling": {"minIdle": 2}})).await;
+    let first_of_generation_2 = tokio::time::timeout(T, async {
+        while let Some(ev) = changes.try_next().await.unwrap() {
+            if let kube::api::WatchEvent::Modified(p) = ev
+                && p.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+            {
+                return p;
+            }
+        }
+        panic!("the watch ended before a status of generation 2");
+    })
+    .await
+    .expect("no status of generation 2 within the timeout");
+    assert!(acknowledged(2)(&first_of_generation_2), "{:?}", first_of_generation_2.status);
+    w.wait_ready("ack", 2).await;
 }

@@ -1,5 +1,7 @@
 -- Argo CD health check for aci-runners.dev/RunnerPool (kstatus-style conditions).
--- Stalled=True -> Degraded; stale status -> Progressing; Ready=True -> Healthy; otherwise Progressing.
+-- Stalled=True -> Degraded; stale status -> Progressing; Ready=True -> Healthy; Reconciling=False
+-- (kstatus "Current": a pool churning in its steady state, runners recycled or added for demand)
+-- -> Healthy; otherwise Progressing.
 local hs = {}
 if obj.status == nil or obj.status.conditions == nil then
   hs.status = "Progressing"
@@ -38,6 +40,11 @@ end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = describe(ready)
+  return hs
+end
+if reconciling ~= nil and reconciling.status == "False" then
+  hs.status = "Healthy"
+  hs.message = describe(reconciling)
   return hs
 end
 hs.status = "Progressing"

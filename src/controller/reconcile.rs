@@ -1,5 +1,7 @@
 //! One reconcile pass of one pool, as its pipeline:
 //!
+//! 0. [`acknowledge`]: a generation not acted on yet is marked in the status at once
+//!    (Reconciling True), so GitOps tools wait for the pass instead of reading "done";
 //! 1. [`credentials`]: the pool's Secrets, read every pass (they may be fixed or rotated at any
 //!    time);
 //! 2. [`observe`]: the pool's container groups and runner registrations through the ports, the
@@ -63,6 +65,7 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
         return Ok(RequeueAction::await_change());
     }
     let now = (ctx.clock)();
+    let pool = acknowledge(&api, pool, &meta, deleting, now).await?;
     let validation = pool.spec.validate();
 
     let (credentials, pool_ctx) = credentials(&ctx, &pool, &meta).await;
@@ -123,6 +126,35 @@ pub(super) fn pool_meta(pool: &RunnerPool) -> Result<PoolMeta, ReconcileError> {
         }),
         annotations: pool.annotations().clone(),
     })
+}
+
+/// Step 0: a generation not acted on yet is acknowledged in the status at once (Reconciling
+/// True), before the slower steps; the object as written goes on through the pass.
+async fn acknowledge(
+    api: &Api<RunnerPool>,
+    pool: Arc<RunnerPool>,
+    meta: &PoolMeta,
+    deleting: bool,
+    now: DateTime<Utc>,
+) -> Result<Arc<RunnerPool>, ReconcileError> {
+    if deleting {
+        return Ok(pool);
+    }
+    let Some(mut status) = plan::acknowledge(pool.status.as_ref(), meta.generation, now) else {
+        return Ok(pool);
+    };
+    fill_empty_messages(&mut status);
+    Ok(write_status(api, &meta.name, &status).await?.map_or(pool, Arc::new))
+}
+
+/// kube-apiserver 1.20's server-side apply turns an empty string into null, which the CRD
+/// schema then rejects; an empty condition message is written as its reason instead.
+fn fill_empty_messages(status: &mut RunnerPoolStatus) {
+    for c in &mut status.conditions {
+        if c.message.is_empty() {
+            c.message = c.reason.clone();
+        }
+    }
 }
 
 /// Step 1: the pool's credentials from its Secrets; without usable ones the pool is not observed
@@ -221,14 +253,8 @@ async fn report(
     gc_pending: usize,
     started: Instant,
 ) -> Result<Option<RunnerPool>, ReconcileError> {
-    // kube-apiserver 1.20's server-side apply turns an empty string into null, which the CRD
-    // schema then rejects; an empty condition message is written as its reason instead.
     let mut status = decided.status.clone();
-    for c in &mut status.conditions {
-        if c.message.is_empty() {
-            c.message = c.reason.clone();
-        }
-    }
+    fill_empty_messages(&mut status);
     let without_usage = |s: &RunnerPoolStatus| RunnerPoolStatus { usage: None, ..s.clone() };
     let changed = pool.status.as_ref().map(without_usage) != Some(without_usage(&status));
     let usage_due = pool.status.as_ref().map(|s| &s.usage) != Some(&status.usage)

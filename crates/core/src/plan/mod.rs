@@ -43,6 +43,7 @@ use crate::crd::{RunnerPoolSpec, parse_duration};
 
 pub use orphans::{OrphanInput, OrphanPlan, SweepDelete, SweptGroup, plan_orphan_groups};
 pub use reasons::{ConditionReason, EventReason};
+pub use status::acknowledge;
 pub use types::*;
 
 use view::Unit;

@@ -64,9 +64,13 @@ reasons! {
         // Ready True / Reconciling False / Stalled False.
         RunnersReady,
         Converged,
+        /// Reconciling False while the pool churns in its steady state (see `is_routine_churn`).
+        SteadyState,
         NotStalled,
         Stalled,
         // Reconciling True (and Ready False).
+        /// Written before the first pass of a new generation (see `status::acknowledge`).
+        NewGeneration,
         ScalingUp,
         Provisioning,
         ScalingDown,
@@ -140,6 +144,20 @@ reasons! {
         RegistrationTimeout,
         ContainerCrashed,
         ProvisioningFailed,
+    }
+}
+
+impl ConditionReason {
+    /// Work a healthy pool does all the time: creating runners for demand within `maxRunners`,
+    /// waiting for them to come online, removing surplus idle ones, replacing finished ones.
+    pub fn is_routine_churn(self) -> bool {
+        matches!(
+            self,
+            ConditionReason::ScalingUp
+                | ConditionReason::Provisioning
+                | ConditionReason::ScalingDown
+                | ConditionReason::Recycling
+        )
     }
 }
 

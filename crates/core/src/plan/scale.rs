@@ -3,7 +3,7 @@
 //! ([docs/planner.md, "Scaling"](../../../../docs/planner.md#scaling)).
 use chrono::{DateTime, Utc};
 
-use super::conditions::{CondValue, Conditions};
+use super::conditions::{self, CondValue, Conditions};
 use super::reasons::{ConditionReason, EventReason};
 use super::view::{Phase, Unit, View};
 use super::{Pass, after, demand, list_names, names};
@@ -244,6 +244,14 @@ impl<'a> Pass<'_, 'a> {
         let reconciling = self.reconciling_reason(c, ch, failing, &summary);
         let ready = stall.is_none() && c.idle.saturating_add(c.busy) == c.desired && !failing;
         let is_reconciling = reconciling.is_some();
+        // kstatus (Flux) and Argo CD read Reconciling=True as "not done yet". Churn of a pool that
+        // has reached this generation once (runners recycled, demand within maxRunners) is its
+        // steady state; only a generation not reached yet, or a shortfall the controller cannot
+        // close now (waits, backoff), keeps Reconciling True.
+        let steady = match &reconciling {
+            Some((r, _)) => r.is_routine_churn() && (ready || self.settled_at_generation()),
+            None => false,
+        };
         let wanted = match stall {
             Some(st) => Conditions {
                 ready: CondValue::new(false, st.reason, st.message.clone()),
@@ -257,9 +265,14 @@ impl<'a> Pass<'_, 'a> {
                 } else {
                     CondValue::new(false, rr, rm.clone())
                 };
+                let reconciling = if steady {
+                    CondValue::new(false, ConditionReason::SteadyState, rm)
+                } else {
+                    CondValue::new(is_reconciling, rr, rm)
+                };
                 Conditions {
                     ready: ready_cond,
-                    reconciling: CondValue::new(is_reconciling, rr, rm),
+                    reconciling,
                     stalled: CondValue::new(false, ConditionReason::NotStalled, String::new()),
                 }
             }
@@ -267,7 +280,18 @@ impl<'a> Pass<'_, 'a> {
         (wanted, is_reconciling)
     }
 
-    /// Reason and message of a True Reconciling, if the pool is not converged.
+    /// Has the pool reached its current generation once, and not fallen out of it since? The
+    /// previous pass left Reconciling False at this generation for a reason other than a stall.
+    fn settled_at_generation(&self) -> bool {
+        let Some(prev) = self.input.previous_status else { return false };
+        conditions::find(&prev.conditions, conditions::RECONCILING).is_some_and(|c| {
+            c.status == "False"
+                && c.reason != ConditionReason::Stalled.as_str()
+                && c.observed_generation == self.input.pool.generation
+        })
+    }
+
+    /// Reason and message of the work in progress, if the pool is not converged.
     fn reconciling_reason(
         &self,
         c: &Counts,

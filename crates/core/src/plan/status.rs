@@ -256,3 +256,33 @@ impl<'a> Pass<'_, 'a> {
         }
     }
 }
+
+/// The status to write before a pass acts on a generation it has not acted on yet (a new pool, a
+/// changed spec), or `None` when the written status is of this generation already.
+///
+/// kstatus (Flux) reads a custom resource without conditions, or with an older
+/// `observedGeneration`, as done; this status says at once that the generation is seen and not
+/// reached yet (Reconciling True, Ready and Stalled False), and keeps counts and usage. The pass
+/// that follows writes the planned status over it.
+pub fn acknowledge(
+    previous: Option<&RunnerPoolStatus>,
+    generation: Option<i64>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<RunnerPoolStatus> {
+    let generation = generation?;
+    if previous.is_some_and(|s| s.observed_generation == Some(generation)) {
+        return None;
+    }
+    let prev = previous.cloned().unwrap_or_default();
+    let message = format!("acting on generation {generation}");
+    let wanted = Conditions {
+        ready: CondValue::new(false, ConditionReason::NewGeneration, message.clone()),
+        reconciling: CondValue::new(true, ConditionReason::NewGeneration, message),
+        stalled: CondValue::new(false, ConditionReason::NotStalled, String::new()),
+    };
+    Some(RunnerPoolStatus {
+        observed_generation: Some(generation),
+        conditions: conditions::build(&prev.conditions, &wanted, Some(generation), now),
+        ..prev
+    })
+}

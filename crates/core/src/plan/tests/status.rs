@@ -126,3 +126,93 @@ fn usage_accumulates_without_double_counting_after_restart() {
     let pf = failed.run();
     assert_eq!(pf.status.usage, p.status.usage);
 }
+
+/// A pool that reached generation 1: two idle runners online, status carried.
+fn settled_fx() -> Fx {
+    let mut fx = Fx::new();
+    fx.groups = Ok(vec![running("pool-aaaa1"), running("pool-aaaa2")]);
+    fx.runners = Ok(vec![runner(1, "pool-aaaa1", true, false), runner(2, "pool-aaaa2", true, false)]);
+    let p = fx.run();
+    cond_is(&p, "Reconciling", "False", "Converged");
+    fx.carry(&p, chrono::Duration::seconds(30));
+    fx
+}
+
+/// Flux's kstatus and Argo CD read `Reconciling=True` as "not done yet", so a busy, healthy pool
+/// must not look unfinished: routine churn after the generation was reached keeps it False.
+#[test]
+fn routine_churn_of_a_settled_pool_is_steady_state_not_reconciling() {
+    // An ephemeral runner finished its job: its group terminated, its registration gone.
+    let mut fx = settled_fx();
+    fx.groups = Ok(vec![
+        group("pool-aaaa1", ContainerState::Terminated { exit_code: Some(0) }, 5),
+        running("pool-aaaa2"),
+    ]);
+    fx.runners = Ok(vec![runner(2, "pool-aaaa2", true, false)]);
+    let p = fx.run();
+    assert!(!creates(&p).is_empty() || p.actions.iter().any(|a| a.is_destructive()), "{:?}", p.actions);
+    cond_is(&p, "Reconciling", "False", "SteadyState");
+    cond_is(&p, "Stalled", "False", "NotStalled");
+    assert_eq!(cond(&p, "Ready").status, "False", "Ready still tells that not every runner is online");
+    // Demand within maxRunners: three queued jobs raise desired; still steady.
+    fx.carry(&p, chrono::Duration::seconds(30));
+    fx.groups = Ok(vec![running("pool-aaaa2")]);
+    fx.jobs = (1..=3).map(|id| QueuedJob { id, labels: vec!["aci".into()], queued_at: fx.now }).collect();
+    let p = fx.run();
+    assert!(!creates(&p).is_empty(), "{:?}", p.actions);
+    cond_is(&p, "Reconciling", "False", "SteadyState");
+    // The plan still asks to come back soon: steady churn is work in progress for the requeue.
+    assert_eq!(p.requeue_after, PlannerConfig::default().converging_requeue);
+}
+
+#[test]
+fn a_new_generation_or_a_shortfall_it_cannot_close_is_reconciling() {
+    // A spec change: not done until the new generation is reached.
+    let mut fx = settled_fx();
+    fx.pool.generation = Some(2);
+    fx.spec.scaling.min_idle = 3;
+    let p = fx.run();
+    cond_is(&p, "Reconciling", "True", "ScalingUp");
+    assert_eq!(cond(&p, "Reconciling").observed_generation, Some(2));
+
+    // Settled, then every location is cooling down: the controller cannot reach what it asks for.
+    let mut fx = settled_fx();
+    fx.runners = Ok(vec![runner(1, "pool-aaaa1", true, false)]);
+    fx.groups = Ok(vec![running("pool-aaaa1")]);
+    fx.state.location_cooldown.insert("westeurope".into(), fx.now + mins(5));
+    let p = fx.run();
+    cond_is(&p, "Reconciling", "True", "CapacityUnavailable");
+
+    // A stall cleared without a spec change (the Secret appeared): the pool must reach its
+    // generation again before it is done.
+    let mut fx = Fx::new();
+    fx.prev = Some(stalled_status("SecretNotFound", "Secret gh-app not found", 1));
+    let p = fx.run();
+    cond_is(&p, "Reconciling", "True", "ScalingUp");
+}
+
+#[test]
+fn a_generation_not_acted_on_yet_is_acknowledged_as_reconciling() {
+    // A new pool: observedGeneration and Reconciling True at once.
+    let s = acknowledge(None, Some(1), t0()).unwrap();
+    assert_eq!(s.observed_generation, Some(1));
+    let reasons: Vec<(&str, &str)> =
+        s.conditions.iter().map(|c| (c.status.as_str(), c.reason.as_str())).collect();
+    assert_eq!(reasons, [("False", "NewGeneration"), ("True", "NewGeneration"), ("False", "NotStalled")]);
+    assert!(s.conditions.iter().all(|c| c.observed_generation == Some(1)));
+    // Already of this generation: nothing to write.
+    let p = settled_fx().run();
+    assert_eq!(acknowledge(Some(&p.status), Some(1), t0()), None);
+    // A changed spec: counts kept, a Stalled of the old generation cleared (the change may be the
+    // one it waited for; the pass decides), Ready's transition time kept as it stays False.
+    let stalled = stalled_status("InvalidImage", "image refused", 1);
+    let s = acknowledge(Some(&stalled), Some(2), t0()).unwrap();
+    assert_eq!((s.desired, s.observed_generation), (2, Some(2)));
+    assert_eq!(conditions::find(&s.conditions, "Stalled").unwrap().status, "False");
+    assert_eq!(
+        conditions::find(&s.conditions, "Ready").unwrap().last_transition_time,
+        conditions::find(&stalled.conditions, "Ready").unwrap().last_transition_time
+    );
+    // Without a generation (not served by the API server) nothing is acknowledged.
+    assert_eq!(acknowledge(None, None, t0()), None);
+}
