@@ -169,11 +169,14 @@ fn assert_pool_grants(role: &Value) {
 /// what the binary's `crd` subcommand prints.
 #[test]
 fn chart_crd_is_the_generated_crd() {
-    const REGENERATE: &str =
-        "regenerate both: cargo run -- crd | tee crds/runnerpool.yaml > charts/aci-runner-controller/crds/runnerpool.yaml";
+    const REGENERATE: &str = "regenerate both: cargo run -- crd | tee crds/runnerpool.yaml > charts/aci-runner-controller/crds/runnerpool.yaml";
     let file = chart().join("crds/runnerpool.yaml");
     let meta = std::fs::symlink_metadata(&file).unwrap();
-    assert!(meta.file_type().is_file(), "{} must be a regular file, not a symlink: {REGENERATE}", file.display());
+    assert!(
+        meta.file_type().is_file(),
+        "{} must be a regular file, not a symlink: {REGENERATE}",
+        file.display()
+    );
     let chart_crd = std::fs::read_to_string(&file).unwrap();
     let generated = aci_runner_core::crd::crd_yaml().unwrap();
     assert!(chart_crd == generated, "the chart's CRD differs from the generated CRD: {REGENERATE}");
@@ -790,7 +793,10 @@ fn subfolder_examples_apply_on_the_local_control_plane() {
         }
     }
     assert!(pools >= 5, "expected the webhook, runner-image, ACR, Flux and Argo CD pools, found {pools}");
-    // The kustomize directories build, and the pool directories apply as a whole.
+    // The kustomize directories build, and the pool directories apply as a whole (their
+    // namespace ci-runners comes from the controller's side: examples/flux/controller, and
+    // examples/argocd/runner-pools/namespace.yaml in an earlier sync wave).
+    ensure_namespace(cp, "ci-runners");
     for dir in ["examples/flux/controller", "examples/flux/runner-pools"] {
         let (ok, built) = kubectl(cp, &["kustomize", repo().join(dir).to_str().unwrap()], None);
         assert!(ok, "kubectl kustomize {dir}: {built}");
@@ -800,11 +806,8 @@ fn subfolder_examples_apply_on_the_local_control_plane() {
         }
     }
     // The Argo CD pool directory has no kustomization: `kubectl apply -f DIR` must work on it.
-    let (ok, out) = kubectl(
-        cp,
-        &["apply", "-n", &ns, "-f", repo().join("examples/argocd/runner-pools").to_str().unwrap()],
-        None,
-    );
+    let (ok, out) =
+        kubectl(cp, &["apply", "-f", repo().join("examples/argocd/runner-pools").to_str().unwrap()], None);
     assert!(ok, "{out}");
 }
 
