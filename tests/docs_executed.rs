@@ -230,10 +230,8 @@ impl Script {
             return;
         };
         let at = format!("{}:{}", b.doc, b.line);
-        if is_shell(&b.lang) {
-            if let Err(e) = syntax_ok(b) {
-                panic!("{at}: bash -n fails:\n{e}");
-            }
+        if let Err(e) = if is_shell(&b.lang) { syntax_ok(b) } else { Ok(()) } {
+            panic!("{at}: bash -n fails:\n{e}");
         }
         let say = |what: &str| format!("echo {} >&2\n", shell_quote(&format!("### {at} {what}")));
         match mark {
