@@ -770,20 +770,30 @@ async fn quickstart_in_the_old_order_fails_on_the_apiserver() {
     assert!(out.contains("namespaces \"ci-runners\" not found"), "{out}");
 }
 
-/// docs/helm.md: the install, then the image upgrade with `--reuse-values`, as printed.
+/// docs/helm.md as printed: the install, the image upgrade and the chart upgrade with
+/// `--reuse-values` (the install's values stay), the uninstall (pools, release, CRD).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_guide_runs_as_printed_and_the_upgrade_keeps_the_values() {
     let env = Env::new();
-    let guide = blocks(HELM_GUIDE);
-    let mut run = env.start(&Script::new(&[Part::Blocks(&guide)]));
-    assert_eq!(run.next_pause().await, None);
-    run.expect_success();
+    let (main, uninstall): (Vec<Block>, Vec<Block>) =
+        blocks(HELM_GUIDE).into_iter().partition(|b| !section_is(b, "Uninstalling"));
+    assert!(!uninstall.is_empty(), "docs/helm.md has an Uninstalling section");
+    let script = Script::new(&[Part::Blocks(&main), Part::Checkpoint("upgraded"), Part::Blocks(&uninstall)]);
+    let mut run = env.start(&script);
+    assert_eq!(run.next_pause().await.as_deref(), Some("checkpoint-upgraded"));
     let values = release_values(&env);
     assert_install_values_kept(&values);
     assert_eq!(values["image"]["repository"], "myregistry.azurecr.io/aci-runner-controller");
     assert_eq!(values["image"]["tag"], "0.1.0");
     let (ok, out) = env.tool("kubectl", &["-n", "ci-runners", "get", "role", "aci-runner-controller"], None);
     assert!(ok, "the chart's Role in the watched namespace: {out}");
+    run.resume("checkpoint-upgraded");
+    assert_eq!(run.next_pause().await, None);
+    run.expect_success();
+    let releases = env.ok("helm", &["list", "-A", "-q"], None);
+    assert!(releases.trim().is_empty(), "helm uninstall removed the release: {releases}");
+    let (crd_left, _) = env.tool("kubectl", &["get", "crd", "runnerpools.aci-runners.dev"], None);
+    assert!(!crd_left, "the guide deletes the CRD last");
 }
 
 /// The chart README shows docs/helm.md's executed install block, word for word.
