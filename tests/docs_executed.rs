@@ -22,8 +22,12 @@
 //!   Deployment's own arguments, impersonating the chart's ServiceAccount (so under the chart's
 //!   RBAC), against the Azure simulator (`--arm-endpoint`, a client secret instead of workload
 //!   identity) and with `https://api.github.com` routed to the GitHub simulator. The quickstart's
-//!   own `kubectl wait … --for=condition=Ready` then proves the pool Ready. Not proven here: the
-//!   container image, workload identity, the Deployment's rollout, real Azure and GitHub.
+//!   own `kubectl wait … --for=condition=Ready` then proves the pool Ready. After the webhook
+//!   guide's upgrade the stand-in restarts with the upgraded Deployment's arguments and the
+//!   guide's Secret as its mounted secret file, and the GitHub simulator, given that secret as
+//!   the App's, gets its signed `workflow_job` delivery accepted. Not proven here: the container
+//!   image, workload identity, the Deployment's rollout and pods, the Ingress and NetworkPolicy
+//!   in action, real Azure and GitHub.
 //! - docs/helm.md: the install and the `--reuse-values` image upgrade as printed.
 //! - Flux and Argo CD: their controllers do not run here. Their README commands are `bash -n`
 //!   only; the test replays what those controllers apply, in their order, on a fresh control
@@ -38,7 +42,7 @@ use std::time::Duration;
 use aci_runner_controller::controller::ports::{JitRegistration, PoolContext, RunnerRegistrations};
 use aci_runner_controller::controller::run::{Edges, RunArgs, build_edges, run_with};
 use aci_runner_core::plan::{EdgeError, ObservedRunner};
-use aci_runner_devkit::sim::github::InstallationSpec;
+use aci_runner_devkit::sim::github::{EnqueueJobs, InstallationSpec, WebhookTarget};
 use aci_runner_devkit::testing::control_plane::ControlPlane;
 use aci_runner_devkit::testing::harness;
 use secrecy::SecretString;
@@ -534,6 +538,7 @@ struct RunCli {
 async fn quickstart_simulator() -> aci_runner_devkit::sim::Simulator {
     let mut opts = harness::fast_sim_options(17);
     opts.github.app_id = 123456;
+    opts.github.repositories = vec!["my-org/app".into()];
     let perms = [
         ("organization_self_hosted_runners", "write"),
         ("administration", "write"),
@@ -553,6 +558,8 @@ async fn quickstart_simulator() -> aci_runner_devkit::sim::Simulator {
 struct StandInController {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Where the webhook receiver listens, when the release switched it on.
+    webhook: Option<std::net::SocketAddr>,
 }
 
 /// The installed release's Deployment: its `run` arguments (parsed by the controller's own CLI)
@@ -582,10 +589,19 @@ fn installed_controller(env: &Env) -> (RunArgs, String) {
 
 /// The controller as the installed chart would run it, out of cluster: the Deployment's
 /// arguments, the chart's ServiceAccount (impersonated), the simulators for Azure and GitHub.
+/// With the receiver switched on, its secret file holds what the kubelet would mount from the
+/// release's webhook Secret, and it listens on a free local port.
 async fn start_stand_in_controller(env: &Env, sim: &aci_runner_devkit::sim::Simulator) -> StandInController {
     use kube::config::{KubeConfigOptions, Kubeconfig};
     let (mut args, sa) = installed_controller(env);
     args.health_listen = harness::free_addr().unwrap();
+    if args.webhook_listen.is_some() {
+        args.webhook_listen = Some(harness::free_addr().unwrap());
+        let file = env.dir.path().join("github-webhook-secret");
+        std::fs::write(&file, webhook_secret(env)).unwrap();
+        args.webhook_secret_file = Some(file);
+    }
+    let webhook = args.webhook_listen;
     args.arm_endpoint = sim.arm.url();
     args.azure_authority_host = sim.arm.url();
     args.arm_scope = Some("https://management.azure.com/.default".into());
@@ -621,7 +637,17 @@ async fn start_stand_in_controller(env: &Env, sim: &aci_runner_devkit::sim::Simu
     })
     .await;
     assert!(healthy.is_some() && !task.is_finished(), "the stand-in controller did not become healthy");
-    StandInController { stop, task }
+    StandInController { stop, task, webhook }
+}
+
+/// The value of the release's webhook Secret (`github-webhook`, key `secret`).
+fn webhook_secret(env: &Env) -> String {
+    let template = "--template={{.data.secret | base64decode}}";
+    let args =
+        ["-n", "aci-runner-controller", "get", "secret", "github-webhook", "-o", "go-template", template];
+    let secret = env.ok("kubectl", &args, None);
+    assert_eq!(secret.len(), 64, "the guide's secret is 32 random bytes in hex");
+    secret
 }
 
 impl StandInController {
@@ -662,8 +688,9 @@ fn section_is(b: &Block, s: &str) -> bool {
 /// The quickstart's Kubernetes steps, then the webhook guide on the same install, then the
 /// quickstart's clean-up: as printed, on a fresh control plane, with the simulators as Azure and
 /// GitHub and the controller out of cluster. The pool of the quickstart becomes Ready (the
-/// quickstart's own `kubectl wait`), the webhook guide's upgrade keeps the install's values,
-/// and the clean-up removes the pool's container groups.
+/// quickstart's own `kubectl wait`), the webhook guide's upgrade keeps the install's values and
+/// its receiver accepts a delivery signed with the guide's secret, and the clean-up removes the
+/// pool's container groups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_and_webhook_guide_run_as_printed_and_bring_a_pool_to_ready() {
     let sim = quickstart_simulator().await;
@@ -711,9 +738,36 @@ async fn quickstart_and_webhook_guide_run_as_printed_and_bring_a_pool_to_ready()
                 assert!(!harness::runners_of(&sim, "org-linux").is_empty(), "a registered runner on my-org");
             }
             "checkpoint-webhook-guide" => {
+                let old = controller.take().expect("the quickstart started the controller");
+                assert!(old.is_running(), "the controller ran until the upgrade");
+                old.stop().await;
+                // The upgraded release's controller, and the App's webhook with the guide's secret.
+                let ctl = start_stand_in_controller(&env, &sim).await;
+                let addr = ctl.webhook.expect("the upgraded release runs the webhook receiver");
+                sim.github.set_webhook(Some(WebhookTarget {
+                    url: format!("http://{addr}{}", aci_runner_controller::github::WEBHOOK_PATH),
+                    secret: webhook_secret(&env),
+                }));
+                controller = Some(ctl);
+                let job = EnqueueJobs {
+                    repo: "my-org/app".into(),
+                    labels: vec!["aci".into(), "linux-x64".into()],
+                    duration_secs: 1.0,
+                    count: 1,
+                    ..EnqueueJobs::default()
+                };
+                sim.github.enqueue_jobs(job).unwrap();
+                let accepted = harness::eventually(Duration::from_secs(60), || async {
+                    sim.github
+                        .deliveries()
+                        .into_iter()
+                        .find(|d| d.action == "queued" && d.status == Some(202))
+                })
+                .await;
                 assert!(
-                    controller.as_ref().is_some_and(StandInController::is_running),
-                    "the controller runs on"
+                    accepted.is_some(),
+                    "the receiver accepts a signed delivery: {:?}",
+                    sim.github.deliveries()
                 );
                 let values = release_values(&env);
                 assert_install_values_kept(&values);
