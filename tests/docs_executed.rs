@@ -673,10 +673,14 @@ fn release_values(env: &Env) -> Value {
     .unwrap()
 }
 
+/// Whether the release still has the install's client id and watched namespaces.
+fn install_values_kept(values: &Value) -> bool {
+    values["azure"]["workloadIdentity"]["clientId"] == stand_in_value("CLIENT_ID")
+        && values["controller"]["watchNamespaces"] == serde_json::json!(["ci-runners"])
+}
+
 fn assert_install_values_kept(values: &Value) {
-    let wi = &values["azure"]["workloadIdentity"];
-    assert_eq!(wi["clientId"], stand_in_value("CLIENT_ID"), "{values}");
-    assert_eq!(values["controller"]["watchNamespaces"], serde_json::json!(["ci-runners"]), "{values}");
+    assert!(install_values_kept(values), "the install's client id and watched namespaces are gone: {values}");
 }
 
 // ---- the guides ----
@@ -842,6 +846,15 @@ async fn helm_guide_runs_as_printed_and_the_upgrade_keeps_the_values() {
     assert_eq!(values["image"]["tag"], "0.1.0");
     let (ok, out) = env.tool("kubectl", &["-n", "ci-runners", "get", "role", "aci-runner-controller"], None);
     assert!(ok, "the chart's Role in the watched namespace: {out}");
+    // The check above catches a second upgrade that drops the install's values: the webhook
+    // guide's upgrade without its `--reuse-values` loses the client id and the namespaces.
+    let upgrade = blocks(WEBHOOK_GUIDE).into_iter().find(|b| b.body.contains("--reuse-values")).unwrap();
+    let without = upgrade.body.replace("--reuse-values ", "");
+    assert_ne!(without, upgrade.body);
+    let out = env.command("bash").arg("-euo").arg("pipefail").arg("-c").arg(&without).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let values = release_values(&env);
+    assert!(!install_values_kept(&values), "{values}");
     run.resume("checkpoint-upgraded");
     assert_eq!(run.next_pause().await, None);
     run.expect_success();
