@@ -188,7 +188,6 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// One bash script from blocks of several guides; `checkpoint`s pause it for the test's checks.
-#[derive(Default)]
 struct Script {
     text: String,
 }
