@@ -164,20 +164,28 @@ fn assert_pool_grants(role: &Value) {
     assert_eq!(got, want, "RunnerPool role grants differ from the least-privilege set");
 }
 
+/// The chart's CRD is a regular file (GitOps tools such as Flux's source-controller leave
+/// symlinks out of their artifacts), byte-identical to the generated `crds/runnerpool.yaml` and to
+/// what the binary's `crd` subcommand prints.
 #[test]
-fn chart_crd_is_the_single_source() {
-    // The chart's crds/runnerpool.yaml is a symlink to the generated crds/runnerpool.yaml...
-    let link = chart().join("crds/runnerpool.yaml");
-    let meta = std::fs::symlink_metadata(&link).unwrap();
-    assert!(meta.file_type().is_symlink(), "{} must be a symlink to crds/runnerpool.yaml", link.display());
-    assert_eq!(
-        std::fs::canonicalize(&link).unwrap(),
-        std::fs::canonicalize(repo().join("crds/runnerpool.yaml")).unwrap()
+fn chart_crd_is_the_generated_crd() {
+    const REGENERATE: &str = "regenerate both: cargo run -- crd | tee crds/runnerpool.yaml > charts/aci-runner-controller/crds/runnerpool.yaml";
+    let file = chart().join("crds/runnerpool.yaml");
+    let meta = std::fs::symlink_metadata(&file).unwrap();
+    assert!(
+        meta.file_type().is_file(),
+        "{} must be a regular file, not a symlink: {REGENERATE}",
+        file.display()
     );
+    let chart_crd = std::fs::read_to_string(&file).unwrap();
+    let generated = aci_runner_core::crd::crd_yaml().unwrap();
+    assert!(chart_crd == generated, "the chart's CRD differs from the generated CRD: {REGENERATE}");
+    let top_level = std::fs::read_to_string(repo().join("crds/runnerpool.yaml")).unwrap();
+    assert!(chart_crd == top_level, "the chart's CRD differs from crds/runnerpool.yaml: {REGENERATE}");
     let files: Vec<_> =
         std::fs::read_dir(chart().join("crds")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(files.len(), 1, "unexpected files in the chart's crds/: {files:?}");
-    // ...and `helm package` puts the linked file's exact bytes into the chart archive.
+    // `helm package` puts the file's exact bytes into the chart archive.
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().to_str().unwrap();
     let out = helm(&["package", chart().to_str().unwrap(), "--destination", dest], None);
@@ -186,8 +194,7 @@ fn chart_crd_is_the_single_source() {
     let st = Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(dir.path()).status().unwrap();
     assert!(st.success(), "tar -xzf {}", tgz.display());
     let packaged = std::fs::read(dir.path().join("aci-runner-controller/crds/runnerpool.yaml")).unwrap();
-    let source = std::fs::read(repo().join("crds/runnerpool.yaml")).unwrap();
-    assert!(packaged == source, "the packaged chart's CRD differs from crds/runnerpool.yaml");
+    assert!(packaged == generated.as_bytes(), "the packaged chart's CRD differs from the generated CRD");
     assert!(!dir.path().join("aci-runner-controller/ci").exists(), "ci/ values must not be packaged");
 }
 
@@ -786,7 +793,10 @@ fn subfolder_examples_apply_on_the_local_control_plane() {
         }
     }
     assert!(pools >= 5, "expected the webhook, runner-image, ACR, Flux and Argo CD pools, found {pools}");
-    // The kustomize directories build, and the pool directories apply as a whole.
+    // The kustomize directories build, and the pool directories apply as a whole (their
+    // namespace ci-runners comes from the controller's side: examples/flux/controller, and
+    // examples/argocd/runner-pools/namespace.yaml in an earlier sync wave).
+    ensure_namespace(cp, "ci-runners");
     for dir in ["examples/flux/controller", "examples/flux/runner-pools"] {
         let (ok, built) = kubectl(cp, &["kustomize", repo().join(dir).to_str().unwrap()], None);
         assert!(ok, "kubectl kustomize {dir}: {built}");
@@ -796,11 +806,8 @@ fn subfolder_examples_apply_on_the_local_control_plane() {
         }
     }
     // The Argo CD pool directory has no kustomization: `kubectl apply -f DIR` must work on it.
-    let (ok, out) = kubectl(
-        cp,
-        &["apply", "-n", &ns, "-f", repo().join("examples/argocd/runner-pools").to_str().unwrap()],
-        None,
-    );
+    let (ok, out) =
+        kubectl(cp, &["apply", "-f", repo().join("examples/argocd/runner-pools").to_str().unwrap()], None);
     assert!(ok, "{out}");
 }
 
@@ -847,17 +854,28 @@ fn gitops_examples_reference_the_chart_with_valid_values() {
                 doc["spec"]["values"].clone()
             }
             Some("Application") => {
-                let path = doc["spec"]["source"]["path"].as_str().unwrap();
-                assert!(repo().join(path).is_dir(), "{}: path {path} does not exist", rel(&file));
-                match doc["spec"]["source"]["helm"]["valuesObject"].clone() {
+                // `spec.sources` (several, e.g. the chart and the pools) or `spec.source`.
+                let sources = match doc["spec"]["sources"].as_array() {
+                    Some(s) => s.clone(),
+                    None => vec![doc["spec"]["source"].clone()],
+                };
+                let mut values = Value::Null;
+                for source in &sources {
+                    let path = source["path"].as_str().unwrap();
+                    assert!(repo().join(path).is_dir(), "{}: path {path} does not exist", rel(&file));
+                    if !source["helm"]["valuesObject"].is_null() {
+                        values = source["helm"]["valuesObject"].clone();
+                    }
+                }
+                match values {
                     Value::Null => continue,
                     v => v,
                 }
             }
             Some("GitRepository") => {
-                // The chart's CRD is a symlink into crds/: the source must keep both folders.
+                // The artifact must hold the chart (its CRD is a regular file) and the Flux example.
                 let ignore = doc["spec"]["ignore"].as_str().unwrap_or_default();
-                for keep in ["!/charts/", "!/crds/", "!/examples/flux/"] {
+                for keep in ["!/charts/", "!/examples/flux/"] {
                     assert!(ignore.lines().any(|l| l.trim() == keep), "{}: ignore lacks {keep}", rel(&file));
                 }
                 continue;

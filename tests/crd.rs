@@ -77,7 +77,7 @@ async fn crd_is_established_and_matches_checked_in_file() {
     assert_eq!(
         checked_in,
         aci_runner_core::crd::crd_yaml().unwrap(),
-        "crds/runnerpool.yaml is stale: run `cargo run -- crd > crds/runnerpool.yaml`"
+        "crds/runnerpool.yaml is stale: run `cargo run -- crd | tee crds/runnerpool.yaml > charts/aci-runner-controller/crds/runnerpool.yaml`"
     );
 }
 
