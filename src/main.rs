@@ -35,7 +35,7 @@ fn run(args: aci_runner_controller::controller::run::RunArgs) -> anyhow::Result<
     use aci_runner_controller::controller::run::{build_edges, run_with, shutdown_signal};
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let identity = match CredentialSpec::from_env() {
+        let identity = match CredentialSpec::from_env(args.allow_imds) {
             Ok(spec) => Some(spec),
             Err(e) => {
                 tracing::warn!(error = %e, "no controller Azure identity; pools need azure.credentialsSecretRef");

@@ -69,10 +69,16 @@ fn yaml_docs(s: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The chart refuses to install without `controller.watchNamespaces` unless every namespace is
+/// opted into; renders that are about something else opt in (a `watchNamespaces` set after it
+/// takes precedence).
+const ALL_NAMESPACES: [&str; 2] = ["--set", "controller.watchAllNamespaces=true"];
+
 /// `helm template` offline (helm's default capabilities) with extra arguments.
 fn render(extra: &[&str]) -> Vec<Value> {
     let chart = chart();
     let mut args = vec!["template", "rel", chart.to_str().unwrap(), "--namespace", "arc-system"];
+    args.extend_from_slice(&ALL_NAMESPACES);
     args.extend_from_slice(extra);
     let out = helm(&args, None);
     assert!(out.status.success(), "helm template {extra:?} failed:\n{}", text(&out));
@@ -82,6 +88,7 @@ fn render(extra: &[&str]) -> Vec<Value> {
 fn render_err(extra: &[&str]) -> String {
     let chart = chart();
     let mut args = vec!["template", "rel", chart.to_str().unwrap()];
+    args.extend_from_slice(&ALL_NAMESPACES);
     args.extend_from_slice(extra);
     let out = helm(&args, None);
     assert!(!out.status.success(), "helm template {extra:?} unexpectedly succeeded");
@@ -223,6 +230,41 @@ fn helm_lint_strict_is_clean_with_defaults_and_max_values() {
 }
 
 #[test]
+fn without_watched_namespaces_the_chart_refuses_to_install() {
+    let out = helm(&["template", "rel", chart().to_str().unwrap()], None);
+    assert!(!out.status.success(), "bare defaults rendered:\n{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("controller.watchNamespaces") && t.contains("controller.watchAllNamespaces"), "{t}");
+}
+
+#[test]
+fn the_network_policy_is_on_metrics_closed_and_imds_only_when_allowed() {
+    let docs = render(&[]);
+    let np = find(&docs, "NetworkPolicy", "rel-aci-runner-controller");
+    // No peer list for /metrics: no ingress rule for it (only the node's probes reach the pod).
+    assert_eq!(np["spec"]["ingress"], serde_json::json!(null), "{np:#}");
+    let egress = np["spec"]["egress"].to_string();
+    assert!(!egress.contains("169.254.169.254") && !egress.contains("\"port\":80"), "{egress}");
+    let d = find(&docs, "Deployment", "rel-aci-runner-controller");
+    assert!(args_of(d).contains(&"--allow-imds=false".to_string()));
+
+    let prometheus = r#"networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring"#;
+    let docs = render(&["--set", "azure.allowImds=true", "--set", prometheus]);
+    let np = find(&docs, "NetworkPolicy", "rel-aci-runner-controller");
+    assert_eq!(np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["name"], "monitoring");
+    let imds = np["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["to"][0]["ipBlock"]["cidr"] == "169.254.169.254/32")
+        .unwrap_or_else(|| panic!("no IMDS egress with azure.allowImds: {np:#}"));
+    assert_eq!(imds["ports"][0]["port"], 80);
+    let d = find(&docs, "Deployment", "rel-aci-runner-controller");
+    assert!(args_of(d).contains(&"--allow-imds=true".to_string()));
+}
+
+/// Every namespace opted in (`controller.watchAllNamespaces`): the hardened defaults otherwise.
+#[test]
 fn defaults_render_a_hardened_two_replica_deployment() {
     let docs = render(&[]);
     assert_eq!(
@@ -231,6 +273,7 @@ fn defaults_render_a_hardened_two_replica_deployment() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "NetworkPolicy",
             "PodDisruptionBudget",
             "Role",
             "RoleBinding",
@@ -269,6 +312,7 @@ fn defaults_render_a_hardened_two_replica_deployment() {
             "--arm-endpoint=https://management.azure.com",
             "--azure-authority-host=https://login.microsoftonline.com",
             "--log-format=json",
+            "--allow-imds=false",
             "--aci-creates-per-5m=100",
             "--aci-creates-per-hour=300",
             "--github-writes-per-minute=80",
@@ -584,6 +628,7 @@ fn setup_monitoring_crds(cp: &control_plane::ControlPlane) {
 fn server_dry_run(cp: &control_plane::ControlPlane, ns: &str, extra: &[&str]) -> Vec<Value> {
     let chart = chart();
     let mut args = vec!["template", "rel", chart.to_str().unwrap(), "--namespace", ns, "--dry-run=server"];
+    args.extend_from_slice(&ALL_NAMESPACES);
     args.extend_from_slice(extra);
     let out = helm(&args, Some(&cp.kubeconfig));
     assert!(out.status.success(), "helm template --dry-run=server {extra:?}:\n{}", text(&out));

@@ -845,15 +845,16 @@ async fn helm_guide_runs_as_printed_and_the_upgrade_keeps_the_values() {
     assert_eq!(values["image"]["tag"], "0.1.0");
     let (ok, out) = env.tool("kubectl", &["-n", "ci-runners", "get", "role", "aci-runner-controller"], None);
     assert!(ok, "the chart's Role in the watched namespace: {out}");
-    // The check above catches a second upgrade that drops the install's values: the webhook
-    // guide's upgrade without its `--reuse-values` loses the client id and the namespaces.
+    // The webhook guide's upgrade without its `--reuse-values` would drop the install's values
+    // (the client id, the namespaces): the chart refuses it, since watched namespaces are
+    // required, and the release keeps its values.
     let upgrade = blocks(WEBHOOK_GUIDE).into_iter().find(|b| b.body.contains("--reuse-values")).unwrap();
     let without = upgrade.body.replace("--reuse-values ", "");
     assert_ne!(without, upgrade.body);
     let out = env.command("bash").arg("-euo").arg("pipefail").arg("-c").arg(&without).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let values = release_values(&env);
-    assert!(!install_values_kept(&values), "{values}");
+    assert!(!out.status.success(), "an upgrade that drops the watched namespaces: {}", text(&out));
+    assert!(text(&out).contains("controller.watchNamespaces"), "{}", text(&out));
+    assert_install_values_kept(&release_values(&env));
     run.resume("checkpoint-upgraded");
     assert_eq!(run.next_pause().await, None);
     run.expect_success();

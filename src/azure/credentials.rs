@@ -100,10 +100,17 @@ pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2
 
 impl CredentialSpec {
     /// From the controller's environment: workload identity when `AZURE_FEDERATED_TOKEN_FILE`
-    /// is set, else a client secret when `AZURE_CLIENT_SECRET` is set, else managed identity
-    /// (`AZURE_CLIENT_ID` selects a user-assigned one; `IDENTITY_ENDPOINT` overrides IMDS).
-    pub fn from_env() -> Result<Self, String> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    /// is set, else a client secret when `AZURE_CLIENT_SECRET` is set, else a managed identity
+    /// endpoint named by `IDENTITY_ENDPOINT` (`AZURE_CLIENT_ID` selects a user-assigned identity).
+    /// The node's IMDS is used only when `allow_imds` says so: on a shared node it is the node's
+    /// identity, which no tenant's pool should borrow by accident.
+    pub fn from_env(allow_imds: bool) -> Result<Self, String> {
+        Self::from_vars(|k| std::env::var(k).ok(), allow_imds)
+    }
+
+    /// [`from_env`](Self::from_env) over any variable lookup (an empty value counts as unset).
+    fn from_vars(lookup: impl Fn(&str) -> Option<String>, allow_imds: bool) -> Result<Self, String> {
+        let var = |k: &str| lookup(k).filter(|v| !v.is_empty());
         if let Some(file) = var("AZURE_FEDERATED_TOKEN_FILE") {
             return Ok(Self::WorkloadIdentity {
                 tenant_id: var("AZURE_TENANT_ID")
@@ -122,7 +129,17 @@ impl CredentialSpec {
                 client_secret: SecretString::from(secret),
             });
         }
-        let endpoint = var("IDENTITY_ENDPOINT").unwrap_or_else(|| IMDS_ENDPOINT.to_string());
+        let endpoint = match var("IDENTITY_ENDPOINT") {
+            Some(e) => e,
+            None if allow_imds => IMDS_ENDPOINT.to_string(),
+            None => {
+                return Err(
+                    "neither AZURE_FEDERATED_TOKEN_FILE, AZURE_CLIENT_SECRET nor IDENTITY_ENDPOINT is \
+                            set, and the node's managed identity (IMDS) is used only with --allow-imds"
+                        .to_string(),
+                );
+            }
+        };
         Ok(Self::ManagedIdentity {
             client_id: var("AZURE_CLIENT_ID"),
             endpoint: Url::parse(&endpoint).map_err(|e| format!("IDENTITY_ENDPOINT: {e}"))?,
@@ -424,6 +441,33 @@ impl CredentialRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nodes_imds_is_used_only_when_allowed() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let err = CredentialSpec::from_vars(env(&[("AZURE_CLIENT_ID", "mi")]), false).unwrap_err();
+        assert!(err.contains("--allow-imds"), "{err}");
+        let Ok(CredentialSpec::ManagedIdentity { client_id, endpoint }) =
+            CredentialSpec::from_vars(env(&[("AZURE_CLIENT_ID", "mi")]), true)
+        else {
+            panic!("IMDS when allowed")
+        };
+        assert_eq!((client_id.as_deref(), endpoint.as_str()), (Some("mi"), IMDS_ENDPOINT));
+        // An endpoint named explicitly is a choice, not a fallback.
+        let named =
+            CredentialSpec::from_vars(env(&[("IDENTITY_ENDPOINT", "http://127.0.0.1:9/token")]), false);
+        assert!(matches!(named, Ok(CredentialSpec::ManagedIdentity { .. })), "{named:?}");
+        // Workload identity and client secrets are unaffected by the flag.
+        let wi = CredentialSpec::from_vars(
+            env(&[("AZURE_FEDERATED_TOKEN_FILE", "/t"), ("AZURE_TENANT_ID", "t"), ("AZURE_CLIENT_ID", "c")]),
+            false,
+        );
+        assert!(matches!(wi, Ok(CredentialSpec::WorkloadIdentity { .. })), "{wi:?}");
+        let empty = CredentialSpec::from_vars(env(&[("AZURE_CLIENT_SECRET", "")]), false);
+        assert!(empty.is_err(), "an empty secret is no secret: {empty:?}");
+    }
 
     #[test]
     fn the_client_secret_never_prints() {

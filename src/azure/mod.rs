@@ -9,7 +9,7 @@
 //! #            runner: &aci_runner_controller::azure::RunnerTemplateInput) -> Result<(), Box<dyn std::error::Error>> {
 //! use aci_runner_controller::azure::*;
 //! let edge = AzureEdge::new(CloudConfig::from_env()?, RateLimitConfig::default(), std::time::Duration::from_secs(300));
-//! let client = edge.client(&CredentialSpec::from_env()?);
+//! let client = edge.client(&CredentialSpec::from_env(false)?);
 //! let group = container_group(spec, pool, runner);
 //! match client.create_group(&spec.azure.subscription_id, &spec.azure.resource_group, &runner.name, &group).await {
 //!     Ok(accepted) => println!("accepted: {:?}", accepted.provisioning_state),

@@ -58,6 +58,11 @@ pub struct RunArgs {
     /// Token scope for ARM (default: `<arm-endpoint>/.default`).
     #[arg(long, env = "ARM_TOKEN_SCOPE")]
     pub arm_scope: Option<String>,
+    /// Without workload identity, a client secret or `IDENTITY_ENDPOINT`, authenticate to Azure as
+    /// the node's managed identity (IMDS). Off: such a controller has no Azure identity of its
+    /// own, and only pools with `azure.credentialsSecretRef` work.
+    #[arg(long, env = "ALLOW_IMDS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_imds: bool,
     /// Mark-then-confirm grace period of garbage collection.
     #[arg(long, default_value = "2m", value_parser = aci_runner_core::crd::parse_duration)]
     pub gc_grace: Duration,

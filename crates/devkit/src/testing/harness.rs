@@ -182,6 +182,7 @@ pub fn run_args(
         arm_endpoint: sim.arm.url(),
         azure_authority_host: sim.arm.url(),
         arm_scope: Some("https://management.azure.com/.default".into()),
+        allow_imds: false,
         gc_grace: opts.gc_grace,
         limits: Default::default(),
     }
