@@ -451,7 +451,10 @@ mod tests {
     fn absurd_token_lifetimes_are_clamped() {
         let now = OffsetDateTime::now_utc();
         let longest = now + MAX_TOKEN_LIFETIME + Duration::from_secs(60);
-        for t in [expires_after(u64::MAX), clamp_expiry(OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT))] {
+        for t in [
+            expires_after(u64::MAX),
+            clamp_expiry(OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT)),
+        ] {
             assert!(t > now && t <= longest, "{t}");
         }
         let past = clamp_expiry(OffsetDateTime::new_utc(time::Date::MIN, time::Time::MIDNIGHT));

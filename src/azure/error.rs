@@ -142,7 +142,13 @@ pub fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<
         return Some(Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())));
     }
     let t = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    Some(t.with_timezone(&chrono::Utc).signed_duration_since(now).to_std().unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
+    Some(
+        t.with_timezone(&chrono::Utc)
+            .signed_duration_since(now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 fn code_is(code: Option<&str>, names: &[&str]) -> bool {
@@ -271,7 +277,12 @@ mod tests {
             assert_eq!(parse_retry_after(v, now), None, "{v}");
         }
         assert_eq!(parse_retry_after("12", now), Some(Duration::from_secs(12)));
-        let f = ArmFailure::from_parts(429, |k| (k == "retry-after").then(|| "99999999999999999".into()), b"", now);
+        let f = ArmFailure::from_parts(
+            429,
+            |k| (k == "retry-after").then(|| "99999999999999999".into()),
+            b"",
+            now,
+        );
         assert_eq!(classify(&f, "x").retry_after(), Some(MAX_RETRY_AFTER));
     }
 }

@@ -198,7 +198,8 @@ impl GithubHub {
     /// An http URL other than loopback is refused (see [`super::check_api_url`]) before any
     /// request.
     pub fn client(&self, base_url: &str, creds: Credentials) -> Result<GithubClient, GithubError> {
-        super::check_api_url(base_url, self.inner.cfg.allow_insecure_http).map_err(GithubError::InvalidRequest)?;
+        super::check_api_url(base_url, self.inner.cfg.allow_insecure_http)
+            .map_err(|m| GithubError::InvalidRequest(format!("spec.github.apiUrl {m}")))?;
         let base = base_url.trim_end_matches('/').to_string();
         let octo = {
             let mut octos = lock(&self.inner.octos);
@@ -382,7 +383,9 @@ impl GithubClient {
         };
         let mut guard = slot.lock().await;
         if let Some(t) = guard.as_ref()
-            && t.expires_at.checked_sub_signed(self.hub.cfg.token_refresh_margin).is_some_and(|r| r > self.now())
+            && t.expires_at
+                .checked_sub_signed(self.hub.cfg.token_refresh_margin)
+                .is_some_and(|r| r > self.now())
         {
             return Ok(t.token.clone());
         }
@@ -517,9 +520,14 @@ impl GithubClient {
         let started = Instant::now();
         let deadline = self.hub.cfg.request_timeout;
         let exchange = async {
-            let resp = self.octo.execute(req).await.map_err(|e| (GithubError::Transient(format!("{op}: {e}")), "error"))?;
+            let resp = self
+                .octo
+                .execute(req)
+                .await
+                .map_err(|e| (GithubError::Transient(format!("{op}: {e}")), "error"))?;
             let (parts, body) = resp.into_parts();
-            let body = read_capped(body, self.hub.cfg.max_body_bytes).await.map_err(|e| (e.during(op), "error"))?;
+            let body =
+                read_capped(body, self.hub.cfg.max_body_bytes).await.map_err(|e| (e.during(op), "error"))?;
             Ok((parts.status, parts.headers, body))
         };
         let res = match tokio::time::timeout(deadline, exchange).await {
@@ -1111,7 +1119,10 @@ mod tests {
     #[test]
     fn token_answers_with_absurd_expiry_are_read_or_refused() {
         assert!(token_answer(r#"{"token":"x","expires_at":"+262142-12-31T23:59:59Z"}"#, "t").is_ok());
-        assert!(matches!(token_answer(r#"{"token":"x","expires_at":"99999999999"}"#, "t"), Err(GithubError::Transient(_))));
+        assert!(matches!(
+            token_answer(r#"{"token":"x","expires_at":"99999999999"}"#, "t"),
+            Err(GithubError::Transient(_))
+        ));
         assert!(matches!(token_answer("{not json", "t"), Err(GithubError::Transient(_))));
     }
 
@@ -1135,7 +1146,9 @@ mod tests {
     async fn http_api_urls_off_loopback_are_refused_unless_allowed() {
         let pat = || Credentials::Pat { token: SecretString::from("t") };
         let strict = GithubHub::default();
-        assert!(matches!(strict.client("http://ghe.example.com/api/v3", pat()), Err(GithubError::InvalidRequest(m)) if m.contains("spec.github.apiUrl")));
+        assert!(
+            matches!(strict.client("http://ghe.example.com/api/v3", pat()), Err(GithubError::InvalidRequest(m)) if m.contains("spec.github.apiUrl"))
+        );
         assert!(strict.client("https://ghe.example.com/api/v3", pat()).is_ok());
         assert!(strict.client("http://127.0.0.1:9", pat()).is_ok());
         let dev = GithubHub::new(HubConfig { allow_insecure_http: true, ..HubConfig::default() });

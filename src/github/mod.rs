@@ -189,9 +189,9 @@ impl GithubError {
 
 /// Whether the controller may talk to the GitHub API at `api_url`: https always; http only for a
 /// loopback host (127.0.0.0/8, ::1, `localhost`) or when `allow_insecure_http` is set (the
-/// `--allow-insecure-github-http` development flag). The error names the field.
+/// `--allow-insecure-github-http` development flag). The error says why (callers name the field).
 pub fn check_api_url(api_url: &str, allow_insecure_http: bool) -> Result<(), String> {
-    let url = url::Url::parse(api_url).map_err(|e| format!("spec.github.apiUrl {api_url:?}: {e}"))?;
+    let url = url::Url::parse(api_url).map_err(|e| format!("{api_url:?} is not a URL: {e}"))?;
     let loopback = match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -202,10 +202,9 @@ pub fn check_api_url(api_url: &str, allow_insecure_http: bool) -> Result<(), Str
         "https" => Ok(()),
         "http" if loopback || allow_insecure_http => Ok(()),
         "http" => Err(format!(
-            "spec.github.apiUrl {api_url:?}: must be https (http only for a loopback host or with \
-             --allow-insecure-github-http)"
+            "{api_url:?} must be https (http only for a loopback host or with --allow-insecure-github-http)"
         )),
-        other => Err(format!("spec.github.apiUrl {api_url:?}: scheme {other:?} is not https")),
+        other => Err(format!("{api_url:?} must be https, not {other}")),
     }
 }
 
@@ -252,10 +251,10 @@ mod tests {
         }
         for bad in ["http://ghe.example.com/api/v3", "http://10.0.0.1", "http://127.0.0.1.example.com"] {
             let e = check_api_url(bad, false).unwrap_err();
-            assert!(e.contains("spec.github.apiUrl") && e.contains("https"), "{bad}: {e}");
+            assert!(e.contains(bad) && e.contains("must be https"), "{bad}: {e}");
             assert_eq!(check_api_url(bad, true), Ok(()), "{bad} with the flag");
         }
-        assert!(check_api_url("ftp://ghe.example.com", true).unwrap_err().contains("spec.github.apiUrl"));
+        assert!(check_api_url("ftp://ghe.example.com", true).unwrap_err().contains("must be https"));
         assert!(check_api_url("not a url", true).is_err());
     }
 }

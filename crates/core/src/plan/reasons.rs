@@ -91,11 +91,14 @@ reasons! {
         RegistrationTimeout,
         ContainerCrashed,
         ProvisioningFailed,
+        // Stalled True, written by the controller (not the planner) when a pass panicked.
+        InternalError,
     }
 }
 
 reasons! {
-    /// Every reason of a [`PlannedEvent`](super::PlannedEvent).
+    /// Every reason of a [`PlannedEvent`](super::PlannedEvent), and `InternalError`, the
+    /// controller's Warning when a pass panicked.
     pub enum EventReason {
         ScaledUp,
         ScaledDown,
@@ -121,6 +124,7 @@ reasons! {
         InvalidRequest,
         RegistrationTimeout,
         ContainerCrashed,
+        InternalError,
     }
 }
 
