@@ -463,7 +463,7 @@ impl GithubClient {
                 .metrics
                 .rate_remaining
                 .get_or_create(&AuthLabels { principal: self.principal.clone() })
-                .set(r as i64);
+                .set(i64::try_from(r).unwrap_or(i64::MAX));
         }
         let reset = header_str(h, "x-ratelimit-reset")
             .and_then(|v| v.trim().parse::<i64>().ok())
