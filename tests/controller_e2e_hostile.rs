@@ -173,6 +173,7 @@ async fn hostile_github_answers_stall_only_their_pool() {
     let growth = peak.load(Ordering::Relaxed).saturating_sub(baseline);
     let huge = hostile.count("huge") as u64;
     let produced = hostile.huge_bytes.load(Ordering::Relaxed);
+    eprintln!("RSS growth {} MiB; {} MiB produced for {huge} huge answers", growth >> 20, produced >> 20);
     assert!(growth < 128 << 20, "RSS grew by {} MiB across {huge} bodies of 1 GiB", growth >> 20);
     assert!(produced < huge * (256 << 20), "the client read {} MiB of {huge} huge bodies", produced >> 20);
 

@@ -56,7 +56,8 @@ pub const PANIC_REQUEUE: Duration = Duration::from_secs(60);
 
 /// [`reconcile`] with a panic contained: the pool is marked `Stalled` (`InternalError`) with a
 /// Warning Event, the panic is logged and counted (`task_failures_total{task="reconcile"}`),
-/// and the pass is retried after [`PANIC_REQUEUE`]; the process and the other pools go on.
+/// and the pass is retried on the next trigger, at the latest after [`PANIC_REQUEUE`]; the
+/// process and the other pools go on.
 pub async fn reconcile_contained(
     pool: Arc<RunnerPool>,
     ctx: Arc<Context>,
@@ -79,7 +80,8 @@ async fn report_panic(ctx: &Context, pool: &RunnerPool, panic: &str) {
     let namespace = pool.namespace().unwrap_or_default();
     tracing::error!(pool = %name, %namespace, panic, "reconcile panicked; pool marked Stalled (InternalError), other pools go on");
     let message = format!(
-        "internal error: the reconcile of this pool panicked (see the controller log); retried every {}s",
+        "internal error: the reconcile of this pool panicked (see the controller log); retried on the next \
+         pass, at the latest in {}s",
         PANIC_REQUEUE.as_secs()
     );
     let mut status = pool.status.clone().unwrap_or_default();
