@@ -31,6 +31,9 @@ use super::template::{
 
 /// The stable API version the controller pins.
 pub const API_VERSION: &str = "2023-05-01";
+/// Most pages of one container-group list the client follows (`nextLink`): far above any real
+/// subscription (ACI allows thousands of groups, not millions), it stops a list that never ends.
+pub const MAX_LIST_PAGES: usize = 10_000;
 /// What azure_mgmt_containerinstance 0.21 (`package-preview-2024-05`) sends without a pin.
 pub const CRATE_API_VERSION: &str = "2024-05-01-preview";
 
@@ -50,7 +53,7 @@ impl AzureClientConfig {
             arm_endpoint: cloud.arm_endpoint.clone(),
             scope: cloud.arm_scope.clone(),
             api_version: API_VERSION.to_string(),
-            request_timeout: Duration::from_secs(30),
+            request_timeout: super::http::REQUEST_TIMEOUT,
         }
     }
 }
@@ -291,7 +294,7 @@ impl AzureClient {
         let mut options = ClientOptions::default().retry(RetryOptions::none());
         options
             .per_call_policies_mut()
-            .push(Arc::new(ArmAnswerPolicy { http: azure_core::new_http_client() }));
+            .push(Arc::new(ArmAnswerPolicy { http: super::http::client(cfg.request_timeout) }));
         let aci = AciClient::new(endpoint, credential, vec![cfg.scope.clone()], options);
         Self { aci, limiter, metrics, cfg }
     }
@@ -434,6 +437,7 @@ impl AzureClient {
         S: futures::Stream<Item = azure_core::Result<ContainerGroupListResult>> + Unpin,
     {
         let mut out = Vec::new();
+        let mut pages = 0usize;
         while let Some(list) = self
             .exchange("list", RequestKind::Read, sub, "", async { stream.next().await.transpose() })
             .await?
@@ -441,6 +445,12 @@ impl AzureClient {
             out.extend(list.value.iter().map(observe).filter(ArmGroup::managed_by_controller).map(&mut f));
             if list.next_link.as_deref().is_none_or(str::is_empty) {
                 break; // last page: no request (and no rate-limit token) for the stream's end
+            }
+            pages += 1;
+            if pages >= MAX_LIST_PAGES {
+                return Err(AzureError::ResponseTooLarge(format!(
+                    "the container-group list goes on after {MAX_LIST_PAGES} pages"
+                )));
             }
         }
         out.shrink_to_fit();

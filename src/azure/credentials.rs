@@ -95,6 +95,21 @@ pub enum CredentialSpec {
     ManagedIdentity { client_id: Option<String>, endpoint: Url },
 }
 
+/// Longest token lifetime the controller believes (Entra ID issues at most 24 h): a larger
+/// `expires_in` or a later `expires_on` counts as this.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Now plus a server-given lifetime in seconds, at most [`MAX_TOKEN_LIFETIME`].
+fn expires_after(secs: u64) -> OffsetDateTime {
+    OffsetDateTime::now_utc() + Duration::from_secs(secs).min(MAX_TOKEN_LIFETIME)
+}
+
+/// A server-given expiry, between now and [`MAX_TOKEN_LIFETIME`] from now.
+fn clamp_expiry(t: OffsetDateTime) -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    t.clamp(now, now + MAX_TOKEN_LIFETIME)
+}
+
 /// The Azure VM / AKS node IMDS endpoint.
 pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 
@@ -192,7 +207,7 @@ fn cred_err(msg: impl Into<String>) -> CoreError {
 
 impl CachedCredential {
     pub fn new(spec: &CredentialSpec, cloud: &CloudConfig, refresh_margin: Duration) -> Self {
-        let http = azure_core::new_http_client();
+        let http = super::http::client(super::http::REQUEST_TIMEOUT);
         let (source, label) = match spec.clone() {
             CredentialSpec::WorkloadIdentity { tenant_id, client_id, token_file } => {
                 let label = format!("workload-identity:{client_id}");
@@ -247,10 +262,7 @@ impl CachedCredential {
                 .map_err(|e| {
                     CoreError::full(ErrorKind::Credential, e, "workload identity token request failed")
                 })?;
-                Ok(AccessToken::new(
-                    r.access_token().clone(),
-                    OffsetDateTime::now_utc() + Duration::from_secs(r.expires_in),
-                ))
+                Ok(AccessToken::new(r.access_token().clone(), expires_after(r.expires_in)))
             }
             Source::ClientSecret { tenant_id, client_id, client_secret } => {
                 self.client_secret(tenant_id, client_id, client_secret.expose_secret(), scopes).await
@@ -329,10 +341,7 @@ impl CachedCredential {
             .get("expires_in")
             .and_then(|x| x.as_u64().or_else(|| x.as_str().and_then(|s| s.parse().ok())))
             .unwrap_or(300);
-        Ok(AccessToken::new(
-            Secret::new(token.to_string()),
-            OffsetDateTime::now_utc() + Duration::from_secs(expires_in),
-        ))
+        Ok(AccessToken::new(Secret::new(token.to_string()), expires_after(expires_in)))
     }
 
     async fn managed_identity(
@@ -375,10 +384,10 @@ impl CachedCredential {
         let num =
             |k: &str| v.get(k).and_then(|x| x.as_i64().or_else(|| x.as_str().and_then(|s| s.parse().ok())));
         let expires = match num("expires_in") {
-            Some(secs) => OffsetDateTime::now_utc() + Duration::from_secs(secs.max(0) as u64),
+            Some(secs) => expires_after(u64::try_from(secs).unwrap_or(0)),
             None => num("expires_on")
                 .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-                .unwrap_or_else(|| OffsetDateTime::now_utc() + Duration::from_secs(300)),
+                .map_or_else(|| expires_after(300), clamp_expiry),
         };
         Ok(AccessToken::new(Secret::new(token.to_string()), expires))
     }
@@ -395,7 +404,8 @@ impl TokenCredential for CachedCredential {
         {
             return Ok(tok.clone());
         }
-        let tok = self.fetch(scopes).await?;
+        let mut tok = self.fetch(scopes).await?;
+        tok.expires_on = clamp_expiry(tok.expires_on);
         let lifetime: Duration = (tok.expires_on - now).try_into().unwrap_or(Duration::ZERO);
         let margin = self.refresh_margin.min(lifetime / 10);
         let refresh_at = tok.expires_on - margin;
@@ -478,5 +488,22 @@ mod tests {
         };
         let printed = format!("{spec:?}");
         assert!(!printed.contains("topsecret") && printed.contains("[REDACTED]"), "{printed}");
+    }
+
+    /// Absurd lifetimes from a token endpoint are clamped instead of overflowing the clock.
+    #[test]
+    fn absurd_token_lifetimes_are_clamped() {
+        let now = OffsetDateTime::now_utc();
+        let longest = now + MAX_TOKEN_LIFETIME + Duration::from_secs(60);
+        for t in [
+            expires_after(u64::MAX),
+            clamp_expiry(OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT)),
+        ] {
+            assert!(t > now && t <= longest, "{t}");
+        }
+        let past = clamp_expiry(OffsetDateTime::new_utc(time::Date::MIN, time::Time::MIDNIGHT));
+        assert!(past >= now && past <= now + Duration::from_secs(60), "{past}");
+        let sane = expires_after(3600);
+        assert!(sane > now + Duration::from_secs(3500) && sane < longest);
     }
 }

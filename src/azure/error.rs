@@ -3,6 +3,8 @@ use std::time::Duration;
 
 /// Retry-After used when a 429 carries none.
 pub const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait a server's `Retry-After` can impose; a larger one waits this long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Every failure of the Azure edge.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -45,6 +47,10 @@ pub enum AzureError {
     /// The answer could not be understood (e.g. unparsable body on success).
     #[error("unexpected Azure answer: {0}")]
     Unexpected(String),
+    /// The answer was larger than the edge reads (a body above the cap, a list with more pages
+    /// than the edge follows): not retried as is.
+    #[error("Azure answer too large: {0}")]
+    ResponseTooLarge(String),
 }
 
 impl AzureError {
@@ -77,6 +83,7 @@ impl AzureError {
             AzureError::NotFound { .. } => "not_found",
             AzureError::InvalidSpec { .. } => "invalid_spec",
             AzureError::Unexpected(_) => "unexpected",
+            AzureError::ResponseTooLarge(_) => "response_too_large",
         }
     }
 }
@@ -121,20 +128,27 @@ impl ArmFailure {
     }
 }
 
-/// `Retry-After`: delta-seconds or an HTTP date.
+/// `Retry-After`: delta-seconds or an HTTP date, at most [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     if let Ok(secs) = v.parse::<f64>()
         && secs.is_finite()
         && secs >= 0.0
     {
-        return Some(Duration::from_secs_f64(secs));
+        // Compared before the conversion: `from_secs_f64` panics above `Duration::MAX`.
+        return Some(Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())));
     }
     let t = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    (t.with_timezone(&chrono::Utc) - now).to_std().ok().or(Some(Duration::ZERO))
+    Some(
+        t.with_timezone(&chrono::Utc)
+            .signed_duration_since(now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 fn code_is(code: Option<&str>, names: &[&str]) -> bool {
@@ -201,6 +215,9 @@ pub fn from_core(e: &azure_core::Error, location: &str) -> AzureError {
         if let Some(f) = err.downcast_ref::<ArmFailure>() {
             return classify(f, location);
         }
+        if let Some(t) = err.downcast_ref::<super::http::BodyTooLarge>() {
+            return AzureError::ResponseTooLarge(t.to_string());
+        }
         cur = err.source();
     }
     if let Some(h) = e.as_http_error() {
@@ -240,4 +257,32 @@ fn credential_retryable(e: &azure_core::Error) -> bool {
         cur = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Absurd `Retry-After` values wait at most [`MAX_RETRY_AFTER`] and never panic
+    /// (`Duration::from_secs_f64(1e300)` would).
+    #[test]
+    fn absurd_retry_after_values_are_clamped() {
+        let now = chrono::Utc::now();
+        for v in ["99999999999999999", "18446744073709551615", "1e300", "1.7976931348623157e308", "3600.5"] {
+            assert_eq!(parse_retry_after(v, now), Some(MAX_RETRY_AFTER), "{v}");
+        }
+        assert_eq!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("Mon, 01 Jan 1900 00:00:00 GMT", now), Some(Duration::ZERO));
+        for v in ["-1", "NaN", "inf", "-inf", ""] {
+            assert_eq!(parse_retry_after(v, now), None, "{v}");
+        }
+        assert_eq!(parse_retry_after("12", now), Some(Duration::from_secs(12)));
+        let f = ArmFailure::from_parts(
+            429,
+            |k| (k == "retry-after").then(|| "99999999999999999".into()),
+            b"",
+            now,
+        );
+        assert_eq!(classify(&f, "x").retry_after(), Some(MAX_RETRY_AFTER));
+    }
 }

@@ -23,6 +23,7 @@
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod ratelimit;
 pub mod template;

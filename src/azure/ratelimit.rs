@@ -294,7 +294,10 @@ impl RateLimiter {
         retry_after: Duration,
         create_rate: bool,
     ) {
-        let until = Instant::now() + retry_after;
+        // Server-given: clamped, and checked (`Instant + Duration` panics on overflow).
+        let retry_after = retry_after.min(super::error::MAX_RETRY_AFTER);
+        let now = Instant::now();
+        let until = now.checked_add(retry_after).unwrap_or(now);
         let mut st = self.lock();
         let bucket = if create_rate && kind == RequestKind::Create {
             let n = self.cfg.creates.len();
@@ -445,5 +448,18 @@ mod tests {
         assert!(l.acquire(RequestKind::Create, "s", "westeurope").await.is_err());
         l.acquire(RequestKind::Create, "s", "eastus").await.unwrap();
         l.acquire(RequestKind::Write, "s", "").await.unwrap();
+    }
+
+    /// A `Retry-After` of `Duration::MAX` pauses for at most an hour instead of overflowing
+    /// `Instant`.
+    #[tokio::test]
+    async fn an_absurd_pause_is_clamped() {
+        let l = limiter(Vec::new(), Duration::ZERO);
+        l.pause(RequestKind::Read, "s", "", Duration::MAX, false);
+        l.pause(RequestKind::Create, "s", "westeurope", Duration::MAX, true);
+        let e = l.acquire(RequestKind::Read, "s", "").await.unwrap_err();
+        assert!(e.retry_after().is_some_and(|w| w <= super::super::error::MAX_RETRY_AFTER), "{e:?}");
+        let e = l.acquire(RequestKind::Create, "s", "westeurope").await.unwrap_err();
+        assert!(e.retry_after().is_some_and(|w| w <= super::super::error::MAX_RETRY_AFTER), "{e:?}");
     }
 }

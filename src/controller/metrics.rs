@@ -47,6 +47,12 @@ pub struct ActionReasonLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// `reconcile`, `orphan_gc`, `demand_intake`, `health_server`, `webhook_server`, ...
+    pub task: String,
+}
+
 /// Every metric the controller exports, registered under the `aci_runner_controller` prefix.
 pub struct Metrics {
     pub registry: Mutex<Registry>,
@@ -59,6 +65,7 @@ pub struct Metrics {
     webhook_deliveries: Family<ActionLabels, Counter>,
     pool_stalled: Family<StalledLabels, Gauge>,
     gc_pending: Family<PoolLabels, Gauge>,
+    task_failures: Family<TaskLabels, Counter>,
     /// Last stalled reason per pool (so that a changed reason resets the old series to 0).
     stalled_reasons: Mutex<std::collections::HashMap<(String, String), String>>,
 }
@@ -81,6 +88,7 @@ impl Metrics {
         let webhook_deliveries = Family::<ActionLabels, Counter>::default();
         let pool_stalled = Family::<StalledLabels, Gauge>::default();
         let gc_pending = Family::<PoolLabels, Gauge>::default();
+        let task_failures = Family::<TaskLabels, Counter>::default();
         registry.register("runners", "Runners by pool and state", runners.clone());
         registry.register("reconcile", "Reconcile passes", reconciles.clone());
         registry.register("reconcile_errors", "Reconcile passes that failed", reconcile_errors.clone());
@@ -106,6 +114,11 @@ impl Metrics {
             "Registrations and container groups marked for garbage collection, awaiting confirmation",
             gc_pending.clone(),
         );
+        registry.register(
+            "task_failures",
+            "Panics contained in a reconcile pass or a background task, and background tasks that failed, by task",
+            task_failures.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             runners,
@@ -117,6 +130,7 @@ impl Metrics {
             webhook_deliveries,
             pool_stalled,
             gc_pending,
+            task_failures,
             stalled_reasons: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -172,6 +186,11 @@ impl Metrics {
                 })
                 .set(i64::from(n));
         }
+    }
+
+    /// A reconcile pass or a background task panicked or failed.
+    pub fn task_failure(&self, task: &str) {
+        self.task_failures.get_or_create(&TaskLabels { task: task.into() }).inc();
     }
 
     pub fn reconcile_error(&self) {

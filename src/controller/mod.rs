@@ -17,6 +17,7 @@ pub mod reconcile;
 pub mod run;
 pub mod secrets;
 pub mod server;
+pub mod tasks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,7 +37,7 @@ use aci_runner_core::plan::{ActionFailure, PlannerConfig, PoolState};
 use demand::DemandStore;
 pub use finalizer::FINALIZER;
 use ports::{ContainerGroups, RunnerRegistrations};
-pub use reconcile::{ReconcileError, error_policy, reconcile, spec_hash};
+pub use reconcile::{ReconcileError, error_policy, reconcile, reconcile_contained, spec_hash};
 
 /// Field manager of status writes.
 pub const FIELD_MANAGER: &str = "aci-runner-controller";
@@ -68,6 +69,8 @@ pub struct Context {
     memory: Mutex<HashMap<String, PoolMemory>>,
     /// Source of the now-time (injectable for tests).
     pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
+    /// `spec.github.apiUrl` may be http off loopback (`--allow-insecure-github-http`).
+    pub allow_insecure_github_http: bool,
 }
 
 impl Context {
@@ -93,6 +96,7 @@ impl Context {
             all_pools,
             memory: Mutex::new(HashMap::new()),
             clock: Arc::new(Utc::now),
+            allow_insecure_github_http: false,
         }
     }
 }
@@ -130,7 +134,7 @@ pub async fn run_controller(
         .with_config(cfg)
         .reconcile_all_on(triggers)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_contained, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "reconcile result");

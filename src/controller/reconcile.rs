@@ -53,6 +53,62 @@ struct Observed {
     live_pool_uids: BTreeSet<String>,
 }
 
+/// How long a pool whose pass panicked waits for the next pass.
+pub const PANIC_REQUEUE: Duration = Duration::from_secs(60);
+
+/// [`reconcile`] with a panic contained: the pool is marked `Stalled` (`InternalError`) with a
+/// Warning Event, the panic is logged and counted (`task_failures_total{task="reconcile"}`),
+/// and the pass is retried on the next trigger, at the latest after [`PANIC_REQUEUE`]; the
+/// process and the other pools go on.
+pub async fn reconcile_contained(
+    pool: Arc<RunnerPool>,
+    ctx: Arc<Context>,
+) -> Result<RequeueAction, ReconcileError> {
+    match super::tasks::contain(reconcile(pool.clone(), ctx.clone())).await {
+        Ok(r) => r,
+        Err(panic) => {
+            report_panic(&ctx, &pool, &panic).await;
+            Ok(RequeueAction::requeue(PANIC_REQUEUE))
+        }
+    }
+}
+
+/// Status, Event, log and metric of a pass that panicked. The panic's message goes to the log
+/// only (it may quote any value); the status and the Event say what happened and where to look.
+async fn report_panic(ctx: &Context, pool: &RunnerPool, panic: &str) {
+    ctx.metrics.task_failure("reconcile");
+    ctx.metrics.reconcile_error();
+    let name = pool.name_any();
+    let namespace = pool.namespace().unwrap_or_default();
+    tracing::error!(pool = %name, %namespace, panic, "reconcile panicked; pool marked Stalled (InternalError), other pools go on");
+    let message = format!(
+        "internal error: the reconcile of this pool panicked (see the controller log); retried on the next \
+         pass, at the latest in {}s",
+        PANIC_REQUEUE.as_secs()
+    );
+    let mut status = pool.status.clone().unwrap_or_default();
+    status.conditions = plan::conditions::internal_error(
+        &status.conditions,
+        &message,
+        pool.metadata.generation,
+        (ctx.clock)(),
+    );
+    fill_empty_messages(&mut status);
+    if let Ok(meta) = pool_meta(pool) {
+        let api: Api<RunnerPool> = Api::namespaced(ctx.client.clone(), &meta.namespace);
+        if let Err(e) = write_status(&api, &meta.name, &status).await {
+            warn!(pool = %name, error = %e, "writing the InternalError status failed");
+        }
+        ctx.metrics.observe_pool_health(&meta, &status, 0);
+    }
+    let event = plan::PlannedEvent {
+        type_: EventType::Warning,
+        reason: plan::conditions::EventReason::InternalError,
+        message,
+    };
+    publish_events(ctx, pool, std::slice::from_ref(&event)).await;
+}
+
 /// One reconcile pass of one pool.
 pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<RequeueAction, ReconcileError> {
     let started = Instant::now();
@@ -66,7 +122,7 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
     }
     let now = (ctx.clock)();
     let pool = acknowledge(&api, pool, &meta, deleting, now).await?;
-    let validation = pool.spec.validate();
+    let validation = validate(&pool.spec, ctx.allow_insecure_github_http);
 
     let (credentials, pool_ctx) = credentials(&ctx, &pool, &meta).await;
     let observed = observe(&ctx, &pool, pool_ctx.as_ref(), deleting, validation.is_ok(), now).await;
@@ -97,6 +153,24 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
         return Ok(RequeueAction::await_change());
     }
     Ok(RequeueAction::requeue(decided.requeue_after))
+}
+
+/// The spec's own checks, and the controller's: `spec.github.apiUrl` is https unless loopback or
+/// `--allow-insecure-github-http` (an invalid spec is never observed: no GitHub call).
+fn validate(
+    spec: &aci_runner_core::crd::RunnerPoolSpec,
+    allow_insecure_http: bool,
+) -> Result<(), InvalidSpec> {
+    let mut errors = match spec.validate() {
+        Ok(()) => Vec::new(),
+        Err(InvalidSpec(e)) => e,
+    };
+    if let Err(message) = crate::github::check_api_url(&spec.github.api_url, allow_insecure_http)
+        && !errors.iter().any(|e| e.field == "spec.github.apiUrl")
+    {
+        errors.push(aci_runner_core::crd::FieldError { field: "spec.github.apiUrl".into(), message });
+    }
+    if errors.is_empty() { Ok(()) } else { Err(InvalidSpec(errors)) }
 }
 
 /// Backoff on reconcile errors (Kubernetes API failures).

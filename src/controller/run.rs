@@ -69,6 +69,13 @@ pub struct RunArgs {
     /// Client-side limits on Azure and GitHub requests.
     #[command(flatten)]
     pub limits: ApiLimitArgs,
+    /// Development only: accept `spec.github.apiUrl` with http on any host (without it, http is
+    /// accepted only for a loopback host; everything else must be https).
+    #[arg(long, env = "ALLOW_INSECURE_GITHUB_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_insecure_github_http: bool,
+    /// Upper bound for one GitHub request: connecting, sending and reading the whole answer.
+    #[arg(long, env = "GITHUB_REQUEST_TIMEOUT", default_value = "30s", value_parser = aci_runner_core::crd::parse_duration)]
+    pub github_request_timeout: Duration,
 }
 
 /// The quotas the controller paces itself to, so that it never sends a request into a known
@@ -246,7 +253,7 @@ pub async fn run_with(
     let health = Arc::new(Health::default());
     let listener = bind(args.health_listen).await?;
     info!(addr = %listener.local_addr().unwrap_or(args.health_listen), "serving /healthz /readyz /metrics");
-    spawn_server("health", listener, server::router(metrics.clone(), health.clone()));
+    spawn_server("health_server", listener, server::router(metrics.clone(), health.clone()), metrics.clone());
 
     // Triggers that wake every pool (debounced by the controller): webhook demand, changes of a
     // shared list, the periodic resync.
@@ -254,13 +261,13 @@ pub async fn run_with(
     if let (Some((router, events)), Some(addr)) = (webhook, args.webhook_listen) {
         let listener = bind(addr).await?;
         info!(addr = %listener.local_addr().unwrap_or(addr), "serving POST /webhooks/github");
-        spawn_server("webhook", listener, router);
+        spawn_server("webhook_server", listener, router, metrics.clone());
         spawn_demand_intake(events, demand.clone(), metrics.clone(), clock.clone(), trigger_tx.clone());
     }
     if let Some(changes) = list_changes {
-        spawn_forward(changes, trigger_tx.clone());
+        spawn_forward(changes, trigger_tx.clone(), metrics.clone());
     }
-    spawn_resync(args.resync_interval, trigger_tx.clone());
+    spawn_resync(args.resync_interval, trigger_tx.clone(), metrics.clone());
     let stop_rx = spawn_shutdown_watch(shutdown);
 
     let identity =
@@ -283,6 +290,7 @@ pub async fn run_with(
     let planner = PlannerConfig { gc_grace: args.gc_grace, resync: args.resync_interval, ..planner };
     let mut ctx = Context::new(client, groups, registrations, demand, planner, metrics, all_pools);
     ctx.clock = clock;
+    ctx.allow_insecure_github_http = args.allow_insecure_github_http;
     let ctx = Arc::new(ctx);
     spawn_orphan_gc(ctx.clone(), &args, stop_rx.clone(), lost_rx.clone());
 
@@ -305,11 +313,19 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
 }
 
-/// Serve `app` on `listener` in the background; a failure is logged with `what`.
-fn spawn_server(what: &'static str, listener: tokio::net::TcpListener, app: axum::Router) {
-    tokio::spawn(async move {
+/// Serve `app` on `listener` in the background; a failure or panic is logged and counted
+/// under `task`.
+fn spawn_server(
+    task: &'static str,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    metrics: Arc<Metrics>,
+) {
+    let counted = metrics.clone();
+    super::tasks::spawn(task, metrics, async move {
         if let Err(e) = axum::serve(listener, app).await {
-            error!(server = what, error = %e, "server failed");
+            counted.task_failure(task);
+            error!(task, error = %e, "server failed");
         }
     });
 }
@@ -322,7 +338,7 @@ fn spawn_demand_intake(
     clock: crate::github::Clock,
     tx: mpsc::Sender<()>,
 ) {
-    tokio::spawn(async move {
+    super::tasks::spawn("demand_intake", metrics.clone(), async move {
         while let Some(ev) = events.recv().await {
             let changed = demand.apply(&ev, clock());
             metrics.demand(demand.len());
@@ -334,8 +350,8 @@ fn spawn_demand_intake(
 }
 
 /// Every signal of `changes` (a shared list changed) wakes every pool.
-fn spawn_forward(mut changes: mpsc::Receiver<()>, tx: mpsc::Sender<()>) {
-    tokio::spawn(async move {
+fn spawn_forward(mut changes: mpsc::Receiver<()>, tx: mpsc::Sender<()>, metrics: Arc<Metrics>) {
+    super::tasks::spawn("list_changes", metrics, async move {
         while changes.recv().await.is_some() {
             let _ = tx.try_send(());
         }
@@ -343,8 +359,8 @@ fn spawn_forward(mut changes: mpsc::Receiver<()>, tx: mpsc::Sender<()>) {
 }
 
 /// Wake every pool once per `every` (the first tick after one interval).
-fn spawn_resync(every: Duration, tx: mpsc::Sender<()>) {
-    tokio::spawn(async move {
+fn spawn_resync(every: Duration, tx: mpsc::Sender<()>, metrics: Arc<Metrics>) {
+    super::tasks::spawn("resync", metrics, async move {
         let mut t = tokio::time::interval(every);
         t.tick().await;
         loop {
@@ -375,6 +391,9 @@ async fn stopped(mut flag: watch::Receiver<bool>) {
 
 /// Orphan container groups (pools deleted while no controller ran, foreign uids): one pass per
 /// interval over every resource group in use, mark then confirm; until shutdown or a lost Lease.
+/// A pass that panics is counted (`task_failures_total{task="orphan_gc"}`) and logged, its marks
+/// are dropped (the grace period starts over: no delete rests on a pass that did not finish),
+/// and the next pass runs on the next tick.
 fn spawn_orphan_gc(
     ctx: Arc<Context>,
     args: &RunArgs,
@@ -384,7 +403,7 @@ fn spawn_orphan_gc(
     let every =
         (args.gc_grace / 2).clamp(Duration::from_secs(1), args.resync_interval.max(Duration::from_secs(1)));
     let namespaces = args.namespaces.clone();
-    tokio::spawn(async move {
+    super::tasks::spawn("orphan_gc", ctx.metrics.clone(), async move {
         let mut marks = super::gc::Marks::new();
         let mut t = tokio::time::interval(every);
         loop {
@@ -393,9 +412,14 @@ fn spawn_orphan_gc(
                 _ = stopped(stop.clone()) => break,
                 _ = stopped(lost.clone()) => break,
             }
-            let n = super::gc::orphan_pass(&ctx, &namespaces, &mut marks).await;
-            if n > 0 {
-                info!(deleted = n, "orphan garbage collection pass");
+            match super::tasks::contain(super::gc::orphan_pass(&ctx, &namespaces, &mut marks)).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "orphan garbage collection pass"),
+                Err(panic) => {
+                    ctx.metrics.task_failure("orphan_gc");
+                    error!(task = "orphan_gc", panic = %panic, "orphan garbage collection pass panicked; next pass on the next tick");
+                    marks = super::gc::Marks::new();
+                }
             }
         }
     });
@@ -458,6 +482,8 @@ pub fn build_edges(
     let hub = GithubHub::new(HubConfig {
         clock: clock.clone(),
         content_pace: args.limits.github(),
+        request_timeout: args.github_request_timeout,
+        allow_insecure_http: args.allow_insecure_github_http,
         ..HubConfig::default()
     });
     let metrics = Arc::new(Metrics::new());

@@ -33,7 +33,13 @@ pub struct HubConfig {
     pub slow_factor: i32,
     /// Renew installation tokens this long before they expire.
     pub token_refresh_margin: Duration,
+    /// Upper bound for one HTTP exchange, connecting and reading the whole answer included (also
+    /// the connect timeout): a server that never finishes an answer cannot hold a reconcile.
     pub request_timeout: std::time::Duration,
+    /// Largest answer body read; a longer one is dropped at this size (`ResponseTooLarge`).
+    pub max_body_bytes: usize,
+    /// http API URLs other than loopback are accepted (`--allow-insecure-github-http`).
+    pub allow_insecure_http: bool,
     /// Clock used to interpret `expires_at`, `x-ratelimit-reset` and list intervals.
     pub clock: Clock,
     /// Pace of content-creating requests per installation / token (GitHub's secondary limit).
@@ -48,9 +54,45 @@ impl Default for HubConfig {
             slow_factor: 4,
             token_refresh_margin: Duration::minutes(5),
             request_timeout: std::time::Duration::from_secs(30),
+            max_body_bytes: MAX_BODY_BYTES,
+            allow_insecure_http: false,
             clock: Arc::new(Utc::now),
             content_pace: PaceConfig::default(),
         }
+    }
+}
+
+/// Default cap of one answer body: a page of 100 runners is about 150 KB.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// Longest wait a server's `Retry-After` or `x-ratelimit-reset` can impose (GitHub's primary
+/// limit resets within the hour): a larger value waits this long.
+pub const MAX_RATE_WAIT: Duration = Duration::hours(1);
+/// Most pages read of one paginated list (100 per page: 100,000 runners or runner groups).
+pub const MAX_PAGES: usize = 1000;
+/// Most answer bytes one runner-list refresh reads over all its pages (10,000 runners are
+/// about 15 MB): a server that answers every page with a full-size body stops here.
+pub const MAX_LIST_BYTES: usize = 64 << 20;
+/// Most runners one page may hold: the client asks for 100.
+const PER_PAGE: usize = 100;
+
+/// `now` plus a server-given wait in seconds, clamped to [`MAX_RATE_WAIT`].
+fn wait_until(now: DateTime<Utc>, secs: u64) -> DateTime<Utc> {
+    let capped = Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX).min(MAX_RATE_WAIT.num_seconds()));
+    now.checked_add_signed(capped).unwrap_or(now)
+}
+
+/// A server-given instant, no later than [`MAX_RATE_WAIT`] from `now`.
+fn clamp_until(now: DateTime<Utc>, t: DateTime<Utc>) -> DateTime<Utc> {
+    now.checked_add_signed(MAX_RATE_WAIT).map_or(t, |cap| t.min(cap))
+}
+
+/// An `x-ratelimit-reset` epoch second as an instant within [`MAX_RATE_WAIT`] of `now` (one
+/// beyond chrono's range is as far as allowed, or now when before it).
+fn reset_at(now: DateTime<Utc>, epoch_secs: i64) -> DateTime<Utc> {
+    match DateTime::<Utc>::from_timestamp(epoch_secs, 0) {
+        Some(t) => clamp_until(now, t),
+        None if epoch_secs > 0 => clamp_until(now, DateTime::<Utc>::MAX_UTC),
+        None => now,
     }
 }
 
@@ -153,7 +195,11 @@ impl GithubHub {
 
     /// A client for `base_url` (e.g. `https://api.github.com`, `https://ghe.example.com/api/v3`)
     /// with these credentials. Cheap; clients of the same installation share its token.
+    /// An http URL other than loopback is refused (see [`super::check_api_url`]) before any
+    /// request.
     pub fn client(&self, base_url: &str, creds: Credentials) -> Result<GithubClient, GithubError> {
+        super::check_api_url(base_url, self.inner.cfg.allow_insecure_http)
+            .map_err(|m| GithubError::InvalidRequest(format!("spec.github.apiUrl {m}")))?;
         let base = base_url.trim_end_matches('/').to_string();
         let octo = {
             let mut octos = lock(&self.inner.octos);
@@ -166,6 +212,7 @@ impl GithubHub {
                         .add_retry_config(RetryConfig::None)
                         .set_connect_timeout(Some(self.inner.cfg.request_timeout))
                         .set_read_timeout(Some(self.inner.cfg.request_timeout))
+                        .set_write_timeout(Some(self.inner.cfg.request_timeout))
                         .build()
                         .map_err(|e| {
                             GithubError::InvalidRequest(format!("cannot build the GitHub client: {e}"))
@@ -336,7 +383,9 @@ impl GithubClient {
         };
         let mut guard = slot.lock().await;
         if let Some(t) = guard.as_ref()
-            && t.expires_at - self.hub.cfg.token_refresh_margin > self.now()
+            && t.expires_at
+                .checked_sub_signed(self.hub.cfg.token_refresh_margin)
+                .is_some_and(|r| r > self.now())
         {
             return Ok(t.token.clone());
         }
@@ -414,16 +463,16 @@ impl GithubClient {
                 .metrics
                 .rate_remaining
                 .get_or_create(&AuthLabels { principal: self.principal.clone() })
-                .set(r as i64);
+                .set(i64::try_from(r).unwrap_or(i64::MAX));
         }
         let reset = header_str(h, "x-ratelimit-reset")
             .and_then(|v| v.trim().parse::<i64>().ok())
-            .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0));
+            .map(|t| reset_at(now, t));
         if reset.is_some() {
             s.reset = reset;
         }
         if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
-            let retry_after = header_u64(h, "retry-after").map(|s| now + Duration::seconds(s as i64));
+            let retry_after = header_u64(h, "retry-after").map(|s| wait_until(now, s));
             let exhausted = s.remaining == Some(0) && header_u64(h, "x-ratelimit-remaining") == Some(0);
             let until = match (retry_after, exhausted.then_some(reset).flatten()) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -433,7 +482,7 @@ impl GithubClient {
                 s.blocked_until = Some(u);
             } else if status == StatusCode::TOO_MANY_REQUESTS {
                 // GitHub: with no header, wait at least a minute.
-                s.blocked_until = Some(now + Duration::minutes(1));
+                s.blocked_until = Some(wait_until(now, 60));
             }
         }
     }
@@ -469,26 +518,37 @@ impl GithubClient {
             .build_request(b, body)
             .map_err(|e| GithubError::InvalidRequest(format!("cannot build request for {op}: {e}")))?;
         let started = Instant::now();
-        let res = self.octo.execute(req).await;
+        let deadline = self.hub.cfg.request_timeout;
+        let exchange = async {
+            let resp = self
+                .octo
+                .execute(req)
+                .await
+                .map_err(|e| (GithubError::Transient(format!("{op}: {e}")), "error"))?;
+            let (parts, body) = resp.into_parts();
+            let body =
+                read_capped(body, self.hub.cfg.max_body_bytes).await.map_err(|e| (e.during(op), "error"))?;
+            Ok((parts.status, parts.headers, body))
+        };
+        let res = match tokio::time::timeout(deadline, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err((
+                GithubError::Transient(format!("{op}: no complete answer within {deadline:?}")),
+                "timeout",
+            )),
+        };
         self.hub
             .metrics
             .latency
             .get_or_create(&OpLabels { endpoint: op.into() })
             .observe(started.elapsed().as_secs_f64());
-        let resp = match res {
+        let (status, headers, body) = match res {
             Ok(r) => r,
-            Err(e) => {
-                self.count(op, "error");
-                return Err(GithubError::Transient(format!("{op}: {e}")));
+            Err((e, class)) => {
+                self.count(op, class);
+                return Err(e);
             }
         };
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = self
-            .octo
-            .body_to_string(resp)
-            .await
-            .map_err(|e| GithubError::Transient(format!("{op}: reading the answer: {e}")))?;
         self.count(op, status.as_str());
         self.observe_rate(status, &headers);
         if status == StatusCode::NOT_MODIFIED {
@@ -573,7 +633,7 @@ impl GithubClient {
             let reset = lock(&self.hub.rates)
                 .get(&self.auth_key)
                 .and_then(|s| s.blocked_until)
-                .unwrap_or_else(|| self.now() + Duration::minutes(1));
+                .unwrap_or_else(|| wait_until(self.now(), 60));
             return GithubError::RateLimited { reset };
         }
         match r.status.as_u16() {
@@ -620,6 +680,7 @@ impl GithubClient {
         let mut all: Vec<Runner> = Vec::new();
         let mut total = None;
         let mut page = 1usize;
+        let mut read_bytes = 0usize;
         loop {
             let cached = c.pages.get(page - 1).map(|(e, n)| {
                 let offset: usize = c.pages[..page - 1].iter().map(|(_, n)| n).sum();
@@ -628,6 +689,12 @@ impl GithubClient {
             let etag = cached.as_ref().and_then(|(e, _, _)| e.clone());
             let path = format!("{}/actions/runners?per_page=100&page={page}", scope.api_path());
             let r = self.send("list_runners", Method::GET, &path, None, etag.as_deref()).await?;
+            read_bytes = read_bytes.saturating_add(r.body.len());
+            if read_bytes > MAX_LIST_BYTES {
+                return Err(GithubError::ResponseTooLarge(format!(
+                    "the runner list of {scope} exceeds {MAX_LIST_BYTES} bytes after {page} pages"
+                )));
+            }
             let (etag, n, page_total) = match (r.status.as_u16(), cached) {
                 (304, Some((e, offset, n))) => match c.runners.get(offset..offset + n) {
                     Some(rs) => {
@@ -644,6 +711,11 @@ impl GithubClient {
                         .map_err(|e| GithubError::Transient(format!("unreadable runner list: {e}")))?;
                     let etag = header_str(&r.headers, "etag").map(str::to_string);
                     let n = p.runners.len();
+                    if n > PER_PAGE {
+                        return Err(GithubError::ResponseTooLarge(format!(
+                            "page {page} of the runner list of {scope} holds {n} runners, {PER_PAGE} were asked for"
+                        )));
+                    }
                     all.extend(p.runners.into_iter().map(Runner::from));
                     (etag, n, Some(p.total_count))
                 }
@@ -654,7 +726,7 @@ impl GithubClient {
             }
             pages.push((etag, n));
             let expected = total.unwrap_or_else(|| c.pages.iter().map(|(_, n)| n).sum());
-            if n == 0 || all.len() >= expected || page >= 1000 {
+            if n == 0 || all.len() >= expected || page >= MAX_PAGES {
                 break;
             }
             page += 1;
@@ -827,8 +899,13 @@ impl GithubClient {
                     return Ok(*id);
                 }
             }
-            if n == 0 || (page * 100) as f64 >= g.total_count {
+            if n == 0 || (page * PER_PAGE) as f64 >= g.total_count {
                 return Err(GithubError::NotFound(format!("runner group {name:?} in {scope}")));
+            }
+            if page >= MAX_PAGES {
+                return Err(GithubError::ResponseTooLarge(format!(
+                    "runner group {name:?} not found in the first {MAX_PAGES} pages of {scope}"
+                )));
             }
             page += 1;
         }
@@ -922,4 +999,159 @@ struct TokenAnswer {
 /// Read a token answer; an unreadable one is transient (GitHub answered, but not as documented).
 fn token_answer(body: &str, what: &str) -> Result<TokenAnswer, GithubError> {
     serde_json::from_str(body).map_err(|e| GithubError::Transient(format!("unreadable {what} answer: {e}")))
+}
+
+impl GithubError {
+    /// The same error with the operation it happened in named first.
+    fn during(self, op: &str) -> Self {
+        match self {
+            GithubError::Transient(m) => GithubError::Transient(format!("{op}: {m}")),
+            GithubError::ResponseTooLarge(m) => GithubError::ResponseTooLarge(format!("{op}: {m}")),
+            other => other,
+        }
+    }
+}
+
+/// Read an answer body as text, at most `cap` bytes: http-body-util's `Limited` stops reading
+/// (and drops the connection's remaining bytes unread) as soon as the body passes the cap, so a
+/// huge answer costs at most `cap` bytes of memory.
+async fn read_capped<B>(body: B, cap: usize) -> Result<String, GithubError>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let bytes = match http_body_util::Limited::new(body, cap).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(GithubError::ResponseTooLarge(format!("the answer exceeds {cap} bytes")));
+        }
+        Err(e) => return Err(GithubError::Transient(format!("reading the answer: {e}"))),
+    };
+    String::from_utf8(bytes.to_vec()).map_err(|_| GithubError::Transient("the answer is not UTF-8".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn client_at(now: DateTime<Utc>) -> GithubClient {
+        let hub = GithubHub::new(HubConfig { clock: Arc::new(move || now), ..HubConfig::default() });
+        hub.client("http://127.0.0.1:1", Credentials::Pat { token: SecretString::from("t") }).unwrap()
+    }
+
+    /// Absurd waits from a server clamp to an hour from now instead of overflowing the clock
+    /// (`Retry-After: 99999999999999999` once panicked in `now + Duration::seconds(s as i64)`).
+    #[tokio::test]
+    async fn absurd_rate_limit_headers_wait_at_most_an_hour() {
+        let now = t0();
+        let cap = now + MAX_RATE_WAIT;
+        for (status, h) in [
+            (StatusCode::TOO_MANY_REQUESTS, headers(&[("retry-after", "99999999999999999")])),
+            (StatusCode::FORBIDDEN, headers(&[("retry-after", "18446744073709551615")])),
+            (
+                StatusCode::FORBIDDEN,
+                headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "9223372036854775807")]),
+            ),
+            (
+                StatusCode::FORBIDDEN,
+                headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "99999999999")]),
+            ),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                headers(&[("retry-after", "1e308"), ("x-ratelimit-reset", "-9223372036854775808")]),
+            ),
+        ] {
+            let c = client_at(now);
+            c.observe_rate(status, &h);
+            let s = c.rate_status();
+            assert!(s.blocked_until.is_some_and(|b| b > now && b <= cap), "{h:?}: {s:?}");
+            assert!(s.reset.is_none_or(|r| r <= cap), "{h:?}: {s:?}");
+            let GithubError::RateLimited { reset } = c.rate_gate().unwrap_err() else { panic!() };
+            assert!(reset <= cap);
+        }
+        // Sane values are kept as given.
+        let c = client_at(now);
+        c.observe_rate(StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after", "30")]));
+        assert_eq!(c.rate_status().blocked_until, Some(now + Duration::seconds(30)));
+    }
+
+    #[test]
+    fn waits_near_the_end_of_time_do_not_overflow() {
+        assert_eq!(wait_until(DateTime::<Utc>::MAX_UTC, u64::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(clamp_until(DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MIN_UTC), DateTime::<Utc>::MIN_UTC);
+        assert_eq!(wait_until(t0(), u64::MAX), t0() + MAX_RATE_WAIT);
+        assert_eq!(reset_at(t0(), i64::MAX), t0() + MAX_RATE_WAIT);
+        assert_eq!(reset_at(t0(), i64::MIN), t0());
+        assert_eq!(reset_at(t0(), 1_700_000_060), t0() + Duration::seconds(60));
+    }
+
+    /// A token whose `expires_at` is the earliest date chrono knows is stale, not a panic.
+    #[tokio::test]
+    async fn a_token_expiring_at_the_start_of_time_is_renewed_without_panic() {
+        let hub = GithubHub::new(HubConfig { clock: Arc::new(t0), ..HubConfig::default() });
+        let creds = Credentials::App {
+            app_id: Some("1".into()),
+            client_id: None,
+            installation_id: 7,
+            private_key_pem: SecretString::from("not a pem"),
+        };
+        let c = hub.client("http://127.0.0.1:1", creds).unwrap();
+        let (_, slot) = c.token_slot().unwrap();
+        *slot.lock().await =
+            Some(CachedToken { token: SecretString::from("old"), expires_at: DateTime::<Utc>::MIN_UTC });
+        // The stale token is not reused: a new one is minted, which fails on the bad key.
+        assert!(matches!(c.bearer().await, Err(GithubError::Auth { .. })));
+    }
+
+    #[test]
+    fn token_answers_with_absurd_expiry_are_read_or_refused() {
+        assert!(token_answer(r#"{"token":"x","expires_at":"+262142-12-31T23:59:59Z"}"#, "t").is_ok());
+        assert!(matches!(
+            token_answer(r#"{"token":"x","expires_at":"99999999999"}"#, "t"),
+            Err(GithubError::Transient(_))
+        ));
+        assert!(matches!(token_answer("{not json", "t"), Err(GithubError::Transient(_))));
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_up_to_the_cap() {
+        let small = http_body_util::Full::new(bytes::Bytes::from_static(b"{\"a\":1}"));
+        assert_eq!(read_capped(small, 16).await.unwrap(), "{\"a\":1}");
+        // An endless body stops at the cap: the stream is never read to its end.
+        let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+        let endless = http_body_util::StreamBody::new(futures::stream::repeat_with(move || {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk.clone()))
+        }));
+        let e = read_capped(endless, 1 << 20).await.unwrap_err();
+        assert!(matches!(&e, GithubError::ResponseTooLarge(m) if m.contains("1048576")), "{e:?}");
+        assert!(!e.is_retryable());
+        let binary = http_body_util::Full::new(bytes::Bytes::from_static(&[0xff, 0xfe]));
+        assert!(matches!(read_capped(binary, 16).await, Err(GithubError::Transient(_))));
+    }
+
+    #[tokio::test]
+    async fn http_api_urls_off_loopback_are_refused_unless_allowed() {
+        let pat = || Credentials::Pat { token: SecretString::from("t") };
+        let strict = GithubHub::default();
+        assert!(
+            matches!(strict.client("http://ghe.example.com/api/v3", pat()), Err(GithubError::InvalidRequest(m)) if m.contains("spec.github.apiUrl"))
+        );
+        assert!(strict.client("https://ghe.example.com/api/v3", pat()).is_ok());
+        assert!(strict.client("http://127.0.0.1:9", pat()).is_ok());
+        let dev = GithubHub::new(HubConfig { allow_insecure_http: true, ..HubConfig::default() });
+        assert!(dev.client("http://ghe.example.com/api/v3", pat()).is_ok());
+    }
 }

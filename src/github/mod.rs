@@ -174,12 +174,37 @@ pub enum GithubError {
     Busy(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The answer was larger than the edge reads (a body above the per-response cap, a list
+    /// above its page or size bound): not retried as is, classified like an invalid request.
+    #[error("GitHub answer too large: {0}")]
+    ResponseTooLarge(String),
 }
 
 impl GithubError {
     /// Worth retrying later without changing anything.
     pub fn is_retryable(&self) -> bool {
         matches!(self, GithubError::RateLimited { .. } | GithubError::Transient(_))
+    }
+}
+
+/// Whether the controller may talk to the GitHub API at `api_url`: https always; http only for a
+/// loopback host (127.0.0.0/8, ::1, `localhost`) or when `allow_insecure_http` is set (the
+/// `--allow-insecure-github-http` development flag). The error says why (callers name the field).
+pub fn check_api_url(api_url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let url = url::Url::parse(api_url).map_err(|e| format!("{api_url:?} is not a URL: {e}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback || allow_insecure_http => Ok(()),
+        "http" => Err(format!(
+            "{api_url:?} must be https (http only for a loopback host or with --allow-insecure-github-http)"
+        )),
+        other => Err(format!("{api_url:?} must be https, not {other}")),
     }
 }
 
@@ -209,5 +234,27 @@ mod tests {
         let c = Credentials::Pat { token: SecretString::from("ghp_topsecret") };
         let printed = format!("{c:?}");
         assert!(!printed.contains("topsecret") && printed.contains("[REDACTED]"), "{printed}");
+    }
+
+    #[test]
+    fn api_url_is_https_except_on_loopback_or_with_the_development_flag() {
+        for ok in [
+            "https://api.github.com",
+            "https://ghe.example.com/api/v3",
+            "http://127.0.0.1:8080",
+            "http://127.3.2.1/api/v3",
+            "http://[::1]:9000",
+            "http://localhost:3000",
+            "http://LOCALHOST",
+        ] {
+            assert_eq!(check_api_url(ok, false), Ok(()), "{ok}");
+        }
+        for bad in ["http://ghe.example.com/api/v3", "http://10.0.0.1", "http://127.0.0.1.example.com"] {
+            let e = check_api_url(bad, false).unwrap_err();
+            assert!(e.contains(bad) && e.contains("must be https"), "{bad}: {e}");
+            assert_eq!(check_api_url(bad, true), Ok(()), "{bad} with the flag");
+        }
+        assert!(check_api_url("ftp://ghe.example.com", true).unwrap_err().contains("must be https"));
+        assert!(check_api_url("not a url", true).is_err());
     }
 }

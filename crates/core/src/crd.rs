@@ -100,6 +100,7 @@ pub struct GithubSpec {
     #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9-]{0,254}$"))]
     pub enterprise: Option<String>,
     /// REST API base URL: `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise Server.
+    /// Must be https; http only for a loopback host or a controller run with `--allow-insecure-github-http`.
     #[serde(default = "default_api_url")]
     #[schemars(pattern(r"^https?://[^\s/]+(/[^\s]*)?$"))]
     pub api_url: String,

@@ -35,7 +35,7 @@ pub fn edge_error(e: &AzureError) -> EdgeError {
         AzureError::Auth { permission, .. } => EdgeErrorKind::Auth { permission: permission.clone() },
         AzureError::Conflict { .. } => EdgeErrorKind::Conflict,
         AzureError::NotFound { .. } => EdgeErrorKind::NotFound,
-        AzureError::InvalidSpec { .. } => EdgeErrorKind::InvalidRequest,
+        AzureError::InvalidSpec { .. } | AzureError::ResponseTooLarge(_) => EdgeErrorKind::InvalidRequest,
     };
     EdgeError::new(kind, e.to_string())
 }

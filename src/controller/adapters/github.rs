@@ -171,7 +171,7 @@ pub fn edge_error(e: &GithubError, now: DateTime<Utc>) -> EdgeError {
         GithubError::Auth { permission, .. } => EdgeErrorKind::Auth { permission: permission.clone() },
         GithubError::NotFound(_) => EdgeErrorKind::NotFound,
         GithubError::Conflict(_) | GithubError::Busy(_) => EdgeErrorKind::Conflict,
-        GithubError::InvalidRequest(_) => EdgeErrorKind::InvalidRequest,
+        GithubError::InvalidRequest(_) | GithubError::ResponseTooLarge(_) => EdgeErrorKind::InvalidRequest,
     };
     EdgeError::new(kind, e.to_string())
 }

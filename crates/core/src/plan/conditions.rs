@@ -29,6 +29,7 @@ pub const EVENT_REASONS: &[&str] = &[
     EventReason::Orphaned.as_str(),
     EventReason::CleanupComplete.as_str(),
     EventReason::CleanupAbandoned.as_str(),
+    EventReason::InternalError.as_str(),
 ];
 
 /// The wanted value of one condition.
@@ -93,7 +94,41 @@ pub fn build(
         .collect()
 }
 
+/// The conditions of a pass that ended in an internal error (a panic the controller contained):
+/// Stalled True and Ready False with reason `InternalError`, Reconciling False.
+pub fn internal_error(
+    previous: &[Condition],
+    message: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Vec<Condition> {
+    let wanted = Conditions {
+        ready: CondValue::new(false, ConditionReason::InternalError, message),
+        reconciling: CondValue::new(false, ConditionReason::Stalled, message),
+        stalled: CondValue::new(true, ConditionReason::InternalError, message),
+    };
+    build(previous, &wanted, generation, now)
+}
+
 /// Is the condition `type_` True in `conditions`?
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_stalls_the_pool_and_keeps_unchanged_transition_times() {
+        let t0 = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
+        let t1 = t0 + chrono::Duration::minutes(5);
+        let first = internal_error(&[], "boom", Some(3), t0);
+        assert!(is_true(&first, STALLED) && !is_true(&first, READY) && !is_true(&first, RECONCILING));
+        assert_eq!(find(&first, STALLED).unwrap().reason, "InternalError");
+        assert_eq!(find(&first, READY).unwrap().reason, "InternalError");
+        assert_eq!(find(&first, STALLED).unwrap().observed_generation, Some(3));
+        let again = internal_error(&first, "boom", Some(3), t1);
+        assert_eq!(find(&again, STALLED).unwrap().last_transition_time, to_time(t0));
+    }
 }

@@ -95,11 +95,14 @@ reasons! {
         RegistrationTimeout,
         ContainerCrashed,
         ProvisioningFailed,
+        // Stalled True, written by the controller (not the planner) when a pass panicked.
+        InternalError,
     }
 }
 
 reasons! {
-    /// Every reason of a [`PlannedEvent`](super::PlannedEvent).
+    /// Every reason of a [`PlannedEvent`](super::PlannedEvent), and `InternalError`, the
+    /// controller's Warning when a pass panicked.
     pub enum EventReason {
         ScaledUp,
         ScaledDown,
@@ -125,6 +128,7 @@ reasons! {
         InvalidRequest,
         RegistrationTimeout,
         ContainerCrashed,
+        InternalError,
     }
 }
 

@@ -72,6 +72,8 @@ pub struct ControllerOptions {
     pub resync: Duration,
     pub webhook_secret: Option<String>,
     pub planner: PlannerConfig,
+    /// `--github-request-timeout`: the deadline of one GitHub request.
+    pub github_request_timeout: Duration,
 }
 
 impl ControllerOptions {
@@ -86,6 +88,7 @@ impl ControllerOptions {
             resync: Duration::from_secs(2),
             webhook_secret: None,
             planner: fast_planner(),
+            github_request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -185,6 +188,8 @@ pub fn run_args(
         allow_imds: false,
         gc_grace: opts.gc_grace,
         limits: Default::default(),
+        allow_insecure_github_http: false,
+        github_request_timeout: opts.github_request_timeout,
     }
 }
 
