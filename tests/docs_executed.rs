@@ -521,6 +521,9 @@ impl RunnerRegistrations for GithubComIsTheSimulator {
     async fn registration_token(&self, pool: &PoolContext) -> Result<(String, SecretString), EdgeError> {
         self.inner.registration_token(&self.routed(pool)).await
     }
+    async fn is_registered_now(&self, pool: &PoolContext, name: &str) -> Result<bool, EdgeError> {
+        self.inner.is_registered_now(&self.routed(pool), name).await
+    }
     async fn unregister(&self, pool: &PoolContext, runner_id: u64) -> Result<(), EdgeError> {
         self.inner.unregister(&self.routed(pool), runner_id).await
     }

@@ -40,7 +40,7 @@ pub async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> V
                 }
                 Err(e) => Err((e, None)),
             },
-            Action::DeleteGroup { name, only_if_unregistered, .. } => {
+            Action::DeleteGroup { name, only_if_unregistered, only_if_unlisted, .. } => {
                 if let Some(id) = only_if_unregistered
                     && !unregistered.contains(id)
                 {
@@ -48,7 +48,16 @@ pub async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> V
                     // never delete the group under a possibly busy runner.
                     continue;
                 }
-                ctx.groups.delete_group(pool, name).await.map(|_| None).map_err(|e| (e, None))
+                match unlisted_now(ctx, pool, name, *only_if_unlisted).await {
+                    Ok(true) => {
+                        ctx.groups.delete_group(pool, name).await.map(|_| None).map_err(|e| (e, None))
+                    }
+                    // Registered since the pass's list was read: the next pass sees the
+                    // registration and removes it first (or leaves a busy runner alone).
+                    Ok(false) => continue,
+                    // Unknown is not "unregistered": the delete waits for a list that answers.
+                    Err(e) => Err((e, None)),
+                }
             }
             Action::ReleaseGroup { name } => {
                 ctx.groups.release_group(pool, name).await.map(|_| None).map_err(|e| (e, None))
@@ -76,6 +85,24 @@ pub async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> V
         }
     }
     failures
+}
+
+/// For a delete guarded by `only_if_unlisted`: does a runner list read now show no
+/// registration named `name`? Unguarded deletes need no list.
+async fn unlisted_now(
+    ctx: &Context,
+    pool: &PoolContext,
+    name: &str,
+    guarded: bool,
+) -> Result<bool, EdgeError> {
+    if !guarded {
+        return Ok(true);
+    }
+    let registered = ctx.registrations.is_registered_now(pool, name).await?;
+    if registered {
+        tracing::debug!(pool = %pool.meta.name, group = name, "delete skipped: its runner registered after the pass's list");
+    }
+    Ok(!registered)
 }
 
 fn action_kind(a: &Action) -> &'static str {

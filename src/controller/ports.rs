@@ -134,6 +134,9 @@ pub trait RunnerRegistrations: Send + Sync {
     ) -> Result<JitRegistration, EdgeError>;
     /// A registration token and the URL `config.sh` takes.
     async fn registration_token(&self, pool: &PoolContext) -> Result<(String, SecretString), EdgeError>;
+    /// Whether a registration named `name` exists in the pool's scope, from a runner list read
+    /// now (the shared cache is revalidated first), not the pass's possibly cached one.
+    async fn is_registered_now(&self, pool: &PoolContext, name: &str) -> Result<bool, EdgeError>;
     /// Delete a registration; "already gone" is success, a busy runner is `Conflict`.
     async fn unregister(&self, pool: &PoolContext, runner_id: u64) -> Result<(), EdgeError>;
 }

@@ -133,6 +133,12 @@ impl RunnerRegistrations for GithubAdapter {
         Ok((t.url, t.token))
     }
 
+    async fn is_registered_now(&self, pool: &PoolContext, name: &str) -> Result<bool, EdgeError> {
+        let (client, scope) = self.client(pool)?;
+        client.invalidate_runners(&scope).await;
+        Ok(self.cached_list(pool).await?.iter().any(|r| r.name == name))
+    }
+
     async fn unregister(&self, pool: &PoolContext, runner_id: u64) -> Result<(), EdgeError> {
         let (client, scope) = self.client(pool)?;
         let r = client.delete_runner(&scope, runner_id).await;

@@ -61,7 +61,7 @@ impl<'a> Pass<'_, 'a> {
                 if self.st.counted_failures.insert(u.name.clone()) {
                     self.record_failure(*reason, message.clone());
                 }
-                self.remove_unit(u, RemovalReason::Failed, false);
+                self.remove_unit(u, RemovalReason::Failed);
                 swept.removed += 1;
             }
             Phase::Finished { exit_code, crashed } => {
@@ -77,7 +77,7 @@ impl<'a> Pass<'_, 'a> {
                         format!("runner {} did not come online on GitHub within {t}", u.name),
                     );
                 }
-                self.remove_unit(u, RemovalReason::RegistrationTimeout, false);
+                self.remove_unit(u, RemovalReason::RegistrationTimeout);
                 swept.removed += 1;
             }
             Phase::Terminating => self.unregister_terminating(u, RemovalReason::Recycled),
@@ -94,7 +94,7 @@ impl<'a> Pass<'_, 'a> {
                 }
             }
             Phase::Removing { reason } => {
-                self.remove_unit(u, *reason, true);
+                self.remove_unit(u, *reason);
                 swept.removed += 1;
             }
             Phase::Busy | Phase::Idle | Phase::Provisioning | Phase::InFlight => {}
@@ -122,16 +122,12 @@ impl<'a> Pass<'_, 'a> {
             // linger, it is an offline registration without a group and is collected after
             // gcGrace.
             if u.group.is_some() {
-                self.delete_group(&u.name, reason, None);
+                self.delete_group(&u.name, reason, None, false);
             }
         } else {
-            // A container running again (restarted) may have an online runner that takes a
-            // job at any moment: its group goes only once the registration is gone.
-            let running = u
-                .group
-                .and_then(|g| g.container.as_ref())
-                .is_some_and(|c| !matches!(c.state, ContainerState::Terminated { .. }));
-            self.remove_unit(u, reason, running);
+            // A container running again (restarted) may have a runner that takes a job at any
+            // moment: its group goes only once the registration is proven gone (`remove_unit`).
+            self.remove_unit(u, reason);
         }
     }
 
@@ -146,7 +142,7 @@ impl<'a> Pass<'_, 'a> {
                 let u = Unit { name: g.name.clone(), group: Some(g), runner: *r, phase: Phase::Idle };
                 // Guarded: the lists may be cached, and an online runner shown idle may just
                 // have taken a job; its group goes only if GitHub let us unregister it.
-                self.remove_unit(&u, RemovalReason::Orphaned, true);
+                self.remove_unit(&u, RemovalReason::Orphaned);
                 swept.collected.push(g.name.clone());
             }
         }

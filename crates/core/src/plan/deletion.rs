@@ -206,7 +206,7 @@ impl<'a> Pass<'_, 'a> {
                     // The job did not finish within drainTimeout: stop the container first
                     // (GitHub refuses to delete a busy runner), then unregister.
                     if u.group.is_some() {
-                        self.delete_group(&u.name, RemovalReason::DrainTimeout, None);
+                        self.delete_group(&u.name, RemovalReason::DrainTimeout, None, false);
                     }
                     if let Some(r) = u.runner {
                         self.actions.push(Action::UnregisterRunner {
@@ -223,7 +223,7 @@ impl<'a> Pass<'_, 'a> {
                 }
                 Phase::InFlight => p.waiting += 1,
                 _ => {
-                    self.remove_unit(u, RemovalReason::PoolDeleted, true);
+                    self.remove_unit(u, RemovalReason::PoolDeleted);
                     p.removing += 1;
                 }
             }

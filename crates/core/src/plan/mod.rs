@@ -199,26 +199,42 @@ impl Pass<'_, '_> {
     }
 
     /// Unregister (if a registration exists and is not busy) then delete the group (if any).
-    /// With `conditional`, the delete of a group whose runner is online waits for the
-    /// unregister to succeed: an online runner may take a job at any moment.
-    fn remove_unit(&mut self, u: &Unit<'_>, reason: RemovalReason, conditional: bool) {
+    /// A running group whose registration may exist is deleted only once that registration is
+    /// proven gone: a listed registration guards the delete by its unregister (an online runner
+    /// may take a job at any moment, an offline one may just be coming online); without one, a
+    /// fresh runner list at execution must not show it (the runner of a container that can
+    /// still run may have registered after the pass's list was read). Only an ephemeral
+    /// runner's terminated container (restart policy Never) can run nothing any more.
+    fn remove_unit(&mut self, u: &Unit<'_>, reason: RemovalReason) {
         let mut guard = None;
         if let Some(r) = u.runner {
             if r.busy {
                 return;
             }
             self.actions.push(Action::UnregisterRunner { id: r.id, name: r.name.clone(), reason });
-            if conditional && r.online {
-                guard = Some(r.id);
-            }
+            guard = Some(r.id);
         }
-        if u.group.is_some() {
-            self.delete_group(&u.name, reason, guard);
+        if let Some(g) = u.group {
+            let terminated =
+                g.container.as_ref().is_some_and(|c| matches!(c.state, ContainerState::Terminated { .. }));
+            let can_run = !(terminated && self.input.spec.runner.registration.ephemeral);
+            self.delete_group(&u.name, reason, guard, guard.is_none() && can_run);
         }
     }
 
-    fn delete_group(&mut self, name: &str, reason: RemovalReason, only_if_unregistered: Option<u64>) {
-        self.actions.push(Action::DeleteGroup { name: name.to_string(), reason, only_if_unregistered });
+    fn delete_group(
+        &mut self,
+        name: &str,
+        reason: RemovalReason,
+        only_if_unregistered: Option<u64>,
+        only_if_unlisted: bool,
+    ) {
+        self.actions.push(Action::DeleteGroup {
+            name: name.to_string(),
+            reason,
+            only_if_unregistered,
+            only_if_unlisted,
+        });
     }
 
     /// A terminating group's registration, if idle, is unregistered (once per `removal_ttl`):

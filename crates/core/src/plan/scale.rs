@@ -213,7 +213,7 @@ impl<'a> Pass<'_, 'a> {
         }
         candidates.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
         for (_, u) in candidates.into_iter().take(surplus) {
-            self.remove_unit(u, RemovalReason::ScaleDown, true);
+            self.remove_unit(u, RemovalReason::ScaleDown);
             scaled_down.push(u.name.clone());
         }
         if !scaled_down.is_empty() {

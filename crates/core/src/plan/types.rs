@@ -239,8 +239,16 @@ pub enum Action {
     UnregisterRunner { id: u64, name: String, reason: RemovalReason },
     /// Delete the container group. When `only_if_unregistered` is `Some(id)`, the preceding
     /// `UnregisterRunner { id }` of this plan must have succeeded (or returned NotFound);
-    /// otherwise skip the delete (the runner may just have taken a job).
-    DeleteGroup { name: String, reason: RemovalReason, only_if_unregistered: Option<u64> },
+    /// otherwise skip the delete (the runner may just have taken a job). When
+    /// `only_if_unlisted`, a runner list read by the executor in this execution (not the
+    /// pass's, which may be cached) must show no registration named `name`; otherwise skip the
+    /// delete (a container that may still run registered after the pass's list was read).
+    DeleteGroup {
+        name: String,
+        reason: RemovalReason,
+        only_if_unregistered: Option<u64>,
+        only_if_unlisted: bool,
+    },
     /// Orphan deletion policy: remove the controller's tags (`aci-runners-managed-by` and the
     /// pool tags) from the group so that garbage collection never touches it again.
     ReleaseGroup { name: String },

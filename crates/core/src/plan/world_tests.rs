@@ -92,10 +92,14 @@ impl World {
                     self.runners.retain(|r| r.id != *id);
                     unregistered.insert(*id);
                 }
-                Action::DeleteGroup { name, only_if_unregistered, .. } => {
+                Action::DeleteGroup { name, only_if_unregistered, only_if_unlisted, .. } => {
                     if let Some(id) = only_if_unregistered
                         && !unregistered.contains(id)
                     {
+                        continue;
+                    }
+                    // The executor's own read of the runners: the world as it is now.
+                    if *only_if_unlisted && self.runners.iter().any(|r| &r.name == name) {
                         continue;
                     }
                     if self.runners.iter().any(|r| &r.name == name && r.busy) {

@@ -7,7 +7,18 @@ fn recycle_table() {
     let term = |c| ContainerState::Terminated { exit_code: Some(c) };
     type Case = (ContainerState, i32, Option<(bool, bool)>, bool, Vec<Action>, bool);
     let unreg = |r| Action::UnregisterRunner { id: 7, name: "pool-done1".into(), reason: r };
-    let del = |r| Action::DeleteGroup { name: "pool-done1".into(), reason: r, only_if_unregistered: None };
+    let del = |r| Action::DeleteGroup {
+        name: "pool-done1".into(),
+        reason: r,
+        only_if_unregistered: None,
+        only_if_unlisted: false,
+    };
+    let del_after_unreg = |r| Action::DeleteGroup {
+        name: "pool-done1".into(),
+        reason: r,
+        only_if_unregistered: Some(7),
+        only_if_unlisted: false,
+    };
     let cases: Vec<Case> = vec![
         // exit 0, registration gone (ephemeral runner removed itself) → delete group only.
         (term(0), 0, None, true, vec![del(RemovalReason::Recycled)], false),
@@ -25,7 +36,7 @@ fn recycle_table() {
             2,
             Some((false, false)),
             false,
-            vec![unreg(RemovalReason::Crashed), del(RemovalReason::Crashed)],
+            vec![unreg(RemovalReason::Crashed), del_after_unreg(RemovalReason::Crashed)],
             true,
         ),
         // busy registration: never touched, even with a terminated container.
@@ -81,7 +92,8 @@ fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registrati
             Action::DeleteGroup {
                 name: "pool-done1".into(),
                 reason: RemovalReason::Recycled,
-                only_if_unregistered: None
+                only_if_unregistered: Some(7),
+                only_if_unlisted: false
             },
         ]
     );
@@ -171,7 +183,7 @@ fn stale_group_of_older_pool_with_same_name_is_collected() {
     fx.groups = Ok(vec![old, other_live, busy_old]);
     fx.runners = Ok(vec![runner(5, "pool-old01", false, false), runner(6, "pool-old02", true, true)]);
     let p = confirmed_pass(&mut fx);
-    assert_eq!(p.actions, orphan_removal(5, "pool-old01", None));
+    assert_eq!(p.actions, orphan_removal(5, "pool-old01", Some(5)));
 }
 
 #[test]
@@ -204,6 +216,7 @@ fn orphan_removal(id: u64, name: &str, guard: Option<u64>) -> Vec<Action> {
             name: name.into(),
             reason: RemovalReason::Orphaned,
             only_if_unregistered: guard,
+            only_if_unlisted: false,
         },
     ]
 }
@@ -258,7 +271,8 @@ fn removals_are_not_repeated_or_misread_while_lists_lag() {
         vec![&Action::DeleteGroup {
             name: removed.clone(),
             reason: RemovalReason::ScaleDown,
-            only_if_unregistered: None
+            only_if_unregistered: None,
+            only_if_unlisted: true
         }]
     );
     assert_eq!(p.state.failures, 0);
@@ -362,4 +376,60 @@ fn a_restarted_persistent_runner_is_never_removed_under_a_job_it_may_have_taken(
         "{:?}",
         p.actions
     );
+}
+
+/// Soak seed 126: a persistent (token-mode) runner's container crashed before registering and
+/// ACI restarted it (restart policy Always); the pass's runner list, read before the restart
+/// registered, showed no registration, and the group was deleted under the job the restarted
+/// runner had just taken. Seed 122 is the registration-timeout twin. A group whose container
+/// can still run and whose registration is not listed is deleted only if a runner list read at
+/// execution shows none.
+#[test]
+fn a_group_that_can_still_run_is_deleted_only_if_a_fresh_list_shows_no_registration() {
+    let mut fx = Fx::new();
+    fx.spec = spec_json(serde_json::json!({
+        "runner": {"registration": {"mode": "token", "ephemeral": false}},
+        "scaling": {"minIdle": 0}
+    }));
+    let mut g = group("pool-rstr1", ContainerState::Running, 1);
+    if let Some(c) = g.container.as_mut() {
+        c.restart_count = 1;
+    }
+    fx.groups = Ok(vec![g]);
+    let p = fx.run();
+    let deletes: Vec<&Action> = destructive(&p);
+    assert_eq!(
+        deletes,
+        vec![&Action::DeleteGroup {
+            name: "pool-rstr1".into(),
+            reason: RemovalReason::Crashed,
+            only_if_unregistered: None,
+            only_if_unlisted: true
+        }],
+        "{:?}",
+        p.actions
+    );
+    // Listed (it registered): the delete waits for its unregister instead.
+    fx.runners = Ok(vec![runner(9, "pool-rstr1", true, false)]);
+    let p = fx.run();
+    assert!(
+        destructive(&p).iter().all(|a| match a {
+            Action::DeleteGroup { only_if_unregistered, only_if_unlisted, .. } =>
+                *only_if_unregistered == Some(9) && !only_if_unlisted,
+            _ => true,
+        }),
+        "{:?}",
+        p.actions
+    );
+    // An ephemeral runner's terminated container (restart policy Never) runs nothing any more.
+    let mut fx = Fx::new();
+    fx.spec.scaling.min_idle = 0;
+    fx.groups = Ok(vec![group("pool-done9", ContainerState::Terminated { exit_code: Some(1) }, 5)]);
+    let p = fx.run();
+    assert!(
+        destructive(&p).iter().all(|a| !matches!(a, Action::DeleteGroup { only_if_unlisted: true, .. })),
+        "{:?}",
+        p.actions
+    );
+    assert!(!destructive(&p).is_empty(), "{:?}", p.actions);
 }

@@ -18,12 +18,14 @@ fn deletion_removes_idle_waits_for_busy_then_drains() {
             Action::DeleteGroup {
                 name: "pool-idle1".into(),
                 reason: RemovalReason::PoolDeleted,
-                only_if_unregistered: Some(10)
+                only_if_unregistered: Some(10),
+                only_if_unlisted: false
             },
             Action::DeleteGroup {
                 name: "pool-prov1".into(),
                 reason: RemovalReason::PoolDeleted,
-                only_if_unregistered: None
+                only_if_unregistered: None,
+                only_if_unlisted: true
             },
         ]
     );
@@ -49,7 +51,8 @@ fn deletion_removes_idle_waits_for_busy_then_drains() {
             Action::DeleteGroup {
                 name: "pool-busy1".into(),
                 reason: RemovalReason::DrainTimeout,
-                only_if_unregistered: None
+                only_if_unregistered: None,
+                only_if_unlisted: false
             },
             Action::UnregisterRunner {
                 id: 50,
@@ -86,7 +89,8 @@ fn deletion_waits_for_in_flight_creates() {
         vec![Action::DeleteGroup {
             name: "pool-fly01".into(),
             reason: RemovalReason::PoolDeleted,
-            only_if_unregistered: None
+            only_if_unregistered: None,
+            only_if_unlisted: true
         }]
     );
 }
@@ -163,6 +167,7 @@ fn deletion_never_wedges() {
             name: "pool-idle1".into(),
             reason: RemovalReason::PoolDeleted,
             only_if_unregistered: None,
+            only_if_unlisted: false,
         },
         error: EdgeError::new(EdgeErrorKind::Transient, "ARM 500"),
         registered_runner: None,

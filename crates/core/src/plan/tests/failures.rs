@@ -33,7 +33,8 @@ fn registration_timeout_replaces_and_counts() {
         vec![&Action::DeleteGroup {
             name: "pool-slow1".into(),
             reason: RemovalReason::RegistrationTimeout,
-            only_if_unregistered: None
+            only_if_unregistered: None,
+            only_if_unlisted: true
         }]
     );
     assert_eq!(p.state.last_failure.as_ref().unwrap().reason, FailureReason::RegistrationTimeout);

@@ -164,13 +164,15 @@ fn scale_down_only_idle_past_delay_oldest_first_unregister_then_delete() {
             Action::DeleteGroup {
                 name: "pool-idle2".into(),
                 reason: RemovalReason::ScaleDown,
-                only_if_unregistered: Some(11)
+                only_if_unregistered: Some(11),
+                only_if_unlisted: false
             },
             Action::UnregisterRunner { id: 12, name: "pool-idle3".into(), reason: RemovalReason::ScaleDown },
             Action::DeleteGroup {
                 name: "pool-idle3".into(),
                 reason: RemovalReason::ScaleDown,
-                only_if_unregistered: Some(12)
+                only_if_unregistered: Some(12),
+                only_if_unlisted: false
             },
         ]
     );
