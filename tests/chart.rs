@@ -266,8 +266,7 @@ fn defaults_render_a_hardened_two_replica_deployment() {
             "--lease-name=rel-aci-runner-controller",
             "--lease-namespace=arc-system",
             "--health-listen=0.0.0.0:8080",
-            "--arm-endpoint=https://management.azure.com",
-            "--azure-authority-host=https://login.microsoftonline.com",
+            "--azure-cloud=public",
             "--log-format=json",
             "--aci-creates-per-5m=100",
             "--aci-creates-per-hour=300",
@@ -1138,8 +1137,12 @@ fn chart_arguments_parse_with_the_controller_cli() {
     assert_eq!(run.lease_namespace.as_deref(), Some("arc-system"));
     assert_eq!(run.health_listen.to_string(), "0.0.0.0:8080");
     assert!(run.webhook_listen.is_none() && run.webhook_secret_file.is_none());
-    assert_eq!(run.arm_endpoint, "https://management.azure.com");
-    assert_eq!(run.azure_authority_host, "https://login.microsoftonline.com");
+    // Public Azure's endpoints come from the cloud (`controller.azureCloud`), not from flags.
+    assert_eq!((run.arm_endpoint.as_deref(), run.azure_authority_host.as_deref()), (None, None));
+    let cloud = run.cloud().unwrap();
+    assert_eq!(cloud.arm_endpoint.as_str(), "https://management.azure.com/");
+    assert_eq!(cloud.authority_host.as_str(), "https://login.microsoftonline.com/");
+    assert_eq!(run.prices.table().unwrap(), None, "no price table by default");
     assert_eq!(
         run.limits,
         aci_runner_controller::controller::run::ApiLimitArgs::default(),
@@ -1159,6 +1162,13 @@ fn chart_arguments_parse_with_the_controller_cli() {
     assert_eq!(run.health_listen.to_string(), "0.0.0.0:9090");
     assert_eq!(run.webhook_listen.map(|a| a.to_string()).as_deref(), Some("0.0.0.0:8443"));
     assert_eq!(run.webhook_secret_file.as_deref(), Some(Path::new("/var/run/secrets/github-webhook/secret")));
+    let cloud = run.cloud().unwrap();
+    assert_eq!(cloud.arm_endpoint.as_str(), "https://management.usgovcloudapi.net/");
+    assert_eq!(cloud.authority_host.as_str(), "https://login.microsoftonline.us/");
+    let prices = run.prices.table().unwrap().expect("controller.prices fill the price table");
+    assert_eq!(prices.currency, "USD");
+    assert_eq!((prices.regular_vcpu_second, prices.regular_gb_second), (0.0000135, 0.0000015));
+    assert_eq!((prices.spot_vcpu_second, prices.spot_gb_second), (0.000004, 0.00000045));
 
     let (_, run) = parse_chart_args(
         &render(&["--set", "replicaCount=1", "--set", "controller.leaderElection.enabled=false"]),

@@ -601,8 +601,8 @@ async fn start_stand_in_controller(env: &Env, sim: &aci_runner_devkit::sim::Simu
         args.webhook_secret_file = Some(file);
     }
     let webhook = args.webhook_listen;
-    args.arm_endpoint = sim.arm.url();
-    args.azure_authority_host = sim.arm.url();
+    args.arm_endpoint = Some(sim.arm.url());
+    args.azure_authority_host = Some(sim.arm.url());
     args.arm_scope = Some("https://management.azure.com/.default".into());
     let mut kc = Kubeconfig::read_from(&env.cp.kubeconfig).unwrap();
     for named in &mut kc.auth_infos {

@@ -179,11 +179,13 @@ pub fn run_args(
         health_listen: health,
         webhook_listen: webhook.as_ref().map(|(a, _)| *a),
         webhook_secret_file: webhook.map(|(_, p)| p),
-        arm_endpoint: sim.arm.url(),
-        azure_authority_host: sim.arm.url(),
+        azure_cloud: Default::default(),
+        arm_endpoint: Some(sim.arm.url()),
+        azure_authority_host: Some(sim.arm.url()),
         arm_scope: Some("https://management.azure.com/.default".into()),
         gc_grace: opts.gc_grace,
         limits: Default::default(),
+        prices: Default::default(),
     }
 }
 
