@@ -114,8 +114,9 @@ fn refusals(log: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A pool in the watched namespace becomes Ready and is deleted cleanly (finalizer), with the
-/// Lease, Events, status and Secret reads of the chart's Role; a pool in an unwatched namespace
+/// A pool in the watched namespace becomes Ready, its usage priced from the chart's
+/// `controller.prices`, and is deleted cleanly (finalizer), with the Lease, Events, status and
+/// Secret reads of the chart's Role; a pool in an unwatched namespace
 /// gets no finalizer, no status and no simulator call; the controller's log shows no refusal by
 /// the API server. A second run as a ServiceAccount without bindings shows that the binary really
 /// acts as the kubeconfig's `as:` identity and that a refusal does reach the log.
@@ -145,6 +146,13 @@ async fn controller_as_the_charts_service_account_reconciles_its_namespace_only(
             &format!("controller.watchNamespaces={{{watched}}}"),
             "--set",
             "azure.workloadIdentity.clientId=11111111-2222-3333-4444-555555555555",
+            // The price table that fills status.usage.estimatedCost.
+            "--set",
+            "controller.prices.currency=EUR",
+            "--set",
+            "controller.prices.vcpuSecond=0.001",
+            "--set",
+            "controller.prices.gbSecond=0.0001",
         ],
     );
     t.ok(
@@ -204,6 +212,16 @@ async fn controller_as_the_charts_service_account_reconciles_its_namespace_only(
         world::world(&sim, "watched"),
         log_text()
     );
+    // The chart's price table reaches the binary: the pool's usage is priced.
+    let priced = harness::eventually(Duration::from_secs(120), || async {
+        let usage = pools.get_opt("watched").await.ok().flatten()?.status?.usage?;
+        (usage.estimated_cost.is_some_and(|c| c > 0.0) && usage.vcpu_seconds > 0.0).then_some(usage)
+    })
+    .await
+    .expect("status.usage.estimatedCost is filled");
+    assert_eq!(priced.currency.as_deref(), Some("EUR"));
+    let expected = priced.vcpu_seconds * 0.001 + priced.gb_seconds * 0.0001;
+    assert!((priced.estimated_cost.unwrap() - expected).abs() < 1e-9, "{priced:?}");
 
     // Leader election: the Lease of the chart's name in the release namespace, held by the pod.
     let lease = Api::<Lease>::namespaced(admin.clone(), &home)

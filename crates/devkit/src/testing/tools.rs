@@ -21,14 +21,18 @@ pub fn helm_bin() -> &'static Path {
     })
 }
 
-/// The machine's kubectl, else the one `scripts/helm` extracted next to helm.
+/// The machine's kubectl (its absolute path, so that it can be linked into a `PATH` of its own),
+/// else the one `scripts/helm` extracted next to helm.
 pub fn kubectl_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let on_path =
-            Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success());
-        let bundled = helm_bin().with_file_name("kubectl");
-        if on_path || !bundled.exists() { PathBuf::from("kubectl") } else { bundled }
+        let which = Command::new("bash").arg("-c").arg("command -v kubectl").output();
+        match which {
+            Ok(o) if o.status.success() && !o.stdout.trim_ascii().is_empty() => {
+                PathBuf::from(String::from_utf8_lossy(o.stdout.trim_ascii()).into_owned())
+            }
+            _ => helm_bin().with_file_name("kubectl"),
+        }
     })
 }
 
