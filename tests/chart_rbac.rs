@@ -146,12 +146,13 @@ async fn controller_as_the_charts_service_account_reconciles_its_namespace_only(
             &format!("controller.watchNamespaces={{{watched}}}"),
             "--set",
             "azure.workloadIdentity.clientId=11111111-2222-3333-4444-555555555555",
-            // The price table that fills status.usage.estimatedCost.
+            // The price table that fills status.usage.estimatedCost (`--set` would pass the
+            // decimals as strings, which the schema refuses).
             "--set",
             "controller.prices.currency=EUR",
-            "--set",
+            "--set-json",
             "controller.prices.vcpuSecond=0.001",
-            "--set",
+            "--set-json",
             "controller.prices.gbSecond=0.0001",
         ],
     );
