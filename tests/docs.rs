@@ -554,13 +554,17 @@ fn documented_run_flags_and_variables_are_run_help() {
     assert_eq!(documented, help, "docs/operations.md's flag table and `run --help` differ");
 
     let token = regex::Regex::new(r"--([a-z0-9][a-z0-9-]*)").unwrap();
+    let value_flag = regex::Regex::new(r"\(`--([a-z0-9][a-z0-9-]*)").unwrap();
     let mut named = Vec::new();
     for f in markdown_files() {
         let text = std::fs::read_to_string(&f).unwrap();
         let mut continued = false;
         for line in text.lines() {
-            let values_row = f.ends_with("docs/helm.md") && line.starts_with("| `controller.");
-            if continued || values_row || line.contains("aci-runner-controller run") {
+            if f.ends_with("docs/helm.md") && line.starts_with("| `controller.") {
+                // A value's flag, by the table's convention: "(`--flag`".
+                named.extend(value_flag.captures_iter(line).map(|c| (f.clone(), c[1].to_string())));
+            }
+            if continued || line.contains("aci-runner-controller run") {
                 named.extend(token.captures_iter(line).map(|c| (f.clone(), c[1].to_string())));
             }
             continued = (continued || line.contains("aci-runner-controller run")) && line.ends_with('\\');
