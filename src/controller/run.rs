@@ -645,7 +645,7 @@ mod tests {
         assert_eq!(t.currency, "USD");
         assert_eq!((t.regular_vcpu_second, t.regular_gb_second), (0.0000135, 0.0000015));
         assert_eq!((t.spot_vcpu_second, t.spot_gb_second), (0.000004, 0.0));
-        assert!(parse(&["--price-currency", "USD", "--price-gb-second", "-1"]).prices.table().is_err());
+        assert!(parse(&["--price-currency", "USD", "--price-gb-second=-1"]).prices.table().is_err());
         assert!(
             Cli::try_parse_from(["run", "--price-vcpu-second", "1"]).is_err(),
             "a price needs its currency"
