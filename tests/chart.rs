@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 use aci_runner_devkit::testing::control_plane;
+use aci_runner_devkit::testing::tools::{helm_bin, kubectl_bin};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -22,25 +23,6 @@ fn chart() -> PathBuf {
 
 fn max_values() -> PathBuf {
     chart().join("ci/max-values.yaml")
-}
-
-/// The cached helm binary; panics with the install command when it is missing.
-fn helm_bin() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/helm"))
-            .arg("--path")
-            .output()
-            .expect("bash runs scripts/helm");
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            out.status.success() && !path.is_empty(),
-            "helm is missing: install it with `scripts/helm version` (or run `scripts/test`, which does): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(path)
-    })
 }
 
 fn helm(args: &[&str], kubeconfig: Option<&Path>) -> Output {
@@ -309,8 +291,7 @@ fn defaults_render_a_hardened_two_replica_deployment() {
             "--lease-name=rel-aci-runner-controller",
             "--lease-namespace=arc-system",
             "--health-listen=0.0.0.0:8080",
-            "--arm-endpoint=https://management.azure.com",
-            "--azure-authority-host=https://login.microsoftonline.com",
+            "--azure-cloud=public",
             "--log-format=json",
             "--allow-imds=false",
             "--aci-creates-per-5m=100",
@@ -543,17 +524,6 @@ fn values_schema_and_guards_reject_bad_values() {
 }
 
 // ---- against the local control plane (kube-apiserver v1.20.2) ----
-
-/// The machine's kubectl, else the one `scripts/helm` extracted next to helm (same npm package).
-fn kubectl_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let on_path =
-            Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success());
-        let bundled = helm_bin().with_file_name("kubectl");
-        if on_path || !bundled.exists() { PathBuf::from("kubectl") } else { bundled }
-    })
-}
 
 fn kubectl(cp: &control_plane::ControlPlane, args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
     let mut child = Command::new(kubectl_bin())
@@ -1183,8 +1153,12 @@ fn chart_arguments_parse_with_the_controller_cli() {
     assert_eq!(run.lease_namespace.as_deref(), Some("arc-system"));
     assert_eq!(run.health_listen.to_string(), "0.0.0.0:8080");
     assert!(run.webhook_listen.is_none() && run.webhook_secret_file.is_none());
-    assert_eq!(run.arm_endpoint, "https://management.azure.com");
-    assert_eq!(run.azure_authority_host, "https://login.microsoftonline.com");
+    // Public Azure's endpoints come from the cloud (`controller.azureCloud`), not from flags.
+    assert_eq!((run.arm_endpoint.as_deref(), run.azure_authority_host.as_deref()), (None, None));
+    let cloud = run.cloud().unwrap();
+    assert_eq!(cloud.arm_endpoint.as_str(), "https://management.azure.com/");
+    assert_eq!(cloud.authority_host.as_str(), "https://login.microsoftonline.com/");
+    assert_eq!(run.prices.table().unwrap(), None, "no price table by default");
     assert_eq!(
         run.limits,
         aci_runner_controller::controller::run::ApiLimitArgs::default(),
@@ -1204,6 +1178,13 @@ fn chart_arguments_parse_with_the_controller_cli() {
     assert_eq!(run.health_listen.to_string(), "0.0.0.0:9090");
     assert_eq!(run.webhook_listen.map(|a| a.to_string()).as_deref(), Some("0.0.0.0:8443"));
     assert_eq!(run.webhook_secret_file.as_deref(), Some(Path::new("/var/run/secrets/github-webhook/secret")));
+    let cloud = run.cloud().unwrap();
+    assert_eq!(cloud.arm_endpoint.as_str(), "https://management.usgovcloudapi.net/");
+    assert_eq!(cloud.authority_host.as_str(), "https://login.microsoftonline.us/");
+    let prices = run.prices.table().unwrap().expect("controller.prices fill the price table");
+    assert_eq!(prices.currency, "USD");
+    assert_eq!((prices.regular_vcpu_second, prices.regular_gb_second), (0.0000135, 0.0000015));
+    assert_eq!((prices.spot_vcpu_second, prices.spot_gb_second), (0.000004, 0.00000045));
 
     let (_, run) = parse_chart_args(
         &render(&["--set", "replicaCount=1", "--set", "controller.leaderElection.enabled=false"]),

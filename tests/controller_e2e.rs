@@ -123,3 +123,90 @@ async fn a_new_generation_is_acknowledged_before_azure_answers() {
     assert!(acknowledged(2)(&first_of_generation_2), "{:?}", first_of_generation_2.status);
     w.wait_ready("ack", 2).await;
 }
+
+/// The `aci_runner_controller_*` names that docs/, README.md, the chart's README and its
+/// PrometheusRule template use.
+fn documented_metric_names() -> std::collections::BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![
+        root.join("README.md"),
+        root.join("charts/aci-runner-controller/README.md"),
+        root.join("charts/aci-runner-controller/templates/prometheusrule.yaml"),
+    ];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            files.push(p);
+        }
+    }
+    let name = regex::Regex::new(r"aci_runner_controller_[a-z0-9_]*[a-z0-9]").unwrap();
+    files
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            name.find_iter(&text).map(|m| m.as_str().to_string()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The sample names a Prometheus exposition can carry, from its `# TYPE` lines (whether or not
+/// a series has a sample yet): a counter `X` as `X_total`, a histogram as `X`, `X_bucket`,
+/// `X_sum`, `X_count`, anything else as `X`.
+fn exported_metric_names(exposition: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for l in exposition.lines() {
+        let Some(rest) = l.strip_prefix("# TYPE ") else { continue };
+        let mut parts = rest.split_whitespace();
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { continue };
+        match kind {
+            "counter" => {
+                out.insert(format!("{}_total", name.trim_end_matches("_total")));
+            }
+            "histogram" => {
+                for suffix in ["", "_bucket", "_sum", "_count"] {
+                    out.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {
+                out.insert(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Every metric name the docs and the chart name is one the running controller exports on
+/// `/metrics` (and every exported one is documented), and the documented webhook counter counts the deliveries the receiver accepts
+/// (the series the docs named was once registered while another one was counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_metric_names_are_exported_and_webhook_deliveries_counted() {
+    let w = World::builder("e2e-metric-names").webhooks("metric-names-secret").start().await;
+    w.apply_ready("names", 1).await;
+    w.enqueue(&["aci"], 0.5, 1);
+    let counted = eventually(T, || async {
+        let n = w.metric("aci_runner_controller_webhook_deliveries_total", &[("result", "accepted")]).await;
+        (n >= 1.0).then_some(n)
+    })
+    .await;
+    assert!(counted.is_some(), "no accepted delivery counted:\n{}", w.metrics().await);
+
+    let exposition = w.metrics().await;
+    let exported = exported_metric_names(&exposition);
+    let documented = documented_metric_names();
+    assert!(documented.len() >= 15, "the docs' metric names were not found: {documented:?}");
+    let missing: Vec<&String> = documented.difference(&exported).collect();
+    assert!(missing.is_empty(), "documented but not exported: {missing:?}\n{exposition}");
+    // And the other way round: no exported series the docs do not name.
+    let undocumented: Vec<String> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|r| r.split_once(' '))
+        .map(|(n, kind)| if kind == "counter" { format!("{n}_total") } else { n.to_string() })
+        .filter(|n| !documented.contains(n))
+        .collect();
+    assert!(undocumented.is_empty(), "exported but not in docs/operations.md: {undocumented:?}");
+    // The rule that reads the exposition tells the kinds apart.
+    assert!(exported.contains("aci_runner_controller_reconcile_total"));
+    assert!(exported.contains("aci_runner_controller_reconcile_duration_seconds_bucket"));
+    assert!(!exported.contains("aci_runner_controller_runners_total"), "runners is a gauge");
+}

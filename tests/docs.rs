@@ -502,3 +502,113 @@ fn runner_pools_shown_in_the_docs_are_valid() {
     }
     assert!(checked >= 1, "the quickstart shows a RunnerPool");
 }
+
+/// `aci-runner-controller run --help`: every long flag (but `--help`) and its environment
+/// variable, if any.
+fn run_help_flags() -> std::collections::BTreeMap<String, Option<String>> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aci-runner-controller"))
+        .args(["run", "--help"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let flag = regex::Regex::new(r"^\s+(?:-\w, )?--([a-z0-9-]+)").unwrap();
+    let env = regex::Regex::new(r"\[env: ([A-Z0-9_]+)=").unwrap();
+    let mut flags = std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in help.lines() {
+        if let Some(c) = flag.captures(line) {
+            current = Some(c[1].to_string());
+            flags.insert(c[1].to_string(), None);
+        }
+        if let (Some(c), Some(f)) = (env.captures(line), &current) {
+            flags.insert(f.clone(), Some(c[1].to_string()));
+        }
+    }
+    flags.remove("help");
+    assert!(flags.len() > 20, "the flags of run were not found in:\n{help}");
+    flags
+}
+
+/// docs/operations.md's table of `run`'s flags and variables is `run --help` (both ways, with
+/// the same variable per flag); every flag the docs give `aci-runner-controller run` and every
+/// chart value's flag in docs/helm.md is one of them; every controller variable the docs name
+/// (`AZURE_*`, `ARM_*`, `ACI_*`, `GITHUB_*`, `PRICE_*`, `WATCH_*`, `POD_*`, `WEBHOOK_*`, `POOL_*`)
+/// is a flag's, or one the Azure identity or cloud configuration reads.
+#[test]
+fn documented_run_flags_and_variables_are_run_help() {
+    let help = run_help_flags();
+    let ops = read("docs/operations.md");
+    let table = ops
+        .split("## Flags and environment of `run`")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("docs/operations.md has a section `Flags and environment of `run``");
+    let row = regex::Regex::new(r"^\| `--([a-z0-9-]+)` \| (?:`([A-Z0-9_]+)`|—) \|").unwrap();
+    let documented: std::collections::BTreeMap<String, Option<String>> = table
+        .lines()
+        .filter_map(|l| row.captures(l))
+        .map(|c| (c[1].to_string(), c.get(2).map(|m| m.as_str().to_string())))
+        .collect();
+    assert_eq!(documented, help, "docs/operations.md's flag table and `run --help` differ");
+
+    let token = regex::Regex::new(r"--([a-z0-9][a-z0-9-]*)").unwrap();
+    let value_flag = regex::Regex::new(r"\(`--([a-z0-9][a-z0-9-]*)").unwrap();
+    let mut named = Vec::new();
+    for f in markdown_files() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let mut continued = false;
+        for line in text.lines() {
+            if f.ends_with("docs/helm.md") && line.starts_with("| `controller.") {
+                // A value's flag, by the table's convention: "(`--flag`".
+                named.extend(value_flag.captures_iter(line).map(|c| (f.clone(), c[1].to_string())));
+            }
+            if continued || line.contains("aci-runner-controller run") {
+                named.extend(token.captures_iter(line).map(|c| (f.clone(), c[1].to_string())));
+            }
+            continued = (continued || line.contains("aci-runner-controller run")) && line.ends_with('\\');
+        }
+    }
+    assert!(named.iter().any(|(_, n)| n == "namespaces"), "no `aci-runner-controller run` line found");
+    let unknown: Vec<String> = named
+        .iter()
+        .filter(|(_, n)| !help.contains_key(n) && n != "help")
+        .map(|(f, n)| format!("{}: --{n}", f.display()))
+        .collect();
+    assert!(unknown.is_empty(), "flags the docs give the controller that `run` does not have: {unknown:?}");
+
+    // The variables the Azure identity (`CredentialSpec::from_env`) and the library's cloud
+    // configuration (`CloudConfig::from_env`) read, as their source spells them.
+    let credentials = read("src/azure/credentials.rs");
+    let others = [
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_RESOURCE_MANAGER_ENDPOINT",
+        "AZURE_RESOURCE_MANAGER_SCOPE",
+    ];
+    for v in others {
+        assert!(credentials.contains(&format!("\"{v}\"")), "src/azure/credentials.rs no longer reads {v}");
+    }
+    let known: BTreeSet<&str> = help.values().flatten().map(String::as_str).chain(others).collect();
+    let var =
+        regex::Regex::new(r"\b(?:AZURE|ARM|ACI|GITHUB|PRICE|WATCH|POD|WEBHOOK|POOL)_[A-Z0-9_]*[A-Z0-9]\b")
+            .unwrap();
+    let mut unread = Vec::new();
+    for f in markdown_files() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        // A guide's own shell variables (`NAME=…` at the start of a line) are not the controller's.
+        let own: BTreeSet<&str> =
+            text.lines().filter_map(|l| l.trim_start().split_once('=')).map(|(n, _)| n).collect();
+        for m in var.find_iter(&text) {
+            // Nor are the devkit's (tests, benchmarks).
+            let theirs = m.as_str().starts_with("ACI_RC_") || own.contains(m.as_str());
+            if !theirs && !known.contains(m.as_str()) {
+                unread.push(format!("{}: {}", f.display(), m.as_str()));
+            }
+        }
+    }
+    assert!(unread.is_empty(), "variables the docs name that the controller does not read: {unread:?}");
+}

@@ -36,7 +36,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aci_runner_controller::controller::ports::{JitRegistration, PoolContext, RunnerRegistrations};
@@ -45,6 +45,7 @@ use aci_runner_core::plan::{EdgeError, ObservedRunner};
 use aci_runner_devkit::sim::github::{EnqueueJobs, InstallationSpec, WebhookTarget};
 use aci_runner_devkit::testing::control_plane::ControlPlane;
 use aci_runner_devkit::testing::harness;
+use aci_runner_devkit::testing::tools::{helm_bin, kubectl_bin};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::Value;
@@ -272,34 +273,6 @@ impl Script {
 }
 
 // ---- tools and the environment of a run ----
-
-fn helm_bin() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let out = Command::new("bash").arg(repo().join("scripts/helm")).arg("--path").output().unwrap();
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            out.status.success() && !path.is_empty(),
-            "helm is missing: install it with `scripts/helm version` (or run `scripts/test`): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(path)
-    })
-}
-
-/// The machine's kubectl, else the one `scripts/helm` extracted next to helm.
-fn kubectl_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let which = Command::new("bash").arg("-c").arg("command -v kubectl").output().unwrap();
-        let found = String::from_utf8_lossy(&which.stdout).trim().to_string();
-        if which.status.success() && !found.is_empty() {
-            PathBuf::from(found)
-        } else {
-            helm_bin().with_file_name("kubectl")
-        }
-    })
-}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -604,8 +577,8 @@ async fn start_stand_in_controller(env: &Env, sim: &aci_runner_devkit::sim::Simu
         args.webhook_secret_file = Some(file);
     }
     let webhook = args.webhook_listen;
-    args.arm_endpoint = sim.arm.url();
-    args.azure_authority_host = sim.arm.url();
+    args.arm_endpoint = Some(sim.arm.url());
+    args.azure_authority_host = Some(sim.arm.url());
     args.arm_scope = Some("https://management.azure.com/.default".into());
     let mut kc = Kubeconfig::read_from(&env.cp.kubeconfig).unwrap();
     for named in &mut kc.auth_infos {

@@ -379,8 +379,8 @@ async fn webhook_receiver_verifies_signatures_and_emits_demand() {
     metrics.register(&mut reg);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
-    assert!(text.contains("github_webhook_deliveries_total{result=\"bad_signature\"} 3"), "{text}");
-    assert!(text.contains("github_webhook_deliveries_total{result=\"accepted\"} 1"), "{text}");
+    assert!(text.contains("\nwebhook_deliveries_total{result=\"bad_signature\"} 3"), "{text}");
+    assert!(text.contains("\nwebhook_deliveries_total{result=\"accepted\"} 1"), "{text}");
 }
 
 #[tokio::test]

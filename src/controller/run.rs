@@ -49,12 +49,16 @@ pub struct RunArgs {
     /// File holding the webhook secret.
     #[arg(long, env = "GITHUB_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
-    /// Azure Resource Manager endpoint.
-    #[arg(long, env = "ARM_ENDPOINT", default_value = "https://management.azure.com")]
-    pub arm_endpoint: String,
-    /// Entra ID authority host.
-    #[arg(long, env = "AZURE_AUTHORITY_HOST", default_value = "https://login.microsoftonline.com")]
-    pub azure_authority_host: String,
+    /// The Azure cloud whose ARM endpoint and Entra ID authority are used, unless
+    /// `--arm-endpoint` / `--azure-authority-host` name others.
+    #[arg(long, env = "AZURE_CLOUD", value_enum, ignore_case = true, default_value_t = AzureCloud::Public)]
+    pub azure_cloud: AzureCloud,
+    /// Azure Resource Manager endpoint (default: the cloud's, e.g. https://management.azure.com).
+    #[arg(long, env = "ARM_ENDPOINT")]
+    pub arm_endpoint: Option<String>,
+    /// Entra ID authority host (default: the cloud's, e.g. https://login.microsoftonline.com).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    pub azure_authority_host: Option<String>,
     /// Token scope for ARM (default: `<arm-endpoint>/.default`).
     #[arg(long, env = "ARM_TOKEN_SCOPE")]
     pub arm_scope: Option<String>,
@@ -76,6 +80,89 @@ pub struct RunArgs {
     /// Upper bound for one GitHub request: connecting, sending and reading the whole answer.
     #[arg(long, env = "GITHUB_REQUEST_TIMEOUT", default_value = "30s", value_parser = aci_runner_core::crd::parse_duration)]
     pub github_request_timeout: Duration,
+    /// The price table of `status.usage.estimatedCost`.
+    #[command(flatten)]
+    pub prices: PriceArgs,
+}
+
+/// Prices per second of a container group's vCPU and memory (GB), regular and spot; with a
+/// currency given, every pool's `status.usage.estimatedCost` (in `status.usage.currency`) adds up
+/// its groups' lifetimes at these prices. Without one, no cost is estimated.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct PriceArgs {
+    /// Currency of the prices (e.g. `USD`); set it to fill `status.usage.estimatedCost`.
+    #[arg(long, env = "PRICE_CURRENCY")]
+    pub price_currency: Option<String>,
+    /// Price of one vCPU for one second, regular priority.
+    #[arg(long, env = "PRICE_VCPU_SECOND", default_value_t = 0.0, requires = "price_currency")]
+    pub price_vcpu_second: f64,
+    /// Price of one GB of memory for one second, regular priority.
+    #[arg(long, env = "PRICE_GB_SECOND", default_value_t = 0.0, requires = "price_currency")]
+    pub price_gb_second: f64,
+    /// Price of one vCPU for one second, spot priority.
+    #[arg(long, env = "PRICE_SPOT_VCPU_SECOND", default_value_t = 0.0, requires = "price_currency")]
+    pub price_spot_vcpu_second: f64,
+    /// Price of one GB of memory for one second, spot priority.
+    #[arg(long, env = "PRICE_SPOT_GB_SECOND", default_value_t = 0.0, requires = "price_currency")]
+    pub price_spot_gb_second: f64,
+}
+
+impl PriceArgs {
+    /// The planner's price table; `None` without a currency. Negative or non-finite prices are
+    /// refused.
+    pub fn table(&self) -> anyhow::Result<Option<aci_runner_core::plan::PriceTable>> {
+        let Some(currency) = self.price_currency.as_deref().map(str::trim).filter(|c| !c.is_empty()) else {
+            return Ok(None);
+        };
+        for (flag, v) in [
+            ("--price-vcpu-second", self.price_vcpu_second),
+            ("--price-gb-second", self.price_gb_second),
+            ("--price-spot-vcpu-second", self.price_spot_vcpu_second),
+            ("--price-spot-gb-second", self.price_spot_gb_second),
+        ] {
+            anyhow::ensure!(v.is_finite() && v >= 0.0, "{flag} must be a non-negative number, not {v}");
+        }
+        Ok(Some(aci_runner_core::plan::PriceTable {
+            currency: currency.to_string(),
+            regular_vcpu_second: self.price_vcpu_second,
+            regular_gb_second: self.price_gb_second,
+            spot_vcpu_second: self.price_spot_vcpu_second,
+            spot_gb_second: self.price_spot_gb_second,
+        }))
+    }
+}
+
+/// The Azure clouds `--azure-cloud` names (the names `az cloud list` shows are accepted too).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AzureCloud {
+    #[default]
+    #[value(alias = "azurecloud")]
+    Public,
+    #[value(alias = "azureusgovernment")]
+    Usgovernment,
+    #[value(alias = "azurechinacloud")]
+    China,
+}
+
+impl RunArgs {
+    /// ARM endpoint, Entra ID authority and ARM token scope: the cloud's, each overridden by its
+    /// flag when given.
+    pub fn cloud(&self) -> anyhow::Result<crate::azure::CloudConfig> {
+        use crate::azure::CloudConfig;
+        let base = match self.azure_cloud {
+            AzureCloud::Public => CloudConfig::public(),
+            AzureCloud::Usgovernment => CloudConfig::us_government(),
+            AzureCloud::China => CloudConfig::china(),
+        };
+        let arm = self.arm_endpoint.clone().unwrap_or_else(|| base.arm_endpoint.to_string());
+        let authority = self.azure_authority_host.clone().unwrap_or_else(|| base.authority_host.to_string());
+        let scope = match (&self.arm_scope, &self.arm_endpoint) {
+            (Some(s), _) => s.clone(),
+            (None, Some(a)) => format!("{}/.default", a.trim_end_matches('/')),
+            (None, None) => base.arm_scope.clone(),
+        };
+        CloudConfig::custom(&authority, &arm, &scope).map_err(|e| anyhow::anyhow!(e))
+    }
 }
 
 /// The quotas the controller paces itself to, so that it never sends a request into a known
@@ -232,7 +319,8 @@ pub struct Edges {
     /// The webhook receiver's router and the demand signals it produces.
     pub webhook: Option<(axum::Router, mpsc::Receiver<JobEvent>)>,
     pub demand: Arc<DemandStore>,
-    /// Planner tuning; `gc_grace` and `resync` are taken from the flags.
+    /// Planner tuning; `gc_grace` and `resync` are taken from the flags, `prices` when the
+    /// flags give a currency.
     pub planner: PlannerConfig,
     pub metrics: Arc<Metrics>,
     /// Source of the now-time (the simulator's clock in tests).
@@ -287,7 +375,8 @@ pub async fn run_with(
     let (all_pools, _pools_task) = all_pools_store(client.clone()).await;
     all_pools.wait_until_ready().await.context("listing RunnerPools")?;
     let (lost_tx, mut lost_rx) = watch::channel(false);
-    let planner = PlannerConfig { gc_grace: args.gc_grace, resync: args.resync_interval, ..planner };
+    let prices = args.prices.table()?.or(planner.prices);
+    let planner = PlannerConfig { gc_grace: args.gc_grace, resync: args.resync_interval, prices, ..planner };
     let mut ctx = Context::new(client, groups, registrations, demand, planner, metrics, all_pools);
     ctx.clock = clock;
     ctx.allow_insecure_github_http = args.allow_insecure_github_http;
@@ -459,13 +548,10 @@ pub fn build_edges(
     identity: Option<crate::azure::CredentialSpec>,
     clock: crate::github::Clock,
 ) -> anyhow::Result<Edges> {
-    use crate::azure::{AzureClientConfig, AzureMetrics, CloudConfig, CredentialRegistry, RateLimiter};
+    use crate::azure::{AzureClientConfig, AzureMetrics, CredentialRegistry, RateLimiter};
     use crate::github::{GithubHub, HubConfig};
 
-    let arm = args.arm_endpoint.trim_end_matches('/');
-    let scope = args.arm_scope.clone().unwrap_or_else(|| format!("{arm}/.default"));
-    let cloud = CloudConfig::custom(&args.azure_authority_host, &args.arm_endpoint, &scope)
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let cloud = args.cloud()?;
     let azure_metrics = AzureMetrics::new();
     let limiter = RateLimiter::new(args.limits.azure()?, azure_metrics.clone());
     let registry = CredentialRegistry::new(cloud.clone(), Duration::from_secs(300));
@@ -547,6 +633,54 @@ mod tests {
         assert_eq!(run.limits, ApiLimitArgs::default());
         assert_eq!(run.limits.azure().unwrap(), crate::azure::RateLimitConfig::default());
         assert_eq!(run.limits.github(), crate::github::PaceConfig::default());
+    }
+
+    #[test]
+    fn azure_cloud_selects_the_endpoints_and_flags_override_them() {
+        let public = parse(&[]).cloud().unwrap();
+        assert_eq!(public.arm_endpoint.as_str(), "https://management.azure.com/");
+        assert_eq!(public.authority_host.as_str(), "https://login.microsoftonline.com/");
+        assert_eq!(public.arm_scope, "https://management.azure.com/.default");
+        let china = parse(&["--azure-cloud", "china"]).cloud().unwrap();
+        assert_eq!(china.arm_endpoint.as_str(), "https://management.chinacloudapi.cn/");
+        assert_eq!(china.authority_host.as_str(), "https://login.chinacloudapi.cn/");
+        assert_eq!(china.arm_scope, "https://management.chinacloudapi.cn/.default");
+        let gov = parse(&["--azure-cloud", "AzureUSGovernment"]).cloud().unwrap();
+        assert_eq!(gov.arm_endpoint.as_str(), "https://management.usgovcloudapi.net/");
+        assert_eq!(gov.authority_host.as_str(), "https://login.microsoftonline.us/");
+        let custom =
+            parse(&["--azure-cloud", "china", "--arm-endpoint", "http://127.0.0.1:9/"]).cloud().unwrap();
+        assert_eq!(custom.arm_endpoint.as_str(), "http://127.0.0.1:9/");
+        assert_eq!(custom.authority_host.as_str(), "https://login.chinacloudapi.cn/");
+        assert_eq!(custom.arm_scope, "http://127.0.0.1:9/.default");
+        assert!(Cli::try_parse_from(["run", "--azure-cloud", "mars"]).is_err());
+    }
+
+    #[test]
+    fn price_flags_make_the_planners_price_table() {
+        assert_eq!(parse(&[]).prices.table().unwrap(), None);
+        let t = parse(&[
+            "--price-currency",
+            "USD",
+            "--price-vcpu-second",
+            "0.0000135",
+            "--price-gb-second",
+            "0.0000015",
+            "--price-spot-vcpu-second",
+            "0.000004",
+        ])
+        .prices
+        .table()
+        .unwrap()
+        .unwrap();
+        assert_eq!(t.currency, "USD");
+        assert_eq!((t.regular_vcpu_second, t.regular_gb_second), (0.0000135, 0.0000015));
+        assert_eq!((t.spot_vcpu_second, t.spot_gb_second), (0.000004, 0.0));
+        assert!(parse(&["--price-currency", "USD", "--price-gb-second=-1"]).prices.table().is_err());
+        assert!(
+            Cli::try_parse_from(["run", "--price-vcpu-second", "1"]).is_err(),
+            "a price needs its currency"
+        );
     }
 
     #[test]

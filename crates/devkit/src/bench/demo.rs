@@ -424,15 +424,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     s.runners_created = arm.creates_accepted;
     s.runners_recycled = arm.count("delete", true);
     let metrics = observe::controller_metrics(&args.controller_metrics).await;
-    s.gc_actions = (observe::metric_sum(
-        &metrics,
-        "aci_runner_controller_actions_total",
-        &[("action", "delete_orphan_group")],
-    ) + observe::metric_sum(
-        &metrics,
-        "aci_runner_controller_actions_total",
-        &[("action", "release_group")],
-    )) as u64;
+    // Garbage collection (docs/operations.md): every action with reason GarbageCollected or
+    // Orphaned, plus the releases of the orphan deletion policy.
+    let actions = "aci_runner_controller_actions_total";
+    s.gc_actions = (observe::metric_sum(&metrics, actions, &[("reason", "GarbageCollected")])
+        + observe::metric_sum(&metrics, actions, &[("reason", "Orphaned")])
+        + observe::metric_sum(&metrics, actions, &[("action", "release_group")])) as u64;
 
     // 4. Delete the pools and check that everything is gone.
     if !args.keep {

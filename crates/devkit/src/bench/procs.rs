@@ -103,22 +103,52 @@ impl ControllerProc {
             spec.gc_grace.clone(),
         ];
         args.extend(extra_args.iter().cloned());
-        let env = vec![
-            ("KUBECONFIG".to_string(), spec.kubeconfig.display().to_string()),
+        let webhook_url =
+            format!("http://127.0.0.1:{webhook_port}{}", aci_runner_controller::github::WEBHOOK_PATH);
+        let health_url = format!("http://127.0.0.1:{health_port}");
+        let env = vec![("RUST_LOG".to_string(), spec.log_filter.clone())];
+        Self::launch(sim, &spec.kubeconfig, &spec.dir, args, env, health_url, webhook_url).await
+    }
+
+    /// `aci-runner-controller` with exactly `args` and the variables `env` (e.g. a Deployment's
+    /// container; they override the defaults), the controller's Azure identity from `sim`,
+    /// `KUBECONFIG` = `kubeconfig`, its log in `dir`; `health_url` (`http://HOST:PORT`) is where
+    /// the `--health-listen` of `args` answers.
+    pub async fn start_exact(
+        sim: &Simulator,
+        kubeconfig: &Path,
+        dir: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        health_url: String,
+    ) -> Result<Self, ProcError> {
+        std::fs::create_dir_all(dir).map_err(|source| ProcError::Io { path: dir.to_path_buf(), source })?;
+        Self::launch(sim, kubeconfig, dir, args, env, health_url, String::new()).await
+    }
+
+    /// The controller with `args`; `extra_env` (after the defaults) may set `RUST_LOG`.
+    async fn launch(
+        sim: &Simulator,
+        kubeconfig: &Path,
+        dir: &Path,
+        args: Vec<String>,
+        extra_env: Vec<(String, String)>,
+        health_url: String,
+        webhook_url: String,
+    ) -> Result<Self, ProcError> {
+        let mut env = vec![
+            ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
             ("AZURE_TENANT_ID".to_string(), sim.arm.tenant_id()),
             ("AZURE_CLIENT_ID".to_string(), sim.arm.client_id()),
             ("AZURE_CLIENT_SECRET".to_string(), sim.arm.client_secret()),
-            ("RUST_LOG".to_string(), spec.log_filter.clone()),
+            ("RUST_LOG".to_string(), "info".to_string()),
         ];
-        let log = spec.dir.join("controller.log");
+        env.extend(extra_env);
         let mut p = Self {
             child: None,
-            health_url: format!("http://127.0.0.1:{health_port}"),
-            webhook_url: format!(
-                "http://127.0.0.1:{webhook_port}{}",
-                aci_runner_controller::github::WEBHOOK_PATH
-            ),
-            log,
+            health_url,
+            webhook_url,
+            log: dir.join("controller.log"),
             starts: 0,
             env,
             args,

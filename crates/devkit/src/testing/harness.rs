@@ -182,14 +182,16 @@ pub fn run_args(
         health_listen: health,
         webhook_listen: webhook.as_ref().map(|(a, _)| *a),
         webhook_secret_file: webhook.map(|(_, p)| p),
-        arm_endpoint: sim.arm.url(),
-        azure_authority_host: sim.arm.url(),
+        azure_cloud: Default::default(),
+        arm_endpoint: Some(sim.arm.url()),
+        azure_authority_host: Some(sim.arm.url()),
         arm_scope: Some("https://management.azure.com/.default".into()),
         allow_imds: false,
         gc_grace: opts.gc_grace,
         limits: Default::default(),
         allow_insecure_github_http: false,
         github_request_timeout: opts.github_request_timeout,
+        prices: Default::default(),
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 pub mod control_plane;
 pub mod harness;
 pub mod specs;
+pub mod tools;
 pub mod world;
 
 /// The repository's root (the workspace this crate is built in: `crates/devkit/../..`).
