@@ -179,6 +179,7 @@ pub fn run_args(
         health_listen: health,
         webhook_listen: webhook.as_ref().map(|(a, _)| *a),
         webhook_secret_file: webhook.map(|(_, p)| p),
+        webhook_secrets_dir: None,
         arm_endpoint: sim.arm.url(),
         azure_authority_host: sim.arm.url(),
         arm_scope: Some("https://management.azure.com/.default".into()),
