@@ -326,7 +326,8 @@ async fn webhook_receiver_verifies_signatures_and_emits_demand() {
     ));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<DemandSignal>(64);
     let metrics = GithubMetrics::default();
-    let app = router_with_metrics(WebhookSecrets::single(SecretString::from(secret)), tx, Some(metrics.clone()));
+    let app =
+        router_with_metrics(WebhookSecrets::single(SecretString::from(secret)), tx, Some(metrics.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -566,7 +567,10 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let pc = hub.client(&g.url(), Credentials::Pat { token: SecretString::from(pat.clone()) }).unwrap();
     pc.list_runners(&org()).await.unwrap();
     let (tx, _rx) = tokio::sync::mpsc::channel::<DemandSignal>(4);
-    let app = aci_runner_controller::github::webhook::router(SecretString::from("hook-secret-value"), tx);
+    let app = aci_runner_controller::github::webhook::router(
+        WebhookSecrets::single(SecretString::from("hook-secret-value")),
+        tx,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

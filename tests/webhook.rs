@@ -106,7 +106,12 @@ async fn raw_post(addr: SocketAddr, headers: &[(&str, String)], body: Bytes, sen
 }
 
 /// The headers of a `workflow_job` delivery of App `app` (when given), signed with `secret`.
-fn delivery_headers(secret: &str, body: &[u8], delivery: &str, app: Option<i64>) -> Vec<(&'static str, String)> {
+fn delivery_headers(
+    secret: &str,
+    body: &[u8],
+    delivery: &str,
+    app: Option<i64>,
+) -> Vec<(&'static str, String)> {
     let mut h = vec![
         ("x-github-event", "workflow_job".to_string()),
         ("x-github-delivery", delivery.to_string()),
@@ -270,7 +275,10 @@ async fn body_cap_deadline_and_shedding() {
     assert_eq!(raw_post(addr, &h, small, BodyMode::Sized).await, Some(401));
     let text = webhook_counts(&metrics);
     for result in ["too_large", "shed", "timeout", "bad_signature"] {
-        assert!(text.contains(&format!("github_webhook_deliveries_total{{result=\"{result}\"}}")), "{result}: {text}");
+        assert!(
+            text.contains(&format!("github_webhook_deliveries_total{{result=\"{result}\"}}")),
+            "{result}: {text}"
+        );
     }
 }
 
@@ -337,7 +345,8 @@ async fn flood_of_bad_signatures_keeps_rss_low_and_the_valid_delivery_scales_its
     let dir = tempfile::tempdir().unwrap();
     let app_id = w.sim.github.app_credentials().app_id;
     let mut ctl = controller(&w, dir.path(), "flood-shared-secret", &[(app_id, "flood-app-secret")]).await;
-    let addr: SocketAddr = ctl.webhook_url.trim_start_matches("http://").split('/').next().unwrap().parse().unwrap();
+    let addr: SocketAddr =
+        ctl.webhook_url.trim_start_matches("http://").split('/').next().unwrap().parse().unwrap();
     w.apply("flood", json!({"scaling": {"minIdle": 0, "maxRunners": 3}})).await;
     w.wait_pool("flood", "Ready with 0 runners", T, |p| ready_with(p, 0)).await;
     // The simulator sends no webhooks here: the valid delivery is the test's.
@@ -352,7 +361,12 @@ async fn flood_of_bad_signatures_keeps_rss_low_and_the_valid_delivery_scales_its
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 if let Some(kb) = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
-                    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))?
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u64>()
+                        .ok()
                 }) {
                     max_rss.fetch_max(kb * 1024, Ordering::Relaxed);
                 }
@@ -410,9 +424,21 @@ async fn flood_of_bad_signatures_keeps_rss_low_and_the_valid_delivery_scales_its
 
     // The valid delivery became demand and the pool scaled for it: a create call, and the
     // runner took the job.
-    let text = wait_metric(&ctl, "aci_runner_controller_webhook_deliveries_total", &["action=\"queued\"", "result=\"stored\""], 1.0).await;
-    assert!(metric(&text, "aci_runner_controller_github_webhook_deliveries_total", &["too_large"]) >= 1.0, "{text}");
-    assert!(metric(&text, "aci_runner_controller_github_webhook_deliveries_total", &["bad_signature"]) >= 1.0, "{text}");
+    let text = wait_metric(
+        &ctl,
+        "aci_runner_controller_webhook_deliveries_total",
+        &["action=\"queued\"", "result=\"stored\""],
+        1.0,
+    )
+    .await;
+    assert!(
+        metric(&text, "aci_runner_controller_github_webhook_deliveries_total", &["too_large"]) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "aci_runner_controller_github_webhook_deliveries_total", &["bad_signature"]) >= 1.0,
+        "{text}"
+    );
     let busy = w.wait_busy("flood").await;
     assert!(w.sim.arm.creates_accepted() >= 1);
     assert_eq!(w.job(job.id).runner_name.as_deref(), Some(busy.name.as_str()));
@@ -449,18 +475,33 @@ async fn forged_foreign_app_deliveries_change_nothing_and_a_redelivery_counts_on
     // The other App's secret, claiming the other App, for our org and labels: verified, but no
     // pool of that App.
     let b1 = job_body("queued", 9_000_001, &["aci"]);
-    assert_eq!(deliver(&url, &delivery_headers("forge-other-app-secret", &b1, "f-1", Some(other_app)), &b1).await, 202);
+    assert_eq!(
+        deliver(&url, &delivery_headers("forge-other-app-secret", &b1, "f-1", Some(other_app)), &b1).await,
+        202
+    );
     // The other App's secret claiming our App: refused.
     let b2 = job_body("queued", 9_000_002, &["aci"]);
-    assert_eq!(deliver(&url, &delivery_headers("forge-other-app-secret", &b2, "f-2", Some(app_id)), &b2).await, 401);
+    assert_eq!(
+        deliver(&url, &delivery_headers("forge-other-app-secret", &b2, "f-2", Some(app_id)), &b2).await,
+        401
+    );
     // The shared secret: our App has a secret of its own, so our pool does not take it.
     let b3 = job_body("queued", 9_000_003, &["aci"]);
     assert_eq!(deliver(&url, &delivery_headers("forge-shared-secret", &b3, "f-3", None), &b3).await, 202);
     // Our App, labels no pool carries.
     let b4 = job_body("queued", 9_000_004, &["gpu"]);
-    assert_eq!(deliver(&url, &delivery_headers("forge-app-secret", &b4, "f-4", Some(app_id)), &b4).await, 202);
-    let text = wait_metric(&ctl, "aci_runner_controller_webhook_deliveries_total", &["result=\"no_pool\""], 3.0).await;
-    assert_eq!(metric(&text, "aci_runner_controller_webhook_deliveries_total", &["result=\"stored\""]), 0.0, "{text}");
+    assert_eq!(
+        deliver(&url, &delivery_headers("forge-app-secret", &b4, "f-4", Some(app_id)), &b4).await,
+        202
+    );
+    let text =
+        wait_metric(&ctl, "aci_runner_controller_webhook_deliveries_total", &["result=\"no_pool\""], 3.0)
+            .await;
+    assert_eq!(
+        metric(&text, "aci_runner_controller_webhook_deliveries_total", &["result=\"stored\""]),
+        0.0,
+        "{text}"
+    );
     assert_eq!(metric(&text, "aci_runner_controller_demand_queue_length", &[]), 0.0, "{text}");
     // Passes after those deliveries create nothing.
     let passes = metric(&text, "aci_runner_controller_reconcile_total", &[]);
@@ -472,16 +513,31 @@ async fn forged_foreign_app_deliveries_change_nothing_and_a_redelivery_counts_on
     w.sim.github.set_webhook(Some(WebhookTarget { url: url.clone(), secret: "forge-app-secret".into() }));
     let job = w.enqueue_one(60.0);
     w.wait_busy("forge").await;
-    wait_metric(&ctl, "aci_runner_controller_webhook_deliveries_total", &["action=\"in_progress\""], 1.0).await;
-    let queued = w.sim.github.deliveries().into_iter().find(|d| d.job_id == job.id && d.action == "queued").unwrap();
+    wait_metric(&ctl, "aci_runner_controller_webhook_deliveries_total", &["action=\"in_progress\""], 1.0)
+        .await;
+    let queued =
+        w.sim.github.deliveries().into_iter().find(|d| d.job_id == job.id && d.action == "queued").unwrap();
     // GitHub's "Redeliver": the same id and body.
     let body = job_body("queued", job.id, &["aci"]);
     let again = delivery_headers("forge-app-secret", &body, &queued.delivery_id, Some(app_id));
     assert_eq!(deliver(&url, &again, &body).await, 202);
-    let text = wait_metric(&ctl, "aci_runner_controller_github_webhook_deliveries_total", &["result=\"duplicate\""], 1.0).await;
-    assert_eq!(metric(&text, "aci_runner_controller_github_webhook_deliveries_total", &["result=\"duplicate\""]), 1.0);
+    let text = wait_metric(
+        &ctl,
+        "aci_runner_controller_github_webhook_deliveries_total",
+        &["result=\"duplicate\""],
+        1.0,
+    )
+    .await;
     assert_eq!(
-        metric(&text, "aci_runner_controller_webhook_deliveries_total", &["action=\"queued\"", "result=\"stored\""]),
+        metric(&text, "aci_runner_controller_github_webhook_deliveries_total", &["result=\"duplicate\""]),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "aci_runner_controller_webhook_deliveries_total",
+            &["action=\"queued\"", "result=\"stored\""]
+        ),
         1.0,
         "{text}"
     );
@@ -489,7 +545,13 @@ async fn forged_foreign_app_deliveries_change_nothing_and_a_redelivery_counts_on
     // Control: the same body under a new id is taken as a new delivery and stored again.
     let fresh = delivery_headers("forge-app-secret", &body, "fresh-id", Some(app_id));
     assert_eq!(deliver(&url, &fresh, &body).await, 202);
-    wait_metric(&ctl, "aci_runner_controller_webhook_deliveries_total", &["action=\"queued\"", "result=\"stored\""], 2.0).await;
+    wait_metric(
+        &ctl,
+        "aci_runner_controller_webhook_deliveries_total",
+        &["action=\"queued\"", "result=\"stored\""],
+        2.0,
+    )
+    .await;
     assert!(ctl.panics().is_empty(), "{:?}", ctl.panics());
     ctl.stop().await;
 }

@@ -479,11 +479,8 @@ pub fn build_edges(
                     }
                 }
             });
-            let router = crate::github::webhook::router_with_metrics(
-                secrets,
-                sig_tx,
-                Some(hub.metrics().clone()),
-            );
+            let router =
+                crate::github::webhook::router_with_metrics(secrets, sig_tx, Some(hub.metrics().clone()));
             Some((router, ev_rx))
         }
     };
@@ -516,8 +513,8 @@ fn webhook_secrets(args: &RunArgs) -> anyhow::Result<crate::github::webhook::Web
     let shared = args.webhook_secret_file.as_deref().map(read).transpose()?;
     let mut apps = std::collections::BTreeMap::new();
     if let Some(dir) = &args.webhook_secrets_dir {
-        let entries =
-            std::fs::read_dir(dir).with_context(|| format!("reading the webhook secrets {}", dir.display()))?;
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("reading the webhook secrets {}", dir.display()))?;
         for entry in entries {
             let entry = entry.with_context(|| format!("reading the webhook secrets {}", dir.display()))?;
             let name = entry.file_name().to_string_lossy().to_string();
@@ -529,7 +526,11 @@ fn webhook_secrets(args: &RunArgs) -> anyhow::Result<crate::github::webhook::Web
             })?;
             apps.insert(app, read(&entry.path())?);
         }
-        anyhow::ensure!(!apps.is_empty(), "the webhook secrets directory {} has no App secret", dir.display());
+        anyhow::ensure!(
+            !apps.is_empty(),
+            "the webhook secrets directory {} has no App secret",
+            dir.display()
+        );
     }
     Ok(crate::github::webhook::WebhookSecrets::new(shared, apps))
 }

@@ -368,8 +368,9 @@ struct Counted;
 
 async fn receive(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Response {
     let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
-    let delivery =
-        h("x-github-delivery").filter(|d| !d.is_empty() && d.len() <= MAX_DELIVERY_ID_BYTES).map(str::to_string);
+    let delivery = h("x-github-delivery")
+        .filter(|d| !d.is_empty() && d.len() <= MAX_DELIVERY_ID_BYTES)
+        .map(str::to_string);
     // The signature first: nothing of an unverified body is parsed or logged.
     let verified = ctx.secrets.select(&headers).and_then(|(secret, app)| {
         verify_signature(secret.expose_secret().as_bytes(), &body, h("x-hub-signature-256")).then_some(app)
@@ -445,7 +446,8 @@ mod tests {
     fn the_secret_is_chosen_by_the_app_headers() {
         let apps = [(7, SecretString::from("seven")), (8, SecretString::from("eight"))].into_iter().collect();
         let both = WebhookSecrets::new(Some(SecretString::from("shared")), apps);
-        let pick = |s: &WebhookSecrets, h: &HeaderMap| s.select(h).map(|(k, a)| (k.expose_secret().to_string(), a));
+        let pick =
+            |s: &WebhookSecrets, h: &HeaderMap| s.select(h).map(|(k, a)| (k.expose_secret().to_string(), a));
         assert_eq!(pick(&both, &headers("integration", "7")), Some(("seven".into(), Some(7))));
         assert_eq!(pick(&both, &headers("Integration", " 8 ")), Some(("eight".into(), Some(8))));
         // Another App, an org hook, or no headers: the shared secret, attributed to no App.
@@ -494,10 +496,13 @@ mod tests {
             }))
             .unwrap()
         };
-        let s = parse_workflow_job(&body(vec!["aci".into(), "ACI".into(), "x".into()], "o".into()), None).unwrap();
+        let s = parse_workflow_job(&body(vec!["aci".into(), "ACI".into(), "x".into()], "o".into()), None)
+            .unwrap();
         assert_eq!(s.labels, ["aci", "x"]);
         assert!(parse_workflow_job(&body(vec!["aci".into()], "o".repeat(300)), None).is_none());
-        assert!(parse_workflow_job(&body((0..65).map(|i| i.to_string()).collect(), "o".into()), None).is_none());
+        assert!(
+            parse_workflow_job(&body((0..65).map(|i| i.to_string()).collect(), "o".into()), None).is_none()
+        );
         // Repeating one label does not make a list long.
         let s = parse_workflow_job(&body(vec!["aci".into(); 10_000], "o".into()), None).unwrap();
         assert_eq!(s.labels, ["aci"]);

@@ -102,7 +102,8 @@ impl DemandFilter {
 
     /// Could a runner of this pool take the job this delivery reports?
     pub fn takes(&self, ev: &JobEvent) -> bool {
-        self.in_scope(ev.app, ev.repository.as_deref(), ev.organization()) && job_matches(&self.labels, &ev.labels)
+        self.in_scope(ev.app, ev.repository.as_deref(), ev.organization())
+            && job_matches(&self.labels, &ev.labels)
     }
 }
 
@@ -192,9 +193,7 @@ impl PendingJobs {
                 self.jobs.insert(key, pending);
                 Applied::Stored
             }
-            JobAction::InProgress | JobAction::Completed => {
-                Applied::Updated { changed: self.remove(&key) }
-            }
+            JobAction::InProgress | JobAction::Completed => Applied::Updated { changed: self.remove(&key) },
             JobAction::Waiting | JobAction::Other => Applied::Ignored,
         }
     }
@@ -386,14 +385,20 @@ mod pending_tests {
         let s = spec(serde_json::json!({"organization": "acme"}));
         let pools = [DemandFilter::new(&s, Some(7)), DemandFilter::new(&s, None)];
         for id in 0..PendingJobs::MAX_PER_APP as u64 {
-            assert_eq!(d.apply(&JobEvent { app: Some(7), ..ev(id, JobAction::Queued, "acme/a") }, t0, &pools), Applied::Stored);
+            assert_eq!(
+                d.apply(&JobEvent { app: Some(7), ..ev(id, JobAction::Queued, "acme/a") }, t0, &pools),
+                Applied::Stored
+            );
         }
         let one_more = JobEvent { app: Some(7), ..ev(u64::MAX, JobAction::Queued, "acme/a") };
         assert_eq!(d.apply(&one_more, t0, &pools), Applied::Full);
         // Another attribution has its own room.
         assert_eq!(d.apply(&ev(1, JobAction::Queued, "acme/a"), t0, &pools), Applied::Stored);
         // A job that leaves makes room.
-        assert!(d.apply(&JobEvent { app: Some(7), ..ev(0, JobAction::Completed, "acme/a") }, t0, &pools).changed());
+        assert!(
+            d.apply(&JobEvent { app: Some(7), ..ev(0, JobAction::Completed, "acme/a") }, t0, &pools)
+                .changed()
+        );
         assert_eq!(d.apply(&one_more, t0, &pools), Applied::Stored);
     }
 }
