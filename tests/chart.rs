@@ -1115,7 +1115,7 @@ fn per_app_webhook_secrets_are_mounted_as_a_directory() {
     assert_eq!(vol["secret"]["secretName"], "hook-apps");
     // Owner-read only (YAML 1.1 octal, as on the shared secret's volume).
     let mode = &vol["secret"]["defaultMode"];
-    assert!(*mode == Value::from("0400") || *mode == Value::from(0o400), "{mode}");
+    assert!(mode.as_str() == Some("0400") || mode.as_u64() == Some(0o400), "{mode}");
     assert!(pod["volumes"].as_array().unwrap().iter().all(|v| v["name"] != "github-webhook"));
     let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
     assert!(mounts.iter().any(|m| m["name"] == "github-webhook-apps" && m["readOnly"] == true), "{mounts:?}");
