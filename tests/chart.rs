@@ -1142,6 +1142,38 @@ fn parse_chart_args(
     }
 }
 
+/// Per-App webhook secrets: a Secret with a key per App id, mounted as a directory and passed as
+/// `--webhook-secrets-dir`; with it alone the shared secret is not required.
+#[test]
+fn per_app_webhook_secrets_are_mounted_as_a_directory() {
+    let docs =
+        render(&["--set", "webhook.enabled=true", "--set", "webhook.appSecrets.existingSecret=hook-apps"]);
+    let (_, run) = parse_chart_args(&docs, "rel-aci-runner-controller");
+    assert_eq!(run.webhook_secrets_dir.as_deref(), Some(Path::new("/var/run/secrets/github-webhook-apps")));
+    assert!(run.webhook_secret_file.is_none());
+    let d = find(&docs, "Deployment", "rel-aci-runner-controller");
+    let pod = &d["spec"]["template"]["spec"];
+    let vol = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "github-webhook-apps").unwrap();
+    assert_eq!(vol["secret"]["secretName"], "hook-apps");
+    // Owner-read only (YAML 1.1 octal, as on the shared secret's volume).
+    let mode = &vol["secret"]["defaultMode"];
+    assert!(mode.as_str() == Some("0400") || mode.as_u64() == Some(0o400), "{mode}");
+    assert!(pod["volumes"].as_array().unwrap().iter().all(|v| v["name"] != "github-webhook"));
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["name"] == "github-webhook-apps" && m["readOnly"] == true), "{mounts:?}");
+    // Both together: the shared secret for every other App.
+    let docs = render(&[
+        "--set",
+        "webhook.enabled=true",
+        "--set",
+        "webhook.appSecrets.existingSecret=hook-apps",
+        "--set",
+        "webhook.secret.existingSecret=hook",
+    ]);
+    let (_, run) = parse_chart_args(&docs, "rel-aci-runner-controller");
+    assert!(run.webhook_secrets_dir.is_some() && run.webhook_secret_file.is_some());
+}
+
 #[test]
 fn chart_arguments_parse_with_the_controller_cli() {
     let (log_format, run) = parse_chart_args(&render(&[]), "rel-aci-runner-controller");

@@ -184,8 +184,12 @@ async fn documented_metric_names_are_exported_and_webhook_deliveries_counted() {
     w.apply_ready("names", 1).await;
     w.enqueue(&["aci"], 0.5, 1);
     let counted = eventually(T, || async {
-        let n = w.metric("aci_runner_controller_webhook_deliveries_total", &[("result", "accepted")]).await;
-        (n >= 1.0).then_some(n)
+        let received = w
+            .metric("aci_runner_controller_github_webhook_deliveries_total", &[("result", "accepted")])
+            .await;
+        let stored =
+            w.metric("aci_runner_controller_webhook_deliveries_total", &[("result", "stored")]).await;
+        (received >= 1.0 && stored >= 1.0).then_some(received)
     })
     .await;
     assert!(counted.is_some(), "no accepted delivery counted:\n{}", w.metrics().await);

@@ -261,8 +261,11 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
     w.expect_event("burst", "ScaledUp", "").await;
     w.expect_event("burst", "RunnerRecycled", "").await;
     w.expect_no_warnings("burst").await;
-    // Only the 5 jobs no pool can run are still queued.
-    assert_eq!(w.metric("aci_runner_controller_demand_queue_length", &[]).await, 5.0);
+    // The 5 jobs no pool can run were never stored (issue 16: demand only for a pool that takes
+    // it); nothing is left queued.
+    assert_eq!(w.metric("aci_runner_controller_demand_queue_length", &[]).await, 0.0);
+    let no_pool = [("action", "queued"), ("result", "no_pool")];
+    assert_eq!(w.metric("aci_runner_controller_webhook_deliveries_total", &no_pool).await, 5.0);
     let pool = [("namespace", w.ns.as_str()), ("pool", "burst")];
     assert_eq!(w.metric("aci_runner_controller_runners", &[pool[0], pool[1], ("state", "idle")]).await, 2.0);
     assert_eq!(w.metric("aci_runner_controller_runners", &[pool[0], pool[1], ("state", "busy")]).await, 0.0);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aci_runner_controller::github::webhook::{router_with_metrics, verify_signature};
+use aci_runner_controller::github::webhook::{WebhookSecrets, router_with_metrics, verify_signature};
 use aci_runner_controller::github::{
     Credentials, DemandSignal, GithubError, GithubHub, GithubMetrics, HubConfig, PaceConfig, Scope,
 };
@@ -326,7 +326,8 @@ async fn webhook_receiver_verifies_signatures_and_emits_demand() {
     ));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<DemandSignal>(64);
     let metrics = GithubMetrics::default();
-    let app = router_with_metrics(SecretString::from(secret), tx, Some(metrics.clone()));
+    let app =
+        router_with_metrics(WebhookSecrets::single(SecretString::from(secret)), tx, Some(metrics.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -353,6 +354,7 @@ async fn webhook_receiver_verifies_signatures_and_emits_demand() {
         sig,
         DemandSignal {
             delivery_id: Some("d-1".into()),
+            app: None,
             job_id: 77,
             action: "queued".into(),
             labels: vec!["self-hosted".into(), "aci".into()],
@@ -379,14 +381,17 @@ async fn webhook_receiver_verifies_signatures_and_emits_demand() {
     metrics.register(&mut reg);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
-    assert!(text.contains("\nwebhook_deliveries_total{result=\"bad_signature\"} 3"), "{text}");
-    assert!(text.contains("\nwebhook_deliveries_total{result=\"accepted\"} 1"), "{text}");
+    assert!(text.contains("github_webhook_deliveries_total{result=\"bad_signature\"} 3"), "{text}");
+    assert!(text.contains("github_webhook_deliveries_total{result=\"accepted\"} 1"), "{text}");
 }
 
 #[tokio::test]
 async fn simulated_github_deliveries_reach_the_receiver() {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<DemandSignal>(64);
-    let app = aci_runner_controller::github::webhook::router(SecretString::from("hook-secret"), tx);
+    let app = aci_runner_controller::github::webhook::router(
+        WebhookSecrets::single(SecretString::from("hook-secret")),
+        tx,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -562,7 +567,10 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let pc = hub.client(&g.url(), Credentials::Pat { token: SecretString::from(pat.clone()) }).unwrap();
     pc.list_runners(&org()).await.unwrap();
     let (tx, _rx) = tokio::sync::mpsc::channel::<DemandSignal>(4);
-    let app = aci_runner_controller::github::webhook::router(SecretString::from("hook-secret-value"), tx);
+    let app = aci_runner_controller::github::webhook::router(
+        WebhookSecrets::single(SecretString::from("hook-secret-value")),
+        tx,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -537,6 +537,9 @@ async fn runner_takes_a_job_end_to_end_with_signed_valid_webhooks() {
             async move {
                 let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                 assert_eq!(h("x-github-event"), "workflow_job");
+                // A GitHub App's hook: its App id picks the receiver's secret.
+                assert_eq!(h("x-github-hook-installation-target-type"), "integration");
+                assert!(h("x-github-hook-installation-target-id").parse::<i64>().is_ok());
                 got.lock().unwrap().push((h("x-hub-signature-256"), h("x-github-delivery"), body.to_vec()));
                 http::StatusCode::ACCEPTED
             }

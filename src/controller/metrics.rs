@@ -33,6 +33,12 @@ pub struct PoolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionReasonLabels {
     pub action: String,
     /// Why a removal happened (`ScaleDown`, `Recycled`, `GarbageCollected`, `Orphaned`, ...);
@@ -56,6 +62,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     actions: Family<ActionReasonLabels, Counter>,
     demand_queue: Gauge,
+    webhook_deliveries: Family<ActionLabels, Counter>,
     pool_stalled: Family<StalledLabels, Gauge>,
     gc_pending: Family<PoolLabels, Gauge>,
     task_failures: Family<TaskLabels, Counter>,
@@ -78,6 +85,7 @@ impl Metrics {
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let actions = Family::<ActionReasonLabels, Counter>::default();
         let demand_queue = Gauge::default();
+        let webhook_deliveries = Family::<ActionLabels, Counter>::default();
         let pool_stalled = Family::<StalledLabels, Gauge>::default();
         let gc_pending = Family::<PoolLabels, Gauge>::default();
         let task_failures = Family::<TaskLabels, Counter>::default();
@@ -91,6 +99,11 @@ impl Metrics {
         );
         registry.register("actions", "Actions executed by kind, reason and result", actions.clone());
         registry.register("demand_queue_length", "Queued jobs known from webhooks", demand_queue.clone());
+        registry.register(
+            "webhook_deliveries",
+            "Verified workflow_job deliveries by action and what the demand store did with them",
+            webhook_deliveries.clone(),
+        );
         registry.register(
             "pool_stalled",
             "1 while the pool's Stalled condition is True (label: its reason), else 0",
@@ -114,6 +127,7 @@ impl Metrics {
             reconcile_duration,
             actions,
             demand_queue,
+            webhook_deliveries,
             pool_stalled,
             gc_pending,
             task_failures,
@@ -195,6 +209,13 @@ impl Metrics {
 
     pub fn demand(&self, queued: usize) {
         self.demand_queue.set(queued as i64);
+    }
+
+    /// A verified `workflow_job` delivery: its action and what the demand store did with it.
+    pub fn webhook(&self, action: &str, result: &str) {
+        self.webhook_deliveries
+            .get_or_create(&ActionLabels { action: action.into(), result: result.into() })
+            .inc();
     }
 
     /// The Prometheus text exposition.

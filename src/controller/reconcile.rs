@@ -25,6 +25,7 @@ use kube::runtime::events::{Event, EventType as KubeEventType};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
+use super::demand::app_id_of;
 use super::execute::execute;
 use super::finalizer::{ensure_finalizer, has_finalizer, remove_finalizer};
 use super::ports::PoolContext;
@@ -266,13 +267,21 @@ async fn observe(
         }
         _ => (Err(unusable()), Err(unusable())),
     };
+    let live_pool_uids: BTreeSet<String> = ctx.all_pools.state().iter().filter_map(|p| p.uid()).collect();
+    ctx.demand.retain_pools(&live_pool_uids);
     ctx.demand.expire(now, ctx.planner.demand_ttl);
-    Observed {
-        groups,
-        runners,
-        queued: ctx.demand.for_scope(&pool.spec),
-        live_pool_uids: ctx.all_pools.state().iter().filter_map(|p| p.uid()).collect(),
-    }
+    // A live pool with usable credentials takes demand (and registers for it); a pool being
+    // deleted takes none. A pool whose Secret cannot be read this pass keeps its registration.
+    let uid = pool.uid().unwrap_or_default();
+    let queued = match pool_ctx {
+        _ if deleting => {
+            ctx.demand.forget(&uid);
+            Vec::new()
+        }
+        Some(pc) if spec_valid => ctx.demand.queued_for(&uid, &pool.spec, app_id_of(&pc.github)),
+        _ => Vec::new(),
+    };
+    Observed { groups, runners, queued, live_pool_uids }
 }
 
 /// The pool's planner memory, taken out of the context for the pass (the state of a pool with

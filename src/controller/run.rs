@@ -46,9 +46,16 @@ pub struct RunArgs {
     /// GitHub webhook receiver (`POST /webhooks/github`); off when unset.
     #[arg(long, env = "WEBHOOK_LISTEN")]
     pub webhook_listen: Option<SocketAddr>,
-    /// File holding the webhook secret.
+    /// File holding the shared webhook secret: it verifies every delivery whose App has no
+    /// secret of its own in `--webhook-secrets-dir`.
     #[arg(long, env = "GITHUB_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Directory with one webhook secret per GitHub App, each in a file named by the App id
+    /// (a Secret with one key per App id, mounted as a volume). A delivery whose
+    /// `X-GitHub-Hook-Installation-Target-ID` names such an App is verified with that secret
+    /// only and feeds only that App's pools.
+    #[arg(long, env = "GITHUB_WEBHOOK_SECRETS_DIR")]
+    pub webhook_secrets_dir: Option<PathBuf>,
     /// The Azure cloud whose ARM endpoint and Entra ID authority are used, unless
     /// `--arm-endpoint` / `--azure-authority-host` name others.
     #[arg(long, env = "AZURE_CLOUD", value_enum, ignore_case = true, default_value_t = AzureCloud::Public)]
@@ -349,7 +356,13 @@ pub async fn run_with(
     if let (Some((router, events)), Some(addr)) = (webhook, args.webhook_listen) {
         let listener = bind(addr).await?;
         info!(addr = %listener.local_addr().unwrap_or(addr), "serving POST /webhooks/github");
-        spawn_server("webhook_server", listener, router, metrics.clone());
+        let counted = metrics.clone();
+        super::tasks::spawn("webhook_server", metrics.clone(), async move {
+            // Serves until the process ends: returning at all is a failure.
+            server::serve_bounded(listener, router, server::ConnLimits::default()).await;
+            counted.task_failure("webhook_server");
+            error!(task = "webhook_server", "server stopped");
+        });
         spawn_demand_intake(events, demand.clone(), metrics.clone(), clock.clone(), trigger_tx.clone());
     }
     if let Some(changes) = list_changes {
@@ -429,9 +442,10 @@ fn spawn_demand_intake(
 ) {
     super::tasks::spawn("demand_intake", metrics.clone(), async move {
         while let Some(ev) = events.recv().await {
-            let changed = demand.apply(&ev, clock());
+            let applied = demand.apply(&ev, clock());
+            metrics.webhook(ev.action.as_str(), applied.as_str());
             metrics.demand(demand.len());
-            if changed {
+            if applied.changed() {
                 let _ = tx.try_send(());
             }
         }
@@ -574,13 +588,11 @@ pub fn build_edges(
     });
     let metrics = Arc::new(Metrics::new());
     metrics.register_edges(&azure_metrics, hub.metrics());
-    let webhook = match &args.webhook_secret_file {
-        None => None,
-        Some(path) => {
-            let secret = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the webhook secret {}", path.display()))?;
-            let secret = secret.trim_end_matches(['\n', '\r']).to_string();
-            anyhow::ensure!(!secret.is_empty(), "the webhook secret file {} is empty", path.display());
+    let secrets = webhook_secrets(args)?;
+    let demand = Arc::new(DemandStore::new(secrets.app_ids()));
+    let webhook = match secrets.is_empty() {
+        true => None,
+        false => {
             let (sig_tx, mut sig_rx) = mpsc::channel(1024);
             let (ev_tx, ev_rx) = mpsc::channel(1024);
             tokio::spawn(async move {
@@ -590,11 +602,8 @@ pub fn build_edges(
                     }
                 }
             });
-            let router = crate::github::webhook::router_with_metrics(
-                secrecy::SecretString::from(secret),
-                sig_tx,
-                Some(hub.metrics().clone()),
-            );
+            let router =
+                crate::github::webhook::router_with_metrics(secrets, sig_tx, Some(hub.metrics().clone()));
             Some((router, ev_rx))
         }
     };
@@ -604,12 +613,49 @@ pub fn build_edges(
             super::adapters::github::GithubAdapter::new(hub, clock.clone()).with_change_signal(changes_tx),
         ),
         webhook,
-        demand: Arc::new(DemandStore::default()),
+        demand,
         planner: PlannerConfig::default(),
         metrics,
         clock,
         list_changes: Some(changes_rx),
     })
+}
+
+/// The webhook secrets of the flags: the shared one from `--webhook-secret-file`, one per App
+/// from the files of `--webhook-secrets-dir` (named by App id; entries starting with `.`, such
+/// as a mounted Secret's `..data`, are skipped). Empty when neither flag is set.
+fn webhook_secrets(args: &RunArgs) -> anyhow::Result<crate::github::webhook::WebhookSecrets> {
+    use secrecy::SecretString;
+    let read = |path: &std::path::Path| -> anyhow::Result<SecretString> {
+        let secret = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the webhook secret {}", path.display()))?;
+        let secret = secret.trim_end_matches(['\n', '\r']).to_string();
+        anyhow::ensure!(!secret.is_empty(), "the webhook secret file {} is empty", path.display());
+        Ok(SecretString::from(secret))
+    };
+    let shared = args.webhook_secret_file.as_deref().map(read).transpose()?;
+    let mut apps = std::collections::BTreeMap::new();
+    if let Some(dir) = &args.webhook_secrets_dir {
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("reading the webhook secrets {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading the webhook secrets {}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') {
+                continue;
+            }
+            let app: u64 = name.parse().with_context(|| {
+                format!("{}: webhook secret files are named by the App id (a number)", entry.path().display())
+            })?;
+            apps.insert(app, read(&entry.path())?);
+        }
+        anyhow::ensure!(
+            !apps.is_empty(),
+            "the webhook secrets directory {} has no App secret",
+            dir.display()
+        );
+    }
+    Ok(crate::github::webhook::WebhookSecrets::new(shared, apps))
 }
 
 #[cfg(test)]
@@ -625,6 +671,30 @@ mod tests {
 
     fn parse(args: &[&str]) -> RunArgs {
         Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).unwrap().run
+    }
+
+    #[test]
+    fn webhook_secrets_come_from_a_file_and_a_directory_named_by_app_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = dir.path().join("apps");
+        std::fs::create_dir(&apps).unwrap();
+        std::fs::write(apps.join("12"), "twelve\n").unwrap();
+        std::fs::write(apps.join("34"), "thirty-four").unwrap();
+        // A mounted Secret's bookkeeping entries are skipped.
+        std::fs::create_dir(apps.join("..data")).unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::write(&shared, "s").unwrap();
+        let (a, s) = (apps.to_str().unwrap(), shared.to_str().unwrap());
+        let got = webhook_secrets(&parse(&["--webhook-secrets-dir", a, "--webhook-secret-file", s])).unwrap();
+        assert_eq!(got.app_ids().into_iter().collect::<Vec<_>>(), [12, 34]);
+        assert!(webhook_secrets(&parse(&[])).unwrap().is_empty());
+        assert!(!webhook_secrets(&parse(&["--webhook-secret-file", s])).unwrap().is_empty());
+        std::fs::write(apps.join("not-an-id"), "x").unwrap();
+        let e = webhook_secrets(&parse(&["--webhook-secrets-dir", a])).unwrap_err();
+        assert!(format!("{e:#}").contains("named by the App id"), "{e:#}");
+        std::fs::remove_file(apps.join("not-an-id")).unwrap();
+        std::fs::write(apps.join("56"), "\n").unwrap();
+        assert!(webhook_secrets(&parse(&["--webhook-secrets-dir", a])).is_err());
     }
 
     #[test]

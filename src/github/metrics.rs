@@ -66,14 +66,9 @@ impl Default for GithubMetrics {
 }
 
 impl GithubMetrics {
-    /// Register under `github_*` in `registry`; the webhook receiver's deliveries under
-    /// `webhook_deliveries` (the receiver is not a GitHub API call).
+    /// Register under `github_*` in `registry` (the webhook receiver's requests too:
+    /// `github_webhook_deliveries`, by result).
     pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "webhook_deliveries",
-            "Webhook deliveries by result (accepted, bad_signature, dropped, unreadable, ignored)",
-            self.webhook_deliveries.clone(),
-        );
         let r = registry.sub_registry_with_prefix("github");
         r.register("requests", "GitHub API requests by endpoint and status", self.requests.clone());
         r.register("request_duration_seconds", "GitHub API latency by endpoint", self.latency.clone());
@@ -84,6 +79,11 @@ impl GithubMetrics {
         );
         r.register("installation_token_mints", "Installation tokens minted", self.token_mints.clone());
         r.register("not_modified", "Conditional requests answered 304", self.not_modified.clone());
+        r.register(
+            "webhook_deliveries",
+            "Requests to the webhook receiver by result (accepted, bad_signature, duplicate, too_large, shed, timeout, ...)",
+            self.webhook_deliveries.clone(),
+        );
         r.register(
             "content_paced",
             "Content-creating requests held back by the client-side pace (GitHub's secondary limit)",

@@ -190,6 +190,7 @@ pub fn job_event(s: &DemandSignal) -> JobEvent {
         labels: s.labels.clone(),
         repository: s.repository.clone(),
         organization: s.organization.clone(),
+        app: s.app,
     }
 }
 
@@ -246,6 +247,7 @@ mod conversion_tests {
         assert_eq!(scope_of(&spec), Some(Scope::Enterprise("e".into())));
         let ev = job_event(&DemandSignal {
             delivery_id: None,
+            app: None,
             job_id: 9,
             action: "in_progress".into(),
             labels: vec!["aci".into()],

@@ -185,6 +185,7 @@ pub fn run_args(
         azure_cloud: Default::default(),
         arm_endpoint: Some(sim.arm.url()),
         azure_authority_host: Some(sim.arm.url()),
+        webhook_secrets_dir: None,
         arm_scope: Some("https://management.azure.com/.default".into()),
         allow_imds: false,
         gc_grace: opts.gc_grace,

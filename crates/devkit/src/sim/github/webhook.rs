@@ -1,5 +1,6 @@
-//! `workflow_job` webhook deliveries: signed with `X-Hub-Signature-256` (HMAC-SHA256 of the raw
-//! body, hex), sent once (GitHub does not redeliver failed deliveries on its own).
+//! `workflow_job` webhook deliveries of the App: signed with `X-Hub-Signature-256` (HMAC-SHA256 of
+//! the raw body, hex), with the App's `X-GitHub-Hook-Installation-Target-Type`/`-ID`, sent once
+//! (GitHub does not redeliver failed deliveries on its own).
 use std::sync::Weak;
 
 use hmac::{Hmac, Mac};
@@ -30,6 +31,8 @@ pub(crate) async fn sender(shared: Weak<Shared>, mut rx: tokio::sync::mpsc::Unbo
         let Some(s) = shared.upgrade() else { break };
         let Some(target) = s.webhook_target() else { continue };
         let sig = sign(target.secret.as_bytes(), d.body.as_bytes());
+        // A GitHub App's webhook: the hook belongs to the App (`integration`, its App id).
+        let app_id = s.app_credentials().app_id.to_string();
         let res = client
             .post(&target.url)
             .header("content-type", "application/json")
@@ -37,6 +40,8 @@ pub(crate) async fn sender(shared: Weak<Shared>, mut rx: tokio::sync::mpsc::Unbo
             .header("x-github-event", "workflow_job")
             .header("x-github-delivery", &d.id)
             .header("x-github-hook-id", "1")
+            .header("x-github-hook-installation-target-type", "integration")
+            .header("x-github-hook-installation-target-id", app_id)
             .header("x-hub-signature-256", sig)
             .body(d.body)
             .send()
