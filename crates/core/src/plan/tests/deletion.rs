@@ -200,9 +200,11 @@ fn orphan_groups_of_deleted_pools() {
         [(UID.to_string(), ("sub".to_string(), "rg".to_string()))].into();
     let busy_names: BTreeSet<String> = ["gone-bbbbb".to_string()].into();
     let marks = BTreeMap::new();
+    let me = install();
     let mk =
         |groups: Result<&[SweptGroup], EdgeError>, marks: &BTreeMap<(String, String), DateTime<Utc>>, now| {
             plan_orphan_groups(&OrphanInput {
+                install: &me,
                 subscription: "sub",
                 groups,
                 live_pool_uids: &live_uids,
