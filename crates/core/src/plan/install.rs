@@ -181,6 +181,14 @@ pub fn runner_claim(own_label: &str, labels: &[String]) -> RunnerClaim {
     }
 }
 
+/// Is a registration with these labels, named like this install's group `g`, that group's
+/// runner? Not when it carries the owner label of another pool or install (then neither it nor,
+/// unguarded, the group is removed).
+pub fn registration_fits_group(install: &InstallId, g: &ObservedGroup, labels: &[String]) -> bool {
+    let label = owner_label(install, g.pool_uid.as_deref().unwrap_or_default());
+    runner_claim(&label, labels) != RunnerClaim::Other
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

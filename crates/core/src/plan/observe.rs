@@ -91,10 +91,9 @@ impl<'a> Pass<'_, 'a> {
             .stale
             .into_iter()
             .filter_map(|g| {
-                let label = install::owner_label(me, g.pool_uid.as_deref().unwrap_or_default());
                 let r = own.runners_by_name.get(g.name.as_str()).copied();
-                match r.map(|r| install::runner_claim(&label, &r.labels)) {
-                    Some(RunnerClaim::Other) => None,
+                match r {
+                    Some(r) if !install::registration_fits_group(me, g, &r.labels) => None,
                     _ => Some((g, r)),
                 }
             })

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::install::{InstallId, claim_group};
+use super::install::{InstallId, claim_group, registration_fits_group};
 use super::reasons::EventReason;
 use super::types::{EdgeError, EventType, ObservedGroup, PlannedEvent};
 use super::{after, elapsed};
@@ -47,6 +47,9 @@ pub struct OrphanInput<'a> {
     pub placements: &'a BTreeMap<String, (String, String)>,
     /// Names of runners any GitHub list shows busy (never touched).
     pub busy_runners: &'a BTreeSet<String>,
+    /// Labels of the registrations the GitHub lists show, by name: a group whose same-named
+    /// registration carries another pool's or install's owner label is left alone.
+    pub registration_labels: &'a BTreeMap<String, Vec<String>>,
     /// Marks carried from the previous pass: (resource group, lower-case; group name) → first
     /// seen as orphan or stranded.
     pub marks: &'a BTreeMap<(String, String), DateTime<Utc>>,
@@ -79,6 +82,11 @@ pub struct OrphanPlan {
 /// What the sweep makes of one listed group: `None` = not its business.
 fn classify(input: &OrphanInput<'_>, g: &SweptGroup) -> Option<Option<String>> {
     if !claim_group(input.install, input.live_pool_uids, &g.group).is_ours() {
+        return None;
+    }
+    if let Some(labels) = input.registration_labels.get(&g.group.name)
+        && !registration_fits_group(input.install, &g.group, labels)
+    {
         return None;
     }
     let uid = g.group.pool_uid.as_deref()?;
@@ -167,6 +175,7 @@ mod tests {
         live_pools: BTreeSet<(String, String)>,
         placements: BTreeMap<String, (String, String)>,
         busy: BTreeSet<String>,
+        labels: BTreeMap<String, Vec<String>>,
     }
 
     impl Fx {
@@ -178,6 +187,7 @@ mod tests {
                 live_pools: [("ns".to_string(), "pool".to_string())].into(),
                 placements: [("uid-live".to_string(), (SUB.to_string(), "rg-new".to_string()))].into(),
                 busy: BTreeSet::new(),
+                labels: BTreeMap::new(),
             }
         }
         fn run(
@@ -194,6 +204,7 @@ mod tests {
                 live_pools: &self.live_pools,
                 placements: &self.placements,
                 busy_runners: &self.busy,
+                registration_labels: &self.labels,
                 marks,
                 grace: Duration::from_secs(120),
                 now,
@@ -295,7 +306,17 @@ mod tests {
         ours.group.pool_name = Some("gone".into());
         let mut legacy_live = swept("rg-old", "pool-eeeee", "uid-live");
         legacy_live.group.install_id = None;
-        let groups = vec![theirs, theirs_live, legacy_dead, ours, legacy_live];
+        // Ours, but its same-named registration carries another install's owner label: doubt.
+        let mut doubtful = swept("rg-gone", "gone-fffff", "uid-dead");
+        doubtful.group.pool_name = Some("gone".into());
+        let other = InstallId::parse("other-install").unwrap();
+        let mut fx = fx;
+        fx.labels.insert("gone-fffff".into(), vec!["aci".into(), crate::plan::install::owner_label(&other, "uid-x")]);
+        fx.labels.insert(
+            "gone-ddddd".into(),
+            vec!["aci".into(), crate::plan::install::owner_label(&fx.install, "uid-dead")],
+        );
+        let groups = vec![theirs, theirs_live, legacy_dead, ours, legacy_live, doubtful];
         let p1 = fx.run(Ok(&groups), &BTreeMap::new(), t0());
         let p2 = fx.run(Ok(&groups), &p1.marks, t0() + mins(2));
         let names: Vec<&str> = p2.deletes.iter().map(|d| d.name.as_str()).collect();

@@ -602,6 +602,7 @@ async fn p5(
             namespace: ns.clone(),
             name: name.clone(),
             uid,
+            install_id: super::procs::BENCH_INSTALL_ID.into(),
             spec_hash: aci_runner_controller::controller::spec_hash(&pool),
         };
         let spec = &pool.spec;

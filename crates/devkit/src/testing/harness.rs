@@ -72,6 +72,11 @@ pub struct ControllerOptions {
     pub resync: Duration,
     pub webhook_secret: Option<String>,
     pub planner: PlannerConfig,
+    /// `--install-id`; unset: derived from the cluster (the control plane's `kube-system`).
+    pub install_id: Option<String>,
+    /// `--arm-endpoint` and `--azure-authority-host`; unset: the simulator's URL. Another host
+    /// name for the same simulator tells this controller's ARM calls apart in the call log.
+    pub arm_endpoint: Option<String>,
 }
 
 impl ControllerOptions {
@@ -86,6 +91,8 @@ impl ControllerOptions {
             resync: Duration::from_secs(2),
             webhook_secret: None,
             planner: fast_planner(),
+            install_id: None,
+            arm_endpoint: None,
         }
     }
 }
@@ -179,10 +186,12 @@ pub fn run_args(
         health_listen: health,
         webhook_listen: webhook.as_ref().map(|(a, _)| *a),
         webhook_secret_file: webhook.map(|(_, p)| p),
-        arm_endpoint: sim.arm.url(),
-        azure_authority_host: sim.arm.url(),
+        arm_endpoint: opts.arm_endpoint.clone().unwrap_or_else(|| sim.arm.url()),
+        azure_authority_host: opts.arm_endpoint.clone().unwrap_or_else(|| sim.arm.url()),
         arm_scope: Some("https://management.azure.com/.default".into()),
         gc_grace: opts.gc_grace,
+        install_id: opts.install_id.clone(),
+        install_name: "aci-runner-controller".into(),
         limits: Default::default(),
     }
 }

@@ -211,6 +211,7 @@ fn orphan_groups_of_deleted_pools() {
                 live_pools: &live_pools,
                 placements: &placements,
                 busy_runners: &busy_names,
+                registration_labels: &BTreeMap::new(),
                 marks,
                 grace: Duration::from_secs(120),
                 now,
