@@ -42,8 +42,23 @@ async fn counts(client: &Client, ns: &str) -> Option<(i32, i32, bool)> {
     Some((st.idle, st.busy, ready))
 }
 
+/// Both installs' groups in one resource group: each planner's own list shows the other's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_installs_with_same_named_pools_never_touch_each_others_runners() {
+async fn two_installs_in_one_resource_group_never_touch_each_others_runners() {
+    two_installs(None).await
+}
+
+/// Install B's pool in another resource group of the subscription: only the subscription-wide
+/// orphan sweep sees the other's groups, and the org's runner list holds both installs'
+/// registrations without a group of theirs in the other's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installs_in_two_resource_groups_never_touch_each_others_runners() {
+    two_installs(Some("rg-runners-b")).await
+}
+
+/// Install A on the shared control plane, install B on a second one; B's pool in
+/// `resource_group_b` when given, else in A's resource group.
+async fn two_installs(resource_group_b: Option<&str>) {
     // Cluster A: the shared control plane of this test binary; cluster B: a second one.
     let w = World::builder("e2e-installs").seed(16).no_controller().start().await;
     let dir_b = tempfile::tempdir().unwrap();
@@ -79,6 +94,9 @@ async fn two_installs_with_same_named_pools_never_touch_each_others_runners() {
         .unwrap()
         .insert("tokenSecretRef".into(), json!({"name": "github-pat", "key": "token"}));
     manifest_b["spec"]["github"].as_object_mut().unwrap().remove("appSecretRef");
+    if let Some(rg) = resource_group_b {
+        manifest_b["spec"]["azure"]["resourceGroup"] = json!(rg);
+    }
     let pool_b = apply_pool(&client_b, &w.ns, &manifest_b).await.unwrap();
     let label_a = owner_label(&InstallId::parse("install-a").unwrap(), &pool_a.metadata.uid.unwrap());
     let label_b = owner_label(&InstallId::parse("install-b").unwrap(), &pool_b.metadata.uid.unwrap());
