@@ -313,7 +313,9 @@ fn watched_namespaces_get_roles_and_no_cluster_wide_secret_access() {
     // and the kube-system namespace (the derived install id; its own test checks that role).
     let cluster_roles: Vec<&Value> = docs
         .iter()
-        .filter(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] != "rel-aci-runner-controller-cluster-id")
+        .filter(|d| {
+            d["kind"] == "ClusterRole" && d["metadata"]["name"] != "rel-aci-runner-controller-cluster-id"
+        })
         .collect();
     assert_eq!(cluster_roles.len(), 1);
     let mut g: Vec<(String, String, String)> =
@@ -1154,7 +1156,10 @@ fn the_install_id_is_derived_from_the_release_and_cluster_unless_set() {
     let (_, run) = parse_chart_args(&docs, "rel-aci-runner-controller");
     assert_eq!((run.install_id.as_deref(), run.install_name.as_str()), (None, "arc-system.rel"));
     let role = find(&docs, "ClusterRole", "rel-aci-runner-controller-cluster-id");
-    assert_eq!(grants(role), vec![(String::new(), "namespaces".into(), "get".into(), vec!["kube-system".into()])]);
+    assert_eq!(
+        grants(role),
+        vec![(String::new(), "namespaces".into(), "get".into(), vec!["kube-system".into()])]
+    );
     find(&docs, "ClusterRoleBinding", "rel-aci-runner-controller-cluster-id");
     // Set: passed as is, and no cluster-scoped namespace read.
     let docs = render(&["--set", "controller.installId=prod-eu.1"]);

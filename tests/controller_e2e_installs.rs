@@ -80,8 +80,11 @@ async fn two_installs(resource_group_b: Option<&str>) {
     let b_host = b_url.trim_start_matches("http://").to_string();
     assert_ne!(a_host, b_host);
     let opts_a = ControllerOptions { install_id: Some("install-a".into()), ..w.opts.clone() };
-    let opts_b =
-        ControllerOptions { install_id: Some("install-b".into()), arm_endpoint: Some(b_url), ..w.opts.clone() };
+    let opts_b = ControllerOptions {
+        install_id: Some("install-b".into()),
+        arm_endpoint: Some(b_url),
+        ..w.opts.clone()
+    };
     let ctl_a = w.spawn_controller(opts_a).await;
     let ctl_b = start_controller(&client_b, &w.sim, opts_b).await.unwrap();
 
@@ -140,8 +143,14 @@ async fn two_installs(resource_group_b: Option<&str>) {
     let runners_used: BTreeSet<String> = done.iter().filter_map(|j| j.runner_name.clone()).collect();
 
     // Both pools deleted: each install removes everything of its own, nothing is left.
-    Api::<RunnerPool>::namespaced(w.client.clone(), &w.ns).delete(POOL, &DeleteParams::default()).await.unwrap();
-    Api::<RunnerPool>::namespaced(client_b.clone(), &w.ns).delete(POOL, &DeleteParams::default()).await.unwrap();
+    Api::<RunnerPool>::namespaced(w.client.clone(), &w.ns)
+        .delete(POOL, &DeleteParams::default())
+        .await
+        .unwrap();
+    Api::<RunnerPool>::namespaced(client_b.clone(), &w.ns)
+        .delete(POOL, &DeleteParams::default())
+        .await
+        .unwrap();
     let gone = eventually(T, || async {
         let a = Api::<RunnerPool>::namespaced(w.client.clone(), &w.ns).get_opt(POOL).await.ok()?;
         let b = Api::<RunnerPool>::namespaced(client_b.clone(), &w.ns).get_opt(POOL).await.ok()?;

@@ -15,8 +15,8 @@ use super::metrics::Metrics;
 use super::server::{self, Health};
 use super::{Context, Shard, all_pools_store, run_controller};
 use aci_runner_core::plan::PlannerConfig;
-use aci_runner_core::plan::install::InstallId;
 use aci_runner_core::plan::demand::JobEvent;
+use aci_runner_core::plan::install::InstallId;
 
 /// Flags of `run`.
 #[derive(clap::Args, Debug, Clone)]

@@ -311,7 +311,10 @@ mod tests {
         doubtful.group.pool_name = Some("gone".into());
         let other = InstallId::parse("other-install").unwrap();
         let mut fx = fx;
-        fx.labels.insert("gone-fffff".into(), vec!["aci".into(), crate::plan::install::owner_label(&other, "uid-x")]);
+        fx.labels.insert(
+            "gone-fffff".into(),
+            vec!["aci".into(), crate::plan::install::owner_label(&other, "uid-x")],
+        );
         fx.labels.insert(
             "gone-ddddd".into(),
             vec!["aci".into(), crate::plan::install::owner_label(&fx.install, "uid-dead")],
