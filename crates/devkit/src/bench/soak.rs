@@ -8,8 +8,9 @@
 //! capacity (the org pool may spill to a fallback location), an inaccessible runner image, slow
 //! provisioning, RBAC denials, lowered quotas; GitHub 5xx, secondary limits, 409 and 422 per
 //! operation, dropped webhooks, runners crashing before registration or dying under a job, a
-//! skewed GitHub clock; containers crashing before registration — and the controller may be
-//! SIGKILLed and restarted, the kube-apiserver and etcd restarted. Then the faults stop (quotas
+//! skewed GitHub clock; containers crashing before registration; another install's running
+//! groups and registrations with the same pool names — and the controller may be SIGKILLed and
+//! restarted, the kube-apiserver and etcd restarted. Then the faults stop (quotas
 //! restored), the jobs must finish, the pools must be Ready and not Stalled, the pools are
 //! deleted and the invariants are checked.
 use std::collections::BTreeSet;
