@@ -75,7 +75,7 @@ impl InstallId {
         let mut base = String::new();
         for c in install_name.chars().map(|c| c.to_ascii_lowercase()) {
             let c = if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' { c } else { '-' };
-            if !(base.is_empty() && !c.is_ascii_alphanumeric()) {
+            if !base.is_empty() || c.is_ascii_alphanumeric() {
                 base.push(c);
             }
         }

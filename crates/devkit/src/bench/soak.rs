@@ -593,7 +593,7 @@ fn seed_other_install(
     ns: &str,
     manifests: &[&serde_json::Value],
 ) -> anyhow::Result<OtherInstall> {
-    use aci_runner_controller::azure::{GroupOwner, RunnerBootstrap, RunnerTemplateInput, container_group};
+    use aci_runner_controller::azure::GroupOwner;
     use aci_runner_core::plan::{install, names};
     let other = install::InstallId::parse(OTHER_INSTALL).map_err(|e| anyhow::anyhow!(e))?;
     let mut out = OtherInstall::default();
@@ -617,23 +617,7 @@ fn seed_other_install(
         let mut labels = aci_runner_core::plan::demand::jit_labels(&spec);
         labels.push(install::owner_label(&other, &uid));
         let runner = format!("{}-{}", names::runner_name_prefix(name), names::random_suffix(&mut rng));
-        let (id, encoded) = sim
-            .github
-            .seed_jit_runner(&scope, &runner, &labels, 1)
-            .map_err(|e| anyhow::anyhow!("{runner}: {e}"))?;
-        let input = RunnerTemplateInput {
-            name: runner.clone(),
-            location: spec.azure.location.clone(),
-            priority: aci_runner_core::crd::Priority::Regular,
-            registration: RunnerBootstrap::Jit { encoded_config: encoded.into() },
-            secure_env: Vec::new(),
-            registry_password: None,
-            created: sim.clock.now(),
-        };
-        let body = serde_json::to_value(container_group(&spec, &owner, &input))?;
-        sim.arm
-            .seed_group(&spec.azure.subscription_id, &spec.azure.resource_group, &runner, &body)
-            .map_err(|e| anyhow::anyhow!("{runner}: {e}"))?;
+        let id = super::seed_runner(sim, &spec, &owner, &scope, &runner, &labels)?;
         out.groups.insert(runner);
         out.runners.insert(id);
     }

@@ -17,10 +17,7 @@ fn other_group(name: &str, state: ContainerState) -> ObservedGroup {
 
 /// A registration of another install's pool with the same name (same runner-name shape).
 fn other_runner(id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
-    let mut r = runner(id, name, online, busy);
-    r.labels.retain(|l| install::owner_label_of(std::slice::from_ref(l)).is_none());
-    r.labels.push(install::owner_label(&other_install(), "uid-of-their-pool"));
-    r
+    labelled(install::owner_label(&other_install(), "uid-of-their-pool"), id, name, online, busy)
 }
 
 /// Every kind of leftover another install may show in a shared subscription and org: its
@@ -40,15 +37,13 @@ fn with_other_install(fx: &mut Fx) {
         other_group("pool-wait1", ContainerState::Waiting { reason: None }),
         dead_same_name,
     ];
-    let mut unlabelled = runner(25, "pool-lone1", false, false);
-    unlabelled.labels.retain(|l| install::owner_label_of(std::slice::from_ref(l)).is_none());
     let runners = vec![
         other_runner(20, "pool-idle1", true, false),
         other_runner(21, "pool-dead1", true, false),
         other_runner(22, "pool-else1", true, false),
         other_runner(23, "pool-else2", false, false),
         other_runner(24, "pool-else3", true, true),
-        unlabelled,
+        unlabelled(25, "pool-lone1", false, false),
     ];
     fx.groups.as_mut().unwrap().extend(groups);
     fx.runners.as_mut().unwrap().extend(runners);
@@ -152,9 +147,7 @@ fn a_group_without_install_id_is_adopted_only_while_its_pool_uid_is_live() {
     let mut fx = Fx::new();
     fx.spec.scaling.min_idle = 1;
     fx.groups = Ok(vec![legacy("pool-old04", UID, ContainerState::Running)]);
-    let mut r = runner(9, "pool-old04", true, false);
-    r.labels.retain(|l| install::owner_label_of(std::slice::from_ref(l)).is_none());
-    fx.runners = Ok(vec![r]);
+    fx.runners = Ok(vec![unlabelled(9, "pool-old04", true, false)]);
     let p = fx.run();
     assert_eq!(p.status.idle, 1);
     assert!(p.actions.is_empty(), "{:?}", p.actions);
@@ -169,9 +162,7 @@ fn only_our_labelled_registrations_without_a_group_are_collected() {
         other_runner(2, "pool-gone2", false, false),
         runner_of("uid-other-pool", 3, "pool-gone3", false, false),
     ]);
-    let mut unlabelled = runner(4, "pool-gone4", false, false);
-    unlabelled.labels.retain(|l| install::owner_label_of(std::slice::from_ref(l)).is_none());
-    fx.runners.as_mut().unwrap().push(unlabelled);
+    fx.runners.as_mut().unwrap().push(unlabelled(4, "pool-gone4", false, false));
     let p = fx.run();
     fx.carry(&p, mins(5));
     let p = fx.run();

@@ -93,12 +93,23 @@ pub(super) fn runner(id: u64, name: &str, online: bool, busy: bool) -> ObservedR
     ObservedRunner { id, name: name.to_string(), online, busy, labels: own_labels() }
 }
 
-/// A registration made by this install for the pool `pool_uid` (e.g. an older pool's).
-pub(super) fn runner_of(pool_uid: &str, id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
+/// A registration without any owner label (made before owner labels existed).
+pub(super) fn unlabelled(id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
     let mut r = runner(id, name, online, busy);
     r.labels.retain(|l| install::owner_label_of(std::slice::from_ref(l)).is_none());
-    r.labels.push(install::owner_label(&install(), pool_uid));
     r
+}
+
+/// A registration with the owner label `label`.
+pub(super) fn labelled(label: String, id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
+    let mut r = unlabelled(id, name, online, busy);
+    r.labels.push(label);
+    r
+}
+
+/// A registration made by this install for the pool `pool_uid` (e.g. an older pool's).
+pub(super) fn runner_of(pool_uid: &str, id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
+    labelled(install::owner_label(&install(), pool_uid), id, name, online, busy)
 }
 
 /// A deterministic suffix source: aaaaa, aaaab, ...
