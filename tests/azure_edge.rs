@@ -63,6 +63,7 @@ fn pool() -> GroupOwner {
         namespace: "ci".into(),
         name: "linux".into(),
         uid: "6f1d2c3b-aaaa-bbbb-cccc-1234567890ab".into(),
+        install_id: "ci.aci-runner-controller-3f2a9c01de".into(),
         spec_hash: "3f9a2c1d".into(),
     }
 }
@@ -93,6 +94,7 @@ fn jit_template_matches_golden_json_and_the_schema() {
         "location": "westeurope",
         "tags": {
             "aci-runners-created": "2026-01-02T03:04:05Z",
+            "aci-runners-install-id": "ci.aci-runner-controller-3f2a9c01de",
             "aci-runners-managed-by": "aci-runner-controller",
             "aci-runners-pool-name": "linux",
             "aci-runners-pool-namespace": "ci",

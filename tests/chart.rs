@@ -253,6 +253,8 @@ fn defaults_render_a_hardened_two_replica_deployment() {
         kinds(&docs),
         [
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ClusterRoleBinding",
             "Deployment",
             "NetworkPolicy",
@@ -287,6 +289,7 @@ fn defaults_render_a_hardened_two_replica_deployment() {
         [
             "run",
             "--resync-interval=60s",
+            "--install-name=arc-system.rel",
             "--leader-election=true",
             "--lease-name=rel-aci-runner-controller",
             "--lease-namespace=arc-system",
@@ -338,8 +341,14 @@ fn watched_namespaces_get_roles_and_no_cluster_wide_secret_access() {
         "--set",
         "azure.workloadIdentity.clientId=11111111-2222-3333-4444-555555555555",
     ]);
-    // Cluster-wide: only reading RunnerPools (garbage collection must see every shard's pools).
-    let cluster_roles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
+    // Cluster-wide: only reading RunnerPools (garbage collection must see every shard's pools),
+    // and the kube-system namespace (the derived install id; its own test checks that role).
+    let cluster_roles: Vec<&Value> = docs
+        .iter()
+        .filter(|d| {
+            d["kind"] == "ClusterRole" && d["metadata"]["name"] != "rel-aci-runner-controller-cluster-id"
+        })
+        .collect();
     assert_eq!(cluster_roles.len(), 1);
     let mut g: Vec<(String, String, String)> =
         grants(cluster_roles[0]).into_iter().map(|(g, r, v, _)| (g, r, v)).collect();
@@ -1223,4 +1232,28 @@ fn chart_arguments_parse_with_the_controller_cli() {
         "rel-aci-runner-controller",
     );
     assert!(!run.leader_election);
+}
+
+#[test]
+fn the_install_id_is_derived_from_the_release_and_cluster_unless_set() {
+    // Derived: the release's namespace and name, plus `get` on kube-system only.
+    let docs = render(&[]);
+    let (_, run) = parse_chart_args(&docs, "rel-aci-runner-controller");
+    assert_eq!((run.install_id.as_deref(), run.install_name.as_str()), (None, "arc-system.rel"));
+    let role = find(&docs, "ClusterRole", "rel-aci-runner-controller-cluster-id");
+    assert_eq!(
+        grants(role),
+        vec![(String::new(), "namespaces".into(), "get".into(), vec!["kube-system".into()])]
+    );
+    find(&docs, "ClusterRoleBinding", "rel-aci-runner-controller-cluster-id");
+    // Set: passed as is, and no cluster-scoped namespace read.
+    let docs = render(&["--set", "controller.installId=prod-eu.1"]);
+    let (_, run) = parse_chart_args(&docs, "rel-aci-runner-controller");
+    assert_eq!(run.install_id.as_deref(), Some("prod-eu.1"));
+    assert!(!docs.iter().any(|d| d["metadata"]["name"] == "rel-aci-runner-controller-cluster-id"));
+    // The schema takes only what the controller takes.
+    for bad in ["Prod", "-x", "x.", &"a".repeat(64)] {
+        let err = render_err(&["--set", &format!("controller.installId={bad}")]);
+        assert!(err.contains("installId"), "{bad}: {err}");
+    }
 }

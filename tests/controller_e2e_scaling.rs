@@ -371,7 +371,8 @@ async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4a. GC: an offline registration with the pool's prefix and labels but no group is removed.
+// 4a. GC: an offline registration with the pool's prefix, labels and owner label but no group is
+// removed; one without the owner label (another install's, or from before owner labels) is not.
 // ---------------------------------------------------------------------------------------------
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_period() {
@@ -380,12 +381,20 @@ async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_peri
     w.apply_ready("leak", 1).await;
     let own = w.runners_of("leak").remove(0);
 
+    // The controller derived its install id from this cluster: its owner label is known.
+    let owner = w.owner_label("leak").await;
+    assert!(w.runners_of("leak")[0].labels.contains(&owner), "{:?}", w.runners_of("leak"));
     let leaked_at = w.sim.clock.now();
-    let leaked = leak_registration(&w.sim, "leak-zzzzz", &["aci"]).await;
-    // Not this pool's: other labels; a name that is not `<pool>-<5 chars>`; another prefix.
-    let foreign_labels = leak_registration(&w.sim, "leak-yyyyy", &["gpu"]).await;
-    let foreign_name = leak_registration(&w.sim, "leak-zzzzzz", &["aci"]).await;
-    let foreign_prefix = leak_registration(&w.sim, "leaky-zzzzz", &["aci"]).await;
+    let leaked = leak_registration(&w.sim, "leak-zzzzz", &["aci", &owner]).await;
+    // Not this pool's: other labels; a name that is not `<pool>-<5 chars>`; another prefix; no
+    // owner label; another install's owner label.
+    let foreign_labels = leak_registration(&w.sim, "leak-yyyyy", &["gpu", &owner]).await;
+    let foreign_name = leak_registration(&w.sim, "leak-zzzzzz", &["aci", &owner]).await;
+    let foreign_prefix = leak_registration(&w.sim, "leaky-zzzzz", &["aci", &owner]).await;
+    let unlabelled = leak_registration(&w.sim, "leak-xxxxx", &["aci"]).await;
+    let other = aci_runner_core::plan::install::InstallId::parse("other-install").unwrap();
+    let other_label = aci_runner_core::plan::install::owner_label(&other, "uid-elsewhere");
+    let other_install = leak_registration(&w.sim, "leak-wwwww", &["aci", &other_label]).await;
     let r = w.sim.github.runners().into_iter().find(|r| r.id == leaked).unwrap();
     assert!(!r.online && r.labels.contains(&"aci".to_string()), "{r:?}");
 
@@ -402,7 +411,7 @@ async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_peri
     // A few more passes: nothing else was touched.
     tokio::time::sleep(grace * 2).await;
     let ids: BTreeSet<i64> = w.sim.github.runners().iter().map(|r| r.id).collect();
-    for id in [foreign_labels, foreign_name, foreign_prefix, own.id as i64] {
+    for id in [foreign_labels, foreign_name, foreign_prefix, unlabelled, other_install, own.id as i64] {
         assert!(ids.contains(&id), "registration {id} was removed; left: {ids:?}");
     }
     assert_eq!(w.groups_of("leak").len(), 1);

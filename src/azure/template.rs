@@ -16,6 +16,9 @@ pub const MANAGED_BY_VALUE: &str = "aci-runner-controller";
 pub const TAG_POOL_NAMESPACE: &str = "aci-runners-pool-namespace";
 pub const TAG_POOL_NAME: &str = "aci-runners-pool-name";
 pub const TAG_POOL_UID: &str = "aci-runners-pool-uid";
+/// The install (controller deployment) that created the group; groups of other installs are
+/// never touched (`aci_runner_core::plan::install`).
+pub const TAG_INSTALL_ID: &str = "aci-runners-install-id";
 pub const TAG_RUNNER: &str = "aci-runners-runner";
 pub const TAG_SPEC_HASH: &str = "aci-runners-spec-hash";
 pub const TAG_CREATED: &str = "aci-runners-created";
@@ -42,6 +45,8 @@ pub struct GroupOwner {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// The creating controller's install id.
+    pub install_id: String,
     /// Short hash of the pool spec generation.
     pub spec_hash: String,
 }
@@ -102,6 +107,7 @@ pub fn tags(
     t.insert(TAG_POOL_NAMESPACE.into(), pool.namespace.clone());
     t.insert(TAG_POOL_NAME.into(), pool.name.clone());
     t.insert(TAG_POOL_UID.into(), pool.uid.clone());
+    t.insert(TAG_INSTALL_ID.into(), pool.install_id.clone());
     t.insert(TAG_RUNNER.into(), runner_name.to_string());
     t.insert(TAG_SPEC_HASH.into(), pool.spec_hash.clone());
     t.insert(TAG_CREATED.into(), created.to_rfc3339_opts(SecondsFormat::Secs, true));

@@ -151,6 +151,7 @@ async fn create_runner(
         priority,
         secret,
         created: (ctx.clock)(),
+        install_id: ctx.install.to_string(),
     };
     ctx.groups.create_group(pool, req).await.map(|_| runner_id).map_err(|e| (e, runner_id))
 }

@@ -134,13 +134,16 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
             }
         }
         let mut busy = BTreeSet::new();
-        // Registrations by name, with the context (scope) of the list that shows them.
+        // Registrations by name, with the context (scope) of the list that shows them, and
+        // their labels (the planner leaves a group whose registration is someone else's).
         let mut registrations: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+        let mut labels: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut lists_ok = true;
         for (i, c) in involved.iter().enumerate() {
             match ctx.registrations.list_runners(c).await {
                 Ok(rs) => {
                     busy.extend(rs.iter().filter(|r| r.busy).map(|r| r.name.clone()));
+                    labels.extend(rs.iter().map(|r| (r.name.clone(), r.labels.clone())));
                     registrations.extend(rs.into_iter().map(|r| (r.name, (i, r.id))));
                 }
                 Err(_) => lists_ok = false,
@@ -151,12 +154,14 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
         }
         let prev = marks.get(&sub).cloned().unwrap_or_default();
         let out = plan::plan_orphan_groups(&OrphanInput {
+            install: &ctx.install,
             subscription: &sub,
             groups: groups.as_deref().map_err(Clone::clone),
             live_pool_uids: &live_uids,
             live_pools: &live_pools,
             placements: &placements,
             busy_runners: &busy,
+            registration_labels: &labels,
             marks: &prev,
             grace: ctx.planner.gc_grace,
             now: (ctx.clock)(),

@@ -33,6 +33,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use aci_runner_core::crd::RunnerPool;
+use aci_runner_core::plan::install::InstallId;
 use aci_runner_core::plan::{ActionFailure, PlannerConfig, PoolState};
 use demand::DemandStore;
 pub use finalizer::FINALIZER;
@@ -58,6 +59,8 @@ pub const USAGE_WRITE_INTERVAL: Duration = Duration::from_secs(60);
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
+    /// This controller's install: every removal, release and GC decision requires it.
+    pub install: InstallId,
     pub groups: Arc<dyn ContainerGroups>,
     pub registrations: Arc<dyn RunnerRegistrations>,
     pub demand: Arc<DemandStore>,
@@ -74,8 +77,10 @@ pub struct Context {
 }
 
 impl Context {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
+        install: InstallId,
         groups: Arc<dyn ContainerGroups>,
         registrations: Arc<dyn RunnerRegistrations>,
         demand: Arc<DemandStore>,
@@ -88,6 +93,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            install,
             groups,
             registrations,
             demand,

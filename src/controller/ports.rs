@@ -77,6 +77,8 @@ pub struct CreateGroup {
     pub priority: Priority,
     pub secret: RunnerSecret,
     pub created: chrono::DateTime<chrono::Utc>,
+    /// This controller's install id, tagged on the group.
+    pub install_id: String,
 }
 
 /// Azure side.

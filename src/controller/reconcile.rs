@@ -304,6 +304,7 @@ fn plan_pass(
     now: DateTime<Utc>,
 ) -> Plan {
     let input = PlanInput {
+        install: &ctx.install,
         pool: meta,
         spec: &pool.spec,
         validation,

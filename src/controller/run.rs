@@ -16,6 +16,7 @@ use super::server::{self, Health};
 use super::{Context, Shard, all_pools_store, run_controller};
 use aci_runner_core::plan::PlannerConfig;
 use aci_runner_core::plan::demand::JobEvent;
+use aci_runner_core::plan::install::InstallId;
 
 /// Flags of `run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -74,6 +75,16 @@ pub struct RunArgs {
     /// own, and only pools with `azure.credentialsSecretRef` work.
     #[arg(long, env = "ALLOW_IMDS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_imds: bool,
+    /// This install's id, tagged on every container group it creates (`aci-runners-install-id`);
+    /// groups of other installs are never touched. 1-63 characters of `[a-z0-9.-]`. Unset: derived
+    /// from `--install-name` and the uid of this cluster's `kube-system` namespace (needs `get`
+    /// on that namespace), which stays the same across restarts, upgrades and reinstalls.
+    #[arg(long, env = "ACI_RUNNERS_INSTALL_ID")]
+    pub install_id: Option<String>,
+    /// The name an install id is derived from when `--install-id` is unset (the chart passes
+    /// `<release namespace>.<release name>`).
+    #[arg(long, env = "ACI_RUNNERS_INSTALL_NAME", default_value = "aci-runner-controller")]
+    pub install_name: String,
     /// Mark-then-confirm grace period of garbage collection.
     #[arg(long, default_value = "2m", value_parser = aci_runner_core::crd::parse_duration)]
     pub gc_grace: Duration,
@@ -345,6 +356,8 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let Edges { groups, registrations, webhook, demand, planner, metrics, clock, list_changes } = edges;
     aci_runner_core::crd::precompile_patterns().context("compiling the RunnerPool validation patterns")?;
+    let install = install_id(&args, &client).await?;
+    info!(install_id = %install, "install identity");
     let health = Arc::new(Health::default());
     let listener = bind(args.health_listen).await?;
     info!(addr = %listener.local_addr().unwrap_or(args.health_listen), "serving /healthz /readyz /metrics");
@@ -390,7 +403,7 @@ pub async fn run_with(
     let (lost_tx, mut lost_rx) = watch::channel(false);
     let prices = args.prices.table()?.or(planner.prices);
     let planner = PlannerConfig { gc_grace: args.gc_grace, resync: args.resync_interval, prices, ..planner };
-    let mut ctx = Context::new(client, groups, registrations, demand, planner, metrics, all_pools);
+    let mut ctx = Context::new(client, install, groups, registrations, demand, planner, metrics, all_pools);
     ctx.clock = clock;
     ctx.allow_insecure_github_http = args.allow_insecure_github_http;
     let ctx = Arc::new(ctx);
@@ -409,6 +422,20 @@ pub async fn run_with(
     }
     info!("controller stopped");
     Ok(())
+}
+
+/// The install id: `--install-id` as given (validated), else derived from `--install-name` and
+/// the uid of the cluster's `kube-system` namespace (see `InstallId::derive`).
+async fn install_id(args: &RunArgs, client: &Client) -> anyhow::Result<InstallId> {
+    if let Some(id) = &args.install_id {
+        return InstallId::parse(id).context("--install-id");
+    }
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let ns = namespaces.get("kube-system").await.context(
+        "reading the kube-system namespace to derive the install id (grant `get` on it, or set --install-id)",
+    )?;
+    let uid = ns.metadata.uid.filter(|u| !u.is_empty()).context("the kube-system namespace has no uid")?;
+    Ok(InstallId::derive(&args.install_name, &uid))
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
-use crate::azure::template::{TAG_CREATED, TAG_POOL_NAME, TAG_POOL_NAMESPACE, TAG_POOL_UID};
+use crate::azure::template::{TAG_CREATED, TAG_INSTALL_ID, TAG_POOL_NAME, TAG_POOL_NAMESPACE, TAG_POOL_UID};
 use crate::azure::{
     self, AzureClient, AzureClientConfig, AzureError, AzureMetrics, CredentialRegistry, CredentialSpec,
     RateLimiter,
@@ -77,6 +77,7 @@ pub fn observed(g: &azure::ArmGroup, cpu_mem: (f64, f64)) -> ObservedGroup {
     ObservedGroup {
         name: g.name.clone(),
         pool_uid: g.tags.get(TAG_POOL_UID).cloned(),
+        install_id: g.tags.get(TAG_INSTALL_ID).cloned(),
         pool_namespace: g.tags.get(TAG_POOL_NAMESPACE).cloned(),
         pool_name: g.tags.get(TAG_POOL_NAME).cloned(),
         location: g.location.clone(),
@@ -300,6 +301,7 @@ impl ContainerGroups for AzureAdapter {
             namespace: pool.meta.namespace.clone(),
             name: pool.meta.name.clone(),
             uid: pool.meta.uid.clone(),
+            install_id: req.install_id.clone(),
             spec_hash: pool.spec_hash.clone(),
         };
         let group = azure::container_group(&pool.spec, &meta, &input);

@@ -169,7 +169,7 @@ impl<'a> Pass<'_, 'a> {
         };
         let names: Vec<String> = groups
             .iter()
-            .filter(|g| g.pool_uid.as_deref() == Some(input.pool.uid.as_str()))
+            .filter(|g| super::install::is_pool_group(input.install, &input.pool.uid, g))
             .map(|g| g.name.clone())
             .collect();
         if names.is_empty() {

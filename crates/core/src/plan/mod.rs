@@ -15,6 +15,7 @@
 //! 4. [`status`]: Stalled, the conditions, usage, requeue and the plan itself.
 pub mod conditions;
 pub mod demand;
+pub mod install;
 pub mod names;
 mod orphans;
 pub mod reasons;
@@ -125,6 +126,8 @@ struct Pass<'i, 'a> {
     now: DateTime<Utc>,
     timings: Timings,
     prefix: String,
+    /// The owner label of this install's registrations for this pool ([`install::owner_label`]).
+    owner_label: String,
     st: PoolState,
     actions: Vec<Action>,
     events: Vec<PlannedEvent>,
@@ -149,6 +152,7 @@ pub fn plan(input: &PlanInput<'_>, suffixes: &mut dyn FnMut() -> String) -> Plan
         now: input.now,
         timings: Timings::from_spec(input.spec),
         prefix: names::runner_name_prefix(&input.pool.name),
+        owner_label: install::owner_label(input.install, &input.pool.uid),
         st: input.state.clone(),
         actions: Vec::new(),
         events: Vec::new(),

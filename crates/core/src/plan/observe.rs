@@ -4,6 +4,7 @@
 //! ([docs/planner.md, "Observation"](../../../../docs/planner.md#observation)).
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::install::{self, GroupClaim, RunnerClaim};
 use super::view::{Phase, Unit, View};
 use super::{Pass, after, demand, list_names, names};
 use crate::plan::failures::failure_reason_of;
@@ -82,27 +83,45 @@ impl<'a> Pass<'_, 'a> {
         }
         self.track_in_flight(groups, &mut units);
         units.sort_by(|a, b| a.name.cmp(&b.name));
-        let stale_groups =
-            own.stale.into_iter().map(|g| (g, own.runners_by_name.get(g.name.as_str()).copied())).collect();
+        // A stale group's registration is the one of its name. Should that one carry the owner
+        // label of anyone but the group's pool of this install, the group is left alone: its
+        // delete could not be guarded by an unregister of ours.
+        let me = self.input.install;
+        let stale_groups = own
+            .stale
+            .into_iter()
+            .filter_map(|g| {
+                let r = own.runners_by_name.get(g.name.as_str()).copied();
+                match r {
+                    Some(r) if !install::registration_fits_group(me, g, &r.labels) => None,
+                    _ => Some((g, r)),
+                }
+            })
+            .collect();
         let view = View { units, stale_groups, runners_by_id, all_names };
         self.track(&view);
         view
     }
 
-    /// Which groups and registrations are this pool's (see docs/planner.md, "Inputs").
+    /// Which groups and registrations are this pool's (see docs/planner.md, "Inputs", and
+    /// [`install`] for the install rules).
     fn ownership(&self, groups: &'a [ObservedGroup], runners: &'a [ObservedRunner]) -> Ownership<'a> {
-        let pool = self.input.pool;
-        let is_own_group = |g: &ObservedGroup| g.pool_uid.as_deref() == Some(pool.uid.as_str());
+        let (pool, me) = (self.input.pool, self.input.install);
+        let is_own_group = |g: &ObservedGroup| install::is_pool_group(me, &pool.uid, g);
         let runners_by_name: BTreeMap<&str, &ObservedRunner> =
             runners.iter().map(|r| (r.name.as_str(), r)).collect();
         let own_groups: BTreeMap<&str, &ObservedGroup> =
             groups.iter().filter(|g| is_own_group(g)).map(|g| (g.name.as_str(), g)).collect();
+        // An older pool's groups are collected only when this install's tag is on them: a group
+        // without install id is adopted only while its pool uid is live, which an older pool's
+        // is not.
         let stale: Vec<&ObservedGroup> = groups
             .iter()
             .filter(|g| match g.pool_uid.as_deref() {
                 Some(uid) => {
                     uid != pool.uid
                         && !self.input.live_pool_uids.contains(uid)
+                        && install::claim_group(me, self.input.live_pool_uids, g) == GroupClaim::Ours
                         && g.pool_namespace.as_deref() == Some(pool.namespace.as_str())
                         && g.pool_name.as_deref() == Some(pool.name.as_str())
                 }
@@ -112,15 +131,23 @@ impl<'a> Pass<'_, 'a> {
         let stale_names: BTreeSet<&str> = stale.iter().map(|g| g.name.as_str()).collect();
         let other_group_names: BTreeSet<&str> =
             groups.iter().filter(|g| !is_own_group(g)).map(|g| g.name.as_str()).collect();
+        // A registration is ours by our owner label, or (made before owner labels) by the name
+        // of one of our own groups or in-flight creates; never by its name's shape alone.
         let is_own_runner = |r: &ObservedRunner| {
             if self.st.pending_unregister.contains_key(&r.id) || stale_names.contains(r.name.as_str()) {
                 return false;
             }
-            own_groups.contains_key(r.name.as_str())
-                || self.st.in_flight.contains_key(&r.name)
-                || (names::is_pool_runner_name(&self.prefix, &r.name)
-                    && !other_group_names.contains(r.name.as_str())
-                    && demand::runner_has_pool_labels(self.input.spec, &r.labels))
+            let by_name = own_groups.contains_key(r.name.as_str()) || self.st.in_flight.contains_key(&r.name);
+            match install::runner_claim(&self.owner_label, &r.labels) {
+                RunnerClaim::Other => false,
+                RunnerClaim::Unlabelled => by_name,
+                RunnerClaim::Labelled => {
+                    by_name
+                        || (names::is_pool_runner_name(&self.prefix, &r.name)
+                            && !other_group_names.contains(r.name.as_str())
+                            && demand::runner_has_pool_labels(self.input.spec, &r.labels))
+                }
+            }
         };
         let own_runner_ids = runners.iter().filter(|r| is_own_runner(r)).map(|r| r.id).collect();
         Ownership { own_groups, stale, runners_by_name, own_runner_ids }

@@ -6,12 +6,17 @@
 //!   than the pool's current spec (left behind by a change of `spec.azure.resourceGroup` or
 //!   `subscriptionId`; the pool lists only its current resource group).
 //!
+//! Only groups of this install are considered ([`super::install::claim_group`]): another
+//! install's groups are never touched, and a group without install id only while its pool uid
+//! is live here (then it is never an orphan, at most stranded).
+//!
 //! Run once per listed subscription, not once per pool, so each group has exactly one deleter.
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::install::{InstallId, claim_group, registration_fits_group};
 use super::reasons::EventReason;
 use super::types::{EdgeError, EventType, ObservedGroup, PlannedEvent};
 use super::{after, elapsed};
@@ -26,6 +31,8 @@ pub struct SweptGroup {
 /// Inputs of [`plan_orphan_groups`].
 #[derive(Clone, Debug)]
 pub struct OrphanInput<'a> {
+    /// This controller's install.
+    pub install: &'a InstallId,
     /// The subscription listed.
     pub subscription: &'a str,
     /// The tagged group list of the subscription (every resource group), or the error.
@@ -40,6 +47,9 @@ pub struct OrphanInput<'a> {
     pub placements: &'a BTreeMap<String, (String, String)>,
     /// Names of runners any GitHub list shows busy (never touched).
     pub busy_runners: &'a BTreeSet<String>,
+    /// Labels of the registrations the GitHub lists show, by name: a group whose same-named
+    /// registration carries another pool's or install's owner label is left alone.
+    pub registration_labels: &'a BTreeMap<String, Vec<String>>,
     /// Marks carried from the previous pass: (resource group, lower-case; group name) → first
     /// seen as orphan or stranded.
     pub marks: &'a BTreeMap<(String, String), DateTime<Utc>>,
@@ -71,6 +81,14 @@ pub struct OrphanPlan {
 
 /// What the sweep makes of one listed group: `None` = not its business.
 fn classify(input: &OrphanInput<'_>, g: &SweptGroup) -> Option<Option<String>> {
+    if !claim_group(input.install, input.live_pool_uids, &g.group).is_ours() {
+        return None;
+    }
+    if let Some(labels) = input.registration_labels.get(&g.group.name)
+        && !registration_fits_group(input.install, &g.group, labels)
+    {
+        return None;
+    }
     let uid = g.group.pool_uid.as_deref()?;
     if input.live_pool_uids.contains(uid) {
         let (sub, rg) = input.placements.get(uid)?;
@@ -152,20 +170,24 @@ mod tests {
     }
 
     struct Fx {
+        install: InstallId,
         live_uids: BTreeSet<String>,
         live_pools: BTreeSet<(String, String)>,
         placements: BTreeMap<String, (String, String)>,
         busy: BTreeSet<String>,
+        labels: BTreeMap<String, Vec<String>>,
     }
 
     impl Fx {
         /// Pool `ns/pool` (uid "uid-live") now in `SUB`/`rg-new`.
         fn new() -> Self {
             Self {
+                install: crate::plan::tests::install(),
                 live_uids: ["uid-live".to_string()].into(),
                 live_pools: [("ns".to_string(), "pool".to_string())].into(),
                 placements: [("uid-live".to_string(), (SUB.to_string(), "rg-new".to_string()))].into(),
                 busy: BTreeSet::new(),
+                labels: BTreeMap::new(),
             }
         }
         fn run(
@@ -175,12 +197,14 @@ mod tests {
             now: DateTime<Utc>,
         ) -> OrphanPlan {
             plan_orphan_groups(&OrphanInput {
+                install: &self.install,
                 subscription: SUB,
                 groups,
                 live_pool_uids: &self.live_uids,
                 live_pools: &self.live_pools,
                 placements: &self.placements,
                 busy_runners: &self.busy,
+                registration_labels: &self.labels,
                 marks,
                 grace: Duration::from_secs(120),
                 now,
@@ -262,6 +286,45 @@ mod tests {
         assert!(p.deletes.is_empty(), "{:?}", p.deletes);
         assert!(p.marks.is_empty());
         assert_eq!(p.requeue_after, None);
+    }
+
+    #[test]
+    fn other_installs_and_dead_legacy_groups_are_never_swept() {
+        let fx = Fx::new();
+        // Another install's orphan and stranded-looking groups, and a group without install id
+        // whose pool uid is not live here: none is ours.
+        let mut theirs = swept("rg-gone", "gone-aaaaa", "uid-dead");
+        theirs.group.pool_name = Some("gone".into());
+        theirs.group.install_id = Some("other-install".into());
+        let mut theirs_live = swept("rg-old", "pool-bbbbb", "uid-live");
+        theirs_live.group.install_id = Some("other-install".into());
+        let mut legacy_dead = swept("rg-gone", "gone-ccccc", "uid-dead");
+        legacy_dead.group.pool_name = Some("gone".into());
+        legacy_dead.group.install_id = None;
+        // Controls: ours, and a legacy group of a live pool (adopted: stranded).
+        let mut ours = swept("rg-gone", "gone-ddddd", "uid-dead");
+        ours.group.pool_name = Some("gone".into());
+        let mut legacy_live = swept("rg-old", "pool-eeeee", "uid-live");
+        legacy_live.group.install_id = None;
+        // Ours, but its same-named registration carries another install's owner label: doubt.
+        let mut doubtful = swept("rg-gone", "gone-fffff", "uid-dead");
+        doubtful.group.pool_name = Some("gone".into());
+        let other = InstallId::parse("other-install").unwrap();
+        let mut fx = fx;
+        fx.labels.insert(
+            "gone-fffff".into(),
+            vec!["aci".into(), crate::plan::install::owner_label(&other, "uid-x")],
+        );
+        fx.labels.insert(
+            "gone-ddddd".into(),
+            vec!["aci".into(), crate::plan::install::owner_label(&fx.install, "uid-dead")],
+        );
+        let groups = vec![theirs, theirs_live, legacy_dead, ours, legacy_live, doubtful];
+        let p1 = fx.run(Ok(&groups), &BTreeMap::new(), t0());
+        let p2 = fx.run(Ok(&groups), &p1.marks, t0() + mins(2));
+        let names: Vec<&str> = p2.deletes.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, vec!["gone-ddddd", "pool-eeeee"]);
+        assert_eq!(p2.marks.len(), 2, "{:?}", p2.marks);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Seeded random observed states, checked against the planner's invariants.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::tests::{Fx, UID, counter_suffixes, mins, t0};
+use super::tests::{Fx, INSTALL, UID, counter_suffixes, install, mins, t0};
+
+/// Another controller's install id (a second cluster on the same subscription and org).
+const OTHER_INSTALL: &str = "other-install";
 use super::*;
 use crate::crd::Priority;
 
@@ -69,8 +72,31 @@ fn random_spec(rng: &mut StdRng, fx: &mut Fx) {
     }
 }
 
-/// A group of this pool (or of a dead pool, or untagged), maybe with its registration and
-/// carried state.
+/// An install id tag: this install's (mostly), another install's, or none (a group created
+/// before install ids).
+fn random_install(rng: &mut StdRng) -> Option<String> {
+    match rng.gen_range(0..10) {
+        0 | 1 => Some(OTHER_INSTALL.to_string()),
+        2 => None,
+        _ => Some(INSTALL.to_string()),
+    }
+}
+
+/// Owner labels of a registration: this install's for the pool (mostly), another install's or
+/// another pool's (same name shape), or none (a registration made before owner labels).
+fn random_owner_labels(rng: &mut StdRng, mut labels: Vec<String>) -> Vec<String> {
+    let other = install::InstallId::parse(OTHER_INSTALL).unwrap();
+    match rng.gen_range(0..10) {
+        0 => labels.push(install::owner_label(&other, UID)),
+        1 => labels.push(install::owner_label(&install(), "uid-other-pool")),
+        2 => {}
+        _ => labels.push(install::owner_label(&install(), UID)),
+    }
+    labels
+}
+
+/// A group of this pool (or of a dead pool, or untagged; of this install, another or none),
+/// maybe with its registration and carried state.
 fn random_group(rng: &mut StdRng, fx: &mut Fx, lists: &mut Lists) {
     let name = random_name(rng, "pool");
     let uid = match rng.gen_range(0..10) {
@@ -78,9 +104,17 @@ fn random_group(rng: &mut StdRng, fx: &mut Fx, lists: &mut Lists) {
         1 => None,
         _ => Some(UID.to_string()),
     };
+    let install_id = random_install(rng);
+    // The registration of a group carries the owner label of the install and pool that made
+    // both (none for one made before owner labels): GitHub names are unique in a scope, so a
+    // same-named registration of someone else cannot exist beside the group.
+    let owner = install_id.as_deref().map(|i| {
+        install::owner_label(&install::InstallId::parse(i).unwrap(), uid.as_deref().unwrap_or("none"))
+    });
     lists.groups.push(ObservedGroup {
         name: name.clone(),
         pool_uid: uid,
+        install_id,
         pool_namespace: Some("ns".into()),
         pool_name: Some("pool".into()),
         location: "westeurope".into(),
@@ -104,7 +138,7 @@ fn random_group(rng: &mut StdRng, fx: &mut Fx, lists: &mut Lists) {
             name: name.clone(),
             online: busy || rng.gen_bool(0.6),
             busy,
-            labels: vec!["self-hosted".into(), "aci".into()],
+            labels: ["self-hosted".to_string(), "aci".to_string()].into_iter().chain(owner).collect(),
         });
         lists.next_id += 1;
     }
@@ -131,7 +165,7 @@ fn random_loose_runner(rng: &mut StdRng, fx: &mut Fx, lists: &mut Lists) {
         name: name.clone(),
         online: busy || rng.gen_bool(0.5),
         busy,
-        labels: vec!["aci".into()],
+        labels: random_owner_labels(rng, vec!["aci".into()]),
     });
     if rng.gen_bool(0.5) {
         fx.state.gc_marks.insert(GcKey::Runner(next_id), t0() - mins(rng.gen_range(0..5)));
@@ -212,6 +246,7 @@ fn check(fx: &Fx, p: &Plan, case: usize) {
     let ctx = || format!("case {case}: {:?}", p.actions);
     check_input_gates(fx, p, &ctx);
     check_busy_untouched(fx, p, &ctx);
+    check_other_installs_untouched(fx, p, &ctx);
     check_names(fx, p, &ctx);
     check_order(p, &ctx);
     check_conditions(fx, p, &ctx);
@@ -254,6 +289,57 @@ fn check_busy_untouched(fx: &Fx, p: &Plan, ctx: &dyn Fn() -> String) {
                 Action::DeleteGroup { name, .. } => assert!(!busy_names.contains(name.as_str()), "{}", ctx()),
                 _ => {}
             }
+        }
+    }
+}
+
+/// Groups of another install (or without install id and a pool uid not live here) are never
+/// deleted or released; registrations with another owner label, or without one and without a
+/// group or create of ours under their name, are never unregistered (except the JIT
+/// registrations the planner remembers minting).
+fn check_other_installs_untouched(fx: &Fx, p: &Plan, ctx: &dyn Fn() -> String) {
+    let (Ok(groups), Ok(runners)) = (&fx.groups, &fx.runners) else { return };
+    let not_ours: BTreeSet<&str> = groups
+        .iter()
+        .filter(|g| !install::claim_group(&fx.install, &fx.live, g).is_ours())
+        .map(|g| g.name.as_str())
+        .collect();
+    // The registration of one of our groups (this pool's or an older one's) is someone else's
+    // only with another owner label than that group's pool; one without such a group is ours
+    // only with this pool's label or as one of our creates.
+    let our_groups: BTreeMap<&str, &ObservedGroup> = groups
+        .iter()
+        .filter(|g| {
+            install::claim_group(&fx.install, &fx.live, g).is_ours()
+                || install::is_pool_group(&fx.install, UID, g)
+        })
+        .map(|g| (g.name.as_str(), g))
+        .collect();
+    let label = install::owner_label(&fx.install, UID);
+    let foreign_ids: BTreeSet<u64> = runners
+        .iter()
+        .filter(|r| match our_groups.get(r.name.as_str()) {
+            Some(g) => {
+                let label = install::owner_label(&fx.install, g.pool_uid.as_deref().unwrap_or_default());
+                install::runner_claim(&label, &r.labels) == install::RunnerClaim::Other
+            }
+            None => {
+                install::runner_claim(&label, &r.labels) != install::RunnerClaim::Labelled
+                    && !fx.state.in_flight.contains_key(&r.name)
+            }
+        })
+        .filter(|r| !fx.state.pending_unregister.contains_key(&r.id))
+        .map(|r| r.id)
+        .collect();
+    for a in &p.actions {
+        match a {
+            Action::DeleteGroup { name, .. } | Action::ReleaseGroup { name } => {
+                assert!(!not_ours.contains(name.as_str()), "{name} is not ours: {}", ctx())
+            }
+            Action::UnregisterRunner { id, name, .. } => {
+                assert!(!foreign_ids.contains(id), "{name} ({id}) is not ours: {}", ctx())
+            }
+            Action::CreateRunner { .. } => {}
         }
     }
 }

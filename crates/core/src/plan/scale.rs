@@ -356,15 +356,21 @@ impl<'a> Pass<'_, 'a> {
         Ok((location, priority))
     }
 
+    /// How the new runner registers: the pool's labels plus this install's owner label for the
+    /// pool, which is what makes a registration without a group recognisably ours.
     fn registration(&self) -> RunnerRegistration {
         let spec = self.input.spec;
         let runner_group = spec.github.runner_group.clone();
+        let owned = |mut labels: Vec<String>| {
+            labels.push(self.owner_label.clone());
+            labels
+        };
         match spec.runner.registration.mode {
             RegistrationMode::Jit => {
-                RunnerRegistration::Jit { labels: demand::jit_labels(spec), runner_group }
+                RunnerRegistration::Jit { labels: owned(demand::jit_labels(spec)), runner_group }
             }
             RegistrationMode::Token => RunnerRegistration::Token {
-                labels: spec.github.labels.clone(),
+                labels: owned(spec.github.labels.clone()),
                 runner_group,
                 ephemeral: spec.runner.registration.ephemeral,
             },

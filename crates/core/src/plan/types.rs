@@ -76,6 +76,9 @@ pub struct ObservedGroup {
     pub name: String,
     /// `aci-runners-pool-uid` tag (None when missing: such groups are never touched).
     pub pool_uid: Option<String>,
+    /// `aci-runners-install-id` tag: the install that created the group (None for groups
+    /// created before install ids existed; see [`super::install::claim_group`]).
+    pub install_id: Option<String>,
     /// `aci-runners-pool-namespace` tag.
     pub pool_namespace: Option<String>,
     /// `aci-runners-pool-name` tag.
@@ -501,6 +504,9 @@ pub struct PoolState {
 /// Everything one planning pass needs.
 #[derive(Clone, Debug)]
 pub struct PlanInput<'a> {
+    /// This controller's install: groups of other installs are never touched, and new
+    /// registrations carry its owner label.
+    pub install: &'a super::install::InstallId,
     pub pool: &'a PoolMeta,
     pub spec: &'a RunnerPoolSpec,
     /// `spec.validate()`, computed once per pass by the caller (which also needs it to decide

@@ -57,7 +57,7 @@ impl World {
         let mut unregistered = BTreeSet::new();
         for a in actions {
             match a {
-                Action::CreateRunner { name, priority, .. } => {
+                Action::CreateRunner { name, priority, registration, .. } => {
                     assert!(self.created.insert(name.clone()), "name reused: {name}");
                     // JIT: the registration exists (offline) before the group.
                     self.runners.push(ObservedRunner {
@@ -65,12 +65,16 @@ impl World {
                         name: name.clone(),
                         online: false,
                         busy: false,
-                        labels: vec!["self-hosted".into(), "linux".into(), "x64".into(), "aci".into()],
+                        labels: match registration {
+                            RunnerRegistration::Jit { labels, .. }
+                            | RunnerRegistration::Token { labels, .. } => labels.clone(),
+                        },
                     });
                     self.next_id += 1;
                     self.groups.push(ObservedGroup {
                         name: name.clone(),
                         pool_uid: Some(UID.into()),
+                        install_id: Some(super::tests::INSTALL.into()),
                         pool_namespace: Some("ns".into()),
                         pool_name: Some("pool".into()),
                         location: "westeurope".into(),

@@ -26,6 +26,38 @@ pub enum BenchCommand {
     Soak(Box<soak::SoakArgs>),
 }
 
+/// Seed a runner as if a controller had created it: its JIT registration in `scope` with
+/// `labels`, then its container group (tagged for `owner`) in the pool's resource group, whose
+/// container starts the simulated runner. Returns the registration's id.
+pub fn seed_runner(
+    sim: &crate::sim::Simulator,
+    spec: &aci_runner_core::crd::RunnerPoolSpec,
+    owner: &aci_runner_controller::azure::GroupOwner,
+    scope: &crate::sim::github::ScopeKey,
+    name: &str,
+    labels: &[String],
+) -> anyhow::Result<i64> {
+    use aci_runner_controller::azure::{RunnerBootstrap, RunnerTemplateInput, container_group};
+    let (id, encoded) = sim
+        .github
+        .seed_jit_runner(scope, name, labels, 1)
+        .map_err(|e| anyhow::anyhow!("seeding runner {name}: {e}"))?;
+    let input = RunnerTemplateInput {
+        name: name.to_string(),
+        location: spec.azure.location.clone(),
+        priority: aci_runner_core::crd::Priority::Regular,
+        registration: RunnerBootstrap::Jit { encoded_config: encoded.into() },
+        secure_env: Vec::new(),
+        registry_password: None,
+        created: sim.clock.now(),
+    };
+    let body = serde_json::to_value(container_group(spec, owner, &input))?;
+    sim.arm
+        .seed_group(&spec.azure.subscription_id, &spec.azure.resource_group, name, &body)
+        .map_err(|e| anyhow::anyhow!("seeding group {name}: {e}"))?;
+    Ok(id)
+}
+
 /// Run a `bench` subcommand.
 pub fn run_cli(cli: BenchCli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -578,7 +578,7 @@ async fn p5(
     args: &BenchArgs,
     n: u32,
 ) -> anyhow::Result<(Vec<Figure>, serde_json::Value)> {
-    use aci_runner_controller::azure::{GroupOwner, RunnerBootstrap, RunnerTemplateInput, container_group};
+    use aci_runner_controller::azure::GroupOwner;
     let ns = test_namespace(client, &format!("bench-p5-{n}")).await?;
     let mut opts = fast_sim_options(1);
     opts.arm.quotas.container_groups = n + 100;
@@ -602,6 +602,7 @@ async fn p5(
             namespace: ns.clone(),
             name: name.clone(),
             uid,
+            install_id: super::procs::BENCH_INSTALL_ID.into(),
             spec_hash: aci_runner_controller::controller::spec_hash(&pool),
         };
         let spec = &pool.spec;
@@ -616,23 +617,7 @@ async fn p5(
             if !taken.insert(runner.clone()) {
                 continue;
             }
-            let (_, encoded) = sim
-                .github
-                .seed_jit_runner(&scope, &runner, &labels, 1)
-                .map_err(|e| anyhow::anyhow!("seeding runner {runner}: {e}"))?;
-            let input = RunnerTemplateInput {
-                name: runner.clone(),
-                location: spec.azure.location.clone(),
-                priority: aci_runner_core::crd::Priority::Regular,
-                registration: RunnerBootstrap::Jit { encoded_config: encoded.into() },
-                secure_env: Vec::new(),
-                registry_password: None,
-                created: sim.clock.now(),
-            };
-            let body = serde_json::to_value(container_group(spec, &meta, &input))?;
-            sim.arm
-                .seed_group(&spec.azure.subscription_id, &spec.azure.resource_group, &runner, &body)
-                .map_err(|e| anyhow::anyhow!("seeding group {runner}: {e}"))?;
+            super::seed_runner(&sim, spec, &meta, &scope, &runner, &labels)?;
         }
     }
     let online = wait_for(Duration::from_secs(120), || async {

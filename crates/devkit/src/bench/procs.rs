@@ -19,6 +19,10 @@ pub enum ProcError {
     NotHealthy(PathBuf),
 }
 
+/// The `--install-id` of every controller process the benchmarks start (one install; the
+/// P5 benchmark seeds groups with it as if that install had created them).
+pub const BENCH_INSTALL_ID: &str = "bench";
+
 /// Environment variable naming a command to start the controller under (diagnostics).
 pub const WRAPPER_ENV: &str = "ACI_RC_BENCH_CONTROLLER_WRAPPER";
 
@@ -101,6 +105,8 @@ impl ControllerProc {
             spec.resync.clone(),
             "--gc-grace".into(),
             spec.gc_grace.clone(),
+            "--install-id".into(),
+            BENCH_INSTALL_ID.into(),
         ];
         args.extend(extra_args.iter().cloned());
         let webhook_url =

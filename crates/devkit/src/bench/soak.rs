@@ -8,8 +8,9 @@
 //! capacity (the org pool may spill to a fallback location), an inaccessible runner image, slow
 //! provisioning, RBAC denials, lowered quotas; GitHub 5xx, secondary limits, 409 and 422 per
 //! operation, dropped webhooks, runners crashing before registration or dying under a job, a
-//! skewed GitHub clock; containers crashing before registration — and the controller may be
-//! SIGKILLed and restarted, the kube-apiserver and etcd restarted. Then the faults stop (quotas
+//! skewed GitHub clock; containers crashing before registration; another install's running
+//! groups and registrations with the same pool names — and the controller may be SIGKILLed and
+//! restarted, the kube-apiserver and etcd restarted. Then the faults stop (quotas
 //! restored), the jobs must finish, the pools must be Ready and not Stalled, the pools are
 //! deleted and the invariants are checked.
 use std::collections::BTreeSet;
@@ -133,6 +134,10 @@ pub struct Schedule {
     /// SIGKILL the controller this long after the workload starts, then restart it after `down_for`.
     pub kill_after: Option<Duration>,
     pub down_for: Duration,
+    /// Another install (another cluster's controller, not running) left a running group and its
+    /// online registration per pool in the same subscription, resource group and org, with the
+    /// same pool namespace, name, labels and runner-name shape: none may be touched.
+    pub second_install: bool,
 }
 
 fn pct(p: f64) -> String {
@@ -262,6 +267,8 @@ impl Schedule {
         let outage_factor = if rng.gen_bool(if image_revoked { 0.5 } else { 0.2 }) { 5 } else { 1 };
         let kill_after = rng.gen_bool(0.7).then(|| Duration::from_millis(rng.gen_range(1_000..7_000)));
         let down_for = Duration::from_millis(rng.gen_range(200..3_000));
+        // Drawn last: the draws above stay what they were for every seed.
+        let second_install = rng.gen_bool(0.4);
         Self {
             arm,
             github,
@@ -272,6 +279,7 @@ impl Schedule {
             outage_factor,
             kill_after,
             down_for,
+            second_install,
         }
     }
 
@@ -369,6 +377,8 @@ pub struct Outcome {
     pub leaked_groups: usize,
     pub leaked_registrations: usize,
     pub panics: usize,
+    /// Delete calls on another install's groups or registrations ([`Schedule::second_install`]).
+    pub other_install_touched: usize,
 }
 
 impl std::ops::AddAssign<&Outcome> for Outcome {
@@ -379,6 +389,7 @@ impl std::ops::AddAssign<&Outcome> for Outcome {
         self.leaked_groups += o.leaked_groups;
         self.leaked_registrations += o.leaked_registrations;
         self.panics += o.panics;
+        self.other_install_touched += o.other_install_touched;
     }
 }
 
@@ -500,6 +511,9 @@ pub fn describe(s: &Schedule) -> Vec<String> {
             s.down_for.as_secs_f64()
         ));
     }
+    if s.second_install {
+        v.push("second install: a running group and registration of another install per pool".into());
+    }
     v
 }
 
@@ -557,7 +571,91 @@ pub fn fault_kinds(s: &Schedule) -> BTreeSet<String> {
     flag(s.skew_beyond_tolerance(), "github clock skew (beyond tolerance)");
     flag(s.outage_factor > 1, "long outage");
     flag(s.kill_after.is_some(), "controller SIGKILL + restart");
+    flag(s.second_install, "second install's runners present");
     k
+}
+
+/// The install id of the [`Schedule::second_install`] leftovers.
+const OTHER_INSTALL: &str = "soak-other-install";
+
+/// What another install left in the simulators: group names and registration ids.
+#[derive(Default)]
+struct OtherInstall {
+    groups: BTreeSet<String>,
+    runners: BTreeSet<i64>,
+}
+
+/// Seed, for each pool manifest, one running container group of another install (same pool
+/// namespace and name tags, a pool uid of another cluster, `OTHER_INSTALL` as install id) and
+/// its online JIT registration (same labels and name shape, that install's owner label).
+fn seed_other_install(
+    sim: &crate::sim::Simulator,
+    ns: &str,
+    manifests: &[&serde_json::Value],
+) -> anyhow::Result<OtherInstall> {
+    use aci_runner_controller::azure::GroupOwner;
+    use aci_runner_core::plan::{install, names};
+    let other = install::InstallId::parse(OTHER_INSTALL).map_err(|e| anyhow::anyhow!(e))?;
+    let mut out = OtherInstall::default();
+    let mut rng = rand::thread_rng();
+    for m in manifests {
+        let name = m["metadata"]["name"].as_str().context("pool manifest without a name")?;
+        let spec: aci_runner_core::crd::RunnerPoolSpec = serde_json::from_value(m["spec"].clone())?;
+        let uid = uuid::Uuid::new_v4().to_string();
+        let owner = GroupOwner {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            uid: uid.clone(),
+            install_id: OTHER_INSTALL.into(),
+            spec_hash: "other".into(),
+        };
+        let scope = match (&spec.github.organization, &spec.github.repository) {
+            (Some(org), _) => crate::sim::github::ScopeKey::Org(org.clone()),
+            (None, Some(repo)) => crate::sim::github::ScopeKey::Repo(repo.clone()),
+            _ => anyhow::bail!("pool {name} has no organization or repository"),
+        };
+        let mut labels = aci_runner_core::plan::demand::jit_labels(&spec);
+        labels.push(install::owner_label(&other, &uid));
+        let runner = format!("{}-{}", names::runner_name_prefix(name), names::random_suffix(&mut rng));
+        let id = super::seed_runner(sim, &spec, &owner, &scope, &runner, &labels)?;
+        out.groups.insert(runner);
+        out.runners.insert(id);
+    }
+    Ok(out)
+}
+
+/// The calls of this seed's controller that deleted (or tried to) another install's group or
+/// registration.
+fn other_install_touched(sim: &crate::sim::Simulator, other: &OtherInstall) -> Vec<String> {
+    let mut v: Vec<String> = sim
+        .arm
+        .calls()
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .filter(|c| {
+            c.path
+                .split("/containerGroups/")
+                .nth(1)
+                .and_then(|r| r.split(['?', '/']).next())
+                .is_some_and(|g| other.groups.contains(g))
+        })
+        .map(|c| format!("ARM DELETE {}", c.path))
+        .collect();
+    v.extend(
+        sim.github
+            .calls()
+            .iter()
+            .filter(|c| c.op == "delete_runner")
+            .filter(|c| {
+                c.path
+                    .rsplit('/')
+                    .next()
+                    .and_then(|id| id.parse::<i64>().ok())
+                    .is_some_and(|id| other.runners.contains(&id))
+            })
+            .map(|c| format!("GitHub DELETE {}", c.path)),
+    );
+    v
 }
 
 const POOLS: [&str; 2] = ["soak-org", "soak-repo"];
@@ -641,6 +739,11 @@ pub async fn run_seed(
     retry(|| apply_pool(client, &ns, &org)).await?;
     retry(|| apply_pool(client, &ns, &repo)).await?;
     let pools: Api<RunnerPool> = Api::namespaced(client.clone(), &ns);
+    let other = if schedule.second_install {
+        seed_other_install(&sim, &ns, &[&org, &repo])?
+    } else {
+        OtherInstall::default()
+    };
 
     // Faults on, workload.
     let mut arm_faults = schedule.arm.clone();
@@ -752,6 +855,7 @@ pub async fn run_seed(
                 g.tags
                     .get(aci_runner_controller::azure::template::TAG_POOL_NAMESPACE)
                     .is_some_and(|n| n == &ns)
+                    && !other.groups.contains(&g.name)
             })
             .count();
         let regs = sim
@@ -759,6 +863,7 @@ pub async fn run_seed(
             .runners()
             .into_iter()
             .filter(|r| POOLS.iter().any(|p| r.name.starts_with(&format!("{p}-"))))
+            .filter(|r| !other.runners.contains(&r.id))
             .count();
         left = 0;
         for p in POOLS {
@@ -809,6 +914,11 @@ pub async fn run_seed(
     }
     if left > 0 {
         v.push(format!("{left} pool(s) not deleted (finalizer)"));
+    }
+    let touched = other_install_touched(&sim, &other);
+    res.outcome.other_install_touched = touched.len();
+    if !touched.is_empty() {
+        v.push(format!("another install's runners touched: {}", touched.join("; ")));
     }
     if res.outcome.panics > 0 {
         v.push(format!("{} panic(s) in the controller log: {}", res.outcome.panics, panics.join(" | ")));
@@ -1001,6 +1111,10 @@ pub fn markdown(r: &SoakReport, args: &SoakArgs) -> String {
     s += &format!("| leaked registrations | {} |\n", t.outcome.leaked_registrations);
     s += &format!("| busy runners killed (by the controller) | {} |\n", t.outcome.busy_runners_killed);
     s += &format!("| panics in controller logs | {} |\n", t.outcome.panics);
+    s += &format!(
+        "| another install's groups or registrations touched | {} |\n",
+        t.outcome.other_install_touched
+    );
     s += &format!("| Stalled reasons without an injected cause | {} |\n", t.unexplained_stalled);
     s += &format!("| jobs completed | {}/{} |\n", t.outcome.jobs_completed, t.jobs);
     s += &format!("| jobs failed by the injected runner death | {} |\n", t.outcome.runner_deaths);
@@ -1333,6 +1447,7 @@ mod tests {
             "github clock skew (beyond tolerance)",
             "long outage",
             "controller SIGKILL + restart",
+            "second install's runners present",
         ] {
             wanted.push(k.to_string());
         }

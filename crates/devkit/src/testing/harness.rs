@@ -74,6 +74,11 @@ pub struct ControllerOptions {
     pub planner: PlannerConfig,
     /// `--github-request-timeout`: the deadline of one GitHub request.
     pub github_request_timeout: Duration,
+    /// `--install-id`; unset: derived from the cluster (the control plane's `kube-system`).
+    pub install_id: Option<String>,
+    /// `--arm-endpoint` and `--azure-authority-host`; unset: the simulator's URL. Another host
+    /// name for the same simulator tells this controller's ARM calls apart in the call log.
+    pub arm_endpoint: Option<String>,
 }
 
 impl ControllerOptions {
@@ -89,6 +94,8 @@ impl ControllerOptions {
             webhook_secret: None,
             planner: fast_planner(),
             github_request_timeout: Duration::from_secs(30),
+            install_id: None,
+            arm_endpoint: None,
         }
     }
 }
@@ -183,12 +190,14 @@ pub fn run_args(
         webhook_listen: webhook.as_ref().map(|(a, _)| *a),
         webhook_secret_file: webhook.map(|(_, p)| p),
         azure_cloud: Default::default(),
-        arm_endpoint: Some(sim.arm.url()),
-        azure_authority_host: Some(sim.arm.url()),
+        arm_endpoint: Some(opts.arm_endpoint.clone().unwrap_or_else(|| sim.arm.url())),
+        azure_authority_host: Some(opts.arm_endpoint.clone().unwrap_or_else(|| sim.arm.url())),
         webhook_secrets_dir: None,
         arm_scope: Some("https://management.azure.com/.default".into()),
         allow_imds: false,
         gc_grace: opts.gc_grace,
+        install_id: opts.install_id.clone(),
+        install_name: "aci-runner-controller".into(),
         limits: Default::default(),
         allow_insecure_github_http: false,
         github_request_timeout: opts.github_request_timeout,

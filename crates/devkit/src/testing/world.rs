@@ -193,6 +193,26 @@ impl World {
         self.start_controller().await;
     }
 
+    /// The install id the world's controller runs with: [`World::opts`]'s, else derived from
+    /// the default install name and the control plane's `kube-system` namespace, as `run` does.
+    pub async fn install_id(&self) -> aci_runner_core::plan::install::InstallId {
+        use aci_runner_core::plan::install::InstallId;
+        if let Some(id) = &self.opts.install_id {
+            return InstallId::parse(id).unwrap();
+        }
+        let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())
+            .get("kube-system")
+            .await
+            .unwrap();
+        InstallId::derive("aci-runner-controller", &ns.metadata.uid.unwrap())
+    }
+
+    /// The owner label the world's controller puts on the registrations of pool `name`.
+    pub async fn owner_label(&self, name: &str) -> String {
+        let uid = self.get_pool(name).await.and_then(|p| p.metadata.uid).expect("the pool exists");
+        aci_runner_core::plan::install::owner_label(&self.install_id().await, &uid)
+    }
+
     /// The controller's `/metrics`.
     pub async fn metrics(&self) -> String {
         self.ctl().metrics().await.unwrap()

@@ -181,7 +181,10 @@ fn stale_group_of_older_pool_with_same_name_is_collected() {
     let mut busy_old = running("pool-old02");
     busy_old.pool_uid = Some("uid-dead".into());
     fx.groups = Ok(vec![old, other_live, busy_old]);
-    fx.runners = Ok(vec![runner(5, "pool-old01", false, false), runner(6, "pool-old02", true, true)]);
+    fx.runners = Ok(vec![
+        runner_of("uid-dead", 5, "pool-old01", false, false),
+        runner_of("uid-dead", 6, "pool-old02", true, true),
+    ]);
     let p = confirmed_pass(&mut fx);
     assert_eq!(p.actions, orphan_removal(5, "pool-old01", Some(5)));
 }
@@ -195,7 +198,7 @@ fn stale_group_of_an_online_runner_is_deleted_only_if_its_unregister_succeeds() 
     let mut old = running("pool-old01");
     old.pool_uid = Some("uid-dead".into());
     fx.groups = Ok(vec![old]);
-    fx.runners = Ok(vec![runner(5, "pool-old01", true, false)]);
+    fx.runners = Ok(vec![runner_of("uid-dead", 5, "pool-old01", true, false)]);
     let p = confirmed_pass(&mut fx);
     assert_eq!(p.actions, orphan_removal(5, "pool-old01", Some(5)));
 }

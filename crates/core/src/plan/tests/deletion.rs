@@ -205,15 +205,18 @@ fn orphan_groups_of_deleted_pools() {
         [(UID.to_string(), ("sub".to_string(), "rg".to_string()))].into();
     let busy_names: BTreeSet<String> = ["gone-bbbbb".to_string()].into();
     let marks = BTreeMap::new();
+    let me = install();
     let mk =
         |groups: Result<&[SweptGroup], EdgeError>, marks: &BTreeMap<(String, String), DateTime<Utc>>, now| {
             plan_orphan_groups(&OrphanInput {
+                install: &me,
                 subscription: "sub",
                 groups,
                 live_pool_uids: &live_uids,
                 live_pools: &live_pools,
                 placements: &placements,
                 busy_runners: &busy_names,
+                registration_labels: &BTreeMap::new(),
                 marks,
                 grace: Duration::from_secs(120),
                 now,

@@ -12,6 +12,7 @@ mod capacity;
 mod cleanup;
 mod deletion;
 mod failures;
+mod installs;
 mod observe;
 mod scale;
 mod status;
@@ -25,6 +26,20 @@ pub(super) fn mins(m: i64) -> chrono::Duration {
 }
 
 pub(super) const UID: &str = "uid-pool";
+/// This controller's install id in the fixtures.
+pub(super) const INSTALL: &str = "test-install";
+
+pub(super) fn install() -> install::InstallId {
+    install::InstallId::parse(INSTALL).unwrap()
+}
+
+/// The labels a registration of the fixture pool made by this install carries.
+pub(super) fn own_labels() -> Vec<String> {
+    let mut labels: Vec<String> =
+        ["self-hosted", "linux", "x64", "aci"].iter().map(|l| l.to_string()).collect();
+    labels.push(install::owner_label(&install(), UID));
+    labels
+}
 
 pub(super) fn spec_json(extra: serde_json::Value) -> RunnerPoolSpec {
     let mut base = serde_json::json!({
@@ -51,6 +66,7 @@ pub(super) fn group(name: &str, state: ContainerState, started_ago_min: i64) -> 
     ObservedGroup {
         name: name.to_string(),
         pool_uid: Some(UID.to_string()),
+        install_id: Some(INSTALL.to_string()),
         pool_namespace: Some("ns".into()),
         pool_name: Some("pool".into()),
         location: "westeurope".into(),
@@ -74,13 +90,26 @@ pub(super) fn running(name: &str) -> ObservedGroup {
 }
 
 pub(super) fn runner(id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
-    ObservedRunner {
-        id,
-        name: name.to_string(),
-        online,
-        busy,
-        labels: vec!["self-hosted".into(), "linux".into(), "x64".into(), "aci".into()],
-    }
+    ObservedRunner { id, name: name.to_string(), online, busy, labels: own_labels() }
+}
+
+/// A registration without any owner label (made before owner labels existed).
+pub(super) fn unlabelled(id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
+    let mut r = runner(id, name, online, busy);
+    r.labels.retain(|l| install::owner_label_of(std::slice::from_ref(l)).is_none());
+    r
+}
+
+/// A registration with the owner label `label`.
+pub(super) fn labelled(label: String, id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
+    let mut r = unlabelled(id, name, online, busy);
+    r.labels.push(label);
+    r
+}
+
+/// A registration made by this install for the pool `pool_uid` (e.g. an older pool's).
+pub(super) fn runner_of(pool_uid: &str, id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
+    labelled(install::owner_label(&install(), pool_uid), id, name, online, busy)
 }
 
 /// A deterministic suffix source: aaaaa, aaaab, ...
@@ -102,6 +131,7 @@ pub(super) fn counter_suffixes() -> impl FnMut() -> String {
 /// One planning pass worth of inputs, owned.
 #[derive(Clone)]
 pub(super) struct Fx {
+    pub install: install::InstallId,
     pub pool: PoolMeta,
     pub spec: RunnerPoolSpec,
     pub prev: Option<RunnerPoolStatus>,
@@ -119,6 +149,7 @@ pub(super) struct Fx {
 impl Fx {
     pub fn new() -> Self {
         Self {
+            install: install(),
             pool: PoolMeta {
                 namespace: "ns".into(),
                 name: "pool".into(),
@@ -142,6 +173,7 @@ impl Fx {
 
     pub fn run_with(&self, suffixes: &mut dyn FnMut() -> String) -> Plan {
         let input = PlanInput {
+            install: &self.install,
             pool: &self.pool,
             spec: &self.spec,
             validation: &self.spec.validate(),

@@ -11,13 +11,7 @@ fn scale_up_from_empty_creates_min_idle_jit_runners() {
         assert!(names::is_pool_runner_name("pool", name), "{name}");
         assert_eq!(location, "westeurope");
         assert_eq!(*priority, Priority::Regular);
-        assert_eq!(
-            registration,
-            &RunnerRegistration::Jit {
-                labels: vec!["self-hosted".into(), "linux".into(), "x64".into(), "aci".into()],
-                runner_group: None
-            }
-        );
+        assert_eq!(registration, &RunnerRegistration::Jit { labels: own_labels(), runner_group: None });
     }
     assert_eq!(p.status.desired, 2);
     assert_eq!(p.status.provisioning, 2);
@@ -231,7 +225,7 @@ fn token_mode_registration() {
     assert_eq!(
         registration,
         &RunnerRegistration::Token {
-            labels: vec!["aci".into(), "big".into()],
+            labels: vec!["aci".into(), "big".into(), install::owner_label(&install(), UID)],
             runner_group: Some("ci".into()),
             ephemeral: false
         }

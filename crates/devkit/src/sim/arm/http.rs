@@ -251,7 +251,8 @@ async fn arm(State(s): S, method: Method, uri: Uri, headers: HeaderMap, body: By
     }
     let answer = handle(&s, &method, route, &query, &headers, &body, &path);
     let full = uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| path.clone());
-    s.record(op, method.as_str(), &full, answer.status, answer.code.clone());
+    let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
+    s.record_from(op, method.as_str(), &full, answer.status, answer.code.clone(), host);
     encode(answer, &headers)
 }
 

@@ -27,6 +27,9 @@ pub struct CallRecord {
     pub status: u16,
     pub code: Option<String>,
     pub at: DateTime<Utc>,
+    /// The request's `Host` header for ARM resource calls (tells apart clients that reach the
+    /// simulator under different host names, e.g. two controllers of two installs).
+    pub host: Option<String>,
 }
 
 /// What the inspection API reports about a group.
@@ -554,6 +557,19 @@ impl Shared {
     }
 
     pub fn record(&self, op: &str, method: &str, path: &str, status: u16, code: Option<String>) {
+        self.record_from(op, method, path, status, code, None)
+    }
+
+    /// [`Self::record`] with the request's `Host` header.
+    pub fn record_from(
+        &self,
+        op: &str,
+        method: &str,
+        path: &str,
+        status: u16,
+        code: Option<String>,
+        host: Option<String>,
+    ) {
         let at = self.clock.now();
         let mut st = self.st();
         if status == 429 {
@@ -570,6 +586,7 @@ impl Shared {
             status,
             code,
             at,
+            host,
         });
     }
 
