@@ -76,6 +76,10 @@ pub struct RunArgs {
     /// Upper bound for one GitHub request: connecting, sending and reading the whole answer.
     #[arg(long, env = "GITHUB_REQUEST_TIMEOUT", default_value = "30s", value_parser = aci_runner_core::crd::parse_duration)]
     pub github_request_timeout: Duration,
+    /// PEM file of CA certificates trusted in addition to the built-in roots by the ARM, Entra ID
+    /// and GitHub clients (e.g. a TLS-inspecting proxy's CA).
+    #[arg(long, env = "CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// The quotas the controller paces itself to, so that it never sends a request into a known
@@ -464,8 +468,13 @@ pub fn build_edges(
 
     let arm = args.arm_endpoint.trim_end_matches('/');
     let scope = args.arm_scope.clone().unwrap_or_else(|| format!("{arm}/.default"));
+    let tls = crate::egress::Tls::with_bundle(args.ca_bundle.as_deref())?;
+    if tls.extra_roots() > 0 {
+        tracing::info!(certificates = tls.extra_roots(), "CA bundle added to the trusted roots");
+    }
     let cloud = CloudConfig::custom(&args.azure_authority_host, &args.arm_endpoint, &scope)
         .map_err(|e| anyhow::anyhow!(e))?;
+    let cloud = CloudConfig { tls: tls.clone(), ..cloud };
     let azure_metrics = AzureMetrics::new();
     let limiter = RateLimiter::new(args.limits.azure()?, azure_metrics.clone());
     let registry = CredentialRegistry::new(cloud.clone(), Duration::from_secs(300));
@@ -484,6 +493,7 @@ pub fn build_edges(
         content_pace: args.limits.github(),
         request_timeout: args.github_request_timeout,
         allow_insecure_http: args.allow_insecure_github_http,
+        tls,
         ..HubConfig::default()
     });
     let metrics = Arc::new(Metrics::new());

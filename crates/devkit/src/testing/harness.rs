@@ -190,6 +190,7 @@ pub fn run_args(
         limits: Default::default(),
         allow_insecure_github_http: false,
         github_request_timeout: opts.github_request_timeout,
+        ca_bundle: None,
     }
 }
 
