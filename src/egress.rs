@@ -91,11 +91,12 @@ impl Tls {
         for cert in extra {
             roots.add(cert).map_err(|e| EgressError::Tls(e.to_string()))?;
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| EgressError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| EgressError::Tls(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         Ok(Self { config: Some(Arc::new(config)), extra: count })
     }
 
@@ -153,11 +154,15 @@ fn api_server_proxy(
 /// proxy decision.
 pub async fn kube_config() -> Result<kube::Config, kube::config::InferConfigError> {
     let mut config = kube::Config::infer().await?;
-    let env_proxy = ["HTTPS_PROXY", "https_proxy"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    let env_proxy =
+        ["HTTPS_PROXY", "https_proxy"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
     let matcher = hyper_util::client::proxy::matcher::Matcher::from_env();
-    config.proxy_url = api_server_proxy(config.proxy_url.take(), env_proxy.as_deref(), &config.cluster_url, &matcher);
+    config.proxy_url =
+        api_server_proxy(config.proxy_url.take(), env_proxy.as_deref(), &config.cluster_url, &matcher);
     match &config.proxy_url {
-        Some(p) => tracing::info!(proxy = %redact_userinfo(p), "the Kubernetes API server is reached through a proxy"),
+        Some(p) => {
+            tracing::info!(proxy = %redact_userinfo(p), "the Kubernetes API server is reached through a proxy")
+        }
         None => tracing::debug!("the Kubernetes API server is reached directly"),
     }
     Ok(config)
@@ -204,7 +209,8 @@ mod tests {
         let empty = write(b"no certificates here\n");
         let e = load_ca_bundle(empty.path()).unwrap_err();
         assert!(e.to_string().contains("no CERTIFICATE"), "{e}");
-        let garbage = write(b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n");
+        let garbage =
+            write(b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n");
         let e = load_ca_bundle(garbage.path()).unwrap_err();
         assert!(matches!(e, EgressError::Invalid { .. }) && e.to_string().contains("certificate 1"), "{e}");
         let truncated = write(&CA_PEM.as_bytes()[..CA_PEM.len() / 2]);

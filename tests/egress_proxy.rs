@@ -137,12 +137,14 @@ async fn every_azure_entra_and_github_call_goes_through_the_proxy() {
         .env("RUST_LOG", "info")
         .stdout(Stdio::from(std::fs::File::create(&ctl_log).unwrap()))
         .stderr(Stdio::from(std::fs::File::create(dir.path().join("controller.err")).unwrap()));
-    for k in ["http_proxy", "https_proxy", "no_proxy", "ALL_PROXY", "all_proxy", "SSL_CERT_FILE", "CA_BUNDLE"] {
+    for k in ["http_proxy", "https_proxy", "no_proxy", "ALL_PROXY", "all_proxy", "SSL_CERT_FILE", "CA_BUNDLE"]
+    {
         cmd.env_remove(k);
     }
     let mut controller = Killed(cmd.spawn().unwrap());
 
-    let manifest = pool_manifest("egress", &sim, json!({"github": {"apiUrl": github}, "scaling": {"minIdle": 1}}));
+    let manifest =
+        pool_manifest("egress", &sim, json!({"github": {"apiUrl": github}, "scaling": {"minIdle": 1}}));
     apply_pool(&client, &ns, &manifest).await.unwrap();
     let pools: Api<RunnerPool> = Api::namespaced(client.clone(), &ns);
     let ready = eventually(T, || async {
@@ -183,7 +185,11 @@ async fn every_azure_entra_and_github_call_goes_through_the_proxy() {
     let others: Vec<_> = proxied.keys().filter(|p| **p != port_of(&arm) && **p != port_of(&github)).collect();
     assert!(others.is_empty(), "unexpected proxied ports {others:?}");
     let log = std::fs::File::open(&proxy_log).unwrap();
-    let connects = std::io::BufReader::new(log).lines().map_while(Result::ok).filter(|l| l.contains("Request (file descriptor") && l.contains(" CONNECT ")).count();
+    let connects = std::io::BufReader::new(log)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| l.contains("Request (file descriptor") && l.contains(" CONNECT "))
+        .count();
     assert_eq!(connects, 0, "the API server was tunnelled through the proxy");
 }
 

@@ -204,10 +204,9 @@ impl GithubHub {
     /// followed one would carry the credentials elsewhere).
     fn http(&self) -> Result<reqwest013::Client, GithubError> {
         let cfg = &self.inner.cfg;
-        let tls = cfg
-            .tls
-            .client_config()
-            .ok_or_else(|| GithubError::InvalidRequest("no TLS configuration for the GitHub client".into()))?;
+        let tls = cfg.tls.client_config().ok_or_else(|| {
+            GithubError::InvalidRequest("no TLS configuration for the GitHub client".into())
+        })?;
         reqwest013::Client::builder()
             .connect_timeout(cfg.request_timeout)
             .timeout(cfg.request_timeout)
