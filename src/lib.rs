@@ -6,5 +6,6 @@
 //! ([`controller`]: watch, credentials → observe → plan → execute → report).
 pub mod azure;
 pub mod controller;
+pub mod egress;
 pub mod github;
 pub mod sync;

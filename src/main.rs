@@ -42,7 +42,7 @@ fn run(args: aci_runner_controller::controller::run::RunArgs) -> anyhow::Result<
                 None
             }
         };
-        let client = kube::Client::try_default().await?;
+        let client = kube::Client::try_from(aci_runner_controller::egress::kube_config().await?)?;
         let edges = build_edges(&args, identity, std::sync::Arc::new(chrono::Utc::now))?;
         run_with(args, client, edges, shutdown_signal()).await
     })

@@ -423,6 +423,13 @@ async fn every_operation_conforms_to_the_rest_description() {
     }
 }
 
+/// The transport the controller's GitHub edge gives octocrab: reqwest 0.13 on the shared rustls
+/// configuration (octocrab's own hyper client is not built).
+fn github_http() -> reqwest013::Client {
+    let tls = aci_runner_controller::egress::Tls::default().client_config().unwrap();
+    reqwest013::Client::builder().tls_backend_preconfigured(tls).build().unwrap()
+}
+
 #[tokio::test]
 async fn octocrab_app_installation_jitconfig_list_delete() {
     use octocrab::models::{AppId, InstallationId, RunnerGroupId};
@@ -433,7 +440,7 @@ async fn octocrab_app_installation_jitconfig_list_delete() {
         .base_uri(g.url())
         .unwrap()
         .app(AppId(creds.app_id as u64), key)
-        .build()
+        .build_with_reqwest(github_http())
         .unwrap();
     let (octo, _token) = app.installation_and_token(InstallationId(1001)).await.unwrap();
     let jit = octo

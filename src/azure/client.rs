@@ -45,6 +45,8 @@ pub struct AzureClientConfig {
     pub api_version: String,
     /// Upper bound for one HTTP exchange (token acquisition included).
     pub request_timeout: Duration,
+    /// TLS trust of every exchange.
+    pub tls: crate::egress::Tls,
 }
 
 impl AzureClientConfig {
@@ -54,6 +56,7 @@ impl AzureClientConfig {
             scope: cloud.arm_scope.clone(),
             api_version: API_VERSION.to_string(),
             request_timeout: super::http::REQUEST_TIMEOUT,
+            tls: cloud.tls.clone(),
         }
     }
 }
@@ -294,7 +297,7 @@ impl AzureClient {
         let mut options = ClientOptions::default().retry(RetryOptions::none());
         options
             .per_call_policies_mut()
-            .push(Arc::new(ArmAnswerPolicy { http: super::http::client(cfg.request_timeout) }));
+            .push(Arc::new(ArmAnswerPolicy { http: super::http::client(cfg.request_timeout, &cfg.tls) }));
         let aci = AciClient::new(endpoint, credential, vec![cfg.scope.clone()], options);
         Self { aci, limiter, metrics, cfg }
     }

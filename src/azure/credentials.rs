@@ -20,6 +20,8 @@ pub struct CloudConfig {
     pub authority_host: Url,
     pub arm_endpoint: Url,
     pub arm_scope: String,
+    /// TLS trust of every ARM and Entra ID exchange (built-in roots unless `--ca-bundle`).
+    pub tls: crate::egress::Tls,
 }
 
 fn url(s: &str) -> Url {
@@ -33,6 +35,7 @@ impl CloudConfig {
             authority_host: url("https://login.microsoftonline.com/"),
             arm_endpoint: url("https://management.azure.com/"),
             arm_scope: "https://management.azure.com/.default".into(),
+            tls: Default::default(),
         }
     }
     pub fn us_government() -> Self {
@@ -40,6 +43,7 @@ impl CloudConfig {
             authority_host: url("https://login.microsoftonline.us/"),
             arm_endpoint: url("https://management.usgovcloudapi.net/"),
             arm_scope: "https://management.usgovcloudapi.net/.default".into(),
+            tls: Default::default(),
         }
     }
     pub fn china() -> Self {
@@ -47,6 +51,7 @@ impl CloudConfig {
             authority_host: url("https://login.chinacloudapi.cn/"),
             arm_endpoint: url("https://management.chinacloudapi.cn/"),
             arm_scope: "https://management.chinacloudapi.cn/.default".into(),
+            tls: Default::default(),
         }
     }
     /// Everything pointed at one base URL (the simulator serves ARM and Entra on one listener).
@@ -57,6 +62,7 @@ impl CloudConfig {
             arm_endpoint: Url::parse(arm_endpoint)
                 .map_err(|e| format!("ARM endpoint {arm_endpoint:?}: {e}"))?,
             arm_scope: arm_scope.to_string(),
+            tls: Default::default(),
         })
     }
     /// `AZURE_CLOUD` (`public` | `usgovernment` | `china`), then `AZURE_AUTHORITY_HOST`,
@@ -207,7 +213,7 @@ fn cred_err(msg: impl Into<String>) -> CoreError {
 
 impl CachedCredential {
     pub fn new(spec: &CredentialSpec, cloud: &CloudConfig, refresh_margin: Duration) -> Self {
-        let http = super::http::client(super::http::REQUEST_TIMEOUT);
+        let http = super::http::client(super::http::REQUEST_TIMEOUT, &cloud.tls);
         let (source, label) = match spec.clone() {
             CredentialSpec::WorkloadIdentity { tenant_id, client_id, token_file } => {
                 let label = format!("workload-identity:{client_id}");

@@ -35,18 +35,21 @@ pub struct CappedHttpClient {
     limit: usize,
 }
 
-/// reqwest with [`CONNECT_TIMEOUT`] and `timeout` for the whole exchange, bodies capped at
-/// [`MAX_BODY_BYTES`]. Falls back to azure_core's default reqwest client (no timeouts, bodies
+/// reqwest with [`CONNECT_TIMEOUT`] and `timeout` for the whole exchange, TLS trust `tls`, bodies
+/// capped at [`MAX_BODY_BYTES`]. reqwest's proxy from the environment stays on (`HTTPS_PROXY`,
+/// `NO_PROXY`, see [`crate::egress`]). Falls back to azure_core's default reqwest client (no timeouts, bodies
 /// still capped) only if reqwest cannot be built with these settings; callers also bound each
 /// exchange with their own deadline.
-pub fn client(timeout: Duration) -> Arc<dyn HttpClient> {
+pub fn client(timeout: Duration, tls: &crate::egress::Tls) -> Arc<dyn HttpClient> {
     // No idle connections kept, as azure_core's own reqwest client does (hyper issue 2312).
-    let inner: Arc<dyn HttpClient> = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .connect_timeout(CONNECT_TIMEOUT.min(timeout))
-        .timeout(timeout)
-        .build()
-    {
+        .timeout(timeout);
+    if let Some(config) = tls.client_config() {
+        builder = builder.use_preconfigured_tls(config);
+    }
+    let inner: Arc<dyn HttpClient> = match builder.build() {
         Ok(c) => Arc::new(c),
         Err(e) => {
             tracing::error!(error = %e, "cannot build the Azure HTTP client with timeouts; using the default");

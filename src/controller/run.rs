@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// The price table of `status.usage.estimatedCost`.
     #[command(flatten)]
     pub prices: PriceArgs,
+    /// PEM file of CA certificates trusted in addition to the built-in roots by the ARM, Entra ID
+    /// and GitHub clients (e.g. a TLS-inspecting proxy's CA).
+    #[arg(long, env = "CA_BUNDLE")]
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// Prices per second of a container group's vCPU and memory (GB), regular and spot; with a
@@ -592,7 +596,11 @@ pub fn build_edges(
     use crate::azure::{AzureClientConfig, AzureMetrics, CredentialRegistry, RateLimiter};
     use crate::github::{GithubHub, HubConfig};
 
-    let cloud = args.cloud()?;
+    let tls = crate::egress::Tls::with_bundle(args.ca_bundle.as_deref())?;
+    if tls.extra_roots() > 0 {
+        tracing::info!(certificates = tls.extra_roots(), "CA bundle added to the trusted roots");
+    }
+    let cloud = crate::azure::CloudConfig { tls: tls.clone(), ..args.cloud()? };
     let azure_metrics = AzureMetrics::new();
     let limiter = RateLimiter::new(args.limits.azure()?, azure_metrics.clone());
     let registry = CredentialRegistry::new(cloud.clone(), Duration::from_secs(300));
@@ -611,6 +619,7 @@ pub fn build_edges(
         content_pace: args.limits.github(),
         request_timeout: args.github_request_timeout,
         allow_insecure_http: args.allow_insecure_github_http,
+        tls,
         ..HubConfig::default()
     });
     let metrics = Arc::new(Metrics::new());

@@ -44,6 +44,8 @@ pub struct HubConfig {
     pub clock: Clock,
     /// Pace of content-creating requests per installation / token (GitHub's secondary limit).
     pub content_pace: PaceConfig,
+    /// TLS trust of every exchange (built-in roots unless `--ca-bundle`).
+    pub tls: crate::egress::Tls,
 }
 
 impl Default for HubConfig {
@@ -58,6 +60,7 @@ impl Default for HubConfig {
             allow_insecure_http: false,
             clock: Arc::new(Utc::now),
             content_pace: PaceConfig::default(),
+            tls: crate::egress::Tls::default(),
         }
     }
 }
@@ -193,6 +196,26 @@ impl GithubHub {
         &self.inner.metrics
     }
 
+    /// The HTTP transport under octocrab: reqwest rather than octocrab's own hyper client, which
+    /// has no proxy support. reqwest reads `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` as the Azure edge
+    /// does (see [`crate::egress`]); its errors reach [`GithubClient::execute`] as octocrab errors
+    /// and bodies as the same boxed body, so the deadline, the body cap and the classification
+    /// are unchanged. Redirects are not followed (GitHub's API answers none the client needs, and a
+    /// followed one would carry the credentials elsewhere).
+    fn http(&self) -> Result<reqwest013::Client, GithubError> {
+        let cfg = &self.inner.cfg;
+        let tls = cfg.tls.client_config().ok_or_else(|| {
+            GithubError::InvalidRequest("no TLS configuration for the GitHub client".into())
+        })?;
+        reqwest013::Client::builder()
+            .connect_timeout(cfg.request_timeout)
+            .timeout(cfg.request_timeout)
+            .redirect(reqwest013::redirect::Policy::none())
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(|e| GithubError::InvalidRequest(format!("cannot build the GitHub HTTP client: {e}")))
+    }
+
     /// A client for `base_url` (e.g. `https://api.github.com`, `https://ghe.example.com/api/v3`)
     /// with these credentials. Cheap; clients of the same installation share its token.
     /// An http URL other than loopback is refused (see [`super::check_api_url`]) before any
@@ -210,10 +233,7 @@ impl GithubHub {
                         .base_uri(base.as_str())
                         .map_err(|e| GithubError::InvalidRequest(format!("bad GitHub base URL {base}: {e}")))?
                         .add_retry_config(RetryConfig::None)
-                        .set_connect_timeout(Some(self.inner.cfg.request_timeout))
-                        .set_read_timeout(Some(self.inner.cfg.request_timeout))
-                        .set_write_timeout(Some(self.inner.cfg.request_timeout))
-                        .build()
+                        .build_with_reqwest(self.http()?)
                         .map_err(|e| {
                             GithubError::InvalidRequest(format!("cannot build the GitHub client: {e}"))
                         })?;

@@ -202,6 +202,7 @@ pub fn run_args(
         allow_insecure_github_http: false,
         github_request_timeout: opts.github_request_timeout,
         prices: Default::default(),
+        ca_bundle: None,
     }
 }
 
