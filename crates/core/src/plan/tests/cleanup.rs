@@ -55,16 +55,22 @@ fn recycle_table() {
     }
 }
 
-#[test]
-fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registration_collected() {
-    // A persistent (token mode, not ephemeral) runner that exited 0 keeps its registration:
-    // the controller unregisters it before deleting the group.
+/// A pool of persistent runners (token mode, not ephemeral) of the org `acme`.
+fn persistent_fx(min_idle: i32) -> Fx {
     let mut fx = Fx::new();
     fx.spec = spec_json(serde_json::json!({
         "github": {"organization": "acme"},
         "runner": {"registration": {"mode": "token", "ephemeral": false}},
-        "scaling": {"minIdle": 0}
+        "scaling": {"minIdle": min_idle}
     }));
+    fx
+}
+
+#[test]
+fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registration_collected() {
+    // A persistent (token mode, not ephemeral) runner that exited 0 keeps its registration:
+    // the controller unregisters it before deleting the group.
+    let mut fx = persistent_fx(0);
     let mut g = group("pool-done1", ContainerState::Terminated { exit_code: Some(0) }, 10);
     if let Some(c) = g.container.as_mut() {
         c.finished_at = Some(t0() - mins(1));
@@ -330,12 +336,7 @@ fn restarted_after_online(fx: &mut Fx, name: &str) {
 /// was running the next job.
 #[test]
 fn a_restarted_persistent_runner_is_never_removed_under_a_job_it_may_have_taken() {
-    let mut fx = Fx::new();
-    fx.spec = spec_json(serde_json::json!({
-        "github": {"organization": "acme"},
-        "runner": {"registration": {"mode": "token", "ephemeral": false}},
-        "scaling": {"minIdle": 1}
-    }));
+    let mut fx = persistent_fx(1);
     restarted_after_online(&mut fx, "pool-back1");
     // The list (stale) shows the old registration offline: wait for it, remove nothing.
     fx.runners = Ok(vec![runner(7, "pool-back1", false, false)]);

@@ -47,13 +47,26 @@ fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
     }
 }
 
-pub(super) fn group(name: &str, state: ContainerState, started_ago_min: i64) -> ObservedGroup {
+/// A group of this pool just accepted by ARM: `Creating`, no container view yet.
+pub(super) fn creating(name: &str, created: DateTime<Utc>, priority: Priority) -> ObservedGroup {
     ObservedGroup {
         name: name.to_string(),
         pool_uid: Some(UID.to_string()),
         pool_namespace: Some("ns".into()),
         pool_name: Some("pool".into()),
         location: "westeurope".into(),
+        provisioning: GroupProvisioning::Creating,
+        container: None,
+        failure: None,
+        created: Some(created),
+        priority,
+        cpu: 2.0,
+        memory_gb: 4.0,
+    }
+}
+
+pub(super) fn group(name: &str, state: ContainerState, started_ago_min: i64) -> ObservedGroup {
+    ObservedGroup {
         provisioning: GroupProvisioning::Succeeded,
         container: Some(ObservedContainer {
             state,
@@ -61,11 +74,7 @@ pub(super) fn group(name: &str, state: ContainerState, started_ago_min: i64) -> 
             finished_at: None,
             restart_count: 0,
         }),
-        failure: None,
-        created: Some(t0() - mins(started_ago_min + 1)),
-        priority: Priority::Regular,
-        cpu: 2.0,
-        memory_gb: 4.0,
+        ..creating(name, t0() - mins(started_ago_min + 1), Priority::Regular)
     }
 }
 
