@@ -82,6 +82,11 @@ pub(super) fn running(name: &str) -> ObservedGroup {
     group(name, ContainerState::Running, 30)
 }
 
+/// A running group tagged with the pool uid `uid` (another pool's, or this one's).
+pub(super) fn running_of(name: &str, uid: &str) -> ObservedGroup {
+    ObservedGroup { pool_uid: Some(uid.into()), ..running(name) }
+}
+
 pub(super) fn runner(id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
     ObservedRunner {
         id,
@@ -90,6 +95,11 @@ pub(super) fn runner(id: u64, name: &str, online: bool, busy: bool) -> ObservedR
         busy,
         labels: vec!["self-hosted".into(), "linux".into(), "x64".into(), "aci".into()],
     }
+}
+
+/// The removal of the registration `id` of the runner `name`.
+pub(super) fn unregister(id: u64, name: &str, reason: RemovalReason) -> Action {
+    Action::UnregisterRunner { id, name: name.into(), reason }
 }
 
 /// A deterministic suffix source: aaaaa, aaaab, ...

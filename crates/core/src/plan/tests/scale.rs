@@ -166,13 +166,13 @@ fn scale_down_only_idle_past_delay_oldest_first_unregister_then_delete() {
     assert_eq!(
         p.actions,
         vec![
-            Action::UnregisterRunner { id: 11, name: "pool-idle2".into(), reason: RemovalReason::ScaleDown },
+            unregister(11, "pool-idle2", RemovalReason::ScaleDown),
             Action::DeleteGroup {
                 name: "pool-idle2".into(),
                 reason: RemovalReason::ScaleDown,
                 only_if_unregistered: Some(11)
             },
-            Action::UnregisterRunner { id: 12, name: "pool-idle3".into(), reason: RemovalReason::ScaleDown },
+            unregister(12, "pool-idle3", RemovalReason::ScaleDown),
             Action::DeleteGroup {
                 name: "pool-idle3".into(),
                 reason: RemovalReason::ScaleDown,
