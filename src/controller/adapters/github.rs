@@ -80,11 +80,8 @@ impl GithubAdapter {
             if !same {
                 let mut f: RunnerPrint = runners.iter().map(|r| (r.id, r.online(), r.busy)).collect();
                 f.sort_unstable();
-                if let Some((_, prev)) = seen.insert(key, (Arc::clone(&runners), f.clone()))
-                    && prev != f
-                {
-                    let _ = tx.try_send(());
-                }
+                let previous = seen.insert(key, (Arc::clone(&runners), f.clone())).map(|(_, p)| p);
+                super::signal_if_changed(Some(tx), previous, &f);
             }
         }
         Ok(runners)

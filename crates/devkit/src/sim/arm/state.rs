@@ -207,12 +207,15 @@ struct State {
     generation: u64,
 }
 
-pub(crate) struct Shared {
+/// The simulator's state, shared by its HTTP handlers, its ticker and every handle. `pub` as
+/// the parameter of [`ArmSimHandle`](super::ArmSimHandle); its module is private, so nothing outside the crate
+/// names it, and its own items are crate-private.
+pub struct Shared {
     cfg: Mutex<ArmSimConfig>,
-    pub clock: SimClock,
+    pub(crate) clock: SimClock,
     runtime: Arc<dyn ContainerRuntime>,
-    pub url: String,
-    pub entra: Entra,
+    pub(crate) url: String,
+    pub(crate) entra: Entra,
     st: Mutex<State>,
 }
 
@@ -510,7 +513,12 @@ pub(crate) fn validate(name: &str, body: &Value, cfg: &ArmSimConfig) -> Result<V
 }
 
 impl Shared {
-    pub fn new(cfg: ArmSimConfig, clock: SimClock, runtime: Arc<dyn ContainerRuntime>, url: String) -> Self {
+    pub(crate) fn new(
+        cfg: ArmSimConfig,
+        clock: SimClock,
+        runtime: Arc<dyn ContainerRuntime>,
+        url: String,
+    ) -> Self {
         let seed = cfg.faults.seed;
         Self {
             cfg: Mutex::new(cfg),
@@ -539,21 +547,21 @@ impl Shared {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn cfg(&self) -> ArmSimConfig {
+    pub(crate) fn cfg(&self) -> ArmSimConfig {
         self.cfg.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn set_faults(&self, faults: FaultConfig) {
+    pub(crate) fn set_faults(&self, faults: FaultConfig) {
         let seed = faults.seed;
         self.cfg.lock().unwrap_or_else(|p| p.into_inner()).faults = faults;
         self.st().rng = StdRng::seed_from_u64(seed);
     }
 
-    pub fn set_quotas(&self, quotas: Quotas) {
+    pub(crate) fn set_quotas(&self, quotas: Quotas) {
         self.cfg.lock().unwrap_or_else(|p| p.into_inner()).quotas = quotas;
     }
 
-    pub fn record(&self, op: &str, method: &str, path: &str, status: u16, code: Option<String>) {
+    pub(crate) fn record(&self, op: &str, method: &str, path: &str, status: u16, code: Option<String>) {
         let at = self.clock.now();
         let mut st = self.st();
         if status == 429 {
@@ -573,25 +581,25 @@ impl Shared {
         });
     }
 
-    pub fn calls(&self) -> Vec<CallRecord> {
+    pub(crate) fn calls(&self) -> Vec<CallRecord> {
         self.st().calls.iter().cloned().collect()
     }
-    pub fn call_counts(&self) -> BTreeMap<String, BTreeMap<u16, u64>> {
+    pub(crate) fn call_counts(&self) -> BTreeMap<String, BTreeMap<u16, u64>> {
         self.st().counts.clone()
     }
-    pub fn throttled_count(&self) -> u64 {
+    pub(crate) fn throttled_count(&self) -> u64 {
         self.st().throttled
     }
-    pub fn quota_rejections(&self) -> u64 {
+    pub(crate) fn quota_rejections(&self) -> u64 {
         self.st().quota_rejections
     }
-    pub fn creates_accepted(&self) -> u64 {
+    pub(crate) fn creates_accepted(&self) -> u64 {
         self.st().creates_accepted
     }
-    pub fn env_records(&self) -> Vec<EnvRecord> {
+    pub(crate) fn env_records(&self) -> Vec<EnvRecord> {
         self.st().env_records.clone()
     }
-    pub fn env_names(&self, group: &str) -> Vec<(String, String, bool)> {
+    pub(crate) fn env_names(&self, group: &str) -> Vec<(String, String, bool)> {
         let st = self.st();
         let Some(last) = st.env_records.iter().rev().find(|r| r.group_name == group) else {
             return Vec::new();
@@ -604,7 +612,7 @@ impl Shared {
             .collect()
     }
 
-    pub fn groups(&self) -> Vec<GroupSummary> {
+    pub(crate) fn groups(&self) -> Vec<GroupSummary> {
         self.st()
             .groups
             .values()
@@ -639,7 +647,7 @@ impl Shared {
     }
 
     /// Draw the injected fault for an operation, if any.
-    pub fn draw_fault(&self, op: &str) -> Option<Answer> {
+    pub(crate) fn draw_fault(&self, op: &str) -> Option<Answer> {
         let f: OpFaults = self.cfg().faults.ops.get(op).copied()?;
         let mut st = self.st();
         let r: f64 = st.rng.r#gen();
@@ -671,7 +679,7 @@ impl Shared {
 
     /// Take one token from the subscription's ARM read or write bucket. On success, the
     /// remaining count (for `x-ms-ratelimit-remaining-subscription-*`); else the 429 answer.
-    pub fn take_arm_token(&self, sub: &str, write: bool) -> Result<(String, u64), Answer> {
+    pub(crate) fn take_arm_token(&self, sub: &str, write: bool) -> Result<(String, u64), Answer> {
         let q = self.cfg().quotas;
         let spec: BucketSpec = if write { q.writes } else { q.reads };
         let now = self.clock.now();
@@ -708,7 +716,7 @@ impl Shared {
         .header(header, "0"))
     }
 
-    pub fn get(&self, sub: &str, rg: &str, name: &str) -> Answer {
+    pub(crate) fn get(&self, sub: &str, rg: &str, name: &str) -> Answer {
         let st = self.st();
         match st.groups.get(&group_key(sub, rg, name)) {
             Some(g) => Answer::ok(200, self.render(g)),
@@ -716,7 +724,14 @@ impl Shared {
         }
     }
 
-    pub fn list(&self, sub: &str, rg: Option<&str>, path: &str, api_version: &str, skip: usize) -> Answer {
+    pub(crate) fn list(
+        &self,
+        sub: &str,
+        rg: Option<&str>,
+        path: &str,
+        api_version: &str,
+        skip: usize,
+    ) -> Answer {
         let page = self.cfg().page_size.max(1);
         let st = self.st();
         let all: Vec<&Group> = st
@@ -741,7 +756,7 @@ impl Shared {
         a.header("Azure-AsyncOperation", op_url)
     }
 
-    pub fn create_or_update(
+    pub(crate) fn create_or_update(
         &self,
         sub: &str,
         rg: &str,
@@ -965,7 +980,7 @@ impl Shared {
     /// Benchmark setup: create a group from a PUT body (validated like a PUT) without counting it
     /// against quotas, throttling buckets, create windows or the call log; it is provisioned and
     /// its containers started through the runtime like any other group.
-    pub fn seed_group(&self, sub: &str, rg: &str, name: &str, body: &Value) -> Result<(), String> {
+    pub(crate) fn seed_group(&self, sub: &str, rg: &str, name: &str, body: &Value) -> Result<(), String> {
         let cfg = self.cfg();
         let v = validate(name, body, &cfg).map_err(|a| {
             a.body
@@ -985,7 +1000,7 @@ impl Shared {
     }
 
     /// `PATCH` (the `Resource` body): only tags can be updated.
-    pub fn update_tags(&self, sub: &str, rg: &str, name: &str, body: &Value) -> Answer {
+    pub(crate) fn update_tags(&self, sub: &str, rg: &str, name: &str, body: &Value) -> Answer {
         let mut st = self.st();
         let Some(g) = st.groups.get_mut(&group_key(sub, rg, name)) else {
             return not_found(rg, name);
@@ -1030,7 +1045,7 @@ impl Shared {
         Answer::ok(200, self.render(g))
     }
 
-    pub fn delete(&self, sub: &str, rg: &str, name: &str, api_version: &str) -> Answer {
+    pub(crate) fn delete(&self, sub: &str, rg: &str, name: &str, api_version: &str) -> Answer {
         let cfg = self.cfg();
         let key = group_key(sub, rg, name);
         let now = self.clock.now();
@@ -1061,7 +1076,7 @@ impl Shared {
         answer
     }
 
-    pub fn stop(&self, sub: &str, rg: &str, name: &str) -> Answer {
+    pub(crate) fn stop(&self, sub: &str, rg: &str, name: &str) -> Answer {
         let now = self.clock.now();
         let key = group_key(sub, rg, name);
         let mut st = self.st();
@@ -1092,7 +1107,7 @@ impl Shared {
         Answer::empty(204)
     }
 
-    pub fn operation(&self, op_id: &str) -> Option<Value> {
+    pub(crate) fn operation(&self, op_id: &str) -> Option<Value> {
         let st = self.st();
         let op = st.ops.get(op_id)?;
         let g = st.groups.get(&op.group_key);
@@ -1183,7 +1198,7 @@ impl Shared {
     }
 
     /// Advance every group's lifecycle to the current simulated time.
-    pub fn tick(self: &Arc<Self>) {
+    pub(crate) fn tick(self: &Arc<Self>) {
         let cfg = self.cfg();
         let now = self.clock.now();
         let mut starts: Vec<(StartedContainer, String, usize, u64)> = Vec::new();
@@ -1265,7 +1280,7 @@ impl Shared {
     }
 
     /// `POST .../start`: a stopped group is provisioned again (202 + `Azure-AsyncOperation`).
-    pub fn start_group(&self, sub: &str, rg: &str, name: &str, api_version: &str) -> Answer {
+    pub(crate) fn start_group(&self, sub: &str, rg: &str, name: &str, api_version: &str) -> Answer {
         let cfg = self.cfg();
         let now = self.clock.now();
         let key = group_key(sub, rg, name);
@@ -1299,7 +1314,7 @@ impl Shared {
     }
 
     /// `POST .../restart`: every container restarts in place (`restartCount + 1`).
-    pub fn restart_group(self: &Arc<Self>, sub: &str, rg: &str, name: &str) -> Answer {
+    pub(crate) fn restart_group(self: &Arc<Self>, sub: &str, rg: &str, name: &str) -> Answer {
         let cfg = self.cfg();
         let now = self.clock.now();
         let key = group_key(sub, rg, name);
@@ -1390,7 +1405,7 @@ impl Shared {
     }
 
     /// The runtime reports that a container's process ended.
-    pub fn container_exited(&self, key: &str, idx: usize, generation: u64, code: i32) {
+    pub(crate) fn container_exited(&self, key: &str, idx: usize, generation: u64, code: i32) {
         let cfg = self.cfg();
         let now = self.clock.now();
         let mut st = self.st();
@@ -1407,7 +1422,7 @@ impl Shared {
         g.state = group_state(g);
     }
 
-    pub fn exit_container_by_name(&self, name: &str, code: i32) -> bool {
+    pub(crate) fn exit_container_by_name(&self, name: &str, code: i32) -> bool {
         let target = {
             let st = self.st();
             st.groups.iter().find(|(_, g)| g.name == name).and_then(|(k, g)| {
