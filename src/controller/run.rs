@@ -29,17 +29,8 @@ pub struct RunArgs {
     /// Periodic resync of every pool.
     #[arg(long, default_value = "60s", value_parser = aci_runner_core::crd::parse_duration)]
     pub resync_interval: Duration,
-    /// Elect a leader through a Lease so that only one replica acts.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_election: bool,
-    #[arg(long, default_value = "aci-runner-controller")]
-    pub lease_name: String,
-    /// Namespace of the Lease (default: the pod's namespace, else `default`).
-    #[arg(long, env = "POD_NAMESPACE")]
-    pub lease_namespace: Option<String>,
-    /// Identity in the Lease (default: pod name or a random id).
-    #[arg(long, env = "POD_NAME")]
-    pub identity: Option<String>,
+    #[command(flatten)]
+    pub leader: LeaderElectionArgs,
     /// `/healthz`, `/readyz`, `/metrics`.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub health_listen: SocketAddr,
@@ -69,6 +60,22 @@ pub struct RunArgs {
     /// Client-side limits on Azure and GitHub requests.
     #[command(flatten)]
     pub limits: ApiLimitArgs,
+}
+
+/// The flags of leader election through a Lease.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct LeaderElectionArgs {
+    /// Elect a leader through a Lease so that only one replica acts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    #[arg(long, default_value = "aci-runner-controller")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Identity in the Lease (default: pod name or a random id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 }
 
 /// The quotas the controller paces itself to, so that it never sends a request into a known
@@ -194,7 +201,7 @@ pub async fn shutdown_signal() {
 /// Wait until this replica holds the Lease; then report losses on the returned channel.
 async fn acquire_leadership(
     client: Client,
-    args: &RunArgs,
+    args: &LeaderElectionArgs,
     identity: String,
 ) -> anyhow::Result<(watch::Receiver<bool>, tokio::task::JoinHandle<()>)> {
     let ns = args.lease_namespace.clone().unwrap_or_else(|| "default".into());
@@ -264,13 +271,13 @@ pub async fn run_with(
     let stop_rx = spawn_shutdown_watch(shutdown);
 
     let identity =
-        args.identity.clone().unwrap_or_else(|| format!("aci-rc-{}", uuid::Uuid::new_v4().simple()));
+        args.leader.identity.clone().unwrap_or_else(|| format!("aci-rc-{}", uuid::Uuid::new_v4().simple()));
     health.set_ready(true);
     let mut leadership = None;
-    if args.leader_election {
-        info!(lease = %args.lease_name, %identity, "waiting for leadership");
+    if args.leader.leader_election {
+        info!(lease = %args.leader.lease_name, %identity, "waiting for leadership");
         tokio::select! {
-            r = acquire_leadership(client.clone(), &args, identity.clone()) => leadership = Some(r?),
+            r = acquire_leadership(client.clone(), &args.leader, identity.clone()) => leadership = Some(r?),
             _ = stopped(stop_rx.clone()) => return Ok(()),
         }
         info!(%identity, "acquired leadership");

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-use crate::controller::ports::{GithubCredentials, JitRegistration, PoolContext, RunnerRegistrations};
+use crate::controller::ports::{
+    GithubCredentials, JitRegistration, JitRunner, PoolContext, RunnerRegistrations,
+};
 use crate::github::{Credentials, DemandSignal, GithubClient, GithubError, GithubHub, Runner, Scope};
 use aci_runner_core::crd::GithubSpec;
 use aci_runner_core::plan::demand::{JobAction, JobEvent};
@@ -110,15 +112,21 @@ impl RunnerRegistrations for GithubAdapter {
     async fn register_jit(
         &self,
         pool: &PoolContext,
-        name: &str,
-        labels: &[String],
-        runner_group: Option<&str>,
+        runner: JitRunner<'_>,
     ) -> Result<JitRegistration, EdgeError> {
         let (client, scope) = self.client(pool)?;
-        let group =
-            client.runner_group_id(&scope, runner_group.unwrap_or("")).await.map_err(|e| self.err(&e))?;
+        let group = client
+            .runner_group_id(&scope, runner.runner_group.unwrap_or(""))
+            .await
+            .map_err(|e| self.err(&e))?;
         let jit = client
-            .generate_jit_config(&scope, name, labels, group, Some(&pool.spec.runner.work_folder))
+            .generate_jit_config(
+                &scope,
+                runner.name,
+                runner.labels,
+                group,
+                Some(&pool.spec.runner.work_folder),
+            )
             .await
             .map_err(|e| self.err(&e))?;
         Ok(JitRegistration { runner_id: jit.runner_id, encoded: jit.encoded })
