@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use aci_runner_devkit::testing::control_plane;
+use aci_runner_devkit::testing::{control_plane, helm_bin, kubectl_bin};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -22,25 +22,6 @@ fn chart() -> PathBuf {
 
 fn max_values() -> PathBuf {
     chart().join("ci/max-values.yaml")
-}
-
-/// The cached helm binary; panics with the install command when it is missing.
-fn helm_bin() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/helm"))
-            .arg("--path")
-            .output()
-            .expect("bash runs scripts/helm");
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            out.status.success() && !path.is_empty(),
-            "helm is missing: install it with `scripts/helm version` (or run `scripts/test`, which does): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(path)
-    })
 }
 
 fn helm(args: &[&str], kubeconfig: Option<&Path>) -> Output {
@@ -543,17 +524,6 @@ fn values_schema_and_guards_reject_bad_values() {
 }
 
 // ---- against the local control plane (kube-apiserver v1.20.2) ----
-
-/// The machine's kubectl, else the one `scripts/helm` extracted next to helm (same npm package).
-fn kubectl_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let on_path =
-            Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success());
-        let bundled = helm_bin().with_file_name("kubectl");
-        if on_path || !bundled.exists() { PathBuf::from("kubectl") } else { bundled }
-    })
-}
 
 fn kubectl(cp: &control_plane::ControlPlane, args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
     let mut child = Command::new(kubectl_bin())

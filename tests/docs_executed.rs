@@ -36,15 +36,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use aci_runner_controller::controller::ports::{JitRegistration, PoolContext, RunnerRegistrations};
+use aci_runner_controller::controller::ports::{
+    JitRegistration, JitRunner, PoolContext, RunnerRegistrations,
+};
 use aci_runner_controller::controller::run::{Edges, RunArgs, build_edges, run_with};
 use aci_runner_core::plan::{EdgeError, ObservedRunner};
 use aci_runner_devkit::sim::github::{EnqueueJobs, InstallationSpec, WebhookTarget};
 use aci_runner_devkit::testing::control_plane::ControlPlane;
-use aci_runner_devkit::testing::harness;
+use aci_runner_devkit::testing::{harness, helm_bin, kubectl_bin};
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::Value;
@@ -273,34 +275,6 @@ impl Script {
 
 // ---- tools and the environment of a run ----
 
-fn helm_bin() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let out = Command::new("bash").arg(repo().join("scripts/helm")).arg("--path").output().unwrap();
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            out.status.success() && !path.is_empty(),
-            "helm is missing: install it with `scripts/helm version` (or run `scripts/test`): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(path)
-    })
-}
-
-/// The machine's kubectl, else the one `scripts/helm` extracted next to helm.
-fn kubectl_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let which = Command::new("bash").arg("-c").arg("command -v kubectl").output().unwrap();
-        let found = String::from_utf8_lossy(&which.stdout).trim().to_string();
-        if which.status.success() && !found.is_empty() {
-            PathBuf::from(found)
-        } else {
-            helm_bin().with_file_name("kubectl")
-        }
-    })
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -512,11 +486,9 @@ impl RunnerRegistrations for GithubComIsTheSimulator {
     async fn register_jit(
         &self,
         pool: &PoolContext,
-        name: &str,
-        labels: &[String],
-        runner_group: Option<&str>,
+        runner: JitRunner<'_>,
     ) -> Result<JitRegistration, EdgeError> {
-        self.inner.register_jit(&self.routed(pool), name, labels, runner_group).await
+        self.inner.register_jit(&self.routed(pool), runner).await
     }
     async fn registration_token(&self, pool: &PoolContext) -> Result<(String, SecretString), EdgeError> {
         self.inner.registration_token(&self.routed(pool)).await

