@@ -1189,9 +1189,9 @@ fn chart_arguments_parse_with_the_controller_cli() {
     assert_eq!(log_format.as_deref(), Some("json"));
     assert!(run.namespaces.is_empty() && run.selector.is_none());
     assert_eq!(run.resync_interval, std::time::Duration::from_secs(60));
-    assert!(run.leader_election);
-    assert_eq!(run.lease_name, "rel-aci-runner-controller");
-    assert_eq!(run.lease_namespace.as_deref(), Some("arc-system"));
+    assert!(run.leader.leader_election);
+    assert_eq!(run.leader.lease_name, "rel-aci-runner-controller");
+    assert_eq!(run.leader.lease_namespace.as_deref(), Some("arc-system"));
     assert_eq!(run.health_listen.to_string(), "0.0.0.0:8080");
     assert!(run.webhook_listen.is_none() && run.webhook_secret_file.is_none());
     // Public Azure's endpoints come from the cloud (`controller.azureCloud`), not from flags.
@@ -1210,7 +1210,7 @@ fn chart_arguments_parse_with_the_controller_cli() {
     assert_eq!(run.namespaces, ["ci-runners-a", "ci-runners-b"]);
     assert_eq!(run.selector.as_deref(), Some("shard=a"));
     assert_eq!(run.resync_interval, std::time::Duration::from_secs(120));
-    assert_eq!(run.lease_name, "arc-max-leader");
+    assert_eq!(run.leader.lease_name, "arc-max-leader");
     assert_eq!(run.gc_grace, std::time::Duration::from_secs(300), "controller.extraArgs are passed");
     let limits = &run.limits;
     assert_eq!((limits.aci_creates_per_5m, limits.aci_creates_per_hour), (1000, 3000), "raised ACI quotas");
@@ -1231,7 +1231,7 @@ fn chart_arguments_parse_with_the_controller_cli() {
         &render(&["--set", "replicaCount=1", "--set", "controller.leaderElection.enabled=false"]),
         "rel-aci-runner-controller",
     );
-    assert!(!run.leader_election);
+    assert!(!run.leader.leader_election);
 }
 
 #[test]

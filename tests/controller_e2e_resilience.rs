@@ -16,7 +16,7 @@ use aci_runner_devkit::sim::Simulator;
 use aci_runner_devkit::sim::arm::{FaultConfig, OpFaults, Quotas};
 use aci_runner_devkit::sim::github::{GhOpFaults, GithubFaults, OPERATIONS};
 use aci_runner_devkit::testing::harness::{
-    ControllerHandle, ControllerOptions, apply_app_secret, condition, eventually, groups_of, jobs, runners_of,
+    ControllerHandle, apply_app_secret, condition, eventually, groups_of, jobs, runners_of,
 };
 use aci_runner_devkit::testing::world::{T, World, cond_is, metric_sum, one_to_one_online, ready_with};
 use kube::Api;
@@ -267,9 +267,9 @@ async fn killed_mid_deletion_then_restarted_finishes_the_cleanup() {
     assert!(w.get_pool("del").await.is_some(), "the finalizer was dropped before the cleanup ended");
 
     w.start_controller().await;
-    let gone = eventually(T, || async { w.get_pool("del").await.is_none().then_some(()) }).await;
+    let gone = w.wait_gone("del", T).await;
     let events = w.events_of("del").await;
-    assert!(gone.is_some(), "pool not removed after restart: {}; {events:#?}", w.world("del"));
+    assert!(gone, "pool not removed after restart: {}; {events:#?}", w.world("del"));
     assert!(w.sim.arm.groups().is_empty(), "left behind: {} (at kill: {at_kill})", w.world("del"));
     assert!(w.sim.github.runners().is_empty(), "left behind: {} (at kill: {at_kill})", w.world("del"));
     assert!(!events.iter().any(|(_, r, _)| r == "CleanupAbandoned"), "{events:#?}");
@@ -563,12 +563,7 @@ async fn readyz(ctl: &ControllerHandle) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_only_the_leader_acts_and_the_standby_takes_over() {
     let w = World::builder("e2e-leader").seed(8).no_controller().start().await;
-    let opts = |id: &str| ControllerOptions {
-        leader_election: true,
-        lease_name: "aci-runner-controller-e2e".into(),
-        identity: Some(id.into()),
-        ..w.opts.clone()
-    };
+    let opts = |id: &str| w.opts.clone().elected("aci-runner-controller-e2e", id);
     // Both start at once (as a Deployment's replicas do): they race to create the Lease.
     let (x, y) = tokio::join!(w.spawn_controller(opts("replica-a")), w.spawn_controller(opts("replica-b")));
     let leader = eventually(Duration::from_secs(15), || async {
@@ -635,12 +630,7 @@ async fn two_replicas_only_the_leader_acts_and_the_standby_takes_over() {
 async fn a_leader_whose_lease_is_taken_stops_acting() {
     use k8s_openapi::api::coordination::v1::Lease;
     let w = World::builder("e2e-steal").seed(81).no_controller().start().await;
-    let opts = ControllerOptions {
-        leader_election: true,
-        lease_name: "aci-runner-controller-steal".into(),
-        identity: Some("replica-a".into()),
-        ..w.opts.clone()
-    };
+    let opts = w.opts.clone().elected("aci-runner-controller-steal", "replica-a");
     let a = w.spawn_controller(opts).await;
     w.apply_settled("steal", 1, 10).await;
 
@@ -805,9 +795,9 @@ async fn deleting_a_pool_whose_spec_became_invalid_still_removes_its_runners() {
 
     // Deleting it: the Secret and Azure are fine, so the cleanup is done, not abandoned.
     w.delete_pool("invdel").await;
-    let gone = eventually(T, || async { w.get_pool("invdel").await.is_none().then_some(()) }).await;
+    let gone = w.wait_gone("invdel", T).await;
     let events = w.events_of("invdel").await;
-    assert!(gone.is_some(), "the pool was not removed; {}; events {events:#?}", w.world("invdel"));
+    assert!(gone, "the pool was not removed; {}; events {events:#?}", w.world("invdel"));
     assert!(
         w.groups_of("invdel").is_empty() && w.runners_of("invdel").is_empty(),
         "left behind: {}; events {events:#?}",

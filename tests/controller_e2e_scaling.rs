@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aci_runner_controller::azure::template::{TAG_MANAGED_BY, TAG_POOL_NAME, TAG_POOL_UID};
-use aci_runner_devkit::sim::github::JobStatus;
+use aci_runner_devkit::sim::github::{JobRecord, JobStatus, RunnerRecord};
 use aci_runner_devkit::sim::{self, Simulator};
 use aci_runner_devkit::testing::harness::{
     ORG, condition, eventually, fast_sim_options, groups_of, pool_manifest,
@@ -29,6 +29,15 @@ fn sim_options(seed: u64) -> sim::SimOptions {
 /// The usual world of these tests: [`sim_options`] with `seed`, one controller.
 async fn scaling_world(prefix: &str, seed: u64) -> World {
     World::builder(prefix).sim_options(sim_options(seed)).start().await
+}
+
+/// A [`scaling_world`] with the pool `pool` ready at `idle` runners, one of which then takes a
+/// job of 20 s (simulated).
+async fn busy_pool(prefix: &str, seed: u64, pool: &str, idle: i32) -> (World, JobRecord, RunnerRecord) {
+    let w = scaling_world(prefix, seed).await;
+    w.apply_ready(pool, idle).await;
+    let (job, busy) = w.busy_with_one_job(pool, 20.0).await;
+    (w, job, busy)
 }
 
 /// How many of the jobs `job_ids` GitHub shows completed.
@@ -285,11 +294,8 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the_busy_one() {
     let started = std::time::Instant::now();
-    let mut w = scaling_world("e2e-shrink", 3).await;
-    w.apply_ready("shrink", 3).await;
-
-    // One long job: one runner becomes busy.
-    let (job, busy) = w.busy_with_one_job("shrink", 20.0).await;
+    // Three runners, one of them busy with a long job.
+    let (mut w, job, busy) = busy_pool("e2e-shrink", 3, "shrink", 3).await;
     assert_eq!(w.job(job.id).runner_name, Some(busy.name.clone()));
 
     w.apply("shrink", json!({"scaling": {"minIdle": 0}})).await;
@@ -622,9 +628,7 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
     let started = std::time::Instant::now();
-    let mut w = scaling_world("e2e-drain", 7).await;
-    w.apply_ready("drain", 2).await;
-    let (job, busy) = w.busy_with_one_job("drain", 20.0).await;
+    let (mut w, job, busy) = busy_pool("e2e-drain", 7, "drain", 2).await;
 
     w.delete_pool("drain").await;
 
@@ -651,12 +655,7 @@ async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
     assert!(job_running(), "the job ended before the pool was seen draining: the test proves nothing");
 
     // The job completes; then everything is gone and the finalizer is removed.
-    let finished = eventually(T, || async {
-        let gone = w.get_pool("drain").await.is_none();
-        (gone && w.groups_of("drain").is_empty() && w.runners_of("drain").is_empty()).then_some(())
-    })
-    .await;
-    if finished.is_none() {
+    if !w.wait_removed("drain", T).await {
         panic!("pool not removed after its job\n{}", w.describe("drain").await);
     }
     let j = w.job(job.id);
@@ -695,12 +694,7 @@ async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
         .and_then(|p| p.metadata.deletion_timestamp)
         .map(|t| chrono::DateTime::<chrono::Utc>::from_timestamp(t.0.as_second(), 0).unwrap())
         .expect("the pool waits for its busy runner");
-    let finished = eventually(T, || async {
-        let gone = w.get_pool("hurry").await.is_none();
-        (gone && w.groups_of("hurry").is_empty() && w.runners_of("hurry").is_empty()).then_some(())
-    })
-    .await;
-    if finished.is_none() {
+    if !w.wait_removed("hurry", T).await {
         panic!("pool not removed after drainTimeout\n{}", w.describe("hurry").await);
     }
     // Not before drainTimeout; well before the job would have ended.
@@ -739,8 +733,7 @@ async fn deleting_a_pool_with_the_orphan_policy_releases_its_runners_and_leaves_
     let runners: BTreeSet<i64> = w.runners_of("keep").iter().map(|r| r.id).collect();
 
     w.delete_pool("keep").await;
-    let gone = eventually(T, || async { w.get_pool("keep").await.is_none().then_some(()) }).await;
-    if gone.is_none() {
+    if !w.wait_gone("keep", T).await {
         panic!("finalizer never removed\n{}", w.describe("keep").await);
     }
     // Released: still there, running, no longer tagged as managed; provenance tags kept.
@@ -868,11 +861,7 @@ async fn deleting_a_pool_without_its_secret_gives_up_after_bounded_retries_and_s
 
     w.delete_secret("github-app").await;
     w.delete_pool("orphaned").await;
-    let gone = eventually(Duration::from_secs(50), || async {
-        w.get_pool("orphaned").await.is_none().then_some(())
-    })
-    .await;
-    if gone.is_none() {
+    if !w.wait_gone("orphaned", Duration::from_secs(50)).await {
         panic!("deletion wedged\n{}", w.describe("orphaned").await);
     }
     let evs = w.events_of("orphaned").await;

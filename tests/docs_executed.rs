@@ -39,7 +39,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aci_runner_controller::controller::ports::{JitRegistration, PoolContext, RunnerRegistrations};
+use aci_runner_controller::controller::ports::{
+    JitRegistration, JitRunner, PoolContext, RunnerRegistrations,
+};
 use aci_runner_controller::controller::run::{Edges, RunArgs, build_edges, run_with};
 use aci_runner_core::plan::{EdgeError, ObservedRunner};
 use aci_runner_devkit::sim::github::{EnqueueJobs, InstallationSpec, WebhookTarget};
@@ -485,11 +487,9 @@ impl RunnerRegistrations for GithubComIsTheSimulator {
     async fn register_jit(
         &self,
         pool: &PoolContext,
-        name: &str,
-        labels: &[String],
-        runner_group: Option<&str>,
+        runner: JitRunner<'_>,
     ) -> Result<JitRegistration, EdgeError> {
-        self.inner.register_jit(&self.routed(pool), name, labels, runner_group).await
+        self.inner.register_jit(&self.routed(pool), runner).await
     }
     async fn registration_token(&self, pool: &PoolContext) -> Result<(String, SecretString), EdgeError> {
         self.inner.registration_token(&self.routed(pool)).await

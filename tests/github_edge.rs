@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use aci_runner_controller::github::webhook::{WebhookSecrets, router_with_metrics, verify_signature};
 use aci_runner_controller::github::{
-    Credentials, DemandSignal, GithubError, GithubHub, GithubMetrics, HubConfig, PaceConfig, Scope,
+    Credentials, DemandSignal, GithubClient, GithubError, GithubHub, GithubMetrics, HubConfig, PaceConfig,
+    Scope,
 };
 use aci_runner_devkit::sim::clock::SimClock;
 use aci_runner_devkit::sim::github::{
@@ -22,7 +23,12 @@ async fn sim(scale: f64, cfg: GithubSimConfig) -> GithubSimHandle {
 }
 
 fn hub_for(g: &GithubSimHandle, interval_secs: i64) -> GithubHub {
-    hub_with(g, HubConfig { list_interval: chrono::Duration::seconds(interval_secs), ..Default::default() })
+    hub_with(g, listing_every(interval_secs))
+}
+
+/// The default hub configuration with a list interval of `secs`.
+fn listing_every(secs: i64) -> HubConfig {
+    HubConfig { list_interval: chrono::Duration::seconds(secs), ..Default::default() }
 }
 
 /// A hub with `cfg` on the simulator's clock.
@@ -41,6 +47,19 @@ fn app_creds(g: &GithubSimHandle, installation: u64) -> Credentials {
     }
 }
 
+/// The simulator (`scale`, `cfg`) and a client with the App's installation 1001 on a hub with
+/// `hub` (on the simulator's clock).
+async fn sim_and_client(scale: f64, cfg: GithubSimConfig, hub: HubConfig) -> (GithubSimHandle, GithubClient) {
+    let g = sim(scale, cfg).await;
+    let client = app_client(&hub_with(&g, hub), &g);
+    (g, client)
+}
+
+/// A client of `hub` on the simulator with the App's installation 1001 (`octo-org`'s).
+fn app_client(hub: &GithubHub, g: &GithubSimHandle) -> GithubClient {
+    hub.client(&g.url(), app_creds(g, 1001)).unwrap()
+}
+
 fn org() -> Scope {
     Scope::Org("octo-org".into())
 }
@@ -55,14 +74,14 @@ async fn fifty_pools_one_installation_one_token_mint_and_one_list() {
     let hub = hub_for(&g, 600);
     let mut tasks = Vec::new();
     for _ in 0..50 {
-        let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+        let client = app_client(&hub, &g);
         tasks.push(tokio::spawn(async move { client.list_runners(&org()).await.map(|l| l.len()) }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), 0);
     }
     // More calls within the token lifetime (1 h simulated = 6 min real here) reuse the token.
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let client = app_client(&hub, &g);
     client.registration_token(&org()).await.unwrap();
     client.runner_group_id(&org(), "aci").await.unwrap();
     assert_eq!(g.tokens_minted().get(&1001), Some(&1));
@@ -73,9 +92,7 @@ async fn fifty_pools_one_installation_one_token_mint_and_one_list() {
 #[tokio::test]
 async fn token_renewed_before_expiry_and_dropped_on_401() {
     // Scale 600: the 1 h token lives 6 s real; the 5 min renewal margin is 0.5 s real.
-    let g = sim(600.0, GithubSimConfig::default()).await;
-    let hub = hub_for(&g, 0);
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let (g, client) = sim_and_client(600.0, GithubSimConfig::default(), listing_every(0)).await;
     client.registration_token(&org()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5700)).await;
     client.registration_token(&org()).await.unwrap();
@@ -87,16 +104,15 @@ async fn token_renewed_before_expiry_and_dropped_on_401() {
 async fn unchanged_runner_list_uses_304_and_costs_nothing() {
     // 150 registrations in a burst: lift GitHub's 80-writes-per-minute secondary limit.
     // ... and the client's pace of content-creating requests with it (as `--github-writes-per-minute`).
-    let g = sim(60.0, GithubSimConfig { secondary_writes_per_minute: 1000, ..Default::default() }).await;
-    let hub = hub_with(
-        &g,
+    let (g, client) = sim_and_client(
+        60.0,
+        GithubSimConfig { secondary_writes_per_minute: 1000, ..Default::default() },
         HubConfig {
-            list_interval: chrono::Duration::seconds(30),
             content_pace: PaceConfig { per_minute: 1000, ..PaceConfig::default() },
-            ..Default::default()
+            ..listing_every(30)
         },
-    );
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    )
+    .await;
     // 150 runners: the list spans two pages of 100.
     for i in 0..150 {
         client.generate_jit_config(&org(), &format!("r-{i:03}"), &["aci".into()], 1, None).await.unwrap();
@@ -124,9 +140,7 @@ async fn unchanged_runner_list_uses_304_and_costs_nothing() {
 
 #[tokio::test]
 async fn jit_conflict_is_reported_without_a_duplicate_registration() {
-    let g = sim(10.0, GithubSimConfig::default()).await;
-    let hub = hub_for(&g, 10);
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let (g, client) = sim_and_client(10.0, GithubSimConfig::default(), listing_every(10)).await;
     let gid = client.runner_group_id(&org(), "aci").await.unwrap();
     assert_eq!(gid, 2);
     let jit =
@@ -160,9 +174,7 @@ async fn jit_conflict_is_reported_without_a_duplicate_registration() {
 
 #[tokio::test]
 async fn deleting_a_busy_runner_is_busy_and_gone_runners_are_fine() {
-    let g = sim(60.0, GithubSimConfig::default()).await;
-    let hub = hub_for(&g, 1);
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let (g, client) = sim_and_client(60.0, GithubSimConfig::default(), listing_every(1)).await;
     let jit = client.generate_jit_config(&org(), "busy-1", &["aci".into()], 1, None).await.unwrap();
     let exits: Arc<Mutex<Vec<i32>>> = Arc::default();
     let e2 = exits.clone();
@@ -204,9 +216,9 @@ async fn deleting_a_busy_runner_is_busy_and_gone_runners_are_fine() {
 #[tokio::test]
 async fn exhausted_rate_limit_sends_nothing_before_the_announced_reset() {
     // Scale 1800: the 1 h window is 2 s real.
-    let g = sim(1800.0, GithubSimConfig { rate_limit: 3, ..Default::default() }).await;
-    let hub = hub_for(&g, 0);
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let (g, client) =
+        sim_and_client(1800.0, GithubSimConfig { rate_limit: 3, ..Default::default() }, listing_every(0))
+            .await;
     let mut reset = None;
     // Lists revalidate with ETags (free), so spend the budget on registration tokens.
     for _ in 0..10 {
@@ -244,17 +256,12 @@ async fn exhausted_rate_limit_sends_nothing_before_the_announced_reset() {
 
 #[tokio::test]
 async fn low_remaining_polls_less_and_says_why() {
-    let g = sim(60.0, GithubSimConfig { rate_limit: 100, ..Default::default() }).await;
-    let hub = hub_with(
-        &g,
-        HubConfig {
-            list_interval: chrono::Duration::seconds(6),
-            low_remaining: 200,
-            slow_factor: 10,
-            ..Default::default()
-        },
-    );
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let (g, client) = sim_and_client(
+        60.0,
+        GithubSimConfig { rate_limit: 100, ..Default::default() },
+        HubConfig { low_remaining: 200, slow_factor: 10, ..listing_every(6) },
+    )
+    .await;
     client.list_runners(&org()).await.unwrap();
     let status = client.rate_status();
     assert_eq!(status.remaining, Some(99));
@@ -271,7 +278,7 @@ async fn auth_errors_name_the_missing_permission_and_bad_keys() {
     cfg.installations[0].permissions.remove("organization_self_hosted_runners");
     let g = sim(10.0, cfg).await;
     let hub = hub_for(&g, 0);
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let client = app_client(&hub, &g);
     match client.list_runners(&org()).await.unwrap_err() {
         GithubError::Auth { permission, .. } => {
             assert_eq!(permission.as_deref(), Some("organization_self_hosted_runners=write"))
@@ -416,7 +423,7 @@ async fn simulated_github_deliveries_reach_the_receiver() {
 async fn edge_metrics_are_exported() {
     let g = sim(10.0, GithubSimConfig::default()).await;
     let hub = hub_for(&g, 0);
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let client = app_client(&hub, &g);
     client.list_runners(&org()).await.unwrap();
     let mut reg = prometheus_client::registry::Registry::default();
     hub.metrics().register(&mut reg);
@@ -438,7 +445,7 @@ async fn token_rejected_with_401_is_dropped_and_reminted() {
     // revocations disagree). GETs are sent once more with a fresh token; the stale one is dropped.
     let g = sim(3600.0, GithubSimConfig::default()).await;
     let hub = GithubHub::new(HubConfig { list_interval: chrono::Duration::zero(), ..Default::default() });
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let client = app_client(&hub, &g);
     client.list_runners(&org()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     client.invalidate_runners(&org()).await;
@@ -488,9 +495,7 @@ async fn ghes_base_url_deprecations_and_queued_jobs() {
 async fn secondary_limit_retry_after_is_honoured() {
     use aci_runner_devkit::sim::github::{GhOpFaults, GithubFaults};
     // Scale 120: GitHub's `retry-after: 60` is half a second real.
-    let g = sim(120.0, GithubSimConfig::default()).await;
-    let hub = hub_for(&g, 0);
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let (g, client) = sim_and_client(120.0, GithubSimConfig::default(), listing_every(0)).await;
     client.list_runners(&org()).await.unwrap();
     g.set_faults(GithubFaults {
         seed: 2,
@@ -520,10 +525,12 @@ async fn secondary_limit_retry_after_is_honoured() {
 
 #[tokio::test]
 async fn primary_limit_answered_429_is_understood_too() {
-    let g =
-        sim(1800.0, GithubSimConfig { rate_limit: 2, rate_limit_status: 429, ..Default::default() }).await;
-    let hub = hub_for(&g, 0);
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let (g, client) = sim_and_client(
+        1800.0,
+        GithubSimConfig { rate_limit: 2, rate_limit_status: 429, ..Default::default() },
+        listing_every(0),
+    )
+    .await;
     client.registration_token(&org()).await.unwrap();
     client.registration_token(&org()).await.unwrap();
     let e = client.registration_token(&org()).await.unwrap_err();
@@ -557,7 +564,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
 
     let g = sim(60.0, GithubSimConfig::default()).await;
     let hub = hub_for(&g, 0);
-    let client = hub.client(&g.url(), app_creds(&g, 1001)).unwrap();
+    let client = app_client(&hub, &g);
     let jit = client.generate_jit_config(&org(), "quiet-1", &["aci".into()], 1, None).await.unwrap();
     let reg = client.registration_token(&org()).await.unwrap();
     let _ = client.generate_jit_config(&org(), "quiet-1", &["aci".into()], 1, None).await.unwrap_err();

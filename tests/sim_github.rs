@@ -145,6 +145,13 @@ impl Conform {
     async fn op(&self, method: &str, tmpl: &str, token: &str, body: Option<Value>) -> Got {
         self.call(method, tmpl, &octo_path(tmpl), token, body).await
     }
+    /// [`Conform::op`] on a path with one more parameter (`{runner_id}`, `{run_id}`): `id`.
+    async fn op_id(&self, method: &str, tmpl: &str, id: i64, token: &str, body: Option<Value>) -> Got {
+        let path = octo_path(tmpl);
+        let (head, rest) = path.split_once('{').unwrap();
+        let (_, tail) = rest.split_once('}').unwrap();
+        self.call(method, tmpl, &format!("{head}{id}{tail}"), token, body).await
+    }
 
     async fn call_h(
         &self,
@@ -324,13 +331,13 @@ async fn every_operation_conforms_to_the_rest_description() {
 
     // Get, delete, 404 afterwards.
     let gt = "/orgs/{org}/actions/runners/{runner_id}";
-    let r = c.call("GET", gt, &format!("/orgs/octo-org/actions/runners/{}", ids[0]), &tok, None).await;
+    let r = c.op_id("GET", gt, ids[0], &tok, None).await;
     assert_eq!((r.status, r.body["name"].as_str()), (200, Some("r-1")));
-    let r = c.call("DELETE", gt, &format!("/orgs/octo-org/actions/runners/{}", ids[0]), &tok, None).await;
+    let r = c.op_id("DELETE", gt, ids[0], &tok, None).await;
     assert_eq!(r.status, 204);
-    let r = c.call("DELETE", gt, &format!("/orgs/octo-org/actions/runners/{}", ids[0]), &tok, None).await;
+    let r = c.op_id("DELETE", gt, ids[0], &tok, None).await;
     assert_eq!(r.status, 404);
-    let r = c.call("GET", gt, &format!("/orgs/octo-org/actions/runners/{}", ids[0]), &tok, None).await;
+    let r = c.op_id("GET", gt, ids[0], &tok, None).await;
     assert_eq!(r.status, 404);
 
     // Registration and remove tokens.
@@ -360,13 +367,12 @@ async fn every_operation_conforms_to_the_rest_description() {
     let r = c.op("GET", "/repos/{owner}/{repo}/actions/runners", &tok, None).await;
     assert_eq!(r.body["total_count"], 1);
     let rt = "/repos/{owner}/{repo}/actions/runners/{runner_id}";
-    let r = c.call("GET", rt, &format!("/repos/octo-org/octo-repo/actions/runners/{rid}"), &tok, None).await;
+    let r = c.op_id("GET", rt, rid, &tok, None).await;
     assert_eq!(r.status, 200);
     // The repo runner is not visible at org level (different registration pool).
-    let r = c.call("GET", gt, &format!("/orgs/octo-org/actions/runners/{rid}"), &tok, None).await;
+    let r = c.op_id("GET", gt, rid, &tok, None).await;
     assert_eq!(r.status, 404);
-    let r =
-        c.call("DELETE", rt, &format!("/repos/octo-org/octo-repo/actions/runners/{rid}"), &tok, None).await;
+    let r = c.op_id("DELETE", rt, rid, &tok, None).await;
     assert_eq!(r.status, 204);
 
     // Workflow runs and jobs with the status filter.
@@ -379,15 +385,7 @@ async fn every_operation_conforms_to_the_rest_description() {
     let r =
         c.call("GET", runs_t, "/repos/octo-org/octo-repo/actions/runs?status=completed", &tok, None).await;
     assert_eq!(r.body["total_count"], 0);
-    let r = c
-        .call(
-            "GET",
-            "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
-            &format!("/repos/octo-org/octo-repo/actions/runs/{run_id}/jobs"),
-            &tok,
-            None,
-        )
-        .await;
+    let r = c.op_id("GET", "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs", run_id, &tok, None).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["total_count"], 2);
     assert_eq!(r.body["jobs"][0]["status"], "queued");
@@ -585,15 +583,7 @@ async fn runner_takes_a_job_end_to_end_with_signed_valid_webhooks() {
     let job_id = jobs[0].id;
     wait_for("busy", Duration::from_secs(5), || g.runners().iter().any(|r| r.id == rid && r.busy)).await;
     // Busy runners cannot be deleted.
-    let r = c
-        .call(
-            "DELETE",
-            "/orgs/{org}/actions/runners/{runner_id}",
-            &format!("/orgs/octo-org/actions/runners/{rid}"),
-            &tok,
-            None,
-        )
-        .await;
+    let r = c.op_id("DELETE", "/orgs/{org}/actions/runners/{runner_id}", rid, &tok, None).await;
     assert_eq!(r.status, 422);
     wait_for("ephemeral exit", Duration::from_secs(10), || !exits.lock().unwrap().is_empty()).await;
     assert_eq!(exits.lock().unwrap().as_slice(), &[("pool-abcde".to_string(), 0)]);
@@ -1054,13 +1044,11 @@ async fn composed_container_group_with_jit_config_comes_online_and_runs_a_job() 
     };
     let jit_env =
         json!([{"name": "ACTIONS_RUNNER_INPUT_JITCONFIG", "secureValue": jit.encoded.expose_secret()}]);
-    let r = http
-        .put(url("pool-jit01"))
-        .bearer_auth(&tok)
-        .json(&group_body("Never", jit_env))
-        .send()
-        .await
-        .unwrap();
+    // PUT the group `name` with `restart_policy` and the runner container's `env`.
+    let put = |name: &str, restart_policy: &str, env: Value| {
+        http.put(url(name)).bearer_auth(&tok).json(&group_body(restart_policy, env)).send()
+    };
+    let r = put("pool-jit01", "Never", jit_env).await.unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let token_env = json!([
         {"name": "RUNNER_URL", "value": reg.url},
@@ -1069,13 +1057,7 @@ async fn composed_container_group_with_jit_config_comes_online_and_runs_a_job() 
         {"name": "RUNNER_LABELS", "value": "aci,persistent"},
         {"name": "RUNNER_EPHEMERAL", "value": "false"},
     ]);
-    let r = http
-        .put(url("pool-tok01"))
-        .bearer_auth(&tok)
-        .json(&group_body("Always", token_env))
-        .send()
-        .await
-        .unwrap();
+    let r = put("pool-tok01", "Always", token_env).await.unwrap();
     assert_eq!(r.status(), 201);
 
     // Image pull (15 s) + runner start-up (3 s) simulated: about 0.3 s real.

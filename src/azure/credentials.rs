@@ -132,21 +132,20 @@ impl CredentialSpec {
     /// [`from_env`](Self::from_env) over any variable lookup (an empty value counts as unset).
     fn from_vars(lookup: impl Fn(&str) -> Option<String>, allow_imds: bool) -> Result<Self, String> {
         let var = |k: &str| lookup(k).filter(|v| !v.is_empty());
+        // The tenant and client ids an app registration needs; `with` ends the error message.
+        let app_ids = |with: &str| -> Result<(String, String), String> {
+            let required = |k: &str| var(k).ok_or_else(|| format!("{k} is required {with}"));
+            Ok((required("AZURE_TENANT_ID")?, required("AZURE_CLIENT_ID")?))
+        };
         if let Some(file) = var("AZURE_FEDERATED_TOKEN_FILE") {
-            return Ok(Self::WorkloadIdentity {
-                tenant_id: var("AZURE_TENANT_ID")
-                    .ok_or("AZURE_TENANT_ID is required for workload identity")?,
-                client_id: var("AZURE_CLIENT_ID")
-                    .ok_or("AZURE_CLIENT_ID is required for workload identity")?,
-                token_file: PathBuf::from(file),
-            });
+            let (tenant_id, client_id) = app_ids("for workload identity")?;
+            return Ok(Self::WorkloadIdentity { tenant_id, client_id, token_file: PathBuf::from(file) });
         }
         if let Some(secret) = var("AZURE_CLIENT_SECRET") {
+            let (tenant_id, client_id) = app_ids("with AZURE_CLIENT_SECRET")?;
             return Ok(Self::ClientSecret {
-                tenant_id: var("AZURE_TENANT_ID")
-                    .ok_or("AZURE_TENANT_ID is required with AZURE_CLIENT_SECRET")?,
-                client_id: var("AZURE_CLIENT_ID")
-                    .ok_or("AZURE_CLIENT_ID is required with AZURE_CLIENT_SECRET")?,
+                tenant_id,
+                client_id,
                 client_secret: SecretString::from(secret),
             });
         }
@@ -308,41 +307,8 @@ impl CachedCredential {
         let mut req = Request::new(url, Method::Post);
         req.insert_header("content-type", "application/x-www-form-urlencoded");
         req.set_body(form);
-        let rsp =
-            self.http.execute_request(&req).await.map_err(|e| {
-                CoreError::full(ErrorKind::Credential, e, "Entra ID token endpoint unreachable")
-            })?;
-        let status = rsp.status();
-        let (_, headers, body) = rsp.deconstruct();
-        let body = body.collect().await?;
-        if !status.is_success() {
-            // Entra's error answer (`error`, `error_description`, AADSTS code) never echoes the secret.
-            let detail = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    let e = v.get("error")?;
-                    let code = e.as_str().or_else(|| e.get("code").and_then(|c| c.as_str()))?.to_string();
-                    let desc = v
-                        .get("error_description")
-                        .or_else(|| e.get("message"))
-                        .and_then(|d| d.as_str())
-                        .map(|d| d.lines().next().unwrap_or_default().to_string())
-                        .unwrap_or_default();
-                    Some(format!("{code}: {desc}"))
-                })
-                .unwrap_or_default();
-            return Err(CoreError::full(
-                ErrorKind::Credential,
-                CoreError::from(ErrorKind::http_response_from_parts(status, &headers, &body)),
-                format!("Entra ID token endpoint answered {} {detail}", status as u16),
-            ));
-        }
-        let v: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| cred_err(format!("token answer is not JSON: {e}")))?;
-        let token = v
-            .get("access_token")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| cred_err("token answer has no access_token"))?;
+        let (token, v) =
+            self.token_answer(&req, "Entra ID token endpoint", "token answer", entra_error).await?;
         let expires_in = v
             .get("expires_in")
             .and_then(|x| x.as_u64().or_else(|| x.as_str().and_then(|s| s.parse().ok())))
@@ -368,25 +334,8 @@ impl CachedCredential {
         if let Ok(h) = std::env::var("IDENTITY_HEADER") {
             req.insert_header("x-identity-header", h);
         }
-        let rsp = self.http.execute_request(&req).await.map_err(|e| {
-            CoreError::full(ErrorKind::Credential, e, "managed identity endpoint unreachable")
-        })?;
-        let status = rsp.status();
-        let (_, headers, body) = rsp.deconstruct();
-        let body = body.collect().await?;
-        if !status.is_success() {
-            return Err(CoreError::full(
-                ErrorKind::Credential,
-                CoreError::from(ErrorKind::http_response_from_parts(status, &headers, &body)),
-                format!("managed identity endpoint answered {}", status as u16),
-            ));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| cred_err(format!("managed identity answer is not JSON: {e}")))?;
-        let token = v
-            .get("access_token")
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| cred_err("managed identity answer has no access_token"))?;
+        let (token, v) =
+            self.token_answer(&req, "managed identity endpoint", "managed identity answer", |_| None).await?;
         let num =
             |k: &str| v.get(k).and_then(|x| x.as_i64().or_else(|| x.as_str().and_then(|s| s.parse().ok())));
         let expires = match num("expires_in") {
@@ -395,8 +344,59 @@ impl CachedCredential {
                 .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
                 .map_or_else(|| expires_after(300), clamp_expiry),
         };
-        Ok(AccessToken::new(Secret::new(token.to_string()), expires))
+        Ok(AccessToken::new(Secret::new(token), expires))
     }
+
+    /// Send a token request to `endpoint` and read its JSON `answer`: the access token and the
+    /// whole answer (for its expiry). A refusal keeps its HTTP status in the error chain (see
+    /// [`Self::client_secret`]), with what `detail` reads from the body.
+    async fn token_answer(
+        &self,
+        req: &Request,
+        endpoint: &str,
+        answer: &str,
+        detail: fn(&[u8]) -> Option<String>,
+    ) -> azure_core::Result<(String, serde_json::Value)> {
+        let rsp = self
+            .http
+            .execute_request(req)
+            .await
+            .map_err(|e| CoreError::full(ErrorKind::Credential, e, format!("{endpoint} unreachable")))?;
+        let status = rsp.status();
+        let (_, headers, body) = rsp.deconstruct();
+        let body = body.collect().await?;
+        if !status.is_success() {
+            let detail = detail(&body).map(|d| format!(" {d}")).unwrap_or_default();
+            return Err(CoreError::full(
+                ErrorKind::Credential,
+                CoreError::from(ErrorKind::http_response_from_parts(status, &headers, &body)),
+                format!("{endpoint} answered {}{detail}", status as u16),
+            ));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| cred_err(format!("{answer} is not JSON: {e}")))?;
+        let token = v
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| cred_err(format!("{answer} has no access_token")))?
+            .to_string();
+        Ok((token, v))
+    }
+}
+
+/// `code: description` of Entra's error answer (`error`, `error_description`, AADSTS code),
+/// which never echoes the secret.
+fn entra_error(body: &[u8]) -> Option<String> {
+    let v = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let e = v.get("error")?;
+    let code = e.as_str().or_else(|| e.get("code").and_then(|c| c.as_str()))?;
+    let desc = v
+        .get("error_description")
+        .or_else(|| e.get("message"))
+        .and_then(|d| d.as_str())
+        .map(|d| d.lines().next().unwrap_or_default())
+        .unwrap_or_default();
+    Some(format!("{code}: {desc}"))
 }
 
 #[async_trait::async_trait]

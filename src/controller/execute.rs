@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use tracing::warn;
 
 use super::Context;
-use super::ports::{CreateGroup, PoolContext, RunnerSecret};
+use super::ports::{CreateGroup, JitRunner, PoolContext, RunnerSecret};
 use aci_runner_core::plan::{Action, ActionFailure, EdgeError, EdgeErrorKind, RunnerRegistration};
 
 /// Execute the planner's actions in order. Returns the failures (reported to the next pass).
@@ -126,7 +126,7 @@ async fn create_runner(
         RunnerRegistration::Jit { labels, runner_group } => {
             let reg = ctx
                 .registrations
-                .register_jit(pool, name, labels, runner_group.as_deref())
+                .register_jit(pool, JitRunner { name, labels, runner_group: runner_group.as_deref() })
                 .await
                 .map_err(|e| (e, None))?;
             (RunnerSecret::Jit { encoded: reg.encoded }, Some(reg.runner_id))

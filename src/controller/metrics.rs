@@ -7,7 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use aci_runner_core::crd::RunnerPoolStatus;
 use aci_runner_core::plan::PoolMeta;
@@ -70,6 +70,12 @@ pub struct Metrics {
     stalled_reasons: Mutex<std::collections::HashMap<(String, String), String>>,
 }
 
+/// `metric`, after registering a handle to it (metrics share their series between clones).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -79,59 +85,60 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("aci_runner_controller");
-        let runners = Family::<RunnerLabels, Gauge>::default();
-        let reconciles = Counter::default();
-        let reconcile_errors = Counter::default();
-        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        let actions = Family::<ActionReasonLabels, Counter>::default();
-        let demand_queue = Gauge::default();
-        let webhook_deliveries = Family::<ActionLabels, Counter>::default();
-        let pool_stalled = Family::<StalledLabels, Gauge>::default();
-        let gc_pending = Family::<PoolLabels, Gauge>::default();
-        let task_failures = Family::<TaskLabels, Counter>::default();
-        registry.register("runners", "Runners by pool and state", runners.clone());
-        registry.register("reconcile", "Reconcile passes", reconciles.clone());
-        registry.register("reconcile_errors", "Reconcile passes that failed", reconcile_errors.clone());
-        registry.register(
-            "reconcile_duration_seconds",
-            "Duration of a reconcile pass",
-            reconcile_duration.clone(),
-        );
-        registry.register("actions", "Actions executed by kind, reason and result", actions.clone());
-        registry.register("demand_queue_length", "Queued jobs known from webhooks", demand_queue.clone());
-        registry.register(
-            "webhook_deliveries",
-            "Verified workflow_job deliveries by action and what the demand store did with them",
-            webhook_deliveries.clone(),
-        );
-        registry.register(
-            "pool_stalled",
-            "1 while the pool's Stalled condition is True (label: its reason), else 0",
-            pool_stalled.clone(),
-        );
-        registry.register(
-            "gc_pending",
-            "Registrations and container groups marked for garbage collection, awaiting confirmation",
-            gc_pending.clone(),
-        );
-        registry.register(
-            "task_failures",
-            "Panics contained in a reconcile pass or a background task, and background tasks that failed, by task",
-            task_failures.clone(),
-        );
+        let r = &mut registry;
         Self {
-            registry: Mutex::new(registry),
-            runners,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-            actions,
-            demand_queue,
-            webhook_deliveries,
-            pool_stalled,
-            gc_pending,
-            task_failures,
+            runners: registered(r, "runners", "Runners by pool and state", Family::default()),
+            reconciles: registered(r, "reconcile", "Reconcile passes", Counter::default()),
+            reconcile_errors: registered(
+                r,
+                "reconcile_errors",
+                "Reconcile passes that failed",
+                Counter::default(),
+            ),
+            reconcile_duration: registered(
+                r,
+                "reconcile_duration_seconds",
+                "Duration of a reconcile pass",
+                Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            ),
+            actions: registered(
+                r,
+                "actions",
+                "Actions executed by kind, reason and result",
+                Family::default(),
+            ),
+            demand_queue: registered(
+                r,
+                "demand_queue_length",
+                "Queued jobs known from webhooks",
+                Gauge::default(),
+            ),
+            webhook_deliveries: registered(
+                r,
+                "webhook_deliveries",
+                "Verified workflow_job deliveries by action and what the demand store did with them",
+                Family::default(),
+            ),
+            pool_stalled: registered(
+                r,
+                "pool_stalled",
+                "1 while the pool's Stalled condition is True (label: its reason), else 0",
+                Family::default(),
+            ),
+            gc_pending: registered(
+                r,
+                "gc_pending",
+                "Registrations and container groups marked for garbage collection, awaiting confirmation",
+                Family::default(),
+            ),
+            task_failures: registered(
+                r,
+                "task_failures",
+                "Panics contained in a reconcile pass or a background task, and background tasks that failed, by task",
+                Family::default(),
+            ),
             stalled_reasons: Mutex::new(std::collections::HashMap::new()),
+            registry: Mutex::new(registry),
         }
     }
 

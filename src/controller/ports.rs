@@ -119,6 +119,15 @@ pub struct JitRegistration {
 }
 
 /// GitHub side.
+/// The JIT runner the planner asks for: its name, its labels and its runner group (`None`: the
+/// scope's default group).
+#[derive(Clone, Copy, Debug)]
+pub struct JitRunner<'a> {
+    pub name: &'a str,
+    pub labels: &'a [String],
+    pub runner_group: Option<&'a str>,
+}
+
 #[async_trait::async_trait]
 pub trait RunnerRegistrations: Send + Sync {
     /// Runner registrations of the pool's scope (shared, cached list).
@@ -130,9 +139,7 @@ pub trait RunnerRegistrations: Send + Sync {
     async fn register_jit(
         &self,
         pool: &PoolContext,
-        name: &str,
-        labels: &[String],
-        runner_group: Option<&str>,
+        runner: JitRunner<'_>,
     ) -> Result<JitRegistration, EdgeError>;
     /// A registration token and the URL `config.sh` takes.
     async fn registration_token(&self, pool: &PoolContext) -> Result<(String, SecretString), EdgeError>;

@@ -30,17 +30,8 @@ pub struct RunArgs {
     /// Periodic resync of every pool.
     #[arg(long, default_value = "60s", value_parser = aci_runner_core::crd::parse_duration)]
     pub resync_interval: Duration,
-    /// Elect a leader through a Lease so that only one replica acts.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_election: bool,
-    #[arg(long, default_value = "aci-runner-controller")]
-    pub lease_name: String,
-    /// Namespace of the Lease (default: the pod's namespace, else `default`).
-    #[arg(long, env = "POD_NAMESPACE")]
-    pub lease_namespace: Option<String>,
-    /// Identity in the Lease (default: pod name or a random id).
-    #[arg(long, env = "POD_NAME")]
-    pub identity: Option<String>,
+    #[command(flatten)]
+    pub leader: LeaderElectionArgs,
     /// `/healthz`, `/readyz`, `/metrics`.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub health_listen: SocketAddr,
@@ -187,6 +178,22 @@ impl RunArgs {
     }
 }
 
+/// The flags of leader election through a Lease.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct LeaderElectionArgs {
+    /// Elect a leader through a Lease so that only one replica acts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    #[arg(long, default_value = "aci-runner-controller")]
+    pub lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Identity in the Lease (default: pod name or a random id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
 /// The quotas the controller paces itself to, so that it never sends a request into a known
 /// wall. The defaults are Azure's and GitHub's documented defaults; raise them to what your
 /// subscription (after a quota increase) or your GHES instance allows.
@@ -310,7 +317,7 @@ pub async fn shutdown_signal() {
 /// Wait until this replica holds the Lease; then report losses on the returned channel.
 async fn acquire_leadership(
     client: Client,
-    args: &RunArgs,
+    args: &LeaderElectionArgs,
     identity: String,
 ) -> anyhow::Result<(watch::Receiver<bool>, tokio::task::JoinHandle<()>)> {
     let ns = args.lease_namespace.clone().unwrap_or_else(|| "default".into());
@@ -389,13 +396,13 @@ pub async fn run_with(
     let stop_rx = spawn_shutdown_watch(shutdown);
 
     let identity =
-        args.identity.clone().unwrap_or_else(|| format!("aci-rc-{}", uuid::Uuid::new_v4().simple()));
+        args.leader.identity.clone().unwrap_or_else(|| format!("aci-rc-{}", uuid::Uuid::new_v4().simple()));
     health.set_ready(true);
     let mut leadership = None;
-    if args.leader_election {
-        info!(lease = %args.lease_name, %identity, "waiting for leadership");
+    if args.leader.leader_election {
+        info!(lease = %args.leader.lease_name, %identity, "waiting for leadership");
         tokio::select! {
-            r = acquire_leadership(client.clone(), &args, identity.clone()) => leadership = Some(r?),
+            r = acquire_leadership(client.clone(), &args.leader, identity.clone()) => leadership = Some(r?),
             _ = stopped(stop_rx.clone()) => return Ok(()),
         }
         info!(%identity, "acquired leadership");

@@ -138,6 +138,11 @@ mod tests {
             + Duration::milliseconds((secs * 1000.0) as i64)
     }
 
+    /// `per_minute` requests a minute, no hourly limit, no margin; waits up to `max_wait`.
+    fn minute_pacer(per_minute: u32, max_wait: std::time::Duration) -> Pacer {
+        Pacer::new(PaceConfig { per_minute, per_hour: 0, max_wait, margin: ZERO })
+    }
+
     #[test]
     fn a_burst_up_to_the_minute_limit_goes_at_once_then_the_window_must_slide() {
         let p = Pacer::new(PaceConfig { per_minute: 3, per_hour: 5, margin: ZERO, ..Default::default() });
@@ -187,12 +192,7 @@ mod tests {
     async fn acquire_waits_briefly_or_reports_the_reset() {
         let t0 = Utc::now();
         let clock: Clock = Arc::new(Utc::now);
-        let p = Pacer::new(PaceConfig {
-            per_minute: 2,
-            per_hour: 0,
-            max_wait: std::time::Duration::from_millis(300),
-            margin: ZERO,
-        });
+        let p = minute_pacer(2, std::time::Duration::from_millis(300));
         p.acquire("k", &clock).await.unwrap();
         p.acquire("k", &clock).await.unwrap();
         // The window frees in ~60 s: more than max_wait, so no wait and a reset a minute out.
@@ -206,12 +206,7 @@ mod tests {
         let offset = Arc::new(Mutex::new(Duration::zero()));
         let o = offset.clone();
         let fake: Clock = Arc::new(move || base + *o.lock().unwrap() + (Utc::now() - base));
-        let p = Pacer::new(PaceConfig {
-            per_minute: 1,
-            per_hour: 0,
-            max_wait: std::time::Duration::from_secs(2),
-            margin: ZERO,
-        });
+        let p = minute_pacer(1, std::time::Duration::from_secs(2));
         p.acquire("k", &fake).await.unwrap();
         // Jump the clock to 200 ms before the minute ends: the next request waits ~200 ms.
         *offset.lock().unwrap() = Duration::milliseconds(59_800);

@@ -254,11 +254,7 @@ impl AzureAdapter {
             .map_err(|e| edge_error(&e))?;
         let l = Arc::new(l);
         lists.insert(key, (Instant::now(), Arc::clone(&l), print.0));
-        if let (Some(tx), Some(prev)) = (&self.changes, previous)
-            && prev != print.0
-        {
-            let _ = tx.try_send(());
-        }
+        super::signal_if_changed(self.changes.as_ref(), previous, &print.0);
         Ok(l)
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
-use crate::controller::ports::{GithubCredentials, JitRegistration, PoolContext, RunnerRegistrations};
+use crate::controller::ports::{
+    GithubCredentials, JitRegistration, JitRunner, PoolContext, RunnerRegistrations,
+};
 use crate::github::{Credentials, DemandSignal, GithubClient, GithubError, GithubHub, Runner, Scope};
 use aci_runner_core::crd::GithubSpec;
 use aci_runner_core::plan::demand::{JobAction, JobEvent};
@@ -80,11 +82,8 @@ impl GithubAdapter {
             if !same {
                 let mut f: RunnerPrint = runners.iter().map(|r| (r.id, r.online(), r.busy)).collect();
                 f.sort_unstable();
-                if let Some((_, prev)) = seen.insert(key, (Arc::clone(&runners), f.clone()))
-                    && prev != f
-                {
-                    let _ = tx.try_send(());
-                }
+                let previous = seen.insert(key, (Arc::clone(&runners), f.clone())).map(|(_, p)| p);
+                super::signal_if_changed(Some(tx), previous, &f);
             }
         }
         Ok(runners)
@@ -113,15 +112,21 @@ impl RunnerRegistrations for GithubAdapter {
     async fn register_jit(
         &self,
         pool: &PoolContext,
-        name: &str,
-        labels: &[String],
-        runner_group: Option<&str>,
+        runner: JitRunner<'_>,
     ) -> Result<JitRegistration, EdgeError> {
         let (client, scope) = self.client(pool)?;
-        let group =
-            client.runner_group_id(&scope, runner_group.unwrap_or("")).await.map_err(|e| self.err(&e))?;
+        let group = client
+            .runner_group_id(&scope, runner.runner_group.unwrap_or(""))
+            .await
+            .map_err(|e| self.err(&e))?;
         let jit = client
-            .generate_jit_config(&scope, name, labels, group, Some(&pool.spec.runner.work_folder))
+            .generate_jit_config(
+                &scope,
+                runner.name,
+                runner.labels,
+                group,
+                Some(&pool.spec.runner.work_folder),
+            )
             .await
             .map_err(|e| self.err(&e))?;
         Ok(JitRegistration { runner_id: jit.runner_id, encoded: jit.encoded })

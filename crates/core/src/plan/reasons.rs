@@ -8,6 +8,9 @@ use super::types::{CredentialProblem, FailureReason};
 
 /// An enum of reasons: `as_str`/`Display` give the variant's name, `ALL` lists the variants,
 /// `NAMES` their strings, `parse` reads one back; comparisons with `&str` compare the string.
+///
+/// The second form declares an enum with a sub-enum whose variants it also holds: the
+/// sub-enum's list is written once, and its `From` conversion into the enum is derived from it.
 macro_rules! reasons {
     ($(#[$m:meta])* $vis:vis enum $name:ident { $($(#[$vm:meta])* $v:ident,)+ }) => {
         $(#[$m])*
@@ -56,6 +59,21 @@ macro_rules! reasons {
             }
         }
     };
+    (
+        $(#[$m:meta])* $vis:vis enum $name:ident { $($(#[$vm:meta])* $v:ident,)+ }
+        $(#[$sm:meta])* $svis:vis enum $sub:ident { $($(#[$svm:meta])* $sv:ident,)+ }
+    ) => {
+        reasons! { $(#[$m])* $vis enum $name { $($(#[$vm])* $v,)+ $($(#[$svm])* $sv,)+ } }
+        reasons! { $(#[$sm])* $svis enum $sub { $($(#[$svm])* $sv,)+ } }
+
+        impl From<$sub> for $name {
+            fn from(r: $sub) -> Self {
+                match r {
+                    $($sub::$sv => $name::$sv,)+
+                }
+            }
+        }
+    };
 }
 
 reasons! {
@@ -81,7 +99,13 @@ reasons! {
         CredentialsUnavailable,
         Deleting,
         Draining,
-        // Stalled True (and Ready False).
+        // Stalled True, written by the controller (not the planner) when a pass panicked; not a
+        // stall the planner resumes.
+        InternalError,
+    }
+    /// Why a pool is Stalled (Stalled True, Ready False): the reasons that need a change by the
+    /// user. Every one is also a condition reason, listed after the ones above.
+    pub(crate) enum StallReason {
         InvalidSpec,
         SecretNotFound,
         SecretKeyMissing,
@@ -95,8 +119,6 @@ reasons! {
         RegistrationTimeout,
         ContainerCrashed,
         ProvisioningFailed,
-        // Stalled True, written by the controller (not the planner) when a pass panicked.
-        InternalError,
     }
 }
 
@@ -129,25 +151,6 @@ reasons! {
         RegistrationTimeout,
         ContainerCrashed,
         InternalError,
-    }
-}
-
-reasons! {
-    /// Why a pool is Stalled: the reasons that need a change by the user.
-    pub(crate) enum StallReason {
-        InvalidSpec,
-        SecretNotFound,
-        SecretKeyMissing,
-        InvalidAppKey,
-        InvalidSecret,
-        AuthFailed,
-        MissingPermission,
-        QuotaExceeded,
-        InvalidImage,
-        InvalidRequest,
-        RegistrationTimeout,
-        ContainerCrashed,
-        ProvisioningFailed,
     }
 }
 
@@ -206,26 +209,6 @@ impl StallReason {
             StallReason::RegistrationTimeout => EventReason::RegistrationTimeout,
             StallReason::ContainerCrashed => EventReason::ContainerCrashed,
             StallReason::ProvisioningFailed => EventReason::ProvisioningFailed,
-        }
-    }
-}
-
-impl From<StallReason> for ConditionReason {
-    fn from(r: StallReason) -> Self {
-        match r {
-            StallReason::InvalidSpec => ConditionReason::InvalidSpec,
-            StallReason::SecretNotFound => ConditionReason::SecretNotFound,
-            StallReason::SecretKeyMissing => ConditionReason::SecretKeyMissing,
-            StallReason::InvalidAppKey => ConditionReason::InvalidAppKey,
-            StallReason::InvalidSecret => ConditionReason::InvalidSecret,
-            StallReason::AuthFailed => ConditionReason::AuthFailed,
-            StallReason::MissingPermission => ConditionReason::MissingPermission,
-            StallReason::QuotaExceeded => ConditionReason::QuotaExceeded,
-            StallReason::InvalidImage => ConditionReason::InvalidImage,
-            StallReason::InvalidRequest => ConditionReason::InvalidRequest,
-            StallReason::RegistrationTimeout => ConditionReason::RegistrationTimeout,
-            StallReason::ContainerCrashed => ConditionReason::ContainerCrashed,
-            StallReason::ProvisioningFailed => ConditionReason::ProvisioningFailed,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use super::tests::{Fx, UID, counter_suffixes};
+use super::tests::{Fx, counter_suffixes, creating};
 use super::*;
 
 /// A job being run: the runner finishes it after `passes_left` passes.
@@ -71,21 +71,7 @@ impl World {
                         },
                     });
                     self.next_id += 1;
-                    self.groups.push(ObservedGroup {
-                        name: name.clone(),
-                        pool_uid: Some(UID.into()),
-                        install_id: Some(super::tests::INSTALL.into()),
-                        pool_namespace: Some("ns".into()),
-                        pool_name: Some("pool".into()),
-                        location: "westeurope".into(),
-                        provisioning: GroupProvisioning::Creating,
-                        container: None,
-                        failure: None,
-                        created: Some(now),
-                        priority: *priority,
-                        cpu: 2.0,
-                        memory_gb: 4.0,
-                    });
+                    self.groups.push(creating(name, now, *priority));
                 }
                 Action::UnregisterRunner { id, name, .. } => {
                     if self.runners.iter().any(|r| r.id == *id && r.busy) {
@@ -119,6 +105,15 @@ impl World {
                 }
             }
         }
+    }
+
+    /// One planning pass on the world's current lists, its actions applied.
+    fn plan_and_apply(&mut self, fx: &mut Fx) -> Plan {
+        fx.groups = Ok(self.groups.clone());
+        fx.runners = Ok(self.runners.clone());
+        let plan = fx.run();
+        self.apply(&plan.actions, fx.now);
+        plan
     }
 
     /// One step of the outside world between passes.
@@ -271,10 +266,7 @@ fn min_idle_lowered_removes_idle_only_and_deletion_drains() {
     // busy runners are deleted on purpose, so check the end state instead.
     let mut p = None;
     for _ in 0..12 {
-        fx.groups = Ok(world.groups.clone());
-        fx.runners = Ok(world.runners.clone());
-        let plan = fx.run();
-        world.apply(&plan.actions, fx.now);
+        let plan = world.plan_and_apply(&mut fx);
         // The container is gone: the runner goes offline, GitHub lets it be removed.
         for r in &mut world.runners {
             if !world.groups.iter().any(|g| g.name == r.name) {
@@ -315,10 +307,7 @@ fn crashed_and_stuck_runners_are_replaced() {
     // Keep the stuck one offline while the world runs.
     let mut p = None;
     for _ in 0..20 {
-        fx.groups = Ok(world.groups.clone());
-        fx.runners = Ok(world.runners.clone());
-        let plan = fx.run();
-        world.apply(&plan.actions, fx.now);
+        let plan = world.plan_and_apply(&mut fx);
         fx.carry(&plan, chrono::Duration::seconds(30));
         world.advance(fx.now);
         if let Some(r) = world.runners.iter_mut().find(|r| r.name == stuck) {

@@ -62,36 +62,6 @@ pub async fn start(mut opts: SimOptions) -> Result<Simulator, SimError> {
     Ok(Simulator { clock, arm, github })
 }
 
-/// The background tasks every simulator runs: its HTTP server (`app` on `listener`) and a ticker
-/// that calls `tick` on its state every 10 ms of real time for as long as the state lives. The
-/// returned [`JoinSet`] aborts its tasks when dropped: a handle keeps it in an `Arc`, so the
-/// simulator stops with the last handle clone.
-pub(crate) fn serve_and_tick<S: Send + Sync + 'static>(
-    name: &'static str,
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    shared: &Arc<S>,
-    tick: impl Fn(&Arc<S>) + Send + 'static,
-) -> JoinSet<()> {
-    let mut tasks = JoinSet::new();
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "{name} server stopped");
-        }
-    });
-    let weak = Arc::downgrade(shared);
-    tasks.spawn(async move {
-        let mut iv = tokio::time::interval(std::time::Duration::from_millis(10));
-        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            iv.tick().await;
-            let Some(s) = weak.upgrade() else { break };
-            tick(&s);
-        }
-    });
-    tasks
-}
-
 /// Bind a simulator's listener on `listen`, with the address it got (port 0 = any free port).
 pub(crate) async fn bind(listen: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -99,8 +69,8 @@ pub(crate) async fn bind(listen: SocketAddr) -> std::io::Result<(tokio::net::Tcp
     Ok((listener, addr))
 }
 
-/// Where a simulator listens, and its background tasks (see [`serve_and_tick`]): shared by the
-/// clones of its handle, so the tasks stop with the last clone.
+/// Where a simulator listens, and its background tasks (see [`SimHandle::serve`]): shared by
+/// the clones of its handle, so the tasks stop with the last clone.
 #[derive(Clone)]
 pub(crate) struct Server {
     addr: SocketAddr,
@@ -117,6 +87,67 @@ impl Server {
     }
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+}
+
+/// A running simulator: its state (`S`, shared with its server and ticker) and its [`Server`].
+/// Cheap to clone; the server stops when the last clone is dropped. Each simulator adds its
+/// own methods ([`ArmSimHandle`], [`GithubSimHandle`]): callers reach the state through them.
+pub struct SimHandle<S> {
+    pub(crate) shared: Arc<S>,
+    server: Server,
+}
+
+// Not derived: a derive would ask `S: Clone`, and only the `Arc` is cloned.
+impl<S> Clone for SimHandle<S> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone(), server: self.server.clone() }
+    }
+}
+
+impl<S: Send + Sync + 'static> SimHandle<S> {
+    /// Start the simulator `name`: serve `app` on `listener` (bound by [`bind`]), call `tick` on
+    /// `shared` every 10 ms of real time for as long as the state lives, and run the tasks
+    /// `spawn_more` adds. The tasks stop with the last handle clone: the [`JoinSet`] that holds
+    /// them aborts them when dropped.
+    pub(crate) fn serve(
+        name: &'static str,
+        (listener, addr): (tokio::net::TcpListener, SocketAddr),
+        app: axum::Router,
+        shared: Arc<S>,
+        tick: impl Fn(&Arc<S>) + Send + 'static,
+        spawn_more: impl FnOnce(&mut JoinSet<()>),
+    ) -> Self {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "{name} server stopped");
+            }
+        });
+        let weak = Arc::downgrade(&shared);
+        tasks.spawn(async move {
+            let mut iv = tokio::time::interval(std::time::Duration::from_millis(10));
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                iv.tick().await;
+                let Some(s) = weak.upgrade() else { break };
+                tick(&s);
+            }
+        });
+        spawn_more(&mut tasks);
+        let server = Server::new(addr, tasks);
+        tracing::info!(url = %server.url(), "{name} listening");
+        Self { shared, server }
+    }
+}
+
+impl<S> SimHandle<S> {
+    /// Base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
     }
 }
 

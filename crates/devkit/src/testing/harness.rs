@@ -16,7 +16,7 @@ use crate::sim::arm::ArmSimConfig;
 use crate::sim::github::{EnqueueJobs, GithubSimConfig, WebhookTarget};
 use crate::sim::{SimOptions, Simulator};
 use aci_runner_controller::azure::CredentialSpec;
-use aci_runner_controller::controller::run::{Edges, RunArgs, build_edges, run_with};
+use aci_runner_controller::controller::run::{Edges, LeaderElectionArgs, RunArgs, build_edges, run_with};
 use aci_runner_core::crd::RunnerPool;
 use aci_runner_core::plan::PlannerConfig;
 
@@ -64,10 +64,7 @@ pub fn fast_planner() -> PlannerConfig {
 #[derive(Clone, Debug)]
 pub struct ControllerOptions {
     pub namespaces: Vec<String>,
-    pub leader_election: bool,
-    pub lease_name: String,
-    pub lease_namespace: Option<String>,
-    pub identity: Option<String>,
+    pub leader: LeaderElectionArgs,
     pub gc_grace: Duration,
     pub resync: Duration,
     pub webhook_secret: Option<String>,
@@ -85,10 +82,12 @@ impl ControllerOptions {
     pub fn for_namespace(ns: &str) -> Self {
         Self {
             namespaces: vec![ns.to_string()],
-            leader_election: false,
-            lease_name: format!("aci-runner-controller-{ns}"),
-            lease_namespace: Some(ns.to_string()),
-            identity: None,
+            leader: LeaderElectionArgs {
+                leader_election: false,
+                lease_name: format!("aci-runner-controller-{ns}"),
+                lease_namespace: Some(ns.to_string()),
+                identity: None,
+            },
             gc_grace: Duration::from_secs(2),
             resync: Duration::from_secs(2),
             webhook_secret: None,
@@ -97,6 +96,17 @@ impl ControllerOptions {
             install_id: None,
             arm_endpoint: None,
         }
+    }
+
+    /// These options with leader election on, as `identity` in the Lease `lease_name`.
+    pub fn elected(self, lease_name: &str, identity: &str) -> Self {
+        let leader = LeaderElectionArgs {
+            leader_election: true,
+            lease_name: lease_name.to_string(),
+            identity: Some(identity.to_string()),
+            ..self.leader
+        };
+        Self { leader, ..self }
     }
 }
 
@@ -182,10 +192,7 @@ pub fn run_args(
         namespaces: opts.namespaces.clone(),
         selector: None,
         resync_interval: opts.resync,
-        leader_election: opts.leader_election,
-        lease_name: opts.lease_name.clone(),
-        lease_namespace: opts.lease_namespace.clone(),
-        identity: opts.identity.clone(),
+        leader: opts.leader.clone(),
         health_listen: health,
         webhook_listen: webhook.as_ref().map(|(a, _)| *a),
         webhook_secret_file: webhook.map(|(_, p)| p),

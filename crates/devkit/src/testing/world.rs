@@ -290,6 +290,17 @@ impl World {
         eventually(timeout, || async { self.get_pool(name).await.is_none().then_some(()) }).await.is_some()
     }
 
+    /// Wait until the pool is gone with every group and registration of it; whether they went
+    /// within `timeout`.
+    pub async fn wait_removed(&self, name: &str, timeout: Duration) -> bool {
+        eventually(timeout, || async {
+            let gone = self.get_pool(name).await.is_none();
+            (gone && self.groups_of(name).is_empty() && self.runners_of(name).is_empty()).then_some(())
+        })
+        .await
+        .is_some()
+    }
+
     /// Apply a Secret with these `stringData` in the world's namespace.
     pub async fn apply_secret(&self, name: &str, data: Value) {
         self.apply_secret_in(&self.ns, name, data).await

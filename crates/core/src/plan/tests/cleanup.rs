@@ -66,16 +66,22 @@ fn recycle_table() {
     }
 }
 
-#[test]
-fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registration_collected() {
-    // A persistent (token mode, not ephemeral) runner that exited 0 keeps its registration:
-    // the controller unregisters it before deleting the group.
+/// A pool of persistent runners (token mode, not ephemeral) of the org `acme`.
+fn persistent_fx(min_idle: i32) -> Fx {
     let mut fx = Fx::new();
     fx.spec = spec_json(serde_json::json!({
         "github": {"organization": "acme"},
         "runner": {"registration": {"mode": "token", "ephemeral": false}},
-        "scaling": {"minIdle": 0}
+        "scaling": {"minIdle": min_idle}
     }));
+    fx
+}
+
+#[test]
+fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registration_collected() {
+    // A persistent (token mode, not ephemeral) runner that exited 0 keeps its registration:
+    // the controller unregisters it before deleting the group.
+    let mut fx = persistent_fx(0);
     let mut g = group("pool-done1", ContainerState::Terminated { exit_code: Some(0) }, 10);
     if let Some(c) = g.container.as_mut() {
         c.finished_at = Some(t0() - mins(1));
@@ -88,7 +94,7 @@ fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registrati
     assert_eq!(
         got,
         vec![
-            Action::UnregisterRunner { id: 7, name: "pool-done1".into(), reason: RemovalReason::Recycled },
+            unregister(7, "pool-done1", RemovalReason::Recycled),
             Action::DeleteGroup {
                 name: "pool-done1".into(),
                 reason: RemovalReason::Recycled,
@@ -111,11 +117,7 @@ fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registrati
     fx2.state = first.state.clone();
     fx2.now = t0() + fx2.config.gc_grace + mins(1);
     let later = fx2.run();
-    assert!(later.actions.contains(&Action::UnregisterRunner {
-        id: 7,
-        name: "pool-done1".into(),
-        reason: RemovalReason::GarbageCollected
-    }));
+    assert!(later.actions.contains(&unregister(7, "pool-done1", RemovalReason::GarbageCollected)));
 }
 
 #[test]
@@ -138,14 +140,7 @@ fn gc_offline_registration_mark_then_confirm() {
     assert!(p.actions.is_empty(), "grace not over: {:?}", p.actions);
     fx.carry(&p, mins(1));
     let p = fx.run();
-    assert_eq!(
-        p.actions,
-        vec![Action::UnregisterRunner {
-            id: 9,
-            name: "pool-gone1".into(),
-            reason: RemovalReason::GarbageCollected
-        }]
-    );
+    assert_eq!(p.actions, vec![unregister(9, "pool-gone1", RemovalReason::GarbageCollected)]);
     assert!(has_event(&p, "GarbageCollected"));
 }
 
@@ -173,13 +168,10 @@ fn gc_mark_is_dropped_when_candidate_recovers_and_failed_list_keeps_marks() {
 fn stale_group_of_older_pool_with_same_name_is_collected() {
     let mut fx = Fx::new();
     fx.spec.scaling.min_idle = 0;
-    let mut old = running("pool-old01");
-    old.pool_uid = Some("uid-dead".into());
-    let mut other_live = running("pool-live1");
-    other_live.pool_uid = Some("uid-other".into());
+    let old = running_of("pool-old01", "uid-dead");
+    let other_live = running_of("pool-live1", "uid-other");
     fx.live.insert("uid-other".into());
-    let mut busy_old = running("pool-old02");
-    busy_old.pool_uid = Some("uid-dead".into());
+    let busy_old = running_of("pool-old02", "uid-dead");
     fx.groups = Ok(vec![old, other_live, busy_old]);
     fx.runners = Ok(vec![
         runner_of("uid-dead", 5, "pool-old01", false, false),
@@ -195,8 +187,7 @@ fn stale_group_of_an_online_runner_is_deleted_only_if_its_unregister_succeeds() 
     // refuses to unregister a busy runner, and then its group must stay.
     let mut fx = Fx::new();
     fx.spec.scaling.min_idle = 0;
-    let mut old = running("pool-old01");
-    old.pool_uid = Some("uid-dead".into());
+    let old = running_of("pool-old01", "uid-dead");
     fx.groups = Ok(vec![old]);
     fx.runners = Ok(vec![runner_of("uid-dead", 5, "pool-old01", true, false)]);
     let p = confirmed_pass(&mut fx);
@@ -214,7 +205,7 @@ fn confirmed_pass(fx: &mut Fx) -> Plan {
 /// Unregister then delete of the orphaned runner `name`, the delete guarded by `guard`.
 fn orphan_removal(id: u64, name: &str, guard: Option<u64>) -> Vec<Action> {
     vec![
-        Action::UnregisterRunner { id, name: name.into(), reason: RemovalReason::Orphaned },
+        unregister(id, name, RemovalReason::Orphaned),
         Action::DeleteGroup {
             name: name.into(),
             reason: RemovalReason::Orphaned,
@@ -233,14 +224,7 @@ fn jit_registration_of_failed_create_is_unregistered() {
     fx.failures = vec![f];
     fx.runners = Ok(vec![runner(77, "pool-aaaaa", false, false)]);
     let p = fx.run();
-    assert_eq!(
-        p.actions,
-        vec![Action::UnregisterRunner {
-            id: 77,
-            name: "pool-aaaaa".into(),
-            reason: RemovalReason::CreateFailed
-        }]
-    );
+    assert_eq!(p.actions, vec![unregister(77, "pool-aaaaa", RemovalReason::CreateFailed)]);
     // When it is gone, it is forgotten.
     fx.carry(&p, chrono::Duration::seconds(10));
     fx.runners = Ok(vec![]);
@@ -347,12 +331,7 @@ fn restarted_after_online(fx: &mut Fx, name: &str) {
 /// was running the next job.
 #[test]
 fn a_restarted_persistent_runner_is_never_removed_under_a_job_it_may_have_taken() {
-    let mut fx = Fx::new();
-    fx.spec = spec_json(serde_json::json!({
-        "github": {"organization": "acme"},
-        "runner": {"registration": {"mode": "token", "ephemeral": false}},
-        "scaling": {"minIdle": 1}
-    }));
+    let mut fx = persistent_fx(1);
     restarted_after_online(&mut fx, "pool-back1");
     // The list (stale) shows the old registration offline: wait for it, remove nothing.
     fx.runners = Ok(vec![runner(7, "pool-back1", false, false)]);

@@ -10,11 +10,7 @@ fn deletion_removes_idle_waits_for_busy_then_drains() {
     assert_eq!(
         p.actions,
         vec![
-            Action::UnregisterRunner {
-                id: 10,
-                name: "pool-idle1".into(),
-                reason: RemovalReason::PoolDeleted
-            },
+            unregister(10, "pool-idle1", RemovalReason::PoolDeleted),
             Action::DeleteGroup {
                 name: "pool-idle1".into(),
                 reason: RemovalReason::PoolDeleted,
@@ -54,11 +50,7 @@ fn deletion_removes_idle_waits_for_busy_then_drains() {
                 only_if_unregistered: None,
                 only_if_unlisted: false
             },
-            Action::UnregisterRunner {
-                id: 50,
-                name: "pool-busy1".into(),
-                reason: RemovalReason::DrainTimeout
-            },
+            unregister(50, "pool-busy1", RemovalReason::DrainTimeout),
         ]
     );
     // Everything gone → finalizer removed.
@@ -184,15 +176,11 @@ fn deletion_never_wedges() {
 
 #[test]
 fn orphan_groups_of_deleted_pools() {
-    let mut dead = running("gone-aaaaa");
-    dead.pool_uid = Some("uid-dead".into());
+    let mut dead = running_of("gone-aaaaa", "uid-dead");
     dead.pool_name = Some("gone".into());
-    let mut live = running("pool-aaaaa");
-    live.pool_uid = Some(UID.into());
-    let mut renamed = running("pool-bbbbb");
-    renamed.pool_uid = Some("uid-older".into());
-    let mut busy = running("gone-bbbbb");
-    busy.pool_uid = Some("uid-dead".into());
+    let live = running_of("pool-aaaaa", UID);
+    let renamed = running_of("pool-bbbbb", "uid-older");
+    let busy = running_of("gone-bbbbb", "uid-dead");
     let mut untagged = running("x-ccccc");
     untagged.pool_uid = None;
     let groups: Vec<SweptGroup> = [dead, live, renamed, busy, untagged]

@@ -48,14 +48,7 @@ fn registration_timeout_replaces_and_counts() {
     fx.groups = Ok(vec![group("pool-slow1", ContainerState::Running, 11)]);
     fx.runners = Ok(vec![runner(3, "pool-slow1", false, false)]);
     let p = fx.run();
-    assert_eq!(
-        destructive(&p)[0],
-        &Action::UnregisterRunner {
-            id: 3,
-            name: "pool-slow1".into(),
-            reason: RemovalReason::RegistrationTimeout
-        }
-    );
+    assert_eq!(destructive(&p)[0], &unregister(3, "pool-slow1", RemovalReason::RegistrationTimeout));
 
     // Within the timeout: provisioning, requeue at the deadline at the latest.
     let mut fx = Fx::new();

@@ -62,7 +62,8 @@ fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
     }
 }
 
-pub(super) fn group(name: &str, state: ContainerState, started_ago_min: i64) -> ObservedGroup {
+/// A group of this pool just accepted by ARM: `Creating`, no container view yet.
+pub(super) fn creating(name: &str, created: DateTime<Utc>, priority: Priority) -> ObservedGroup {
     ObservedGroup {
         name: name.to_string(),
         pool_uid: Some(UID.to_string()),
@@ -70,6 +71,18 @@ pub(super) fn group(name: &str, state: ContainerState, started_ago_min: i64) -> 
         pool_namespace: Some("ns".into()),
         pool_name: Some("pool".into()),
         location: "westeurope".into(),
+        provisioning: GroupProvisioning::Creating,
+        container: None,
+        failure: None,
+        created: Some(created),
+        priority,
+        cpu: 2.0,
+        memory_gb: 4.0,
+    }
+}
+
+pub(super) fn group(name: &str, state: ContainerState, started_ago_min: i64) -> ObservedGroup {
+    ObservedGroup {
         provisioning: GroupProvisioning::Succeeded,
         container: Some(ObservedContainer {
             state,
@@ -77,16 +90,17 @@ pub(super) fn group(name: &str, state: ContainerState, started_ago_min: i64) -> 
             finished_at: None,
             restart_count: 0,
         }),
-        failure: None,
-        created: Some(t0() - mins(started_ago_min + 1)),
-        priority: Priority::Regular,
-        cpu: 2.0,
-        memory_gb: 4.0,
+        ..creating(name, t0() - mins(started_ago_min + 1), Priority::Regular)
     }
 }
 
 pub(super) fn running(name: &str) -> ObservedGroup {
     group(name, ContainerState::Running, 30)
+}
+
+/// A running group tagged with the pool uid `uid` (another pool's, or this one's).
+pub(super) fn running_of(name: &str, uid: &str) -> ObservedGroup {
+    ObservedGroup { pool_uid: Some(uid.into()), ..running(name) }
 }
 
 pub(super) fn runner(id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
@@ -110,6 +124,11 @@ pub(super) fn labelled(label: String, id: u64, name: &str, online: bool, busy: b
 /// A registration made by this install for the pool `pool_uid` (e.g. an older pool's).
 pub(super) fn runner_of(pool_uid: &str, id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
     labelled(install::owner_label(&install(), pool_uid), id, name, online, busy)
+}
+
+/// The removal of the registration `id` of the runner `name`.
+pub(super) fn unregister(id: u64, name: &str, reason: RemovalReason) -> Action {
+    Action::UnregisterRunner { id, name: name.into(), reason }
 }
 
 /// A deterministic suffix source: aaaaa, aaaab, ...

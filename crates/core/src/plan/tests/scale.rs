@@ -126,11 +126,17 @@ fn in_flight_creates_count_toward_supply_and_clear_when_listed() {
     cond_is(&p3, "Ready", "False", "Provisioning");
 }
 
-#[test]
-fn ready_when_idle_plus_busy_equals_desired() {
+/// minIdle 2 met: two running groups whose runners are online and idle.
+fn two_idle_fx() -> Fx {
     let mut fx = Fx::new();
     fx.groups = Ok(vec![running("pool-aaaa1"), running("pool-aaaa2")]);
     fx.runners = Ok(vec![runner(1, "pool-aaaa1", true, false), runner(2, "pool-aaaa2", true, false)]);
+    fx
+}
+
+#[test]
+fn ready_when_idle_plus_busy_equals_desired() {
+    let fx = two_idle_fx();
     let p = fx.run();
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     cond_is(&p, "Ready", "True", "RunnersReady");
@@ -154,14 +160,14 @@ fn scale_down_only_idle_past_delay_oldest_first_unregister_then_delete() {
     assert_eq!(
         p.actions,
         vec![
-            Action::UnregisterRunner { id: 11, name: "pool-idle2".into(), reason: RemovalReason::ScaleDown },
+            unregister(11, "pool-idle2", RemovalReason::ScaleDown),
             Action::DeleteGroup {
                 name: "pool-idle2".into(),
                 reason: RemovalReason::ScaleDown,
                 only_if_unregistered: Some(11),
                 only_if_unlisted: false
             },
-            Action::UnregisterRunner { id: 12, name: "pool-idle3".into(), reason: RemovalReason::ScaleDown },
+            unregister(12, "pool-idle3", RemovalReason::ScaleDown),
             Action::DeleteGroup {
                 name: "pool-idle3".into(),
                 reason: RemovalReason::ScaleDown,
@@ -201,9 +207,7 @@ fn min_idle_lowered_never_touches_busy_runners() {
 
 #[test]
 fn idle_since_is_tracked_and_reset_when_busy() {
-    let mut fx = Fx::new();
-    fx.groups = Ok(vec![running("pool-aaaa1"), running("pool-aaaa2")]);
-    fx.runners = Ok(vec![runner(1, "pool-aaaa1", true, false), runner(2, "pool-aaaa2", true, false)]);
+    let mut fx = two_idle_fx();
     let p = fx.run();
     assert_eq!(p.state.idle_since.get("pool-aaaa1"), Some(&t0()));
     fx.carry(&p, mins(1));

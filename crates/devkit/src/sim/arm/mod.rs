@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sim::SimHandle;
 use crate::sim::clock::SimClock;
 use crate::sim::runtime::ContainerRuntime;
 
@@ -249,33 +250,21 @@ impl ArmSim {
         if cfg.page_size == 0 {
             return Err(ArmSimError::Config("pageSize must be at least 1".into()));
         }
-        let (listener, addr) = crate::sim::bind(cfg.listen)
+        let bound = crate::sim::bind(cfg.listen)
             .await
             .map_err(|source| ArmSimError::Bind { addr: cfg.listen, source })?;
-        let url = format!("http://{addr}");
-        let shared = Arc::new(state::Shared::new(cfg, clock, runtime, url.clone()));
+        let url = format!("http://{}", bound.1);
+        let shared = Arc::new(state::Shared::new(cfg, clock, runtime, url));
         let app = http::router(shared.clone());
-        let tasks = crate::sim::serve_and_tick("ARM simulator", listener, app, &shared, |s| s.tick());
-        tracing::info!(%url, "ARM simulator listening");
-        Ok(ArmSimHandle { shared, server: crate::sim::Server::new(addr, tasks) })
+        Ok(SimHandle::serve("ARM simulator", bound, app, shared, |s| s.tick(), |_| {}))
     }
 }
 
-/// A running simulator. Cheap to clone; the server stops when the last clone is dropped.
-#[derive(Clone)]
-pub struct ArmSimHandle {
-    shared: Arc<state::Shared>,
-    server: crate::sim::Server,
-}
+/// A running ARM simulator; its [`url`](SimHandle::url) is the ARM endpoint and the Entra
+/// authority host.
+pub type ArmSimHandle = SimHandle<state::Shared>;
 
 impl ArmSimHandle {
-    /// Base URL (`http://127.0.0.1:PORT`): ARM endpoint and Entra authority host.
-    pub fn url(&self) -> String {
-        self.server.url()
-    }
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
     pub fn tenant_id(&self) -> String {
         self.shared.cfg().tenant_id
     }

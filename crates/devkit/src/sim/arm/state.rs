@@ -210,12 +210,15 @@ struct State {
     generation: u64,
 }
 
-pub(crate) struct Shared {
+/// The simulator's state, shared by its HTTP handlers, its ticker and every handle. `pub` as
+/// the parameter of [`ArmSimHandle`](super::ArmSimHandle); its module is private, so nothing outside the crate
+/// names it, and its own items are crate-private.
+pub struct Shared {
     cfg: Mutex<ArmSimConfig>,
-    pub clock: SimClock,
+    pub(crate) clock: SimClock,
     runtime: Arc<dyn ContainerRuntime>,
-    pub url: String,
-    pub entra: Entra,
+    pub(crate) url: String,
+    pub(crate) entra: Entra,
     st: Mutex<State>,
 }
 
@@ -513,7 +516,12 @@ pub(crate) fn validate(name: &str, body: &Value, cfg: &ArmSimConfig) -> Result<V
 }
 
 impl Shared {
-    pub fn new(cfg: ArmSimConfig, clock: SimClock, runtime: Arc<dyn ContainerRuntime>, url: String) -> Self {
+    pub(crate) fn new(
+        cfg: ArmSimConfig,
+        clock: SimClock,
+        runtime: Arc<dyn ContainerRuntime>,
+        url: String,
+    ) -> Self {
         let seed = cfg.faults.seed;
         Self {
             cfg: Mutex::new(cfg),
@@ -542,26 +550,26 @@ impl Shared {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn cfg(&self) -> ArmSimConfig {
+    pub(crate) fn cfg(&self) -> ArmSimConfig {
         self.cfg.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn set_faults(&self, faults: FaultConfig) {
+    pub(crate) fn set_faults(&self, faults: FaultConfig) {
         let seed = faults.seed;
         self.cfg.lock().unwrap_or_else(|p| p.into_inner()).faults = faults;
         self.st().rng = StdRng::seed_from_u64(seed);
     }
 
-    pub fn set_quotas(&self, quotas: Quotas) {
+    pub(crate) fn set_quotas(&self, quotas: Quotas) {
         self.cfg.lock().unwrap_or_else(|p| p.into_inner()).quotas = quotas;
     }
 
-    pub fn record(&self, op: &str, method: &str, path: &str, status: u16, code: Option<String>) {
+    pub(crate) fn record(&self, op: &str, method: &str, path: &str, status: u16, code: Option<String>) {
         self.record_from(op, method, path, status, code, None)
     }
 
     /// [`Self::record`] with the request's `Host` header.
-    pub fn record_from(
+    pub(crate) fn record_from(
         &self,
         op: &str,
         method: &str,
@@ -590,25 +598,25 @@ impl Shared {
         });
     }
 
-    pub fn calls(&self) -> Vec<CallRecord> {
+    pub(crate) fn calls(&self) -> Vec<CallRecord> {
         self.st().calls.iter().cloned().collect()
     }
-    pub fn call_counts(&self) -> BTreeMap<String, BTreeMap<u16, u64>> {
+    pub(crate) fn call_counts(&self) -> BTreeMap<String, BTreeMap<u16, u64>> {
         self.st().counts.clone()
     }
-    pub fn throttled_count(&self) -> u64 {
+    pub(crate) fn throttled_count(&self) -> u64 {
         self.st().throttled
     }
-    pub fn quota_rejections(&self) -> u64 {
+    pub(crate) fn quota_rejections(&self) -> u64 {
         self.st().quota_rejections
     }
-    pub fn creates_accepted(&self) -> u64 {
+    pub(crate) fn creates_accepted(&self) -> u64 {
         self.st().creates_accepted
     }
-    pub fn env_records(&self) -> Vec<EnvRecord> {
+    pub(crate) fn env_records(&self) -> Vec<EnvRecord> {
         self.st().env_records.clone()
     }
-    pub fn env_names(&self, group: &str) -> Vec<(String, String, bool)> {
+    pub(crate) fn env_names(&self, group: &str) -> Vec<(String, String, bool)> {
         let st = self.st();
         let Some(last) = st.env_records.iter().rev().find(|r| r.group_name == group) else {
             return Vec::new();
@@ -621,7 +629,7 @@ impl Shared {
             .collect()
     }
 
-    pub fn groups(&self) -> Vec<GroupSummary> {
+    pub(crate) fn groups(&self) -> Vec<GroupSummary> {
         self.st()
             .groups
             .values()
@@ -656,7 +664,7 @@ impl Shared {
     }
 
     /// Draw the injected fault for an operation, if any.
-    pub fn draw_fault(&self, op: &str) -> Option<Answer> {
+    pub(crate) fn draw_fault(&self, op: &str) -> Option<Answer> {
         let f: OpFaults = self.cfg().faults.ops.get(op).copied()?;
         let mut st = self.st();
         let r: f64 = st.rng.r#gen();
@@ -688,7 +696,7 @@ impl Shared {
 
     /// Take one token from the subscription's ARM read or write bucket. On success, the
     /// remaining count (for `x-ms-ratelimit-remaining-subscription-*`); else the 429 answer.
-    pub fn take_arm_token(&self, sub: &str, write: bool) -> Result<(String, u64), Answer> {
+    pub(crate) fn take_arm_token(&self, sub: &str, write: bool) -> Result<(String, u64), Answer> {
         let q = self.cfg().quotas;
         let spec: BucketSpec = if write { q.writes } else { q.reads };
         let now = self.clock.now();
@@ -725,7 +733,7 @@ impl Shared {
         .header(header, "0"))
     }
 
-    pub fn get(&self, sub: &str, rg: &str, name: &str) -> Answer {
+    pub(crate) fn get(&self, sub: &str, rg: &str, name: &str) -> Answer {
         let st = self.st();
         match st.groups.get(&group_key(sub, rg, name)) {
             Some(g) => Answer::ok(200, self.render(g)),
@@ -733,7 +741,14 @@ impl Shared {
         }
     }
 
-    pub fn list(&self, sub: &str, rg: Option<&str>, path: &str, api_version: &str, skip: usize) -> Answer {
+    pub(crate) fn list(
+        &self,
+        sub: &str,
+        rg: Option<&str>,
+        path: &str,
+        api_version: &str,
+        skip: usize,
+    ) -> Answer {
         let page = self.cfg().page_size.max(1);
         let st = self.st();
         let all: Vec<&Group> = st
@@ -758,7 +773,7 @@ impl Shared {
         a.header("Azure-AsyncOperation", op_url)
     }
 
-    pub fn create_or_update(
+    pub(crate) fn create_or_update(
         &self,
         sub: &str,
         rg: &str,
@@ -982,7 +997,7 @@ impl Shared {
     /// Benchmark setup: create a group from a PUT body (validated like a PUT) without counting it
     /// against quotas, throttling buckets, create windows or the call log; it is provisioned and
     /// its containers started through the runtime like any other group.
-    pub fn seed_group(&self, sub: &str, rg: &str, name: &str, body: &Value) -> Result<(), String> {
+    pub(crate) fn seed_group(&self, sub: &str, rg: &str, name: &str, body: &Value) -> Result<(), String> {
         let cfg = self.cfg();
         let v = validate(name, body, &cfg).map_err(|a| {
             a.body
@@ -1002,7 +1017,7 @@ impl Shared {
     }
 
     /// `PATCH` (the `Resource` body): only tags can be updated.
-    pub fn update_tags(&self, sub: &str, rg: &str, name: &str, body: &Value) -> Answer {
+    pub(crate) fn update_tags(&self, sub: &str, rg: &str, name: &str, body: &Value) -> Answer {
         let mut st = self.st();
         let Some(g) = st.groups.get_mut(&group_key(sub, rg, name)) else {
             return not_found(rg, name);
@@ -1047,7 +1062,7 @@ impl Shared {
         Answer::ok(200, self.render(g))
     }
 
-    pub fn delete(&self, sub: &str, rg: &str, name: &str, api_version: &str) -> Answer {
+    pub(crate) fn delete(&self, sub: &str, rg: &str, name: &str, api_version: &str) -> Answer {
         let cfg = self.cfg();
         let key = group_key(sub, rg, name);
         let now = self.clock.now();
@@ -1078,7 +1093,7 @@ impl Shared {
         answer
     }
 
-    pub fn stop(&self, sub: &str, rg: &str, name: &str) -> Answer {
+    pub(crate) fn stop(&self, sub: &str, rg: &str, name: &str) -> Answer {
         let now = self.clock.now();
         let key = group_key(sub, rg, name);
         let mut st = self.st();
@@ -1109,7 +1124,7 @@ impl Shared {
         Answer::empty(204)
     }
 
-    pub fn operation(&self, op_id: &str) -> Option<Value> {
+    pub(crate) fn operation(&self, op_id: &str) -> Option<Value> {
         let st = self.st();
         let op = st.ops.get(op_id)?;
         let g = st.groups.get(&op.group_key);
@@ -1200,7 +1215,7 @@ impl Shared {
     }
 
     /// Advance every group's lifecycle to the current simulated time.
-    pub fn tick(self: &Arc<Self>) {
+    pub(crate) fn tick(self: &Arc<Self>) {
         let cfg = self.cfg();
         let now = self.clock.now();
         let mut starts: Vec<(StartedContainer, String, usize, u64)> = Vec::new();
@@ -1282,7 +1297,7 @@ impl Shared {
     }
 
     /// `POST .../start`: a stopped group is provisioned again (202 + `Azure-AsyncOperation`).
-    pub fn start_group(&self, sub: &str, rg: &str, name: &str, api_version: &str) -> Answer {
+    pub(crate) fn start_group(&self, sub: &str, rg: &str, name: &str, api_version: &str) -> Answer {
         let cfg = self.cfg();
         let now = self.clock.now();
         let key = group_key(sub, rg, name);
@@ -1316,7 +1331,7 @@ impl Shared {
     }
 
     /// `POST .../restart`: every container restarts in place (`restartCount + 1`).
-    pub fn restart_group(self: &Arc<Self>, sub: &str, rg: &str, name: &str) -> Answer {
+    pub(crate) fn restart_group(self: &Arc<Self>, sub: &str, rg: &str, name: &str) -> Answer {
         let cfg = self.cfg();
         let now = self.clock.now();
         let key = group_key(sub, rg, name);
@@ -1407,7 +1422,7 @@ impl Shared {
     }
 
     /// The runtime reports that a container's process ended.
-    pub fn container_exited(&self, key: &str, idx: usize, generation: u64, code: i32) {
+    pub(crate) fn container_exited(&self, key: &str, idx: usize, generation: u64, code: i32) {
         let cfg = self.cfg();
         let now = self.clock.now();
         let mut st = self.st();
@@ -1424,7 +1439,7 @@ impl Shared {
         g.state = group_state(g);
     }
 
-    pub fn exit_container_by_name(&self, name: &str, code: i32) -> bool {
+    pub(crate) fn exit_container_by_name(&self, name: &str, code: i32) -> bool {
         let target = {
             let st = self.st();
             st.groups.iter().find(|(_, g)| g.name == name).and_then(|(k, g)| {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sim::SimHandle;
 use crate::sim::clock::SimClock;
 use crate::sim::runtime::{ContainerRuntime, ExitNotifier, StartedContainer};
 
@@ -259,35 +260,31 @@ impl GithubSim {
     /// runner ticker and the webhook sender.
     pub async fn start(cfg: GithubSimConfig, clock: SimClock) -> Result<GithubSimHandle, GithubSimError> {
         let keys = state::AppKeys::load_or_generate(cfg.private_key_pem.as_deref()).await?;
-        let (listener, addr) = crate::sim::bind(cfg.listen)
+        let bound = crate::sim::bind(cfg.listen)
             .await
             .map_err(|source| GithubSimError::Bind { addr: cfg.listen, source })?;
-        let url = format!("http://{addr}");
+        let url = format!("http://{}", bound.1);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Arc::new(state::Shared::new(cfg, clock, keys, url.clone(), tx));
+        let shared = Arc::new(state::Shared::new(cfg, clock, keys, url, tx));
         let app = http::router(shared.clone());
-        let mut tasks = crate::sim::serve_and_tick("GitHub simulator", listener, app, &shared, |s| s.tick());
-        tasks.spawn(webhook::sender(Arc::downgrade(&shared), rx));
-        tracing::info!(%url, "GitHub simulator listening");
-        Ok(GithubSimHandle { shared, server: crate::sim::Server::new(addr, tasks) })
+        let sender = webhook::sender(Arc::downgrade(&shared), rx);
+        Ok(SimHandle::serve(
+            "GitHub simulator",
+            bound,
+            app,
+            shared,
+            |s| s.tick(),
+            |tasks| {
+                tasks.spawn(sender);
+            },
+        ))
     }
 }
 
-/// A running simulator. Cheap to clone; stops when the last clone is dropped.
-#[derive(Clone)]
-pub struct GithubSimHandle {
-    shared: Arc<state::Shared>,
-    server: crate::sim::Server,
-}
+/// A running GitHub simulator; its [`url`](SimHandle::url) is the REST base URL.
+pub type GithubSimHandle = SimHandle<state::Shared>;
 
 impl GithubSimHandle {
-    /// REST base URL (`http://127.0.0.1:port`).
-    pub fn url(&self) -> String {
-        self.server.url()
-    }
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
     pub fn clock(&self) -> SimClock {
         self.shared.clock.clone()
     }

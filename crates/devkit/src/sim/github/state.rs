@@ -359,11 +359,14 @@ struct State {
     extra_groups: BTreeMap<ScopeKey, Vec<(i64, String)>>,
 }
 
-pub(crate) struct Shared {
-    pub clock: SimClock,
-    pub url: String,
-    pub urls: Urls,
-    pub keys: AppKeys,
+/// The simulator's state, shared by its HTTP handlers, its ticker and every handle. `pub` as
+/// the parameter of [`GithubSimHandle`](super::GithubSimHandle); its module is private, so nothing outside the crate
+/// names it, and its own items are crate-private.
+pub struct Shared {
+    pub(crate) clock: SimClock,
+    pub(crate) url: String,
+    pub(crate) urls: Urls,
+    pub(crate) keys: AppKeys,
     st: Mutex<State>,
     webhook_tx: tokio::sync::mpsc::UnboundedSender<Delivery>,
 }
@@ -385,7 +388,7 @@ fn random_token(rng: &mut StdRng, prefix: &str, len: usize) -> String {
 }
 
 impl Shared {
-    pub fn new(
+    pub(crate) fn new(
         cfg: GithubSimConfig,
         clock: SimClock,
         keys: AppKeys,
@@ -434,15 +437,15 @@ impl Shared {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn cfg(&self) -> GithubSimConfig {
+    pub(crate) fn cfg(&self) -> GithubSimConfig {
         self.st().cfg.clone()
     }
 
-    pub fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 
-    pub fn app_credentials(&self) -> AppCredentials {
+    pub(crate) fn app_credentials(&self) -> AppCredentials {
         let st = self.st();
         AppCredentials {
             api_url: self.url.clone(),
@@ -456,7 +459,7 @@ impl Shared {
         }
     }
 
-    pub fn webhook_target(&self) -> Option<WebhookTarget> {
+    pub(crate) fn webhook_target(&self) -> Option<WebhookTarget> {
         let st = self.st();
         st.cfg.webhook.clone().map(|mut w| {
             w.secret = st.webhook_secret.clone();
@@ -464,7 +467,7 @@ impl Shared {
         })
     }
 
-    pub fn set_webhook(&self, target: Option<WebhookTarget>) {
+    pub(crate) fn set_webhook(&self, target: Option<WebhookTarget>) {
         let mut st = self.st();
         if let Some(t) = &target {
             st.webhook_secret = t.secret.clone();
@@ -472,13 +475,13 @@ impl Shared {
         st.cfg.webhook = target;
     }
 
-    pub fn set_faults(&self, faults: GithubFaults) {
+    pub(crate) fn set_faults(&self, faults: GithubFaults) {
         let mut st = self.st();
         st.rng = StdRng::seed_from_u64(faults.seed);
         st.cfg.faults = faults;
     }
 
-    pub fn set_rate_limit(&self, per_hour: u64, secondary_per_minute: u64) {
+    pub(crate) fn set_rate_limit(&self, per_hour: u64, secondary_per_minute: u64) {
         let mut st = self.st();
         st.cfg.rate_limit = per_hour;
         st.cfg.secondary_limit_per_minute = secondary_per_minute;
@@ -486,7 +489,7 @@ impl Shared {
 
     // ------------------------------------------------------------------ recording
 
-    pub fn record(&self, op: &str, method: &str, path: &str, status: u16, principal: &str) {
+    pub(crate) fn record(&self, op: &str, method: &str, path: &str, status: u16, principal: &str) {
         let at = self.now();
         let mut st = self.st();
         *st.call_counts.entry(op.to_string()).or_default().entry(status).or_default() += 1;
@@ -505,31 +508,31 @@ impl Shared {
         }
     }
 
-    pub fn calls(&self) -> Vec<CallRecord> {
+    pub(crate) fn calls(&self) -> Vec<CallRecord> {
         self.st().calls.clone()
     }
-    pub fn call_counts(&self) -> BTreeMap<String, BTreeMap<u16, u64>> {
+    pub(crate) fn call_counts(&self) -> BTreeMap<String, BTreeMap<u16, u64>> {
         self.st().call_counts.clone()
     }
-    pub fn not_modified_counts(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn not_modified_counts(&self) -> BTreeMap<String, u64> {
         self.st().not_modified.clone()
     }
-    pub fn tokens_minted(&self) -> BTreeMap<i64, u64> {
+    pub(crate) fn tokens_minted(&self) -> BTreeMap<i64, u64> {
         self.st().minted.clone()
     }
-    pub fn env_records(&self) -> Vec<EnvRecord> {
+    pub(crate) fn env_records(&self) -> Vec<EnvRecord> {
         self.st().env_records.clone()
     }
-    pub fn deliveries(&self) -> Vec<DeliveryRecord> {
+    pub(crate) fn deliveries(&self) -> Vec<DeliveryRecord> {
         self.st().deliveries.clone()
     }
-    pub fn runners(&self) -> Vec<RunnerRecord> {
+    pub(crate) fn runners(&self) -> Vec<RunnerRecord> {
         self.st().runners.values().cloned().collect()
     }
-    pub fn jobs(&self) -> Vec<JobRecord> {
+    pub(crate) fn jobs(&self) -> Vec<JobRecord> {
         self.st().jobs.values().cloned().collect()
     }
-    pub fn rate_limits(&self) -> Vec<RateLimitRecord> {
+    pub(crate) fn rate_limits(&self) -> Vec<RateLimitRecord> {
         let now = self.now();
         let st = self.st();
         st.limits
@@ -549,7 +552,7 @@ impl Shared {
             .collect()
     }
 
-    pub fn record_delivery(&self, d: DeliveryRecord) {
+    pub(crate) fn record_delivery(&self, d: DeliveryRecord) {
         let mut st = self.st();
         if st.deliveries.len() < MAX_CALL_RECORDS {
             st.deliveries.push(d);
@@ -559,7 +562,7 @@ impl Shared {
     // ------------------------------------------------------------------ auth
 
     /// Resolve the `Authorization` header.
-    pub fn authenticate(&self, auth: Option<&str>) -> Result<Principal, Answer> {
+    pub(crate) fn authenticate(&self, auth: Option<&str>) -> Result<Principal, Answer> {
         let Some(auth) = auth else {
             return Err(Answer::error(401, "Requires authentication"));
         };
@@ -632,7 +635,7 @@ impl Shared {
     }
 
     /// Mint an installation access token (App JWT already verified).
-    pub fn mint_installation_token(&self, installation_id: i64) -> Answer {
+    pub(crate) fn mint_installation_token(&self, installation_id: i64) -> Answer {
         let now = self.now();
         let mut st = self.st();
         let Some(inst) = st.cfg.installations.iter().find(|i| i.id == installation_id).cloned() else {
@@ -654,7 +657,7 @@ impl Shared {
     }
 
     /// Check that `p` may act on `scope`.
-    pub fn authorize(&self, p: &Principal, scope: &ScopeKey, need: Need) -> Result<(), Answer> {
+    pub(crate) fn authorize(&self, p: &Principal, scope: &ScopeKey, need: Need) -> Result<(), Answer> {
         let st = self.st();
         let repo_known = |r: &str| st.cfg.repositories.iter().any(|x| x.eq_ignore_ascii_case(r));
         let org_known = |o: &str| {
@@ -722,7 +725,7 @@ impl Shared {
 
     // ------------------------------------------------------------------ faults & limits
 
-    pub fn draw_fault(&self, op: &str) -> Option<Answer> {
+    pub(crate) fn draw_fault(&self, op: &str) -> Option<Answer> {
         let mut st = self.st();
         let f: GhOpFaults = st.cfg.faults.ops.get(op).copied()?;
         let r: f64 = st.rng.r#gen();
@@ -751,7 +754,7 @@ impl Shared {
 
     /// Count the request against the principal's limits. `Err` = refused (403/429 answer).
     /// Returns the rate-limit headers to attach.
-    pub fn consume(&self, p: &Principal, write: bool) -> Result<Vec<(String, String)>, Answer> {
+    pub(crate) fn consume(&self, p: &Principal, write: bool) -> Result<Vec<(String, String)>, Answer> {
         let now = self.now();
         let mut st = self.st();
         let limit = st.cfg.rate_limit;
@@ -804,7 +807,7 @@ impl Shared {
     }
 
     /// A 304 answer: give the request back (GitHub does not count it) and report current headers.
-    pub fn refund(&self, p: &Principal) -> Vec<(String, String)> {
+    pub(crate) fn refund(&self, p: &Principal) -> Vec<(String, String)> {
         let mut st = self.st();
         let limit = st.cfg.rate_limit;
         let l = st.limits.entry(p.key()).or_default();
@@ -815,7 +818,7 @@ impl Shared {
         rate_headers(limit, limit.saturating_sub(l.used), l.used, reset)
     }
 
-    pub fn rate_limit_body(&self, p: &Principal) -> Value {
+    pub(crate) fn rate_limit_body(&self, p: &Principal) -> Value {
         let now = self.now();
         let st = self.st();
         let limit = st.cfg.rate_limit;
@@ -842,7 +845,7 @@ impl Shared {
         v
     }
 
-    pub fn runner_groups(&self, scope: &ScopeKey) -> Vec<Value> {
+    pub(crate) fn runner_groups(&self, scope: &ScopeKey) -> Vec<Value> {
         let st = self.st();
         let base = self.scope_url(scope);
         self.groups_of(&st, scope)
@@ -859,7 +862,7 @@ impl Shared {
             .collect()
     }
 
-    pub fn create_runner_group(&self, scope: &ScopeKey, name: &str) -> Answer {
+    pub(crate) fn create_runner_group(&self, scope: &ScopeKey, name: &str) -> Answer {
         let mut st = self.st();
         if self.groups_of(&st, scope).iter().any(|(_, n)| n.eq_ignore_ascii_case(name)) {
             return Answer::error(409, "A runner group with this name already exists");
@@ -871,7 +874,7 @@ impl Shared {
         Answer::ok(201, body)
     }
 
-    pub fn scope_url(&self, scope: &ScopeKey) -> String {
+    pub(crate) fn scope_url(&self, scope: &ScopeKey) -> String {
         match scope {
             ScopeKey::Enterprise(e) => format!("{}/enterprises/{e}", self.url),
             ScopeKey::Org(o) => format!("{}/orgs/{o}", self.url),
@@ -880,7 +883,7 @@ impl Shared {
     }
 
     /// Runners of a scope, sorted by id, optionally filtered by exact name.
-    pub fn list_runners(&self, scope: &ScopeKey, name: Option<&str>) -> Vec<Value> {
+    pub(crate) fn list_runners(&self, scope: &ScopeKey, name: Option<&str>) -> Vec<Value> {
         let st = self.st();
         st.runners
             .values()
@@ -889,7 +892,7 @@ impl Shared {
             .collect()
     }
 
-    pub fn get_runner(&self, scope: &ScopeKey, id: i64) -> Answer {
+    pub(crate) fn get_runner(&self, scope: &ScopeKey, id: i64) -> Answer {
         let st = self.st();
         match st.runners.get(&id).filter(|r| &r.scope == scope) {
             Some(r) => Answer::ok(200, payloads::runner(r)),
@@ -897,7 +900,7 @@ impl Shared {
         }
     }
 
-    pub fn delete_runner(&self, scope: &ScopeKey, id: i64) -> Answer {
+    pub(crate) fn delete_runner(&self, scope: &ScopeKey, id: i64) -> Answer {
         let now = self.now();
         let mut st = self.st();
         let Some(r) = st.runners.get(&id).filter(|r| &r.scope == scope) else {
@@ -944,7 +947,7 @@ impl Shared {
         Ok(())
     }
 
-    pub fn generate_jitconfig(&self, scope: &ScopeKey, body: &Value) -> Answer {
+    pub(crate) fn generate_jitconfig(&self, scope: &ScopeKey, body: &Value) -> Answer {
         let bad = |m: &str| Answer::ok(422, json!({"message": m, "documentation_url": DOCS}));
         let Some(name) = body.get("name").and_then(Value::as_str) else {
             return bad("Invalid request: name is required");
@@ -1020,7 +1023,7 @@ impl Shared {
         Answer::ok(201, json!({"runner": runner_json, "encoded_jit_config": encoded}))
     }
 
-    pub fn runner_token(&self, scope: &ScopeKey, remove: bool) -> Answer {
+    pub(crate) fn runner_token(&self, scope: &ScopeKey, remove: bool) -> Answer {
         let now = self.now();
         let mut st = self.st();
         let token = random_token(&mut st.rng, "A", 28).to_ascii_uppercase();
@@ -1049,7 +1052,7 @@ impl Shared {
         st.cfg.installations.iter().find(|i| i.account.eq_ignore_ascii_case(owner)).map(|i| i.id)
     }
 
-    pub fn list_runs(&self, repo: &str, status: Option<&str>) -> Vec<Value> {
+    pub(crate) fn list_runs(&self, repo: &str, status: Option<&str>) -> Vec<Value> {
         let st = self.st();
         let owner = repo.split_once('/').map(|(o, _)| o).unwrap_or("");
         let kind = Self::owner_kind(&st, owner);
@@ -1066,7 +1069,7 @@ impl Shared {
             .collect()
     }
 
-    pub fn list_run_jobs(&self, repo: &str, run_id: i64) -> Option<Vec<Value>> {
+    pub(crate) fn list_run_jobs(&self, repo: &str, run_id: i64) -> Option<Vec<Value>> {
         let st = self.st();
         let jobs: Vec<Value> = st
             .jobs
@@ -1077,7 +1080,7 @@ impl Shared {
         if jobs.is_empty() { None } else { Some(jobs) }
     }
 
-    pub fn enqueue(&self, req: EnqueueJobs) -> Result<Vec<JobRecord>, String> {
+    pub(crate) fn enqueue(&self, req: EnqueueJobs) -> Result<Vec<JobRecord>, String> {
         if req.repo.split_once('/').is_none_or(|(o, r)| o.is_empty() || r.is_empty()) {
             return Err(format!("repo must be owner/name, got {:?}", req.repo));
         }
@@ -1163,7 +1166,7 @@ impl Shared {
 
     // ------------------------------------------------------------------ runner processes
 
-    pub fn container_started(&self, c: StartedContainer, exit: ExitNotifier) {
+    pub(crate) fn container_started(&self, c: StartedContainer, exit: ExitNotifier) {
         let now = self.now();
         let mut st = self.st();
         st.env_records.push(EnvRecord {
@@ -1185,7 +1188,7 @@ impl Shared {
         }
     }
 
-    pub fn container_killed(&self, group_id: &str) {
+    pub(crate) fn container_killed(&self, group_id: &str) {
         let now = self.now();
         let mut st = self.st();
         let Some(p) = st.procs.remove(group_id) else { return };
@@ -1325,7 +1328,7 @@ impl Shared {
     }
 
     /// Advance processes, jobs and garbage collection to the current simulated time.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         let now = self.now();
         let mut exits: Vec<(ExitNotifier, i32)> = Vec::new();
         let mut guard = self.st();
