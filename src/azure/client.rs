@@ -460,6 +460,27 @@ impl AzureClient {
         Ok(out)
     }
 
+    /// The last `tail` lines of container `container`'s log in group `name` (ACI
+    /// `Containers_ListLogs`, without timestamps). The answer is capped like every ARM answer
+    /// (`http::MAX_BODY_BYTES`); ACI itself returns at most 4 MB. A missing group or container
+    /// is `NotFound`.
+    pub async fn container_logs(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        container: &str,
+        tail: u32,
+    ) -> Result<String, AzureError> {
+        let span = tracing::info_span!("azure.container_logs", subscription = %sub, resource_group = %rg, group = %name, correlation_id = tracing::field::Empty);
+        let tail = i32::try_from(tail).unwrap_or(i32::MAX);
+        let req =
+            self.aci.containers_client().list_logs(sub, rg, name, container).tail(tail).timestamps(false);
+        let fut = async move { req.send().await?.into_body().await };
+        let logs = self.exchange("logs", RequestKind::Read, sub, "", fut).instrument(span).await?;
+        Ok(logs.content.unwrap_or_default())
+    }
+
     /// DELETE the group. 200/202/204 and 404 all mean "going or gone".
     pub async fn delete_group(&self, sub: &str, rg: &str, name: &str) -> Result<(), AzureError> {
         let span = tracing::info_span!("azure.delete_group", subscription = %sub, resource_group = %rg, group = %name, correlation_id = tracing::field::Empty);

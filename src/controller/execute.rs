@@ -5,11 +5,26 @@ use std::collections::BTreeSet;
 use tracing::warn;
 
 use super::Context;
+use super::failure_logs::{TAIL_LINES, publishable_tail};
 use super::ports::{CreateGroup, JitRunner, PoolContext, RunnerSecret};
-use aci_runner_core::plan::{Action, ActionFailure, EdgeError, EdgeErrorKind, RunnerRegistration};
+use aci_runner_core::crd::RunnerFailure;
+use aci_runner_core::plan::{
+    Action, ActionFailure, EdgeError, EdgeErrorKind, RemovalReason, RunnerRegistration,
+};
 
-/// Execute the planner's actions in order. Returns the failures (reported to the next pass).
-pub async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> Vec<ActionFailure> {
+/// What executing a pass's actions left to report.
+#[derive(Debug, Default)]
+pub struct Executed {
+    /// The failed actions (reported to the next pass).
+    pub failures: Vec<ActionFailure>,
+    /// Runners removed as failed, crashed or timed out, each with its log tail as read just
+    /// before its group's delete was sent.
+    pub failed_runners: Vec<RunnerFailure>,
+}
+
+/// Execute the planner's actions in order.
+pub async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> Executed {
+    let mut failed_runners = Vec::new();
     let mut failures = Vec::new();
     let mut unregistered: BTreeSet<u64> = BTreeSet::new();
     // Set by the first create that hit quota, capacity or throttling: the rest of this pass's
@@ -40,7 +55,7 @@ pub async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> V
                 }
                 Err(e) => Err((e, None)),
             },
-            Action::DeleteGroup { name, only_if_unregistered, only_if_unlisted, .. } => {
+            Action::DeleteGroup { name, only_if_unregistered, only_if_unlisted, reason } => {
                 if let Some(id) = only_if_unregistered
                     && !unregistered.contains(id)
                 {
@@ -50,6 +65,9 @@ pub async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> V
                 }
                 match unlisted_now(ctx, pool, name, *only_if_unlisted).await {
                     Ok(true) => {
+                        if is_failure(*reason) {
+                            failed_runners.push(failed_runner(ctx, pool, name, *reason).await);
+                        }
                         ctx.groups.delete_group(pool, name).await.map(|_| None).map_err(|e| (e, None))
                     }
                     // Registered since the pass's list was read: the next pass sees the
@@ -84,7 +102,36 @@ pub async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> V
             }
         }
     }
-    failures
+    Executed { failures, failed_runners }
+}
+
+/// Removals whose container log is worth keeping: the group failed, its container crashed, or
+/// its runner never came online. A finished (exit 0) runner's log is not read.
+fn is_failure(reason: RemovalReason) -> bool {
+    matches!(reason, RemovalReason::Failed | RemovalReason::Crashed | RemovalReason::RegistrationTimeout)
+}
+
+/// The failed runner `name` with the publishable tail of its container log. A log that cannot
+/// be read (no container ever ran, the edge failed) leaves the tail out; the delete goes on.
+async fn failed_runner(
+    ctx: &Context,
+    pool: &PoolContext,
+    name: &str,
+    reason: RemovalReason,
+) -> RunnerFailure {
+    let log_tail = match ctx.groups.container_logs(pool, name, TAIL_LINES).await {
+        Ok(log) => publishable_tail(&log),
+        Err(e) => {
+            tracing::debug!(pool = %pool.meta.name, group = name, error = %e.message, "reading the failed runner's log failed; deleting it anyway");
+            None
+        }
+    };
+    RunnerFailure {
+        runner: name.to_string(),
+        reason: reason.as_str().to_string(),
+        time: (ctx.clock)().to_rfc3339(),
+        log_tail,
+    }
 }
 
 /// For a delete guarded by `only_if_unlisted`: does a runner list read now show no

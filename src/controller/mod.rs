@@ -9,6 +9,7 @@
 pub mod adapters;
 pub mod demand;
 pub mod execute;
+pub mod failure_logs;
 pub mod finalizer;
 pub mod gc;
 pub mod metrics;

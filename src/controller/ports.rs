@@ -94,6 +94,9 @@ pub trait ContainerGroups: Send + Sync {
     async fn create_group(&self, pool: &PoolContext, req: CreateGroup) -> Result<(), EdgeError>;
     /// Delete the group; "already gone" is success.
     async fn delete_group(&self, pool: &PoolContext, name: &str) -> Result<(), EdgeError>;
+    /// The last `tail` lines of the log of the runner container of the pool's group `name`, as
+    /// ACI returns them (unredacted: the caller redacts before the text goes anywhere).
+    async fn container_logs(&self, pool: &PoolContext, name: &str, tail: u32) -> Result<String, EdgeError>;
     /// Every container group carrying the controller's managed-by tag in the pool's subscription,
     /// in any resource group, each with the resource group it is in (read with the pool's Azure
     /// identity; needs read rights at subscription scope). Used by the orphan sweep only.

@@ -129,10 +129,12 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
     let observed = observe(&ctx, &pool, pool_ctx.as_ref(), deleting, validation.is_ok(), now).await;
     let memory = take_memory(&ctx, &meta);
     let mut decided = plan_pass(&ctx, &pool, &meta, &validation, &credentials, &observed, &memory, now);
-    let failures = match &pool_ctx {
+    let executed = match &pool_ctx {
         Some(pc) if !decided.actions.is_empty() => execute(&ctx, pc, &decided.actions).await,
-        _ => Vec::new(),
+        _ => Default::default(),
     };
+    record_failed_runners(&mut decided, executed.failed_runners);
+    let failures = executed.failures;
     let gc_pending = decided.state.gc_marks.len();
     lock(&ctx.memory).insert(
         meta.uid.clone(),
@@ -323,6 +325,35 @@ fn plan_pass(
     plan::plan(&input, &mut || plan::names::random_suffix(&mut rng))
 }
 
+/// Largest Event note Kubernetes accepts (bytes).
+const EVENT_NOTE_BYTES: usize = 1024;
+
+/// Failed runners removed this pass: a `RunnerFailedLogs` Warning each, with as much of the end
+/// of its (already redacted) log tail as fits an Event note, and the last one as
+/// `status.lastFailure`.
+fn record_failed_runners(decided: &mut Plan, failed: Vec<aci_runner_core::crd::RunnerFailure>) {
+    for f in &failed {
+        let head = format!("runner {} removed ({}); last lines of its log:\n", f.runner, f.reason);
+        let message = match &f.log_tail {
+            Some(tail) => {
+                let room = EVENT_NOTE_BYTES.saturating_sub(head.len());
+                format!("{head}{}", super::failure_logs::keep_end(tail, room))
+            }
+            None => {
+                format!("runner {} removed ({}); its container log could not be read", f.runner, f.reason)
+            }
+        };
+        decided.events.push(plan::PlannedEvent {
+            type_: EventType::Warning,
+            reason: plan::conditions::EventReason::RunnerFailedLogs,
+            message,
+        });
+    }
+    if let Some(last) = failed.into_iter().last() {
+        decided.status.last_failure = Some(last);
+    }
+}
+
 /// Step 5: status by server-side apply (when it changed, or when only the usage changed and the
 /// last usage write is older than [`USAGE_WRITE_INTERVAL`]), Events and metrics. Returns the
 /// object as of the status write, when there was one.
@@ -384,7 +415,7 @@ async fn publish_events(ctx: &Context, pool: &RunnerPool, events: &[plan::Planne
                 EventType::Warning => KubeEventType::Warning,
             },
             reason: e.reason.to_string(),
-            note: Some(e.message.chars().take(1024).collect()),
+            note: Some(note(&e.message)),
             action: e.reason.to_string(),
             secondary: None,
         };
@@ -392,4 +423,13 @@ async fn publish_events(ctx: &Context, pool: &RunnerPool, events: &[plan::Planne
             warn!(pool = %pool.name_any(), error = %err, "publishing event failed");
         }
     }
+}
+
+/// The first [`EVENT_NOTE_BYTES`] bytes of `message`, cut at a character boundary.
+fn note(message: &str) -> String {
+    let mut end = message.len().min(EVENT_NOTE_BYTES);
+    while !message.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    message[..end].to_string()
 }

@@ -452,6 +452,26 @@ pub struct RunnerPoolStatus {
     /// Resources consumed by the pool's container groups (accumulated from group lifetimes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<RunnerPoolUsage>,
+    /// The last runner whose container group failed, crashed or timed out before it was
+    /// deleted, with the end of its container log (secrets redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<RunnerFailure>,
+}
+
+/// A failed runner as the controller saw it just before deleting its container group.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerFailure {
+    /// The runner's name (its container group's name).
+    pub runner: String,
+    /// Why it was removed: `Failed`, `Crashed` or `RegistrationTimeout`.
+    pub reason: String,
+    /// When the controller read its log (RFC 3339).
+    pub time: String,
+    /// The end of the runner container's log (at most 4 KiB, the last 50 lines), secrets
+    /// redacted; absent when the log could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
 }
 
 /// Accumulated consumption of a pool's container groups.

@@ -318,6 +318,20 @@ impl ContainerGroups for AzureAdapter {
             .await
     }
 
+    async fn container_logs(&self, pool: &PoolContext, name: &str, tail: u32) -> Result<String, EdgeError> {
+        let (_, client) = self.client(pool)?;
+        client
+            .container_logs(
+                &pool.spec.azure.subscription_id,
+                &pool.spec.azure.resource_group,
+                name,
+                azure::template::CONTAINER_NAME,
+                tail,
+            )
+            .await
+            .map_err(|e| edge_error(&e))
+    }
+
     async fn list_subscription_groups(&self, pool: &PoolContext) -> Result<Vec<SweptGroup>, EdgeError> {
         let (_, client) = self.client(pool)?;
         let res = (pool.spec.runner.cpu, pool.spec.runner.memory_gb);

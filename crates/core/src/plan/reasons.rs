@@ -131,6 +131,9 @@ reasons! {
         RunnerRecycled,
         GarbageCollected,
         ProvisioningFailed,
+        /// A failed, crashed or timed-out runner's container log tail (published by the
+        /// controller before it deletes the group, not by the planner).
+        RunnerFailedLogs,
         QuotaExceeded,
         CapacityUnavailable,
         SpotFallback,

@@ -27,16 +27,32 @@ pub struct StartedContainer {
     pub tags: std::collections::BTreeMap<String, String>,
 }
 
-/// Called by the runtime exactly once when the container's main process exits.
+/// Called by the runtime exactly once when the container's main process exits; also takes
+/// the lines the process writes to its output (the container's log, served by the ARM
+/// simulator's logs API).
 #[derive(Clone)]
-pub struct ExitNotifier(Arc<dyn Fn(i32) + Send + Sync>);
+pub struct ExitNotifier {
+    exit: Arc<dyn Fn(i32) + Send + Sync>,
+    log: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+}
 
 impl ExitNotifier {
     pub fn new(f: impl Fn(i32) + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
+        Self { exit: Arc::new(f), log: None }
+    }
+    /// Lines written through [`ExitNotifier::log`] go to `f`.
+    pub fn with_log(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.log = Some(Arc::new(f));
+        self
     }
     pub fn exited(&self, exit_code: i32) {
-        (self.0)(exit_code)
+        (self.exit)(exit_code)
+    }
+    /// The process wrote `line` to its output (dropped when nothing collects the log).
+    pub fn log(&self, line: &str) {
+        if let Some(f) = &self.log {
+            f(line)
+        }
     }
 }
 

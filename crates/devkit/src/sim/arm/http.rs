@@ -131,11 +131,35 @@ async fn managed_identity(State(s): S, headers: HeaderMap, Query(q): Query<MiQue
 
 #[derive(Debug)]
 enum Route {
-    Item { sub: String, rg: String, name: String },
-    Action { sub: String, rg: String, name: String, action: String },
-    List { sub: String, rg: String },
-    ListAll { sub: String },
-    Operation { sub: String, op: String },
+    Item {
+        sub: String,
+        rg: String,
+        name: String,
+    },
+    Action {
+        sub: String,
+        rg: String,
+        name: String,
+        action: String,
+    },
+    /// `.../containerGroups/{name}/containers/{container}/logs`.
+    Logs {
+        sub: String,
+        rg: String,
+        name: String,
+        container: String,
+    },
+    List {
+        sub: String,
+        rg: String,
+    },
+    ListAll {
+        sub: String,
+    },
+    Operation {
+        sub: String,
+        op: String,
+    },
 }
 
 fn eq(a: &str, b: &str) -> bool {
@@ -168,6 +192,9 @@ fn parse_route(path: &str) -> Option<Route> {
             [name, action] => {
                 Some(Route::Action { sub, rg, name: name.to_string(), action: action.to_string() })
             }
+            [name, c, container, l] if eq(c, "containers") && eq(l, "logs") => {
+                Some(Route::Logs { sub, rg, name: name.to_string(), container: container.to_string() })
+            }
             _ => None,
         };
     }
@@ -191,6 +218,7 @@ fn op_name(route: Option<&Route>, method: &Method) -> &'static str {
         (Some(Route::Action { action, .. }), _) if eq(action, "restart") => "restart",
         (Some(Route::Action { action, .. }), _) if eq(action, "stop") => "stop",
         (Some(Route::Action { .. }), _) => "action",
+        (Some(Route::Logs { .. }), _) => "logs",
         (Some(Route::List { .. }), _) => "list",
         (Some(Route::ListAll { .. }), _) => "listAll",
         (Some(Route::Operation { .. }), _) => "operation",
@@ -211,13 +239,16 @@ fn action_for(route: &Route, method: &Method) -> &'static str {
             "Microsoft.ContainerInstance/containerGroups/restart/action"
         }
         (Route::Action { .. }, _) => "Microsoft.ContainerInstance/containerGroups/stop/action",
+        (Route::Logs { .. }, _) => "Microsoft.ContainerInstance/containerGroups/containers/logs/read",
         _ => "Microsoft.ContainerInstance/containerGroups/read",
     }
 }
 
 fn scope_of(route: &Route) -> String {
     match route {
-        Route::Item { sub, rg, name } | Route::Action { sub, rg, name, .. } => {
+        Route::Item { sub, rg, name }
+        | Route::Action { sub, rg, name, .. }
+        | Route::Logs { sub, rg, name, .. } => {
             format!(
                 "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerInstance/containerGroups/{name}"
             )
@@ -231,6 +262,7 @@ fn sub_of(route: &Route) -> &str {
     match route {
         Route::Item { sub, .. }
         | Route::Action { sub, .. }
+        | Route::Logs { sub, .. }
         | Route::List { sub, .. }
         | Route::ListAll { sub }
         | Route::Operation { sub, .. } => sub,
@@ -371,6 +403,25 @@ fn handle(
         }
         (Route::Action { sub, rg, name, action }, &Method::POST) if eq(action, "stop") => {
             s.stop(sub, rg, name)
+        }
+        (Route::Logs { sub, rg, name, container }, &Method::GET) => {
+            let tail = query.iter().find(|(k, _)| k == "tail").map(|(_, v)| v.parse::<i64>());
+            let timestamps = query.iter().find(|(k, _)| k == "timestamps").map(|(_, v)| v.parse::<bool>());
+            match (tail.transpose(), timestamps.transpose()) {
+                (Ok(tail), Ok(timestamps)) => s.logs(
+                    sub,
+                    rg,
+                    name,
+                    container,
+                    tail.map(|t| usize::try_from(t.max(0)).unwrap_or(0)),
+                    timestamps.unwrap_or(false),
+                ),
+                _ => Answer::error(
+                    400,
+                    "InvalidParameter",
+                    "The 'tail' parameter must be an integer and 'timestamps' a boolean.",
+                ),
+            }
         }
         (Route::List { sub, rg }, &Method::GET) => {
             s.list(sub, Some(rg), path, &api_version, skip_token(query))

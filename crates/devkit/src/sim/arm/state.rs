@@ -152,7 +152,12 @@ struct Ctr {
     restart_due: Option<DateTime<Utc>>,
     crash_due: Option<DateTime<Utc>>,
     generation: u64,
+    /// What the container's processes wrote, over its restarts (the last [`LOG_LINES`]).
+    log: VecDeque<(DateTime<Utc>, String)>,
 }
+
+/// Lines of each container's log the simulator keeps.
+const LOG_LINES: usize = 10_000;
 
 #[derive(Clone, Debug)]
 struct Group {
@@ -232,6 +237,13 @@ fn ms(v: u64) -> chrono::Duration {
 
 pub(crate) fn group_key(sub: &str, rg: &str, name: &str) -> String {
     format!("{}/{}/{}", sub.to_ascii_lowercase(), rg.to_ascii_lowercase(), name.to_ascii_lowercase())
+}
+
+fn push_log(c: &mut Ctr, now: DateTime<Utc>, line: &str) {
+    if c.log.len() >= LOG_LINES {
+        c.log.pop_front();
+    }
+    c.log.push_back((now, line.to_string()));
 }
 
 fn push_event(events: &mut Vec<Event>, name: &str, message: String, now: DateTime<Utc>) {
@@ -733,6 +745,47 @@ impl Shared {
         .header(header, "0"))
     }
 
+    /// A line written by container `idx` of the group `key` (its process, through the runtime).
+    pub(crate) fn container_log(&self, key: &str, idx: usize, line: &str) {
+        let now = self.clock.now();
+        let mut st = self.st();
+        if let Some(c) = st.groups.get_mut(key).and_then(|g| g.containers.get_mut(idx)) {
+            push_log(c, now, line);
+        }
+    }
+
+    /// `GET .../containers/{container}/logs` (`Containers_ListLogs`): the last `tail` lines (all
+    /// kept ones without it), each prefixed by its RFC 3339 time with `timestamps`.
+    pub(crate) fn logs(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        container: &str,
+        tail: Option<usize>,
+        timestamps: bool,
+    ) -> Answer {
+        let st = self.st();
+        let Some(g) = st.groups.get(&group_key(sub, rg, name)) else {
+            return not_found(rg, name);
+        };
+        let Some(c) = g.containers.iter().find(|c| c.name == container) else {
+            return Answer::error(
+                404,
+                "ContainerNotFound",
+                format!("The container '{container}' could not be found in container group '{name}'."),
+            );
+        };
+        let skip = tail.map_or(0, |t| c.log.len().saturating_sub(t));
+        let content: String = c
+            .log
+            .iter()
+            .skip(skip)
+            .map(|(t, l)| if timestamps { format!("{} {l}\n", ts(*t)) } else { format!("{l}\n") })
+            .collect();
+        Answer::ok(200, json!({ "content": content }))
+    }
+
     pub(crate) fn get(&self, sub: &str, rg: &str, name: &str) -> Answer {
         let st = self.st();
         match st.groups.get(&group_key(sub, rg, name)) {
@@ -958,6 +1011,7 @@ impl Shared {
                 restart_due: None,
                 crash_due: None,
                 generation,
+                log: VecDeque::new(),
             })
             .collect();
         for c in &containers {
@@ -1287,9 +1341,15 @@ impl Shared {
     fn run_starts(self: &Arc<Self>, starts: Vec<(StartedContainer, String, usize, u64)>) {
         for (sc, key, idx, generation) in starts {
             let weak = Arc::downgrade(self);
+            let (weak_log, log_key) = (weak.clone(), key.clone());
             let notifier = ExitNotifier::new(move |code| {
                 if let Some(s) = weak.upgrade() {
                     s.container_exited(&key, idx, generation, code);
+                }
+            })
+            .with_log(move |line| {
+                if let Some(s) = weak_log.upgrade() {
+                    s.container_log(&log_key, idx, line);
                 }
             });
             self.runtime.start(sc, notifier);
@@ -1384,6 +1444,11 @@ impl Shared {
         let p = cfg.faults.crash_before_registration;
         if p > 0.0 && rng.r#gen::<f64>() < p {
             c.crash_due = Some(now + chrono::Duration::seconds(1));
+            push_log(
+                c,
+                now,
+                "Segmentation fault (core dumped): the container exits with code 1 (simulated crash)",
+            );
             return;
         }
         starts.push((

@@ -339,6 +339,10 @@ impl GithubSimHandle {
     pub fn runners(&self) -> Vec<RunnerRecord> {
         self.shared.runners()
     }
+    /// The JIT configs and registration tokens handed out (the last 1000), for leak checks.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        self.shared.issued_secrets()
+    }
     pub fn jobs(&self) -> Vec<JobRecord> {
         self.shared.jobs()
     }

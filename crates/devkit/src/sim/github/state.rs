@@ -1,5 +1,5 @@
 //! The simulated GitHub's state: App auth, tokens, rate limits, runners, jobs, runner processes.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Duration, Utc};
@@ -326,6 +326,18 @@ struct Proc {
     phase: Phase,
 }
 
+/// How many handed-out secrets [`Shared::issued_secrets`] remembers.
+const ISSUED_SECRETS: usize = 1000;
+
+impl State {
+    fn issue_secret(&mut self, secret: &str) {
+        if self.issued_secrets.len() >= ISSUED_SECRETS {
+            self.issued_secrets.pop_front();
+        }
+        self.issued_secrets.push_back(secret.to_string());
+    }
+}
+
 /// A pending webhook send.
 pub(crate) struct Delivery {
     pub id: String,
@@ -335,6 +347,9 @@ pub(crate) struct Delivery {
 }
 
 struct State {
+    /// The last [`ISSUED_SECRETS`] JIT configs and registration tokens handed out, for tests
+    /// that check none of them leaks.
+    issued_secrets: VecDeque<String>,
     cfg: GithubSimConfig,
     rng: StdRng,
     webhook_secret: String,
@@ -412,6 +427,7 @@ impl Shared {
                 webhook_secret,
                 tokens: HashMap::new(),
                 reg_tokens: HashMap::new(),
+                issued_secrets: VecDeque::new(),
                 runners: BTreeMap::new(),
                 next_runner_id: 1,
                 jobs: BTreeMap::new(),
@@ -1020,6 +1036,7 @@ impl Shared {
             client_id: uuid::Uuid::new_v4().to_string(),
             secret,
         });
+        st.issue_secret(&encoded);
         Answer::ok(201, json!({"runner": runner_json, "encoded_jit_config": encoded}))
     }
 
@@ -1029,6 +1046,7 @@ impl Shared {
         let token = random_token(&mut st.rng, "A", 28).to_ascii_uppercase();
         let expires_at = now + Duration::seconds(st.cfg.registration_token_lifetime_secs as i64);
         st.reg_tokens.insert(token.clone(), RegToken { scope: scope.clone(), remove, expires_at });
+        st.issue_secret(&token);
         Answer::ok(201, json!({"token": token, "expires_at": payloads::ts(expires_at)}))
     }
 
@@ -1166,7 +1184,38 @@ impl Shared {
 
     // ------------------------------------------------------------------ runner processes
 
+    /// The first lines a runner container writes: its start script runs under `set -x`, so the
+    /// command line with the JIT config or registration token is in the log (as in many real
+    /// start scripts), which is what the controller's redaction must remove.
+    fn start_lines(c: &StartedContainer) -> Vec<String> {
+        let mut lines = vec![
+            format!("Starting runner container {} (image {})", c.group_name, c.image),
+            "+ cd /home/runner/actions-runner".to_string(),
+        ];
+        if let Some(jit) = Self::env(c, "ACTIONS_RUNNER_INPUT_JITCONFIG") {
+            lines.push(format!("+ ./run.sh --jitconfig {jit}"));
+        } else {
+            let url = Self::env(c, "RUNNER_URL").unwrap_or("");
+            let token = Self::env(c, "RUNNER_TOKEN").unwrap_or("");
+            let name = Self::env(c, "RUNNER_NAME").unwrap_or(&c.group_name);
+            lines.push(format!(
+                "+ ./config.sh --unattended --url {url} --token {token} --name {name} --replace"
+            ));
+        }
+        lines.push("√ Connected to GitHub".to_string());
+        lines.push("Waiting for the runner's session to be accepted...".to_string());
+        lines
+    }
+
+    /// The JIT configs and registration tokens handed out (the last [`ISSUED_SECRETS`]).
+    pub(crate) fn issued_secrets(&self) -> Vec<String> {
+        self.st().issued_secrets.iter().cloned().collect()
+    }
+
     pub(crate) fn container_started(&self, c: StartedContainer, exit: ExitNotifier) {
+        for line in Self::start_lines(&c) {
+            exit.log(&line);
+        }
         let now = self.now();
         let mut st = self.st();
         st.env_records.push(EnvRecord {
@@ -1331,6 +1380,8 @@ impl Shared {
     pub(crate) fn tick(&self) {
         let now = self.now();
         let mut exits: Vec<(ExitNotifier, i32)> = Vec::new();
+        // Lines the processes write, emitted with the exits once the state is unlocked.
+        let mut logs: Vec<(ExitNotifier, String)> = Vec::new();
         let mut guard = self.st();
         let st = &mut *guard;
 
@@ -1354,12 +1405,15 @@ impl Shared {
                 Ok(runner_id) => {
                     if let Some(p) = st.procs.get_mut(&gid) {
                         p.phase = Phase::Running { runner_id };
+                        logs.push((p.exit.clone(), format!("{}: Listening for Jobs", now.to_rfc3339())));
                     }
                     tracing::debug!(group = %c.group_name, runner_id, "simulated runner online");
                 }
                 Err(why) => {
                     tracing::debug!(group = %c.group_name, %why, "simulated runner exits 1");
                     if let Some(p) = st.procs.remove(&gid) {
+                        logs.push((p.exit.clone(), format!("An error occurred: {why}")));
+                        logs.push((p.exit.clone(), "Runner listener exited with error code 1".into()));
                         exits.push((p.exit, 1));
                     }
                 }
@@ -1466,6 +1520,9 @@ impl Shared {
         st.tokens.retain(|_, t| t.expires_at + Duration::hours(1) > now);
         st.reg_tokens.retain(|_, t| t.expires_at > now);
         drop(guard);
+        for (e, line) in logs {
+            e.log(&line);
+        }
         for (e, code) in exits {
             e.exited(code);
         }
