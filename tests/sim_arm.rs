@@ -807,6 +807,57 @@ async fn list_pages_with_next_link() {
     assert_eq!(names, vec!["p0", "p1", "p2", "p3", "p4"]);
 }
 
+/// `Containers_ListLogs`: what the container's process wrote, as the description's `Logs`
+/// (`{"content": ...}`), the last `tail` lines, with `timestamps` each line prefixed by its
+/// RFC 3339 time; an unknown container or group is a CloudError 404, a bad `tail` a 400.
+#[tokio::test]
+async fn container_logs_conform_to_the_spec() {
+    let (h, rt) = start(cfg()).await;
+    let arm = Arm::new(&h).await;
+    let r = arm.put("runner-logs1", &runner_group("ghcr.io/actions/actions-runner:2.329.0", "Never")).await;
+    assert_eq!(r.status, 201);
+    wait_for(&h, "runner-logs1", |g| g.state == "Running").await;
+    let notifier = rt.started.lock().unwrap().first().map(|(_, n)| n.clone()).unwrap();
+    for i in 0..5 {
+        notifier.log(&format!("line {i}"));
+    }
+    let logs_url = |container: &str, query: &str| {
+        arm.group_url(SUB, RG, "runner-logs1", "2023-05-01")
+            .replace("?api-version", &format!("/containers/{container}/logs?api-version"))
+            + query
+    };
+    let call = |url: String| {
+        let arm = &arm;
+        async move {
+            let r = arm.call(reqwest::Method::GET, &url, None).await;
+            assert!(r.headers.contains_key("x-ms-request-id"));
+            if r.status >= 400 {
+                assert_valid("CloudError", &r.body);
+            } else {
+                assert_valid("Logs", &r.body);
+            }
+            r
+        }
+    };
+    let all = call(logs_url("runner", "")).await;
+    assert_eq!(all.status, 200, "{:?}", all.body);
+    assert_eq!(all.body["content"], "line 0\nline 1\nline 2\nline 3\nline 4\n");
+    let tail = call(logs_url("runner", "&tail=2")).await;
+    assert_eq!(tail.body["content"], "line 3\nline 4\n");
+    let stamped = call(logs_url("runner", "&tail=1&timestamps=true")).await;
+    let line = stamped.body["content"].as_str().unwrap();
+    let (time, rest) = line.split_once(' ').unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{line}");
+    assert_eq!(rest, "line 4\n");
+    assert_eq!(call(logs_url("other", "")).await.status, 404);
+    assert_eq!(call(logs_url("runner", "&tail=many")).await.status, 400);
+    let gone = arm.call(reqwest::Method::GET, &logs_url("runner", "").replace("runner-logs1", "nope"), None).await;
+    assert_eq!(gone.status, 404);
+    assert_eq!(gone.body["error"]["code"], "ResourceNotFound");
+    // Read with the logs action, counted as its own operation.
+    assert!(h.calls().iter().any(|c| c.op == "logs" && c.status == 200));
+}
+
 #[tokio::test]
 async fn spec_examples_replay_and_answers_validate() {
     let (h, _rt) = start(cfg_with(|c| c.locations.push("westus".into()))).await;
