@@ -33,8 +33,11 @@ pub struct StartedContainer {
 #[derive(Clone)]
 pub struct ExitNotifier {
     exit: Arc<dyn Fn(i32) + Send + Sync>,
-    log: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    log: Option<LogSink>,
 }
+
+/// Where a container's output lines go.
+type LogSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl ExitNotifier {
     pub fn new(f: impl Fn(i32) + Send + Sync + 'static) -> Self {
