@@ -488,7 +488,15 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
     assert_eq!(condition(&p, "Stalled").map(|c| c.0).as_deref(), Some("False"));
     w.expect_event("crash", "RunnerRecycled", &victim.name).await;
     w.expect_event("crash", "RunnerRecycled", &removed.name).await;
-    w.expect_no_warnings("crash").await;
+    // The only Warning is the crashed container's log tail, read before its delete.
+    let warnings = w.warnings_of("crash").await;
+    assert!(
+        warnings.len() == 1
+            && warnings[0].1 == "RunnerFailedLogs"
+            && warnings[0].2.contains(&format!("runner {} removed (Crashed)", victim.name))
+            && warnings[0].2.contains("Listening for Jobs"),
+        "{warnings:#?}"
+    );
     let crashed = [("action", "delete_group"), ("reason", "Crashed"), ("result", "ok")];
     assert_eq!(w.metric("aci_runner_controller_actions_total", &crashed).await, 1.0);
     assert_eq!(w.sim.arm.groups().iter().filter(|g| g.provisioning_state != "Deleting").count(), 3);

@@ -851,7 +851,8 @@ async fn container_logs_conform_to_the_spec() {
     assert_eq!(rest, "line 4\n");
     assert_eq!(call(logs_url("other", "")).await.status, 404);
     assert_eq!(call(logs_url("runner", "&tail=many")).await.status, 400);
-    let gone = arm.call(reqwest::Method::GET, &logs_url("runner", "").replace("runner-logs1", "nope"), None).await;
+    let gone =
+        arm.call(reqwest::Method::GET, &logs_url("runner", "").replace("runner-logs1", "nope"), None).await;
     assert_eq!(gone.status, 404);
     assert_eq!(gone.body["error"]["code"], "ResourceNotFound");
     // Read with the logs action, counted as its own operation.

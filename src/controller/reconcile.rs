@@ -340,7 +340,10 @@ fn record_failed_runners(decided: &mut Plan, failed: Vec<aci_runner_core::crd::R
                 format!("{head}{}", super::failure_logs::keep_end(tail, room))
             }
             None => {
-                format!("runner {} removed ({}); its container log could not be read", f.runner, f.reason)
+                format!(
+                    "runner {} removed ({}); its container log could not be read or is empty",
+                    f.runner, f.reason
+                )
             }
         };
         decided.events.push(plan::PlannedEvent {
