@@ -328,28 +328,19 @@ fn plan_pass(
 /// Largest Event note Kubernetes accepts (bytes).
 const EVENT_NOTE_BYTES: usize = 1024;
 
-/// Failed runners removed this pass: a `RunnerFailedLogs` Warning each, with as much of the end
-/// of its (already redacted) log tail as fits an Event note, and the last one as
-/// `status.lastFailure`.
+/// Failed runners removed this pass: a `RunnerFailedLogs` Warning for each whose log tail was
+/// read, with as much of the end of that (already redacted) tail as fits an Event note, and the
+/// last one, tail or not, as `status.lastFailure`. A runner without a tail (no container ever
+/// ran, or the read failed) gets no Event of its own: its failure already has one.
 fn record_failed_runners(decided: &mut Plan, failed: Vec<aci_runner_core::crd::RunnerFailure>) {
     for f in &failed {
+        let Some(tail) = &f.log_tail else { continue };
         let head = format!("runner {} removed ({}); last lines of its log:\n", f.runner, f.reason);
-        let message = match &f.log_tail {
-            Some(tail) => {
-                let room = EVENT_NOTE_BYTES.saturating_sub(head.len());
-                format!("{head}{}", super::failure_logs::keep_end(tail, room))
-            }
-            None => {
-                format!(
-                    "runner {} removed ({}); its container log could not be read or is empty",
-                    f.runner, f.reason
-                )
-            }
-        };
+        let room = EVENT_NOTE_BYTES.saturating_sub(head.len());
         decided.events.push(plan::PlannedEvent {
             type_: EventType::Warning,
             reason: plan::conditions::EventReason::RunnerFailedLogs,
-            message,
+            message: format!("{head}{}", super::failure_logs::keep_end(tail, room)),
         });
     }
     if let Some(last) = failed.into_iter().last() {
@@ -435,4 +426,47 @@ fn note(message: &str) -> String {
         end = end.saturating_sub(1);
     }
     message[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aci_runner_core::crd::RunnerFailure;
+
+    fn empty_plan() -> Plan {
+        Plan {
+            actions: Vec::new(),
+            status: RunnerPoolStatus::default(),
+            state: Default::default(),
+            events: Vec::new(),
+            requeue_after: Duration::from_secs(1),
+            finalizer: FinalizerDecision::Keep,
+        }
+    }
+
+    fn failure(runner: &str, log_tail: Option<String>) -> RunnerFailure {
+        RunnerFailure { runner: runner.into(), reason: "Crashed".into(), time: "t".into(), log_tail }
+    }
+
+    /// The Event note keeps the end of the tail within 1 KiB; a failure without a tail has no
+    /// Event; the status names the last failure of the pass.
+    #[test]
+    fn failed_runners_become_bounded_events_and_the_last_failure() {
+        let tail: String = (0..40).map(|i| format!("log line {i:02} {}\n", "ä".repeat(40))).collect();
+        let mut plan = empty_plan();
+        record_failed_runners(
+            &mut plan,
+            vec![failure("p-aaaaa", Some(tail.clone())), failure("p-bbbbb", None)],
+        );
+        assert_eq!(plan.events.len(), 1);
+        let m = &plan.events[0].message;
+        assert!(m.len() <= EVENT_NOTE_BYTES, "{}", m.len());
+        assert!(m.starts_with("runner p-aaaaa removed (Crashed); last lines of its log:\n"), "{m}");
+        assert!(m.ends_with(&format!("log line 39 {}\n", "ä".repeat(40))), "{m}");
+        assert!(m.contains("log line 39"), "{m}");
+        assert!(!m.contains("log line 00"), "{m}");
+        assert_eq!(plan.events[0].reason, plan::conditions::EventReason::RunnerFailedLogs);
+        assert_eq!(plan.status.last_failure.as_ref().map(|f| f.runner.as_str()), Some("p-bbbbb"));
+        assert_eq!(note(&"é".repeat(600)).len(), EVENT_NOTE_BYTES);
+    }
 }
