@@ -3,6 +3,7 @@
 //! the ACI logs API and puts it, secrets redacted, in a `RunnerFailedLogs` Warning Event and in
 //! `status.lastFailure` (issue 17, "Debuggable failures").
 use aci_runner_devkit::sim::github::GithubFaults;
+use aci_runner_devkit::testing::harness::fast_sim_options;
 use aci_runner_devkit::testing::world::{T, World};
 use serde_json::json;
 
@@ -63,6 +64,38 @@ async fn a_crashed_runner_leaves_its_redacted_log_tail_in_an_event_and_the_statu
         .position(|c| c.op == "delete" && c.path.contains(&format!("{group}?")))
         .unwrap_or_else(|| panic!("no delete of {group}"));
     assert!(logs_at < delete_at, "logs read at {logs_at}, delete at {delete_at}");
+    w.stop().await;
+}
+
+/// A runner whose process never gets its session accepted (the simulated runner takes ten
+/// minutes to start) times out after `registrationTimeout`; its log tail says what it was
+/// waiting on, with the JIT config redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_runner_leaves_what_it_was_waiting_on() {
+    let mut opts = fast_sim_options(179);
+    opts.github.runner_startup_ms = 600_000;
+    let mut w = World::builder("e2e-timeoutlog").sim_options(opts).start().await;
+    w.apply("timeoutlog", json!({"scaling": {"minIdle": 1, "maxRunners": 1, "registrationTimeout": "4s"}}))
+        .await;
+    let p = w
+        .wait_pool("timeoutlog", "a RegistrationTimeout lastFailure", T, |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.last_failure.as_ref())
+                .is_some_and(|f| f.reason == "RegistrationTimeout" && f.log_tail.is_some())
+        })
+        .await;
+    let tail = p.status.and_then(|s| s.last_failure).and_then(|f| f.log_tail).unwrap();
+    assert!(tail.ends_with("Waiting for the runner's session to be accepted..."), "{tail}");
+    assert!(tail.contains("+ ./run.sh --jitconfig [REDACTED]"), "{tail}");
+    let note = w.wait_warning("timeoutlog", "RunnerFailedLogs").await;
+    assert!(
+        note.contains("(RegistrationTimeout)") && note.contains("Waiting for the runner's session"),
+        "{note}"
+    );
+    for s in w.sim.github.issued_secrets() {
+        assert!(!note.contains(&s) && !tail.contains(&s), "a JIT config leaked");
+    }
     w.stop().await;
 }
 
