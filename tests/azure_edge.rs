@@ -322,6 +322,40 @@ async fn create_get_list_delete_through_the_crate_with_pinned_api_version() {
     }
 }
 
+/// `container_logs` reads the tail ACI answers (pinned api-version, `tail`, no timestamps); a
+/// missing group or container is `NotFound`.
+#[tokio::test]
+async fn container_logs_reads_the_tail_and_classifies_a_missing_container() {
+    // The ARM simulator's crash fault writes the container's dying line into its log.
+    let faults =
+        aci_runner_devkit::sim::arm::FaultConfig { crash_before_registration: 1.0, ..Default::default() };
+    let h = sim(ArmSimConfig { faults, ..ArmSimConfig::default() }, 600.0).await;
+    let c = client(&h);
+    c.create_group(SUB, RG, "linux-lgabc", &group("linux-lgabc")).await.unwrap();
+    let mut content = String::new();
+    for _ in 0..300 {
+        content = c.container_logs(SUB, RG, "linux-lgabc", "runner", 50).await.unwrap();
+        if !content.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(content.contains("simulated crash"), "{content:?}");
+    let call = h.calls().into_iter().rev().find(|c| c.op == "logs").unwrap();
+    for part in [
+        "/containerGroups/linux-lgabc/containers/runner/logs?",
+        "api-version=2023-05-01",
+        "tail=50",
+        "timestamps=false",
+    ] {
+        assert!(call.path.contains(part), "{part} not in {}", call.path);
+    }
+    let missing_group = c.container_logs(SUB, RG, "nope-abcde", "runner", 50).await;
+    assert!(matches!(missing_group, Err(AzureError::NotFound { .. })), "{missing_group:?}");
+    let missing_container = c.container_logs(SUB, RG, "linux-lgabc", "other", 50).await;
+    assert!(matches!(missing_container, Err(AzureError::NotFound { .. })), "{missing_container:?}");
+}
+
 #[tokio::test]
 async fn subscription_list_spans_resource_groups_and_pages() {
     let cfg = ArmSimConfig { page_size: 2, ..ArmSimConfig::default() };
