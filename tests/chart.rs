@@ -245,6 +245,46 @@ fn the_network_policy_is_on_metrics_closed_and_imds_only_when_allowed() {
     assert!(args_of(d).contains(&"--allow-imds=true".to_string()));
 }
 
+/// The tenant policy: `tenantPolicy` is rendered into the ConfigMap the Deployment mounts at
+/// the path of its `--tenant-policy`; a changed policy changes the pod template (the pods roll);
+/// the default grants no namespace the controller's identity; a misspelled key is refused.
+#[test]
+fn the_tenant_policy_reaches_the_pod_and_a_change_rolls_it() {
+    let policy = |docs: &[Value]| {
+        let cm = find(docs, "ConfigMap", "rel-aci-runner-controller-tenant-policy");
+        let text = cm["data"]["policy.yaml"].as_str().unwrap().to_string();
+        aci_runner_core::policy::TenantPolicy::from_yaml(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let checksum = |docs: &[Value]| {
+        let d = find(docs, "Deployment", "rel-aci-runner-controller");
+        d["spec"]["template"]["metadata"]["annotations"]["checksum/tenant-policy"].clone()
+    };
+    let defaults = render(&[]);
+    assert_eq!(policy(&defaults), aci_runner_core::policy::TenantPolicy::default());
+    let granted = render(&[
+        "--set-json",
+        r#"tenantPolicy={"rules":[{"namespaces":["ci"],"controllerIdentity":true,"subscriptions":["00000000-0000-0000-0000-000000000001"],"githubOwners":["my-org"]}]}"#,
+    ]);
+    let p = policy(&granted);
+    assert!(p.rule_for("ci").controller_identity && !p.rule_for("other").controller_identity);
+    assert_eq!(p.rule_for("ci").github_owners, Some(vec!["my-org".to_string()]));
+    assert_ne!(checksum(&defaults), checksum(&granted), "a changed policy must roll the pods");
+    let d = find(&granted, "Deployment", "rel-aci-runner-controller");
+    let pod = &d["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "tenant-policy")
+        .expect("the policy is mounted");
+    assert_eq!(mount["mountPath"], "/etc/aci-runner-controller/tenant-policy");
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "tenant-policy").unwrap();
+    assert_eq!(volume["configMap"]["name"], "rel-aci-runner-controller-tenant-policy");
+    let err =
+        render_err(&["--set-json", r#"tenantPolicy={"rules":[{"namespaces":["ci"],"subscription":["x"]}]}"#]);
+    assert!(err.contains("subscription"), "{err}");
+}
+
 /// Every namespace opted in (`controller.watchAllNamespaces`): the hardened defaults otherwise.
 #[test]
 fn defaults_render_a_hardened_two_replica_deployment() {
@@ -256,6 +296,7 @@ fn defaults_render_a_hardened_two_replica_deployment() {
             "ClusterRole",
             "ClusterRoleBinding",
             "ClusterRoleBinding",
+            "ConfigMap",
             "Deployment",
             "NetworkPolicy",
             "PodDisruptionBudget",
@@ -297,6 +338,7 @@ fn defaults_render_a_hardened_two_replica_deployment() {
             "--azure-cloud=public",
             "--log-format=json",
             "--allow-imds=false",
+            "--tenant-policy=/etc/aci-runner-controller/tenant-policy/policy.yaml",
             "--aci-creates-per-5m=100",
             "--aci-creates-per-hour=300",
             "--github-writes-per-minute=80",

@@ -84,13 +84,16 @@ fn deployment_container(
 }
 
 /// The Deployment's `run` arguments pointed at the simulator: its endpoint flags (if any)
-/// replaced, its health port moved to `health`; every other argument as the chart renders it.
+/// replaced, its health port moved to `health`, its tenant policy read from `policy` (the
+/// chart's ConfigMap, written there); every other argument as the chart renders it.
 fn pointed_at_simulator(
     args: &[String],
     sim: &aci_runner_devkit::sim::Simulator,
     health: &str,
+    policy: &Path,
 ) -> Vec<String> {
-    let replaced = ["--arm-endpoint=", "--azure-authority-host=", "--health-listen="];
+    let replaced = ["--arm-endpoint=", "--azure-authority-host=", "--health-listen=", "--tenant-policy="];
+    assert!(args.iter().any(|a| a.starts_with("--tenant-policy=/etc/aci-runner-controller/")), "{args:?}");
     let mut out: Vec<String> =
         args.iter().filter(|a| !replaced.iter().any(|r| a.starts_with(r))).cloned().collect();
     assert!(args.iter().any(|a| a.starts_with("--health-listen=")), "{args:?}");
@@ -99,6 +102,7 @@ fn pointed_at_simulator(
         format!("--azure-authority-host={}", sim.arm.url()),
         "--arm-scope=https://management.azure.com/.default".to_string(),
         format!("--health-listen={health}"),
+        format!("--tenant-policy={}", policy.display()),
     ]);
     out
 }
@@ -154,6 +158,12 @@ async fn controller_as_the_charts_service_account_reconciles_its_namespace_only(
             "controller.prices.vcpuSecond=0.001",
             "--set-json",
             "controller.prices.gbSecond=0.0001",
+            // The watched namespace's pools may run as the controller's identity; the other's
+            // may not (it is not watched either).
+            "--set-json",
+            &format!(
+                r#"tenantPolicy={{"rules":[{{"namespaces":["{watched}"],"controllerIdentity":true}}]}}"#
+            ),
         ],
     );
     t.ok(
@@ -166,6 +176,16 @@ async fn controller_as_the_charts_service_account_reconciles_its_namespace_only(
     assert_eq!(args[0], "run", "{args:?}");
     assert!(args.contains(&format!("--namespaces={watched}")), "{args:?}");
     let sa = format!("system:serviceaccount:{home}:{sa_name}");
+    // The policy as the pod would read it: the chart's ConfigMap.
+    let policy_map = manifest
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-tenant-policy"))
+        })
+        .expect("the chart renders the tenant policy ConfigMap");
+    let policy = dir.path().join("tenant-policy.yaml");
+    std::fs::write(&policy, policy_map["data"]["policy.yaml"].as_str().unwrap()).unwrap();
 
     let sim = aci_runner_devkit::sim::start(harness::fast_sim_options(31)).await.unwrap();
     for ns in [&watched, &unwatched] {
@@ -183,7 +203,7 @@ async fn controller_as_the_charts_service_account_reconciles_its_namespace_only(
     let kubeconfig = dir.path().join("kubeconfig-sa");
     impersonating_kubeconfig(&cp.kubeconfig, &sa, &kubeconfig);
     let health = harness::free_addr().unwrap();
-    let argv = pointed_at_simulator(&args, &sim, &health.to_string());
+    let argv = pointed_at_simulator(&args, &sim, &health.to_string(), &policy);
     let mut ctl = ControllerProc::start_exact(
         &sim,
         &kubeconfig,
@@ -276,7 +296,7 @@ async fn controller_as_the_charts_service_account_reconciles_its_namespace_only(
     let nobody = dir.path().join("kubeconfig-nobody");
     impersonating_kubeconfig(&cp.kubeconfig, &format!("system:serviceaccount:{home}:nobody"), &nobody);
     let health = harness::free_addr().unwrap();
-    let argv = pointed_at_simulator(&args, &sim, &health.to_string());
+    let argv = pointed_at_simulator(&args, &sim, &health.to_string(), &policy);
     let other_dir = dir.path().join("nobody");
     // It may exit (the Lease is refused) before or after it answers /healthz.
     let started =

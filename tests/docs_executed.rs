@@ -576,6 +576,12 @@ async fn start_stand_in_controller(env: &Env, sim: &aci_runner_devkit::sim::Simu
         std::fs::write(&file, webhook_secret(env)).unwrap();
         args.webhook_secret_file = Some(file);
     }
+    // The tenant policy as the pod reads it: the release's ConfigMap, mounted.
+    if args.tenant_policy.is_some() {
+        let file = env.dir.path().join("tenant-policy.yaml");
+        std::fs::write(&file, tenant_policy(env)).unwrap();
+        args.tenant_policy = Some(file);
+    }
     let webhook = args.webhook_listen;
     args.arm_endpoint = Some(sim.arm.url());
     args.azure_authority_host = Some(sim.arm.url());
@@ -613,6 +619,22 @@ async fn start_stand_in_controller(env: &Env, sim: &aci_runner_devkit::sim::Simu
     .await;
     assert!(healthy.is_some() && !task.is_finished(), "the stand-in controller did not become healthy");
     StandInController { stop, task, webhook }
+}
+
+/// The release's tenant policy (ConfigMap `aci-runner-controller-tenant-policy`).
+fn tenant_policy(env: &Env) -> String {
+    let template = r#"--template={{index .data "policy.yaml"}}"#;
+    let args = [
+        "-n",
+        "aci-runner-controller",
+        "get",
+        "configmap",
+        "aci-runner-controller-tenant-policy",
+        "-o",
+        "go-template",
+        template,
+    ];
+    env.ok("kubectl", &args, None)
 }
 
 /// The value of the release's webhook Secret (`github-webhook`, key `secret`).

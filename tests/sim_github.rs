@@ -896,7 +896,13 @@ async fn faults_are_reproducible_from_the_seed() {
             seed,
             ops: [(
                 "list_runners".to_string(),
-                GhOpFaults { server_error: 0.3, rate_limited: 0.1, conflict: 0.05, unprocessable: 0.05 },
+                GhOpFaults {
+                    server_error: 0.3,
+                    rate_limited: 0.1,
+                    conflict: 0.05,
+                    unprocessable: 0.05,
+                    hostile: 0.0,
+                },
             )]
             .into_iter()
             .collect(),
@@ -925,6 +931,60 @@ async fn faults_are_reproducible_from_the_seed() {
     assert_ne!(a, c);
     assert!(kinds >= 3, "several kinds of answers: {a:?}");
     assert!(a.iter().any(|s| *s >= 500) && a.contains(&200));
+}
+
+/// Hostile answers: a read gets 200 with a body that is not JSON or is 9 MiB long, or 503 with
+/// headers no integer holds; a write never gets a 2xx (nothing is claimed done that was not).
+#[tokio::test]
+async fn hostile_answers_break_the_shapes_but_never_claim_a_write() {
+    let hostile = GhOpFaults { hostile: 1.0, ..Default::default() };
+    let faults = GithubFaults {
+        seed: 3,
+        ops: ["list_runners", "jitconfig"].iter().map(|op| (op.to_string(), hostile)).collect(),
+        ..Default::default()
+    };
+    let g = sim(10.0, GithubSimConfig { faults, ..Default::default() }).await;
+    let pat = g.app_credentials().pats[0].clone();
+    let http = reqwest::Client::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let r = http
+            .get(format!("{}/orgs/octo-org/actions/runners", g.url()))
+            .bearer_auth(&pat)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        let body = r.bytes().await.unwrap();
+        let kind = match status {
+            200 if body.len() == 9 << 20 => "oversized",
+            200 => {
+                assert!(serde_json::from_slice::<serde_json::Value>(&body).is_err(), "a hostile 200 parsed");
+                "invalid json"
+            }
+            503 => {
+                let retry = retry.expect("retry-after");
+                assert!(retry.parse::<u64>().is_err(), "retry-after {retry} fits an integer");
+                "absurd headers"
+            }
+            s => panic!("unexpected hostile status {s}"),
+        };
+        kinds.insert(kind);
+    }
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    let body = serde_json::json!({"name": "x", "runner_group_id": 1, "labels": ["self-hosted"]});
+    for _ in 0..10 {
+        let r = http
+            .post(format!("{}/orgs/octo-org/actions/runners/generate-jitconfig", g.url()))
+            .bearer_auth(&pat)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(!r.status().is_success(), "a write answered {}", r.status());
+    }
+    assert!(g.runners().is_empty(), "no runner was registered by a hostile answer");
 }
 
 #[tokio::test]

@@ -97,6 +97,12 @@ pub async fn orphan_pass(ctx: &Context, namespaces: &[String], marks: &mut Marks
         let Ok(meta) = super::reconcile::pool_meta(p) else { continue };
         let (sub, rg) =
             (p.spec.azure.subscription_id.to_lowercase(), p.spec.azure.resource_group.to_lowercase());
+        // A pool refused by the tenant policy lends no credentials to the sweep, and its
+        // resource group is left alone (its runners are not listed).
+        if ctx.policy.check(&meta.namespace, &p.spec).is_err() {
+            doubt.insert((sub, rg));
+            continue;
+        }
         let src = secrets::KubeSecrets(Api::namespaced(ctx.client.clone(), &meta.namespace));
         let uid = meta.uid.clone();
         match secrets::resolve(&src, &meta, &p.spec, &spec_hash(p)).await {

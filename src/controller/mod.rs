@@ -75,6 +75,8 @@ pub struct Context {
     pub clock: Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>,
     /// `spec.github.apiUrl` may be http off loopback (`--allow-insecure-github-http`).
     pub allow_insecure_github_http: bool,
+    /// What each namespace's pools may name (`--tenant-policy`); checked before anything else.
+    pub policy: Arc<aci_runner_core::policy::TenantPolicy>,
 }
 
 impl Context {
@@ -104,6 +106,7 @@ impl Context {
             memory: Mutex::new(HashMap::new()),
             clock: Arc::new(Utc::now),
             allow_insecure_github_http: false,
+            policy: Default::default(),
         }
     }
 }

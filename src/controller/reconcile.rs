@@ -3,7 +3,9 @@
 //! 0. [`acknowledge`]: a generation not acted on yet is marked in the status at once
 //!    (Reconciling True), so GitOps tools wait for the pass instead of reading "done";
 //! 1. [`credentials`]: the pool's Secrets, read every pass (they may be fixed or rotated at any
-//!    time);
+//!    time) — only for a pool within its namespace's tenant policy (`Context::policy`): a
+//!    refused one goes on with no credentials, so no step calls Azure or GitHub for it, and the
+//!    planner marks it `Stalled` (`NotPermitted`);
 //! 2. [`observe`]: the pool's container groups and runner registrations through the ports, the
 //!    webhook demand of its scope, the uids of every live pool;
 //! 3. [`plan_pass`]: the pure planner ([`aci_runner_core::plan::plan`]) turns them into actions,
@@ -124,11 +126,18 @@ pub async fn reconcile(pool: Arc<RunnerPool>, ctx: Arc<Context>) -> Result<Reque
     let now = (ctx.clock)();
     let pool = acknowledge(&api, pool, &meta, deleting, now).await?;
     let validation = validate(&pool.spec, ctx.allow_insecure_github_http);
+    let permission = ctx.policy.check(&meta.namespace, &pool.spec);
 
-    let (credentials, pool_ctx) = credentials(&ctx, &pool, &meta).await;
+    let (credentials, pool_ctx) = match &permission {
+        Ok(()) => credentials(&ctx, &pool, &meta).await,
+        // Refused by the tenant policy: no Secret is read, so nothing below can call Azure or
+        // GitHub for this pool.
+        Err(refused) => (CredentialStatus::Unavailable { message: refused.to_string() }, None),
+    };
     let observed = observe(&ctx, &pool, pool_ctx.as_ref(), deleting, validation.is_ok(), now).await;
     let memory = take_memory(&ctx, &meta);
-    let mut decided = plan_pass(&ctx, &pool, &meta, &validation, &credentials, &observed, &memory, now);
+    let checks = Checks { validation: &validation, permission: &permission };
+    let mut decided = plan_pass(&ctx, &pool, &meta, checks, &credentials, &observed, &memory, now);
     let executed = match &pool_ctx {
         Some(pc) if !decided.actions.is_empty() => execute(&ctx, pc, &decided.actions).await,
         _ => Default::default(),
@@ -293,13 +302,20 @@ fn take_memory(ctx: &Context, meta: &PoolMeta) -> PoolMemory {
     lock(&ctx.memory).remove(&meta.uid).unwrap_or_default()
 }
 
+/// The pass's verdicts on the spec: its own validation and the tenant policy's.
+#[derive(Clone, Copy)]
+struct Checks<'a> {
+    validation: &'a Result<(), InvalidSpec>,
+    permission: &'a Result<(), aci_runner_core::policy::NotPermitted>,
+}
+
 /// Step 3: the pure planner.
 #[allow(clippy::too_many_arguments)]
 fn plan_pass(
     ctx: &Context,
     pool: &RunnerPool,
     meta: &PoolMeta,
-    validation: &Result<(), InvalidSpec>,
+    checks: Checks<'_>,
     credentials: &CredentialStatus,
     observed: &Observed,
     memory: &PoolMemory,
@@ -309,7 +325,8 @@ fn plan_pass(
         install: &ctx.install,
         pool: meta,
         spec: &pool.spec,
-        validation,
+        validation: checks.validation,
+        permission: checks.permission,
         previous_status: pool.status.as_ref(),
         groups: observed.groups.as_deref().map_err(Clone::clone),
         runners: observed.runners.as_deref().map_err(Clone::clone),

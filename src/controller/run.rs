@@ -17,6 +17,7 @@ use super::{Context, Shard, all_pools_store, run_controller};
 use aci_runner_core::plan::PlannerConfig;
 use aci_runner_core::plan::demand::JobEvent;
 use aci_runner_core::plan::install::InstallId;
+use aci_runner_core::policy::TenantPolicy;
 
 /// Flags of `run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -76,6 +77,13 @@ pub struct RunArgs {
     /// `<release namespace>.<release name>`).
     #[arg(long, env = "ACI_RUNNERS_INSTALL_NAME", default_value = "aci-runner-controller")]
     pub install_name: String,
+    /// YAML file of the tenant policy: per namespace, whether its pools may run as the
+    /// controller's Azure identity and which subscriptions, resource groups, locations, subnets,
+    /// identities, registries, images and GitHub hosts and owners they may name
+    /// (docs/security.md, "Tenant policy"). Unset: no rule, so no pool may use the controller's
+    /// identity (every pool names its own service principal) and nothing else is restricted.
+    #[arg(long, env = "TENANT_POLICY_FILE")]
+    pub tenant_policy: Option<PathBuf>,
     /// Mark-then-confirm grace period of garbage collection.
     #[arg(long, default_value = "2m", value_parser = aci_runner_core::crd::parse_duration)]
     pub gc_grace: Duration,
@@ -358,6 +366,20 @@ pub struct Edges {
     pub list_changes: Option<mpsc::Receiver<()>>,
 }
 
+/// The tenant policy of `--tenant-policy` (none: the built-in default for every namespace).
+pub fn load_tenant_policy(path: Option<&std::path::Path>) -> anyhow::Result<TenantPolicy> {
+    let Some(path) = path else {
+        info!("no --tenant-policy: no pool may run as the controller's Azure identity");
+        return Ok(TenantPolicy::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the tenant policy {}", path.display()))?;
+    let policy = TenantPolicy::from_yaml(&text)
+        .map_err(|e| anyhow::anyhow!("tenant policy {}: {e}", path.display()))?;
+    info!(rules = policy.rules.len(), path = %path.display(), "tenant policy loaded");
+    Ok(policy)
+}
+
 /// Run the controller with the given edges until shutdown (or until leadership is lost).
 pub async fn run_with(
     args: RunArgs,
@@ -367,6 +389,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let Edges { groups, registrations, webhook, demand, planner, metrics, clock, list_changes } = edges;
     aci_runner_core::crd::precompile_patterns().context("compiling the RunnerPool validation patterns")?;
+    let policy = load_tenant_policy(args.tenant_policy.as_deref())?;
     let install = install_id(&args, &client).await?;
     info!(install_id = %install, "install identity");
     let health = Arc::new(Health::default());
@@ -417,6 +440,7 @@ pub async fn run_with(
     let mut ctx = Context::new(client, install, groups, registrations, demand, planner, metrics, all_pools);
     ctx.clock = clock;
     ctx.allow_insecure_github_http = args.allow_insecure_github_http;
+    ctx.policy = Arc::new(policy);
     let ctx = Arc::new(ctx);
     spawn_orphan_gc(ctx.clone(), &args, stop_rx.clone(), lost_rx.clone());
 
@@ -714,6 +738,23 @@ mod tests {
 
     fn parse(args: &[&str]) -> RunArgs {
         Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).unwrap().run
+    }
+
+    #[test]
+    fn the_tenant_policy_comes_from_its_file_and_a_bad_one_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.yaml");
+        std::fs::write(&file, "rules:\n  - namespaces: [team-a]\n    controllerIdentity: true\n").unwrap();
+        let args = parse(&["--tenant-policy", file.to_str().unwrap()]);
+        let policy = load_tenant_policy(args.tenant_policy.as_deref()).unwrap();
+        assert!(policy.rule_for("team-a").controller_identity);
+        assert!(!policy.rule_for("team-b").controller_identity);
+        assert_eq!(load_tenant_policy(None).unwrap(), TenantPolicy::default());
+        std::fs::write(&file, "rules:\n  - namespaces: [team-a]\n    subscription: [x]\n").unwrap();
+        let e = format!("{:#}", load_tenant_policy(Some(&file)).unwrap_err());
+        assert!(e.contains("subscription") && e.contains("policy.yaml"), "{e}");
+        let e = format!("{:#}", load_tenant_policy(Some(&dir.path().join("missing"))).unwrap_err());
+        assert!(e.contains("reading the tenant policy"), "{e}");
     }
 
     #[test]

@@ -5,3 +5,4 @@
 //! crate's dependencies (no async runtime, HTTP stack or kube client) keep it that way.
 pub mod crd;
 pub mod plan;
+pub mod policy;

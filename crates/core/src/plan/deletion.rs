@@ -93,6 +93,10 @@ impl<'a> Pass<'_, 'a> {
     /// (unless the orphan policy needs neither), failed removals, or being overdue.
     fn deletion_blockers(&self) -> Vec<String> {
         let input = self.input;
+        // A pool outside its tenant policy gets no Azure or GitHub call, cleanup included.
+        if let Err(e) = input.permission {
+            return vec![e.to_string()];
+        }
         let mut blockers: Vec<String> = Vec::new();
         if let Err(e) = &input.groups {
             blockers.push(e.message.clone());

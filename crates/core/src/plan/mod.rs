@@ -32,7 +32,7 @@ mod view;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod world_tests;
 

@@ -107,6 +107,8 @@ reasons! {
     /// user. Every one is also a condition reason, listed after the ones above.
     pub(crate) enum StallReason {
         InvalidSpec,
+        /// Outside the tenant policy of its namespace (`crate::policy`).
+        NotPermitted,
         SecretNotFound,
         SecretKeyMissing,
         InvalidAppKey,
@@ -145,6 +147,7 @@ reasons! {
         CleanupAbandoned,
         // Published only on a transition to Stalled (see `StallReason::event`).
         InvalidSpec,
+        NotPermitted,
         SecretNotFound,
         SecretKeyMissing,
         InvalidAppKey,
@@ -201,6 +204,7 @@ impl StallReason {
     pub(crate) fn event(self) -> EventReason {
         match self {
             StallReason::InvalidSpec => EventReason::InvalidSpec,
+            StallReason::NotPermitted => EventReason::NotPermitted,
             StallReason::SecretNotFound => EventReason::SecretNotFound,
             StallReason::SecretKeyMissing => EventReason::SecretKeyMissing,
             StallReason::InvalidAppKey => EventReason::InvalidAppKey,

@@ -53,7 +53,8 @@ impl<'a> Pass<'_, 'a> {
     ) -> Plan {
         let mut status = self.base_status();
         let creds_ok = matches!(self.input.credentials, CredentialStatus::Ok);
-        let Some(view) = view.filter(|_| self.spec_error.is_none() && creds_ok) else {
+        let permitted = self.input.permission.is_ok();
+        let Some(view) = view.filter(|_| self.spec_error.is_none() && permitted && creds_ok) else {
             // Bad input or a failed list: nothing is created or deleted; counts stay as last seen.
             let (wanted, stalled) = self.blocked_conditions();
             return self.finish(status, wanted, None, !stalled, FinalizerDecision::Keep);

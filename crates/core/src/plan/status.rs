@@ -38,6 +38,9 @@ impl<'a> Pass<'_, 'a> {
         if let Some(e) = &self.spec_error {
             return Some(Stall { reason: StallReason::InvalidSpec, message: e.clone() });
         }
+        if let Err(e) = input.permission {
+            return Some(Stall { reason: StallReason::NotPermitted, message: e.to_string() });
+        }
         if let CredentialStatus::Invalid { problem, message } = input.credentials {
             return Some(Stall { reason: StallReason::of_credentials(*problem), message: message.clone() });
         }

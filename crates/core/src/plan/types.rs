@@ -512,6 +512,9 @@ pub struct PlanInput<'a> {
     /// `spec.validate()`, computed once per pass by the caller (which also needs it to decide
     /// whether the pool is observed at all).
     pub validation: &'a Result<(), InvalidSpec>,
+    /// The tenant policy's verdict on the pool ([`crate::policy::TenantPolicy::check`]), computed
+    /// once per pass by the caller, which makes no Azure or GitHub call for a refused pool.
+    pub permission: &'a Result<(), crate::policy::NotPermitted>,
     /// The status as last written (conditions keep their lastTransitionTime; usage accumulates).
     pub previous_status: Option<&'a RunnerPoolStatus>,
     /// Container groups of the pool's resource group carrying the managed-by tag, or the error.

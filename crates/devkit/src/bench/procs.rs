@@ -76,6 +76,11 @@ impl ControllerProc {
         let secret_file = spec.dir.join("webhook-secret");
         std::fs::write(&secret_file, &spec.webhook_secret)
             .map_err(|source| ProcError::Io { path: secret_file.clone(), source })?;
+        // The benchmarks' pools run as the controller's identity in the namespaces it watches.
+        let policy_file = spec.dir.join("tenant-policy.yaml");
+        let policy = aci_runner_core::policy::TenantPolicy::controller_identity_for(spec.namespaces.clone());
+        std::fs::write(&policy_file, serde_json::to_string(&policy).unwrap_or_default())
+            .map_err(|source| ProcError::Io { path: policy_file.clone(), source })?;
         let health_port = free_port().map_err(ProcError::Spawn)?;
         let webhook_port = free_port().map_err(ProcError::Spawn)?;
         let arm = sim.arm.url();
@@ -107,6 +112,8 @@ impl ControllerProc {
             spec.gc_grace.clone(),
             "--install-id".into(),
             BENCH_INSTALL_ID.into(),
+            "--tenant-policy".into(),
+            policy_file.display().to_string(),
         ];
         args.extend(extra_args.iter().cloned());
         let webhook_url =

@@ -7,8 +7,8 @@
 //! (see [`Schedule::draw`]): ARM throttling, 5xx and latency per operation, exhausted regional
 //! capacity (the org pool may spill to a fallback location), an inaccessible runner image, slow
 //! provisioning, RBAC denials, lowered quotas; GitHub 5xx, secondary limits, 409 and 422 per
-//! operation, dropped webhooks, runners crashing before registration or dying under a job, a
-//! skewed GitHub clock; containers crashing before registration; another install's running
+//! operation, hostile GitHub answers (invalid JSON, oversized bodies, absurd headers), dropped
+//! webhooks, runners crashing before registration or dying under a job, a skewed GitHub clock; containers crashing before registration; another install's running
 //! groups and registrations with the same pool names — and the controller may be SIGKILLed and
 //! restarted, the kube-apiserver and etcd restarted. Then the faults stop (quotas
 //! restored), the jobs must finish, the pools must be Ready and not Stalled, the pools are
@@ -230,6 +230,7 @@ impl Schedule {
                 rate_limited: rng.gen_range(0.0..0.05),
                 conflict: 0.0,
                 unprocessable: 0.0,
+                hostile: 0.0,
             };
             if rng.gen_bool(0.4) {
                 f.conflict = rng.gen_range(0.0..0.08);
@@ -269,6 +270,14 @@ impl Schedule {
         let down_for = Duration::from_millis(rng.gen_range(200..3_000));
         // Drawn last: the draws above stay what they were for every seed.
         let second_install = rng.gen_bool(0.4);
+        // Hostile answers (invalid JSON, oversized bodies, absurd headers) on every GitHub
+        // operation the controller calls, drawn after everything else for the same reason.
+        if rng.gen_bool(0.4) {
+            let p = rng.gen_range(0.01..0.08);
+            for op in GITHUB_OPS {
+                github.ops.entry(op.to_string()).or_default().hostile = p;
+            }
+        }
         Self {
             arm,
             github,
@@ -303,6 +312,8 @@ impl Schedule {
         let a = &self.arm;
         let g = &self.github;
         let unprocessable = g.ops.values().any(|f| f.unprocessable > 0.0);
+        // An oversized answer is not retried as is: it counts as an invalid request.
+        let hostile = g.ops.values().any(|f| f.hostile > 0.0);
         // A skewed GitHub clock rejects the App JWT: installation tokens cannot be minted.
         if self.skew_beyond_tolerance() {
             r.insert("AuthFailed");
@@ -316,7 +327,7 @@ impl Schedule {
         }
         // GitHub's 422 on a create's registration (jitconfig, registration token, runner group,
         // installation token) is an invalid request.
-        if unprocessable {
+        if unprocessable || hostile {
             r.insert("InvalidRequest");
         }
         if self.count_quota() {
@@ -553,6 +564,7 @@ pub fn fault_kinds(s: &Schedule) -> BTreeSet<String> {
             (f.rate_limited > 0.0, "secondary limit"),
             (f.conflict > 0.0, "409"),
             (f.unprocessable > 0.0, "422"),
+            (f.hostile > 0.0, "hostile answers"),
         ] {
             if on {
                 k.insert(format!("github {op} {what}"));
@@ -1428,7 +1440,7 @@ mod tests {
             }
         }
         for op in GITHUB_OPS {
-            for what in ["5xx", "secondary limit", "409", "422"] {
+            for what in ["5xx", "secondary limit", "409", "422", "hostile answers"] {
                 wanted.push(format!("github {op} {what}"));
             }
         }

@@ -19,6 +19,7 @@ use aci_runner_controller::azure::CredentialSpec;
 use aci_runner_controller::controller::run::{Edges, LeaderElectionArgs, RunArgs, build_edges, run_with};
 use aci_runner_core::crd::RunnerPool;
 use aci_runner_core::plan::PlannerConfig;
+use aci_runner_core::policy::TenantPolicy;
 
 /// The subscription the examples of the harness use.
 pub const SUBSCRIPTION: &str = "00000000-0000-0000-0000-0000000000aa";
@@ -76,6 +77,9 @@ pub struct ControllerOptions {
     /// `--arm-endpoint` and `--azure-authority-host`; unset: the simulator's URL. Another host
     /// name for the same simulator tells this controller's ARM calls apart in the call log.
     pub arm_endpoint: Option<String>,
+    /// `--tenant-policy` (written to a file for the controller); unset: the pools of
+    /// `namespaces` (every namespace when empty) may run as the controller's identity.
+    pub tenant_policy: Option<TenantPolicy>,
 }
 
 impl ControllerOptions {
@@ -95,6 +99,7 @@ impl ControllerOptions {
             github_request_timeout: Duration::from_secs(30),
             install_id: None,
             arm_endpoint: None,
+            tenant_policy: None,
         }
     }
 
@@ -116,7 +121,7 @@ pub struct ControllerHandle {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub health_addr: SocketAddr,
     pub webhook_addr: Option<SocketAddr>,
-    _secret_dir: Option<tempfile::TempDir>,
+    _files: tempfile::TempDir,
 }
 
 impl ControllerHandle {
@@ -187,6 +192,7 @@ pub fn run_args(
     opts: &ControllerOptions,
     health: SocketAddr,
     webhook: Option<(SocketAddr, std::path::PathBuf)>,
+    tenant_policy: Option<std::path::PathBuf>,
 ) -> RunArgs {
     RunArgs {
         namespaces: opts.namespaces.clone(),
@@ -203,6 +209,7 @@ pub fn run_args(
         arm_scope: Some("https://management.azure.com/.default".into()),
         allow_imds: false,
         gc_grace: opts.gc_grace,
+        tenant_policy,
         install_id: opts.install_id.clone(),
         install_name: "aci-runner-controller".into(),
         limits: Default::default(),
@@ -239,17 +246,23 @@ async fn launch_controller(
     opts: ControllerOptions,
 ) -> anyhow::Result<ControllerHandle> {
     let health = free_addr()?;
-    let (webhook, secret_dir) = match &opts.webhook_secret {
+    let files = tempfile::tempdir()?;
+    let webhook = match &opts.webhook_secret {
         Some(secret) => {
-            let dir = tempfile::tempdir()?;
-            let path = dir.path().join("webhook-secret");
+            let path = files.path().join("webhook-secret");
             std::fs::write(&path, secret)?;
-            (Some((free_addr()?, path)), Some(dir))
+            Some((free_addr()?, path))
         }
-        None => (None, None),
+        None => None,
     };
+    let policy = opts.tenant_policy.clone().unwrap_or_else(|| match opts.namespaces.is_empty() {
+        true => TenantPolicy::controller_identity_for(["*"]),
+        false => TenantPolicy::controller_identity_for(opts.namespaces.clone()),
+    });
+    let policy_file = files.path().join("tenant-policy.yaml");
+    std::fs::write(&policy_file, serde_json::to_string(&policy)?)?;
     let webhook_addr = webhook.as_ref().map(|(a, _)| *a);
-    let args = run_args(sim, &opts, health, webhook);
+    let args = run_args(sim, &opts, health, webhook, Some(policy_file));
     let clock = sim.clock.clone();
     let edges: Edges = build_edges(&args, Some(sim_identity(sim)), Arc::new(move || clock.now()))?;
     let edges = Edges { planner: opts.planner.clone(), ..edges };
@@ -284,7 +297,7 @@ async fn launch_controller(
         task: Some(task),
         health_addr: health,
         webhook_addr,
-        _secret_dir: secret_dir,
+        _files: files,
     })
 }
 

@@ -330,8 +330,20 @@ impl World {
         timeout: Duration,
         pred: impl Fn(&RunnerPool) -> bool,
     ) -> RunnerPool {
+        self.wait_pool_in(&self.ns, name, what, timeout, pred).await
+    }
+
+    /// [`World::wait_pool`] for a pool in namespace `ns`.
+    pub async fn wait_pool_in(
+        &self,
+        ns: &str,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&RunnerPool) -> bool,
+    ) -> RunnerPool {
         let got = eventually(timeout, || async {
-            let p = self.get_pool(name).await?;
+            let p = self.get_pool_in(ns, name).await?;
             pred(&p).then_some(p)
         })
         .await;
@@ -404,9 +416,13 @@ impl World {
 
     /// Events (events.k8s.io/v1) about a pool: (type, reason, note), oldest first.
     pub async fn events_of(&self, pool: &str) -> Vec<(String, String, String)> {
+        self.events_of_in(&self.ns, pool).await
+    }
+
+    /// [`World::events_of`] for a pool in namespace `ns`.
+    pub async fn events_of_in(&self, ns: &str, pool: &str) -> Vec<(String, String, String)> {
         use k8s_openapi::api::events::v1::Event;
-        let list =
-            Api::<Event>::namespaced(self.client.clone(), &self.ns).list(&Default::default()).await.unwrap();
+        let list = Api::<Event>::namespaced(self.client.clone(), ns).list(&Default::default()).await.unwrap();
         let mut evs: Vec<_> = list
             .items
             .into_iter()
@@ -420,12 +436,21 @@ impl World {
 
     /// Wait (10 s) for an Event with this reason and a note containing `needle` about the pool.
     pub async fn expect_event(&self, pool: &str, reason: &str, needle: &str) {
+        self.expect_event_in(&self.ns, pool, reason, needle).await
+    }
+
+    /// [`World::expect_event`] for a pool in namespace `ns`.
+    pub async fn expect_event_in(&self, ns: &str, pool: &str, reason: &str, needle: &str) {
         let found = eventually(Duration::from_secs(10), || async {
-            self.events_of(pool).await.iter().any(|(_, r, n)| r == reason && n.contains(needle)).then_some(())
+            let events = self.events_of_in(ns, pool).await;
+            events.iter().any(|(_, r, n)| r == reason && n.contains(needle)).then_some(())
         })
         .await;
         if found.is_none() {
-            panic!("no {reason} event mentioning {needle:?} for {pool}: {:?}", self.events_of(pool).await);
+            panic!(
+                "no {reason} event mentioning {needle:?} for {pool}: {:?}",
+                self.events_of_in(ns, pool).await
+            );
         }
     }
 

@@ -41,7 +41,7 @@ pub(super) fn own_labels() -> Vec<String> {
     labels
 }
 
-pub(super) fn spec_json(extra: serde_json::Value) -> RunnerPoolSpec {
+pub(crate) fn spec_json(extra: serde_json::Value) -> RunnerPoolSpec {
     let mut base = serde_json::json!({
         "github": {"organization": "acme", "labels": ["aci"], "appSecretRef": {"name": "gh-app"}},
         "azure": {"subscriptionId": "00000000-0000-0000-0000-000000000000", "resourceGroup": "rg", "location": "westeurope"},
@@ -159,6 +159,7 @@ pub(super) struct Fx {
     pub live: BTreeSet<String>,
     pub jobs: Vec<QueuedJob>,
     pub creds: CredentialStatus,
+    pub permission: Result<(), crate::policy::NotPermitted>,
     pub failures: Vec<ActionFailure>,
     pub state: PoolState,
     pub config: PlannerConfig,
@@ -183,6 +184,7 @@ impl Fx {
             live: [UID.to_string()].into_iter().collect(),
             jobs: Vec::new(),
             creds: CredentialStatus::Ok,
+            permission: Ok(()),
             failures: Vec::new(),
             state: PoolState { generation: Some(1), ..Default::default() },
             config: PlannerConfig::default(),
@@ -196,6 +198,7 @@ impl Fx {
             pool: &self.pool,
             spec: &self.spec,
             validation: &self.spec.validate(),
+            permission: &self.permission,
             previous_status: self.prev.as_ref(),
             groups: self.groups.as_ref().map(|g| g.as_slice()).map_err(|e| e.clone()),
             runners: self.runners.as_ref().map(|r| r.as_slice()).map_err(|e| e.clone()),

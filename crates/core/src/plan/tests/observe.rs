@@ -196,3 +196,48 @@ fn the_ports_filter_drops_nothing_the_plan_looks_at() {
         assert_eq!(whole.finalizer, part.finalizer, "{ctx}");
     }
 }
+
+/// A pool refused by the tenant policy, as the controller hands it over: no credentials read,
+/// no lists. It is Stalled `NotPermitted` naming the field, plans nothing, and its deletion is
+/// blocked by that one reason until the attempts run out (no call made for its cleanup either).
+#[test]
+fn a_pool_outside_its_tenant_policy_stalls_and_plans_nothing() {
+    let mut fx = idle_fx(&[("pool-idle1", 60)], &[], 2);
+    let refused = crate::policy::NotPermitted {
+        field: "spec.azure.subscriptionId".into(),
+        message: "subscription 00000000-0000-0000-0000-0000000000bb is not allowed for namespace ns".into(),
+    };
+    fx.permission = Err(refused.clone());
+    fx.creds = CredentialStatus::Unavailable { message: refused.to_string() };
+    let unlisted = EdgeError::new(EdgeErrorKind::Auth { permission: None }, refused.to_string());
+    fx.groups = Err(unlisted.clone());
+    fx.runners = Err(unlisted);
+    let p = fx.run();
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    cond_is(&p, "Stalled", "True", "NotPermitted");
+    cond_is(&p, "Ready", "False", "NotPermitted");
+    assert!(cond(&p, "Stalled").message.contains("spec.azure.subscriptionId"), "{:?}", cond(&p, "Stalled"));
+    assert!(has_event(&p, "NotPermitted"), "{:?}", p.events);
+
+    let mut gone = fx.clone();
+    deleting(&mut gone, 1);
+    let mut attempts = 0;
+    loop {
+        let p = gone.run();
+        assert!(p.actions.is_empty(), "{:?}", p.actions);
+        if p.finalizer == FinalizerDecision::Remove {
+            break;
+        }
+        let ready = cond(&p, "Ready");
+        assert_eq!(
+            ready.message.matches("not permitted by the tenant policy").count(),
+            1,
+            "{}",
+            ready.message
+        );
+        attempts += 1;
+        assert!(attempts <= gone.config.deletion_max_attempts, "the finalizer is never released");
+        gone.carry(&p, mins(10));
+    }
+    assert_eq!(attempts, gone.config.deletion_max_attempts - 1);
+}

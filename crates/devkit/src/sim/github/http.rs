@@ -177,6 +177,26 @@ fn page_of(
     Ok((slice, total, (!links.is_empty()).then(|| links.join(", "))))
 }
 
+/// A hostile answer (see [`super::HostileAnswer`]); 2xx only to a read.
+fn hostile(h: super::HostileAnswer, read: bool) -> Response {
+    use super::HostileAnswer::*;
+    let status = if read { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
+    let json = [(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    match h {
+        InvalidJson => (status, json, "{\"total_count\": 1, \"runners\": [{\"id\": ").into_response(),
+        Oversized => (status, json, vec![b' '; 9 << 20]).into_response(),
+        AbsurdHeaders => {
+            let absurd = HeaderValue::from_static("99999999999999999999999999");
+            let mut resp = encode(Answer::error(503, "Service Unavailable"));
+            let h = resp.headers_mut();
+            h.insert("retry-after", absurd.clone());
+            h.insert("x-ratelimit-reset", absurd);
+            h.insert("x-ratelimit-remaining", HeaderValue::from_static("-1"));
+            resp
+        }
+    }
+}
+
 fn encode(a: Answer) -> Response {
     let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = match a.body {
@@ -209,6 +229,11 @@ async fn api(State(s): S, method: Method, uri: Uri, headers: HeaderMap, body: By
         }
     };
     let who = principal.key();
+    if let Some(h) = s.draw_hostile(op) {
+        let resp = hostile(h, method == Method::GET);
+        s.record(op, method.as_str(), &path_q, resp.status().as_u16(), &who);
+        return resp;
+    }
     if let Some(a) = s.draw_fault(op) {
         s.record(op, method.as_str(), &path_q, a.status, &who);
         return encode(a);

@@ -67,6 +67,21 @@ pub struct GhOpFaults {
     pub conflict: f64,
     /// An unexpected 422.
     pub unprocessable: f64,
+    /// A hostile answer, as a server a tenant points `apiUrl` at may give (see
+    /// [`HostileAnswer`]); never a 2xx to a write, so nothing is claimed done that was not.
+    pub hostile: f64,
+}
+
+/// The hostile answers of [`GhOpFaults::hostile`], drawn evenly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostileAnswer {
+    /// A read answered 200 with a body that is not JSON; a write, 502 with such a body.
+    InvalidJson,
+    /// A body of 9 MiB (above the client's 8 MiB cap): 200 to a read, 502 to a write.
+    Oversized,
+    /// 503 with `retry-after` and `x-ratelimit-reset` beyond any integer type and
+    /// `x-ratelimit-remaining: -1`.
+    AbsurdHeaders,
 }
 
 /// Faults, reproducible from `seed`.

@@ -741,6 +741,17 @@ impl Shared {
 
     // ------------------------------------------------------------------ faults & limits
 
+    /// A hostile answer for `op`, drawn with its `hostile` probability.
+    pub(crate) fn draw_hostile(&self, op: &str) -> Option<super::HostileAnswer> {
+        let mut st = self.st();
+        let p = st.cfg.faults.ops.get(op).map(|f| f.hostile).unwrap_or(0.0);
+        if p <= 0.0 || st.rng.r#gen::<f64>() >= p {
+            return None;
+        }
+        use super::HostileAnswer::*;
+        Some([InvalidJson, Oversized, AbsurdHeaders][st.rng.gen_range(0..3)])
+    }
+
     pub(crate) fn draw_fault(&self, op: &str) -> Option<Answer> {
         let mut st = self.st();
         let f: GhOpFaults = st.cfg.faults.ops.get(op).copied()?;
