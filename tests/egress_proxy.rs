@@ -122,8 +122,13 @@ async fn every_azure_entra_and_github_call_goes_through_the_proxy() {
     let health = free_addr().unwrap();
     let proxy = format!("http://127.0.0.1:{proxy_port}");
     let ctl_log = dir.path().join("controller.log");
+    let policy = dir.path().join("tenant-policy.yaml");
+    std::fs::write(&policy, format!("rules:\n  - namespaces: [{ns}]\n    controllerIdentity: true\n"))
+        .unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--namespaces", &ns, "--leader-election", "false"])
+        .arg("--tenant-policy")
+        .arg(&policy)
         .args(["--health-listen", &health.to_string(), "--resync-interval", "5s"])
         .args(["--arm-endpoint", &arm, "--azure-authority-host", &arm])
         .args(["--arm-scope", "https://management.azure.com/.default"])
