@@ -17,8 +17,8 @@ use super::harness::{
     self, ControllerHandle, ControllerOptions, apply_app_secret, apply_pool, condition, connect_webhooks,
     eventually, fast_sim_options, pool_manifest, start_controller,
 };
-use crate::sim::arm::GroupSummary;
-use crate::sim::github::{JobRecord, RunnerRecord};
+use crate::sim::arm::{FaultConfig, GroupSummary, Quotas};
+use crate::sim::github::{GithubFaults, JobRecord, RunnerRecord};
 use crate::sim::{self, SimOptions, Simulator};
 use aci_runner_core::crd::RunnerPool;
 
@@ -56,6 +56,21 @@ impl WorldBuilder {
     pub fn with_sim(mut self, f: impl FnOnce(&Simulator) + 'static) -> Self {
         self.sim_hooks.push(Box::new(f));
         self
+    }
+
+    /// The simulated ARM draws these faults from the start.
+    pub fn arm_faults(self, faults: FaultConfig) -> Self {
+        self.with_sim(move |sim| sim.arm.set_faults(faults))
+    }
+
+    /// The simulated ARM enforces these quotas from the start.
+    pub fn arm_quotas(self, quotas: Quotas) -> Self {
+        self.with_sim(move |sim| sim.arm.set_quotas(quotas))
+    }
+
+    /// The simulated GitHub draws these faults from the start.
+    pub fn github_faults(self, faults: GithubFaults) -> Self {
+        self.with_sim(move |sim| sim.github.set_faults(faults))
     }
 
     /// Change the controller options (`ControllerOptions::for_namespace` and the namespaces).
