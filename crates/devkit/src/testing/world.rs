@@ -121,7 +121,7 @@ impl WorldBuilder {
             hook(&sim);
         }
         let mut opts = ControllerOptions::for_namespace(&ns);
-        opts.namespaces.extend(extra_ns.iter().cloned());
+        opts.args.namespaces.extend(extra_ns.iter().cloned());
         for hook in self.opts_hooks {
             hook(&mut opts);
         }
@@ -212,7 +212,7 @@ impl World {
     /// the default install name and the control plane's `kube-system` namespace, as `run` does.
     pub async fn install_id(&self) -> aci_runner_core::plan::install::InstallId {
         use aci_runner_core::plan::install::InstallId;
-        if let Some(id) = &self.opts.install_id {
+        if let Some(id) = &self.opts.args.install_id {
             return InstallId::parse(id).unwrap();
         }
         let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())
