@@ -1,14 +1,5 @@
-use clap::{Parser, Subcommand};
-
-/// GitHub Actions self-hosted runners on Azure Container Instances, declared as RunnerPools.
-#[derive(Parser, Debug)]
-#[command(name = "aci-runner-controller", version, about)]
-struct Cli {
-    #[command(flatten)]
-    log: aci_runner_controller::controller::run::LogArgs,
-    #[command(subcommand)]
-    command: Command,
-}
+use aci_runner_controller::controller::run::parse_cli;
+use clap::Subcommand;
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -19,9 +10,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    cli.log.init();
-    match cli.command {
+    match parse_cli::<Command>(aci_runner_controller::bin_info!()) {
         Command::Crd => {
             print!("{}", aci_runner_core::crd::crd_yaml()?);
             Ok(())

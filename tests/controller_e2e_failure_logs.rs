@@ -14,9 +14,7 @@ use serde_json::json;
 async fn a_crashed_runner_leaves_its_redacted_log_tail_in_an_event_and_the_status() {
     let mut w = World::builder("e2e-crashlog")
         .seed(177)
-        .with_sim(|sim| {
-            sim.github.set_faults(GithubFaults { crash_before_registration: 1.0, ..GithubFaults::default() })
-        })
+        .github_faults(GithubFaults { crash_before_registration: 1.0, ..GithubFaults::default() })
         .start()
         .await;
     w.apply("crashlog", json!({"scaling": {"minIdle": 1, "maxRunners": 1}})).await;

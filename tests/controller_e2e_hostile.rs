@@ -101,7 +101,7 @@ fn rss_bytes() -> u64 {
 async fn hostile_github_answers_stall_only_their_pool() {
     let w = World::builder("e2e-hostile")
         .seed(16)
-        .controller(|o| o.github_request_timeout = Duration::from_secs(3))
+        .controller(|o| o.args.github_request_timeout = Duration::from_secs(3))
         .start()
         .await;
     let (hostile, port) = start_hostile().await;

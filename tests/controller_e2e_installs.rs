@@ -16,7 +16,7 @@ use aci_runner_core::plan::install::{InstallId, owner_label, owner_label_of};
 use aci_runner_devkit::sim::github::JobStatus;
 use aci_runner_devkit::testing::control_plane::{self, ControlPlane};
 use aci_runner_devkit::testing::harness::{
-    self, ControllerOptions, apply_pool, condition, eventually, pool_manifest, start_controller,
+    self, apply_pool, condition, eventually, pool_manifest, start_controller,
 };
 use aci_runner_devkit::testing::world::World;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -79,12 +79,11 @@ async fn two_installs(resource_group_b: Option<&str>) {
     let b_url = w.sim.arm.url().replace("127.0.0.1", "localhost");
     let b_host = b_url.trim_start_matches("http://").to_string();
     assert_ne!(a_host, b_host);
-    let opts_a = ControllerOptions { install_id: Some("install-a".into()), ..w.opts.clone() };
-    let opts_b = ControllerOptions {
-        install_id: Some("install-b".into()),
-        arm_endpoint: Some(b_url),
-        ..w.opts.clone()
-    };
+    let mut opts_a = w.opts.clone();
+    opts_a.args.install_id = Some("install-a".into());
+    let mut opts_b = w.opts.clone();
+    opts_b.args.install_id = Some("install-b".into());
+    opts_b.args.arm_endpoint = Some(b_url);
     let ctl_a = w.spawn_controller(opts_a).await;
     let ctl_b = start_controller(&client_b, &w.sim, opts_b).await.unwrap();
 

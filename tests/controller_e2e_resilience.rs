@@ -285,7 +285,7 @@ async fn quota_exceeded_stalls_with_an_event_and_recovers_when_raised() {
     // Room for two 1-vCPU runners in the region.
     let mut w = World::builder("e2e-quota")
         .seed(71)
-        .with_sim(|sim| sim.arm.set_quotas(Quotas { cores: 2.0, ..Quotas::default() }))
+        .arm_quotas(Quotas { cores: 2.0, ..Quotas::default() })
         .start()
         .await;
     w.apply("quota", json!({"scaling": {"minIdle": 4, "maxRunners": 6}})).await;
@@ -337,11 +337,9 @@ async fn capacity_unavailable_in_the_primary_location_spills_to_fallback_locatio
     let mut w = World::builder("e2e-spill")
         .seed(72)
         // westeurope holds one container group, then answers 409 ServiceUnavailable.
-        .with_sim(|sim| {
-            sim.arm.set_faults(FaultConfig {
-                capacity: [("westeurope".to_string(), 1)].into(),
-                ..FaultConfig::default()
-            })
+        .arm_faults(FaultConfig {
+            capacity: [("westeurope".to_string(), 1)].into(),
+            ..FaultConfig::default()
         })
         // Locations cool down for 3 s after CapacityUnavailable (so that recovery fits the test).
         .controller(|o| o.planner.location_cooldown = Duration::from_secs(3))
@@ -394,11 +392,7 @@ async fn inaccessible_image_stalls_with_invalid_image_and_leaks_no_registration(
     let image = "registry.example.invalid/private/runner:1.0";
     let mut w = World::builder("e2e-image")
         .seed(73)
-        .with_sim(move |sim| {
-            let faults =
-                FaultConfig { inaccessible_images: [image.to_string()].into(), ..FaultConfig::default() };
-            sim.arm.set_faults(faults)
-        })
+        .arm_faults(FaultConfig { inaccessible_images: [image.to_string()].into(), ..FaultConfig::default() })
         .start()
         .await;
     w.apply("image", json!({"runner": {"image": image}, "scaling": {"minIdle": 2}})).await;
@@ -522,9 +516,7 @@ async fn crashing_runners_stall_the_pool_and_it_recovers_once_they_stop_crashing
     let mut w = World::builder("e2e-crash")
         .seed(76)
         // Every runner process exits with 1 before it registers (a broken image entrypoint).
-        .with_sim(|sim| {
-            sim.arm.set_faults(FaultConfig { crash_before_registration: 1.0, ..FaultConfig::default() })
-        })
+        .arm_faults(FaultConfig { crash_before_registration: 1.0, ..FaultConfig::default() })
         .start()
         .await;
     w.apply("crash", json!({"scaling": {"minIdle": 2, "maxRunners": 4}})).await;
@@ -933,12 +925,9 @@ async fn runners_left_in_the_old_resource_group_are_removed_after_their_job() {
 async fn orphans_are_collected_when_the_subscription_cannot_be_listed() {
     let mut w = World::builder("e2e-gcfallback")
         .seed(95)
-        .with_sim(|sim| {
-            let list_all_fails = OpFaults { internal_error: 1.0, ..OpFaults::default() };
-            sim.arm.set_faults(FaultConfig {
-                ops: [("listAll".to_string(), list_all_fails)].into(),
-                ..FaultConfig::default()
-            })
+        .arm_faults(FaultConfig {
+            ops: [("listAll".to_string(), OpFaults { internal_error: 1.0, ..OpFaults::default() })].into(),
+            ..FaultConfig::default()
         })
         .start()
         .await;

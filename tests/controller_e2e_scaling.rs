@@ -49,7 +49,7 @@ fn completed_among(w: &World, job_ids: &BTreeSet<i64>) -> usize {
 async fn gc_world(prefix: &str, seed: u64) -> World {
     World::builder(prefix)
         .sim_options(sim_options(seed))
-        .controller(|o| o.gc_grace = Duration::from_secs(3))
+        .controller(|o| o.args.gc_grace = Duration::from_secs(3))
         .start()
         .await
 }
@@ -383,7 +383,7 @@ async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_removes_an_offline_registration_without_a_group_after_the_grace_period() {
     let mut w = scaling_world("e2e-leak", 4).await;
-    let grace = w.opts.gc_grace;
+    let grace = w.opts.args.gc_grace;
     w.apply_ready("leak", 1).await;
     let own = w.runners_of("leak").remove(0);
 
@@ -516,7 +516,7 @@ async fn a_crashed_runner_group_is_removed_and_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_after_restart() {
     let mut w = gc_world("e2e-orphan", 6).await;
-    let grace = w.opts.gc_grace;
+    let grace = w.opts.args.gc_grace;
     // Same subscription, resource group and org for both; only "gone" can run `aci` jobs.
     w.apply("gone", json!({"scaling": {"minIdle": 2}})).await;
     w.apply("kept", json!({"scaling": {"minIdle": 1}, "github": {"labels": ["spare"]}})).await;
@@ -578,7 +578,7 @@ async fn groups_of_a_pool_deleted_while_the_controller_was_down_are_collected_af
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_counted() {
     let mut w = gc_world("e2e-reborn", 10).await;
-    let grace = w.opts.gc_grace;
+    let grace = w.opts.args.gc_grace;
     let manifest = pool_manifest("reborn", &w.sim, json!({"scaling": {"minIdle": 2}}));
     let old = w.apply_manifest(&manifest).await;
     w.wait_ready("reborn", 2).await;
@@ -728,7 +728,7 @@ async fn deleting_a_pool_removes_a_busy_runner_after_drain_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pool_with_the_orphan_policy_releases_its_runners_and_leaves_them_running() {
     let mut w = scaling_world("e2e-release", 9).await;
-    let grace = w.opts.gc_grace;
+    let grace = w.opts.args.gc_grace;
     let mut manifest = pool_manifest("keep", &w.sim, json!({"scaling": {"minIdle": 2}}));
     manifest["metadata"]["annotations"] = json!({"aci-runners.dev/deletion-policy": "orphan"});
     w.apply_manifest(&manifest).await;

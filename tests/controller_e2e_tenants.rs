@@ -31,7 +31,7 @@ async fn pools_outside_their_tenant_policy_are_not_permitted_and_cause_no_call()
     let w = World::builder("tenants")
         .extra_namespace("tenants-b")
         .controller(|o| {
-            let (a, b) = (o.namespaces[0].clone(), o.namespaces[1].clone());
+            let (a, b) = (o.args.namespaces[0].clone(), o.args.namespaces[1].clone());
             let yaml = format!(
                 "rules:\n  - namespaces: [{a}]\n    controllerIdentity: true\n    \
                  subscriptions: [\"{SUBSCRIPTION}\"]\n    identities: []\n  - namespaces: [{b}]\n    \

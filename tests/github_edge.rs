@@ -331,13 +331,8 @@ async fn webhook_receiver_verifies_signatures_and_emits_demand() {
         b"Hello, World!",
         Some("sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
     ));
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<DemandSignal>(64);
     let metrics = GithubMetrics::default();
-    let app =
-        router_with_metrics(WebhookSecrets::single(SecretString::from(secret)), tx, Some(metrics.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (url, mut rx) = serve_webhook_receiver(secret, 64, Some(metrics.clone())).await;
     let http = reqwest::Client::new();
     let body = serde_json::to_vec(&serde_json::json!({
         "action": "queued",
@@ -392,16 +387,24 @@ async fn webhook_receiver_verifies_signatures_and_emits_demand() {
     assert!(text.contains("github_webhook_deliveries_total{result=\"accepted\"} 1"), "{text}");
 }
 
-#[tokio::test]
-async fn simulated_github_deliveries_reach_the_receiver() {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<DemandSignal>(64);
-    let app = aci_runner_controller::github::webhook::router(
-        WebhookSecrets::single(SecretString::from("hook-secret")),
-        tx,
-    );
+/// The webhook receiver with the shared secret `secret` (counting deliveries into `metrics`) on a
+/// local port: its delivery URL and the demand it forwards (a channel of `capacity`).
+async fn serve_webhook_receiver(
+    secret: &str,
+    capacity: usize,
+    metrics: Option<GithubMetrics>,
+) -> (String, tokio::sync::mpsc::Receiver<DemandSignal>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<DemandSignal>(capacity);
+    let app = router_with_metrics(WebhookSecrets::single(SecretString::from(secret)), tx, metrics);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn simulated_github_deliveries_reach_the_receiver() {
+    let (url, mut rx) = serve_webhook_receiver("hook-secret", 64, None).await;
     let g = sim(60.0, GithubSimConfig::default()).await;
     g.set_webhook(Some(WebhookTarget { url, secret: "hook-secret".into() }));
     let jobs = g.enqueue_jobs(jobs(&["self-hosted", "aci"], 60.0, 3)).unwrap();
@@ -573,14 +576,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let pat = g.app_credentials().pats[0].clone();
     let pc = hub.client(&g.url(), Credentials::Pat { token: SecretString::from(pat.clone()) }).unwrap();
     pc.list_runners(&org()).await.unwrap();
-    let (tx, _rx) = tokio::sync::mpsc::channel::<DemandSignal>(4);
-    let app = aci_runner_controller::github::webhook::router(
-        WebhookSecrets::single(SecretString::from("hook-secret-value")),
-        tx,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (url, _rx) = serve_webhook_receiver("hook-secret-value", 4, None).await;
     let body = br#"{"action":"queued","workflow_job":{"id":1,"labels":["body-marker-xyz"]}}"#.to_vec();
     let r = reqwest::Client::new()
         .post(&url)

@@ -218,6 +218,11 @@ async fn sim_with_token(scale: f64, cfg: GithubSimConfig) -> (GithubSimHandle, C
     (g, c, tok)
 }
 
+/// `GET /orgs/octo-org/actions/runners` with the PAT `pat`.
+async fn list_org_runners(http: &reqwest::Client, g: &GithubSimHandle, pat: &str) -> reqwest::Response {
+    http.get(format!("{}/orgs/octo-org/actions/runners", g.url())).bearer_auth(pat).send().await.unwrap()
+}
+
 async fn installation_token(g: &GithubSimHandle, c: &Conform, installation: i64) -> String {
     let creds = g.app_credentials();
     let jwt = mint_app_jwt(&creds.app_id.to_string(), &creds.private_key_pem, chrono::Utc::now()).unwrap();
@@ -913,12 +918,7 @@ async fn faults_are_reproducible_from_the_seed() {
         let http = reqwest::Client::new();
         let mut v = Vec::new();
         for _ in 0..40 {
-            let r = http
-                .get(format!("{}/orgs/octo-org/actions/runners", g.url()))
-                .bearer_auth(&pat)
-                .send()
-                .await
-                .unwrap();
+            let r = list_org_runners(&http, &g, &pat).await;
             v.push(r.status().as_u16());
         }
         let n = g.call_counts()["list_runners"].len();
@@ -948,12 +948,7 @@ async fn hostile_answers_break_the_shapes_but_never_claim_a_write() {
     let http = reqwest::Client::new();
     let mut kinds = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        let r = http
-            .get(format!("{}/orgs/octo-org/actions/runners", g.url()))
-            .bearer_auth(&pat)
-            .send()
-            .await
-            .unwrap();
+        let r = list_org_runners(&http, &g, &pat).await;
         let status = r.status().as_u16();
         let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
         let body = r.bytes().await.unwrap();

@@ -15,16 +15,13 @@ if generation ~= nil and (observed == nil or observed < generation) then
   hs.message = "Waiting for the controller to observe generation " .. tostring(generation)
   return hs
 end
-local ready, reconciling, stalled
+local conditions = {}
 for _, c in ipairs(obj.status.conditions) do
-  if c.type == "Ready" then
-    ready = c
-  elseif c.type == "Reconciling" then
-    reconciling = c
-  elseif c.type == "Stalled" then
-    stalled = c
+  if c.type ~= nil then
+    conditions[c.type] = c
   end
 end
+local ready, reconciling = conditions["Ready"], conditions["Reconciling"]
 local function describe(c)
   local reason = c.reason or ""
   if c.message ~= nil and c.message ~= "" then
@@ -32,20 +29,19 @@ local function describe(c)
   end
   return reason
 end
-if stalled ~= nil and stalled.status == "True" then
-  hs.status = "Degraded"
-  hs.message = describe(stalled)
-  return hs
-end
-if ready ~= nil and ready.status == "True" then
-  hs.status = "Healthy"
-  hs.message = describe(ready)
-  return hs
-end
-if reconciling ~= nil and reconciling.status == "False" then
-  hs.status = "Healthy"
-  hs.message = describe(reconciling)
-  return hs
+-- The first of these whose condition has that status decides: {condition, status, health}.
+local rules = {
+  { "Stalled", "True", "Degraded" },
+  { "Ready", "True", "Healthy" },
+  { "Reconciling", "False", "Healthy" },
+}
+for _, rule in ipairs(rules) do
+  local c = conditions[rule[1]]
+  if c ~= nil and c.status == rule[2] then
+    hs.status = rule[3]
+    hs.message = describe(c)
+    return hs
+  end
 end
 hs.status = "Progressing"
 if reconciling ~= nil and reconciling.status == "True" then

@@ -290,6 +290,47 @@ impl LogArgs {
     }
 }
 
+/// The command line of each binary of the workspace: the log flags ([`LogArgs`]), then one of the
+/// binary's subcommands `C`.
+#[derive(clap::Parser, Debug)]
+struct Cli<C: clap::Subcommand> {
+    #[command(flatten)]
+    log: LogArgs,
+    #[command(subcommand)]
+    command: C,
+}
+
+/// Name, version and one-line description of a binary, as its `--help` and `--version` show them.
+#[derive(Clone, Copy, Debug)]
+pub struct BinInfo {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub about: &'static str,
+}
+
+/// The [`BinInfo`] of the package this expands in: its name, version and description.
+#[macro_export]
+macro_rules! bin_info {
+    () => {
+        $crate::controller::run::BinInfo {
+            name: env!("CARGO_PKG_NAME"),
+            version: env!("CARGO_PKG_VERSION"),
+            about: env!("CARGO_PKG_DESCRIPTION"),
+        }
+    };
+}
+
+/// Parse the process's command line as binary `bin` with subcommands `C`, install its `tracing`
+/// subscriber ([`LogArgs::init`]) and return the subcommand. A malformed command line, `--help`
+/// and `--version` exit the process the way clap does.
+pub fn parse_cli<C: clap::Subcommand>(bin: BinInfo) -> C {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let command = Cli::<C>::command().name(bin.name).bin_name(bin.name).version(bin.version).about(bin.about);
+    let cli = Cli::<C>::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    cli.log.init();
+    cli.command
+}
+
 /// Install the process's `tracing` subscriber: `RUST_LOG` filter (default `info`), logs on
 /// stderr as text or, with `format == "json"`, one JSON object a line.
 fn init_tracing(format: &str) {

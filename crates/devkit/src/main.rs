@@ -1,15 +1,6 @@
 //! `aci-runner-devkit`: the simulator, the demo driver, the benchmarks and the fault soak.
-use clap::{Parser, Subcommand};
-
-/// Development tools of aci-runner-controller (never shipped).
-#[derive(Parser, Debug)]
-#[command(name = "aci-runner-devkit", version, about)]
-struct Cli {
-    #[command(flatten)]
-    log: aci_runner_controller::controller::run::LogArgs,
-    #[command(subcommand)]
-    command: Command,
-}
+use aci_runner_controller::controller::run::parse_cli;
+use clap::Subcommand;
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -20,9 +11,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    cli.log.init();
-    match cli.command {
+    match parse_cli::<Command>(aci_runner_controller::bin_info!()) {
         Command::Sim(args) => aci_runner_devkit::sim::run_cli(*args),
         Command::Bench(cli) => aci_runner_devkit::bench::run_cli(*cli),
     }

@@ -61,57 +61,69 @@ pub fn fast_planner() -> PlannerConfig {
     }
 }
 
-/// How to start one controller instance.
+/// How to start one controller instance: its `run` flags, and what the harness writes into
+/// files for it.
 #[derive(Clone, Debug)]
 pub struct ControllerOptions {
-    pub namespaces: Vec<String>,
-    pub leader: LeaderElectionArgs,
-    pub gc_grace: Duration,
-    pub resync: Duration,
+    /// The `run` flags. At launch the harness sets the health and webhook listeners (free local
+    /// ports), `--webhook-secret-file` and `--tenant-policy` (files it writes), and an unset
+    /// `--arm-endpoint` becomes the simulator's URL and an unset `--azure-authority-host` the ARM
+    /// endpoint. Another host name for the same simulator tells this controller's ARM calls
+    /// apart in the call log.
+    pub args: RunArgs,
+    /// The shared webhook secret (written to a file for the controller); unset: no webhook
+    /// listener.
     pub webhook_secret: Option<String>,
     pub planner: PlannerConfig,
-    /// `--github-request-timeout`: the deadline of one GitHub request.
-    pub github_request_timeout: Duration,
-    /// `--install-id`; unset: derived from the cluster (the control plane's `kube-system`).
-    pub install_id: Option<String>,
-    /// `--arm-endpoint` and `--azure-authority-host`; unset: the simulator's URL. Another host
-    /// name for the same simulator tells this controller's ARM calls apart in the call log.
-    pub arm_endpoint: Option<String>,
     /// `--tenant-policy` (written to a file for the controller); unset: the pools of
-    /// `namespaces` (every namespace when empty) may run as the controller's identity.
+    /// `args.namespaces` (every namespace when empty) may run as the controller's identity.
     pub tenant_policy: Option<TenantPolicy>,
 }
 
 impl ControllerOptions {
     pub fn for_namespace(ns: &str) -> Self {
-        Self {
+        let args = RunArgs {
             namespaces: vec![ns.to_string()],
+            selector: None,
+            resync_interval: Duration::from_secs(2),
             leader: LeaderElectionArgs {
                 leader_election: false,
                 lease_name: format!("aci-runner-controller-{ns}"),
                 lease_namespace: Some(ns.to_string()),
                 identity: None,
             },
-            gc_grace: Duration::from_secs(2),
-            resync: Duration::from_secs(2),
-            webhook_secret: None,
-            planner: fast_planner(),
-            github_request_timeout: Duration::from_secs(30),
-            install_id: None,
+            // Set at launch.
+            health_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            webhook_listen: None,
+            webhook_secret_file: None,
+            webhook_secrets_dir: None,
+            azure_cloud: Default::default(),
             arm_endpoint: None,
+            azure_authority_host: None,
+            arm_scope: Some("https://management.azure.com/.default".into()),
+            allow_imds: false,
+            install_id: None,
+            install_name: "aci-runner-controller".into(),
             tenant_policy: None,
-        }
+            gc_grace: Duration::from_secs(2),
+            limits: Default::default(),
+            allow_insecure_github_http: false,
+            github_request_timeout: Duration::from_secs(30),
+            prices: Default::default(),
+            ca_bundle: None,
+        };
+        Self { args, webhook_secret: None, planner: fast_planner(), tenant_policy: None }
     }
 
     /// These options with leader election on, as `identity` in the Lease `lease_name`.
-    pub fn elected(self, lease_name: &str, identity: &str) -> Self {
-        let leader = LeaderElectionArgs {
+    pub fn elected(mut self, lease_name: &str, identity: &str) -> Self {
+        self.args.leader = LeaderElectionArgs {
             leader_election: true,
             lease_name: lease_name.to_string(),
             identity: Some(identity.to_string()),
-            ..self.leader
+            ..self.args.leader
         };
-        Self { leader, ..self }
+        self
     }
 }
 
@@ -186,7 +198,8 @@ pub fn sim_identity(sim: &Simulator) -> CredentialSpec {
     }
 }
 
-/// The `run` flags for a controller pointed at the simulator.
+/// The `run` flags of `opts` for a controller pointed at the simulator, with these listeners and
+/// files (see [`ControllerOptions::args`]).
 pub fn run_args(
     sim: &Simulator,
     opts: &ControllerOptions,
@@ -194,30 +207,14 @@ pub fn run_args(
     webhook: Option<(SocketAddr, std::path::PathBuf)>,
     tenant_policy: Option<std::path::PathBuf>,
 ) -> RunArgs {
-    RunArgs {
-        namespaces: opts.namespaces.clone(),
-        selector: None,
-        resync_interval: opts.resync,
-        leader: opts.leader.clone(),
-        health_listen: health,
-        webhook_listen: webhook.as_ref().map(|(a, _)| *a),
-        webhook_secret_file: webhook.map(|(_, p)| p),
-        azure_cloud: Default::default(),
-        arm_endpoint: Some(opts.arm_endpoint.clone().unwrap_or_else(|| sim.arm.url())),
-        azure_authority_host: Some(opts.arm_endpoint.clone().unwrap_or_else(|| sim.arm.url())),
-        webhook_secrets_dir: None,
-        arm_scope: Some("https://management.azure.com/.default".into()),
-        allow_imds: false,
-        gc_grace: opts.gc_grace,
-        tenant_policy,
-        install_id: opts.install_id.clone(),
-        install_name: "aci-runner-controller".into(),
-        limits: Default::default(),
-        allow_insecure_github_http: false,
-        github_request_timeout: opts.github_request_timeout,
-        prices: Default::default(),
-        ca_bundle: None,
-    }
+    let mut args = opts.args.clone();
+    args.health_listen = health;
+    args.webhook_listen = webhook.as_ref().map(|(a, _)| *a);
+    args.webhook_secret_file = webhook.map(|(_, p)| p);
+    args.tenant_policy = tenant_policy;
+    let arm = args.arm_endpoint.get_or_insert_with(|| sim.arm.url()).clone();
+    args.azure_authority_host.get_or_insert(arm);
+    args
 }
 
 /// Start a controller in this process, driving the simulator through the production edges.
@@ -255,9 +252,9 @@ async fn launch_controller(
         }
         None => None,
     };
-    let policy = opts.tenant_policy.clone().unwrap_or_else(|| match opts.namespaces.is_empty() {
+    let policy = opts.tenant_policy.clone().unwrap_or_else(|| match opts.args.namespaces.is_empty() {
         true => TenantPolicy::controller_identity_for(["*"]),
-        false => TenantPolicy::controller_identity_for(opts.namespaces.clone()),
+        false => TenantPolicy::controller_identity_for(opts.args.namespaces.clone()),
     });
     let policy_file = files.path().join("tenant-policy.yaml");
     std::fs::write(&policy_file, serde_json::to_string(&policy)?)?;

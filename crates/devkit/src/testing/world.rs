@@ -17,8 +17,8 @@ use super::harness::{
     self, ControllerHandle, ControllerOptions, apply_app_secret, apply_pool, condition, connect_webhooks,
     eventually, fast_sim_options, pool_manifest, start_controller,
 };
-use crate::sim::arm::GroupSummary;
-use crate::sim::github::{JobRecord, RunnerRecord};
+use crate::sim::arm::{FaultConfig, GroupSummary, Quotas};
+use crate::sim::github::{GithubFaults, JobRecord, RunnerRecord};
 use crate::sim::{self, SimOptions, Simulator};
 use aci_runner_core::crd::RunnerPool;
 
@@ -56,6 +56,21 @@ impl WorldBuilder {
     pub fn with_sim(mut self, f: impl FnOnce(&Simulator) + 'static) -> Self {
         self.sim_hooks.push(Box::new(f));
         self
+    }
+
+    /// The simulated ARM draws these faults from the start.
+    pub fn arm_faults(self, faults: FaultConfig) -> Self {
+        self.with_sim(move |sim| sim.arm.set_faults(faults))
+    }
+
+    /// The simulated ARM enforces these quotas from the start.
+    pub fn arm_quotas(self, quotas: Quotas) -> Self {
+        self.with_sim(move |sim| sim.arm.set_quotas(quotas))
+    }
+
+    /// The simulated GitHub draws these faults from the start.
+    pub fn github_faults(self, faults: GithubFaults) -> Self {
+        self.with_sim(move |sim| sim.github.set_faults(faults))
     }
 
     /// Change the controller options (`ControllerOptions::for_namespace` and the namespaces).
@@ -106,7 +121,7 @@ impl WorldBuilder {
             hook(&sim);
         }
         let mut opts = ControllerOptions::for_namespace(&ns);
-        opts.namespaces.extend(extra_ns.iter().cloned());
+        opts.args.namespaces.extend(extra_ns.iter().cloned());
         for hook in self.opts_hooks {
             hook(&mut opts);
         }
@@ -197,7 +212,7 @@ impl World {
     /// the default install name and the control plane's `kube-system` namespace, as `run` does.
     pub async fn install_id(&self) -> aci_runner_core::plan::install::InstallId {
         use aci_runner_core::plan::install::InstallId;
-        if let Some(id) = &self.opts.install_id {
+        if let Some(id) = &self.opts.args.install_id {
             return InstallId::parse(id).unwrap();
         }
         let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(self.client.clone())

@@ -103,8 +103,7 @@ fn spot_falls_back_to_regular_only_with_spot_fallback() {
 
 #[test]
 fn quota_exceeded_waits_and_says_so_then_recovers() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 1;
+    let mut fx = Fx::with_min_idle(1);
     let p = fx.run();
     fx.carry(&p, chrono::Duration::seconds(10));
     fx.failures =
@@ -144,8 +143,7 @@ fn creates_accepted_in_the_pass_of_a_quota_refusal_do_not_end_the_quota_wait() {
     // Pass 1 creates three; ARM accepts two, then refuses the third for quota. In pass 2 the
     // two accepted groups are listed: that says nothing about quota now, so no retry before
     // the quota wait is over.
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 3;
+    let mut fx = Fx::with_min_idle(3);
     let p = fx.run();
     let names: Vec<String> = creates(&p).iter().map(|a| a.name().to_string()).collect();
     assert_eq!(names.len(), 3);

@@ -7,18 +7,8 @@ fn recycle_table() {
     let term = |c| ContainerState::Terminated { exit_code: Some(c) };
     type Case = (ContainerState, i32, Option<(bool, bool)>, bool, Vec<Action>, bool);
     let unreg = |r| Action::UnregisterRunner { id: 7, name: "pool-done1".into(), reason: r };
-    let del = |r| Action::DeleteGroup {
-        name: "pool-done1".into(),
-        reason: r,
-        only_if_unregistered: None,
-        only_if_unlisted: false,
-    };
-    let del_after_unreg = |r| Action::DeleteGroup {
-        name: "pool-done1".into(),
-        reason: r,
-        only_if_unregistered: Some(7),
-        only_if_unlisted: false,
-    };
+    let del = |r| delete_group("pool-done1", r, None);
+    let del_after_unreg = |r| delete_group("pool-done1", r, Some(7));
     let cases: Vec<Case> = vec![
         // exit 0, registration gone (ephemeral runner removed itself) → delete group only.
         (term(0), 0, None, true, vec![del(RemovalReason::Recycled)], false),
@@ -43,8 +33,7 @@ fn recycle_table() {
         (term(0), 0, Some((true, true)), true, vec![], false),
     ];
     for (i, (state, restarts, reg, seen, want, counted)) in cases.into_iter().enumerate() {
-        let mut fx = Fx::new();
-        fx.spec.scaling.min_idle = 0;
+        let mut fx = Fx::with_min_idle(0);
         let mut g = group("pool-done1", state, 10);
         if let Some(c) = g.container.as_mut() {
             c.restart_count = restarts;
@@ -95,19 +84,13 @@ fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registrati
         got,
         vec![
             unregister(7, "pool-done1", RemovalReason::Recycled),
-            Action::DeleteGroup {
-                name: "pool-done1".into(),
-                reason: RemovalReason::Recycled,
-                only_if_unregistered: Some(7),
-                only_if_unlisted: false
-            },
+            delete_group("pool-done1", RemovalReason::Recycled, Some(7)),
         ]
     );
 
     // An ephemeral runner's registration that outlives its deleted group is an offline
     // registration without a group: collected once confirmed after gcGrace, never leaked.
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     fx.runners = Ok(vec![runner(7, "pool-done1", false, false)]);
     let first = fx.run();
     assert!(!first.actions.iter().any(Action::is_destructive), "not before the grace period");
@@ -122,8 +105,7 @@ fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registrati
 
 #[test]
 fn gc_offline_registration_mark_then_confirm() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     fx.runners = Ok(vec![
         runner(9, "pool-gone1", false, false),
         // Not ours: other prefix, or our prefix without the pool label, or busy.
@@ -146,8 +128,7 @@ fn gc_offline_registration_mark_then_confirm() {
 
 #[test]
 fn gc_mark_is_dropped_when_candidate_recovers_and_failed_list_keeps_marks() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     fx.runners = Ok(vec![runner(9, "pool-gone1", false, false)]);
     let p = fx.run();
     fx.carry(&p, mins(1));
@@ -166,8 +147,7 @@ fn gc_mark_is_dropped_when_candidate_recovers_and_failed_list_keeps_marks() {
 
 #[test]
 fn stale_group_of_older_pool_with_same_name_is_collected() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     let old = running_of("pool-old01", "uid-dead");
     let other_live = running_of("pool-live1", "uid-other");
     fx.live.insert("uid-other".into());
@@ -185,8 +165,7 @@ fn stale_group_of_older_pool_with_same_name_is_collected() {
 fn stale_group_of_an_online_runner_is_deleted_only_if_its_unregister_succeeds() {
     // The lists may be cached: an online runner shown idle may just have taken a job. GitHub
     // refuses to unregister a busy runner, and then its group must stay.
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     let old = running_of("pool-old01", "uid-dead");
     fx.groups = Ok(vec![old]);
     fx.runners = Ok(vec![runner_of("uid-dead", 5, "pool-old01", true, false)]);
@@ -204,21 +183,12 @@ fn confirmed_pass(fx: &mut Fx) -> Plan {
 
 /// Unregister then delete of the orphaned runner `name`, the delete guarded by `guard`.
 fn orphan_removal(id: u64, name: &str, guard: Option<u64>) -> Vec<Action> {
-    vec![
-        unregister(id, name, RemovalReason::Orphaned),
-        Action::DeleteGroup {
-            name: name.into(),
-            reason: RemovalReason::Orphaned,
-            only_if_unregistered: guard,
-            only_if_unlisted: false,
-        },
-    ]
+    vec![unregister(id, name, RemovalReason::Orphaned), delete_group(name, RemovalReason::Orphaned, guard)]
 }
 
 #[test]
 fn jit_registration_of_failed_create_is_unregistered() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     let mut f = create_failure("pool-aaaaa", "westeurope", Priority::Regular, EdgeErrorKind::Transient);
     f.registered_runner = Some(77);
     fx.failures = vec![f];
@@ -253,15 +223,7 @@ fn removals_are_not_repeated_or_misread_while_lists_lag() {
     // Still listed after removal_ttl: asked again.
     fx.carry(&p, mins(3));
     let p = fx.run();
-    assert_eq!(
-        destructive(&p),
-        vec![&Action::DeleteGroup {
-            name: removed.clone(),
-            reason: RemovalReason::ScaleDown,
-            only_if_unregistered: None,
-            only_if_unlisted: true
-        }]
-    );
+    assert_eq!(destructive(&p), vec![&delete_unlisted_group(&removed, RemovalReason::ScaleDown)]);
     assert_eq!(p.state.failures, 0);
     // Gone from the lists: forgotten.
     fx.carry(&p, mins(1));
@@ -382,12 +344,7 @@ fn a_group_that_can_still_run_is_deleted_only_if_a_fresh_list_shows_no_registrat
     let deletes: Vec<&Action> = destructive(&p);
     assert_eq!(
         deletes,
-        vec![&Action::DeleteGroup {
-            name: "pool-rstr1".into(),
-            reason: RemovalReason::Crashed,
-            only_if_unregistered: None,
-            only_if_unlisted: true
-        }],
+        vec![&delete_unlisted_group("pool-rstr1", RemovalReason::Crashed)],
         "{:?}",
         p.actions
     );
@@ -404,8 +361,7 @@ fn a_group_that_can_still_run_is_deleted_only_if_a_fresh_list_shows_no_registrat
         p.actions
     );
     // An ephemeral runner's terminated container (restart policy Never) runs nothing any more.
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     fx.groups = Ok(vec![group("pool-done9", ContainerState::Terminated { exit_code: Some(1) }, 5)]);
     let p = fx.run();
     assert!(

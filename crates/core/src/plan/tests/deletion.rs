@@ -11,18 +11,8 @@ fn deletion_removes_idle_waits_for_busy_then_drains() {
         p.actions,
         vec![
             unregister(10, "pool-idle1", RemovalReason::PoolDeleted),
-            Action::DeleteGroup {
-                name: "pool-idle1".into(),
-                reason: RemovalReason::PoolDeleted,
-                only_if_unregistered: Some(10),
-                only_if_unlisted: false
-            },
-            Action::DeleteGroup {
-                name: "pool-prov1".into(),
-                reason: RemovalReason::PoolDeleted,
-                only_if_unregistered: None,
-                only_if_unlisted: true
-            },
+            delete_group("pool-idle1", RemovalReason::PoolDeleted, Some(10)),
+            delete_unlisted_group("pool-prov1", RemovalReason::PoolDeleted),
         ]
     );
     assert_eq!(p.finalizer, FinalizerDecision::Keep);
@@ -44,12 +34,7 @@ fn deletion_removes_idle_waits_for_busy_then_drains() {
     assert_eq!(
         p.actions,
         vec![
-            Action::DeleteGroup {
-                name: "pool-busy1".into(),
-                reason: RemovalReason::DrainTimeout,
-                only_if_unregistered: None,
-                only_if_unlisted: false
-            },
+            delete_group("pool-busy1", RemovalReason::DrainTimeout, None),
             unregister(50, "pool-busy1", RemovalReason::DrainTimeout),
         ]
     );
@@ -76,15 +61,7 @@ fn deletion_waits_for_in_flight_creates() {
     fx.carry(&p, mins(1));
     fx.groups = Ok(vec![group("pool-fly01", ContainerState::Waiting { reason: None }, 0)]);
     let p = fx.run();
-    assert_eq!(
-        p.actions,
-        vec![Action::DeleteGroup {
-            name: "pool-fly01".into(),
-            reason: RemovalReason::PoolDeleted,
-            only_if_unregistered: None,
-            only_if_unlisted: true
-        }]
-    );
+    assert_eq!(p.actions, vec![delete_unlisted_group("pool-fly01", RemovalReason::PoolDeleted)]);
 }
 
 #[test]
@@ -155,12 +132,7 @@ fn deletion_never_wedges() {
     deleting(&mut fx, 0);
     fx.config.deletion_max_attempts = 2;
     let fail = ActionFailure {
-        action: Action::DeleteGroup {
-            name: "pool-idle1".into(),
-            reason: RemovalReason::PoolDeleted,
-            only_if_unregistered: None,
-            only_if_unlisted: false,
-        },
+        action: delete_group("pool-idle1", RemovalReason::PoolDeleted, None),
         error: EdgeError::new(EdgeErrorKind::Transient, "ARM 500"),
         registered_runner: None,
     };

@@ -3,8 +3,7 @@ use super::*;
 
 #[test]
 fn failures_are_counted_once_per_group() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 1;
+    let mut fx = Fx::with_min_idle(1);
     let mut g = group("pool-bad01", ContainerState::Waiting { reason: Some("ErrImagePull".into()) }, 1);
     g.provisioning = GroupProvisioning::Failed;
     fx.groups = Ok(vec![g]);
@@ -22,20 +21,14 @@ fn failures_are_counted_once_per_group() {
 
 #[test]
 fn registration_timeout_replaces_and_counts() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 1;
+    let mut fx = Fx::with_min_idle(1);
     fx.config.backoff_base = Duration::from_secs(30);
     // Running for 11 minutes (timeout 10m), no registration.
     fx.groups = Ok(vec![group("pool-slow1", ContainerState::Running, 11)]);
     let p = fx.run();
     assert_eq!(
         destructive(&p),
-        vec![&Action::DeleteGroup {
-            name: "pool-slow1".into(),
-            reason: RemovalReason::RegistrationTimeout,
-            only_if_unregistered: None,
-            only_if_unlisted: true
-        }]
+        vec![&delete_unlisted_group("pool-slow1", RemovalReason::RegistrationTimeout)]
     );
     assert_eq!(p.state.last_failure.as_ref().unwrap().reason, FailureReason::RegistrationTimeout);
     // Replacement is held back by the backoff.
@@ -51,8 +44,7 @@ fn registration_timeout_replaces_and_counts() {
     assert_eq!(destructive(&p)[0], &unregister(3, "pool-slow1", RemovalReason::RegistrationTimeout));
 
     // Within the timeout: provisioning, requeue at the deadline at the latest.
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 1;
+    let mut fx = Fx::with_min_idle(1);
     fx.config.converging_requeue = Duration::from_secs(3600);
     fx.config.resync = Duration::from_secs(3600);
     fx.groups = Ok(vec![group("pool-slow1", ContainerState::Running, 4)]);
@@ -78,8 +70,7 @@ fn runner_that_went_offline_is_replaced_after_timeout_from_when_it_went_offline(
 
 #[test]
 fn same_failure_three_times_stalls_with_its_reason() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 1;
+    let mut fx = Fx::with_min_idle(1);
     fx.config.backoff_base = Duration::from_secs(1);
     let mut p = fx.run();
     for round in 1..=3u32 {
@@ -117,8 +108,7 @@ fn same_failure_three_times_stalls_with_its_reason() {
 
 #[test]
 fn different_failures_do_not_stall_and_auth_stalls_at_once() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     fx.config.backoff_base = Duration::from_secs(1);
     for kind in [EdgeErrorKind::InvalidImage, EdgeErrorKind::InvalidRequest, EdgeErrorKind::InvalidImage] {
         fx.failures = vec![create_failure("pool-xxxxx", "westeurope", Priority::Regular, kind)];
@@ -139,8 +129,7 @@ fn different_failures_do_not_stall_and_auth_stalls_at_once() {
 
 #[test]
 fn transient_failures_back_off_but_never_stall() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     for _ in 0..6 {
         fx.failures =
             vec![create_failure("pool-xxxxx", "westeurope", Priority::Regular, EdgeErrorKind::Transient)];
@@ -168,8 +157,7 @@ fn success_resets_failure_memory() {
 
 #[test]
 fn lost_in_flight_create_expires_and_counts() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 1;
+    let mut fx = Fx::with_min_idle(1);
     for n in ["pool-lost1", "pool-lost2"] {
         fx.state.in_flight.insert(
             n.into(),
@@ -184,8 +172,7 @@ fn lost_in_flight_create_expires_and_counts() {
 
 #[test]
 fn failures_of_one_pass_count_once_per_reason() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 3;
+    let mut fx = Fx::with_min_idle(3);
     fx.failures = ["pool-x0001", "pool-x0002", "pool-x0003"]
         .iter()
         .map(|n| create_failure(n, "westeurope", Priority::Regular, EdgeErrorKind::InvalidImage))
@@ -206,8 +193,7 @@ fn failures_of_one_pass_count_once_per_reason() {
 
 #[test]
 fn no_demand_clears_quota_and_failure_stall() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     fx.state.quota = Some(QuotaWait {
         until: t0() + mins(5),
         attempts: 2,
@@ -239,8 +225,7 @@ fn no_demand_clears_quota_and_failure_stall() {
 /// minutes after the permission came back.
 #[test]
 fn a_denied_removal_escalates_the_backoff_once_per_period_not_once_per_pass() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 1;
+    let mut fx = Fx::with_min_idle(1);
     fx.config.backoff_base = Duration::from_secs(10);
     fx.config.backoff_max = Duration::from_secs(600);
     let done = group("pool-done1", ContainerState::Terminated { exit_code: Some(0) }, 5);

@@ -113,8 +113,7 @@ fn another_installs_groups_and_registrations_are_never_touched_or_counted() {
 
 #[test]
 fn a_group_without_install_id_is_adopted_only_while_its_pool_uid_is_live() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     let legacy = |name: &str, uid: &str, state| {
         let mut g = group(name, state, 30);
         g.install_id = None;
@@ -130,23 +129,14 @@ fn a_group_without_install_id_is_adopted_only_while_its_pool_uid_is_live() {
     dead_ours.pool_uid = Some("uid-dead".into());
     fx.groups = Ok(vec![done, dead_legacy, dead_ours]);
     let p = fx.run();
-    assert_eq!(
-        destructive(&p),
-        vec![&Action::DeleteGroup {
-            name: "pool-old01".into(),
-            reason: RemovalReason::Recycled,
-            only_if_unregistered: None,
-            only_if_unlisted: false
-        }]
-    );
+    assert_eq!(destructive(&p), vec![&delete_group("pool-old01", RemovalReason::Recycled, None)]);
     fx.carry(&p, mins(5));
     fx.groups.as_mut().unwrap().retain(|g| g.name != "pool-old01");
     let p = fx.run();
     let names: Vec<&str> = destructive(&p).iter().map(|a| a.name()).collect();
     assert_eq!(names, vec!["pool-old03"], "{:?}", p.actions);
     // A legacy group of our pool's uid with an unlabelled registration is ours (idle, counted).
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 1;
+    let mut fx = Fx::with_min_idle(1);
     fx.groups = Ok(vec![legacy("pool-old04", UID, ContainerState::Running)]);
     fx.runners = Ok(vec![unlabelled(9, "pool-old04", true, false)]);
     let p = fx.run();
@@ -156,8 +146,7 @@ fn a_group_without_install_id_is_adopted_only_while_its_pool_uid_is_live() {
 
 #[test]
 fn only_our_labelled_registrations_without_a_group_are_collected() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 0;
+    let mut fx = Fx::with_min_idle(0);
     fx.runners = Ok(vec![
         runner(1, "pool-gone1", false, false),
         other_runner(2, "pool-gone2", false, false),

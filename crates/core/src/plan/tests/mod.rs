@@ -126,6 +126,18 @@ pub(super) fn runner_of(pool_uid: &str, id: u64, name: &str, online: bool, busy:
     labelled(install::owner_label(&install(), pool_uid), id, name, online, busy)
 }
 
+/// The delete of the group `name`, sent only once the registration `only_if_unregistered` (when
+/// set) is gone.
+pub(super) fn delete_group(name: &str, reason: RemovalReason, only_if_unregistered: Option<u64>) -> Action {
+    Action::DeleteGroup { name: name.into(), reason, only_if_unregistered, only_if_unlisted: false }
+}
+
+/// The delete of the group `name`, sent only while the executor's own runner list shows no
+/// registration of that name.
+pub(super) fn delete_unlisted_group(name: &str, reason: RemovalReason) -> Action {
+    Action::DeleteGroup { name: name.into(), reason, only_if_unregistered: None, only_if_unlisted: true }
+}
+
 /// The removal of the registration `id` of the runner `name`.
 pub(super) fn unregister(id: u64, name: &str, reason: RemovalReason) -> Action {
     Action::UnregisterRunner { id, name: name.into(), reason }
@@ -167,6 +179,13 @@ pub(super) struct Fx {
 }
 
 impl Fx {
+    /// [`Fx::new`] with `scaling.minIdle` = `min_idle`.
+    pub fn with_min_idle(min_idle: i32) -> Self {
+        let mut fx = Fx::new();
+        fx.spec.scaling.min_idle = min_idle;
+        fx
+    }
+
     pub fn new() -> Self {
         Self {
             install: install(),
@@ -261,8 +280,7 @@ fn create_failure(name: &str, location: &str, priority: Priority, kind: EdgeErro
 }
 
 fn idle_fx(idle_ago: &[(&str, i64)], busy: &[&str], min_idle: i32) -> Fx {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = min_idle;
+    let mut fx = Fx::with_min_idle(min_idle);
     let mut groups = Vec::new();
     let mut runners = Vec::new();
     for (i, (n, ago)) in idle_ago.iter().enumerate() {

@@ -172,8 +172,7 @@ fn the_ports_filter_drops_nothing_the_plan_looks_at() {
         [(1, false, false), (4, false, false), (0, false, true), (2, true, false), (0, true, true)]
     {
         let run = |groups: &[ObservedGroup], runners: &[ObservedRunner]| {
-            let mut fx = Fx::new();
-            fx.spec.scaling.min_idle = min_idle;
+            let mut fx = Fx::with_min_idle(min_idle);
             fx.state.pending_unregister.insert(5, "pool-gone1".into());
             if deleting {
                 fx.pool.deletion_timestamp = Some(t0() - mins(1));

@@ -43,8 +43,7 @@ fn desired_formula_table() {
     for (i, (busy, idle, min_idle, max, queued, other, want_desired, want_creates)) in
         cases.into_iter().enumerate()
     {
-        let mut fx = Fx::new();
-        fx.spec.scaling.min_idle = min_idle;
+        let mut fx = Fx::with_min_idle(min_idle);
         fx.spec.scaling.max_runners = max;
         let mut groups = Vec::new();
         let mut runners = Vec::new();
@@ -161,19 +160,9 @@ fn scale_down_only_idle_past_delay_oldest_first_unregister_then_delete() {
         p.actions,
         vec![
             unregister(11, "pool-idle2", RemovalReason::ScaleDown),
-            Action::DeleteGroup {
-                name: "pool-idle2".into(),
-                reason: RemovalReason::ScaleDown,
-                only_if_unregistered: Some(11),
-                only_if_unlisted: false
-            },
+            delete_group("pool-idle2", RemovalReason::ScaleDown, Some(11)),
             unregister(12, "pool-idle3", RemovalReason::ScaleDown),
-            Action::DeleteGroup {
-                name: "pool-idle3".into(),
-                reason: RemovalReason::ScaleDown,
-                only_if_unregistered: Some(12),
-                only_if_unlisted: false
-            },
+            delete_group("pool-idle3", RemovalReason::ScaleDown, Some(12)),
         ]
     );
     assert!(has_event(&p, "ScaledDown"));
@@ -238,8 +227,7 @@ fn token_mode_registration() {
 
 #[test]
 fn names_are_never_reused() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 3;
+    let mut fx = Fx::with_min_idle(3);
     fx.groups = Ok(vec![group("pool-aaaaa", ContainerState::Waiting { reason: None }, 0)]);
     fx.runners = Ok(vec![runner(1, "pool-aaaab", false, false)]);
     fx.state.used_names.insert("pool-aaaac".into(), t0() - mins(30));

@@ -85,8 +85,7 @@ fn last_transition_time_only_changes_on_flip() {
 
 #[test]
 fn usage_accumulates_without_double_counting_after_restart() {
-    let mut fx = Fx::new();
-    fx.spec.scaling.min_idle = 1;
+    let mut fx = Fx::with_min_idle(1);
     fx.config.prices = Some(PriceTable {
         currency: "USD".into(),
         regular_vcpu_second: 0.001,
