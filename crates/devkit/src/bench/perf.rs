@@ -451,14 +451,10 @@ async fn p4(
         || gh_min != defaults.github.secondary_writes_per_minute
         || gh_hour != defaults.github.secondary_writes_per_hour;
     let extra: Vec<String> = vec![
-        "--aci-creates-per-5m".into(),
-        quotas.creates_per_5min.to_string(),
-        "--aci-creates-per-hour".into(),
-        quotas.creates_per_hour.to_string(),
-        "--github-writes-per-minute".into(),
-        gh_min.to_string(),
-        "--github-writes-per-hour".into(),
-        gh_hour.to_string(),
+        format!("--aci-creates-per-5m={}", quotas.creates_per_5min),
+        format!("--aci-creates-per-hour={}", quotas.creates_per_hour),
+        format!("--github-writes-per-minute={gh_min}"),
+        format!("--github-writes-per-hour={gh_hour}"),
     ];
     let s = scenario_with(
         cp,

@@ -123,21 +123,36 @@ pub struct Schedule {
     pub github: GithubFaults,
     /// ARM quotas in force during the window; the simulator's own are restored after it.
     pub quotas: Option<Quotas>,
+    /// How the two pools are shaped.
+    pub pools: PoolShape,
+    /// The faults stay on this many times `--fault-window` (long outages reach Stalled).
+    pub outage_factor: u32,
+    /// The controller SIGKILLed while the workload runs, and restarted.
+    pub kill: Option<Kill>,
+    /// Another install (another cluster's controller, not running) left a running group and its
+    /// online registration per pool in the same subscription, resource group and org, with the
+    /// same pool namespace, name, labels and runner-name shape: none may be touched.
+    pub second_install: bool,
+}
+
+/// The options of the soak's org and repo pools a seed draws.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolShape {
     /// The org pool has `fallbackLocations: [northeurope]`.
     pub fallback_location: bool,
     /// The org pool's runners join the runner group `aci` (looked up by name on GitHub).
     pub runner_group: bool,
     /// The repo pool registers with registration tokens (`Some(ephemeral)`) instead of JIT.
     pub token_mode: Option<bool>,
-    /// The faults stay on this many times `--fault-window` (long outages reach Stalled).
-    pub outage_factor: u32,
-    /// SIGKILL the controller this long after the workload starts, then restart it after `down_for`.
-    pub kill_after: Option<Duration>,
+}
+
+/// SIGKILL the controller `after` the workload starts, then restart it `down_for` later.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Kill {
+    pub after: Duration,
     pub down_for: Duration,
-    /// Another install (another cluster's controller, not running) left a running group and its
-    /// online registration per pool in the same subscription, resource group and org, with the
-    /// same pool namespace, name, labels and runner-name shape: none may be touched.
-    pub second_install: bool,
 }
 
 fn pct(p: f64) -> String {
@@ -282,12 +297,9 @@ impl Schedule {
             arm,
             github,
             quotas,
-            fallback_location,
-            runner_group,
-            token_mode,
+            pools: PoolShape { fallback_location, runner_group, token_mode },
             outage_factor,
-            kill_after,
-            down_for,
+            kill: kill_after.map(|after| Kill { after, down_for }),
             second_install,
         }
     }
@@ -362,17 +374,25 @@ pub struct SeedResult {
     pub jobs_total: usize,
     #[serde(flatten)]
     pub outcome: Outcome,
-    pub controller_starts: u32,
-    /// kube-apiserver restarts while this seed ran.
-    pub apiserver_restarts: usize,
-    /// etcd restarts while this seed ran.
-    pub etcd_restarts: usize,
+    #[serde(flatten)]
+    pub restarts: SeedRestarts,
     pub stalled_reasons: BTreeSet<String>,
     pub unexplained_stalled: BTreeSet<String>,
     pub injected: Vec<String>,
     /// The kinds of fault injected (see [`fault_kinds`]).
     pub fault_kinds: BTreeSet<String>,
     pub secs: f64,
+}
+
+/// How often the controller started and the shared control plane restarted while a seed ran.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeedRestarts {
+    pub controller_starts: u32,
+    /// kube-apiserver restarts while this seed ran.
+    pub apiserver_restarts: usize,
+    /// etcd restarts while this seed ran.
+    pub etcd_restarts: usize,
 }
 
 /// What went right and wrong, of one seed or summed over all of them.
@@ -503,23 +523,23 @@ pub fn describe(s: &Schedule) -> Vec<String> {
         let beyond = if s.skew_beyond_tolerance() { "beyond" } else { "within" };
         v.push(format!("github clock skew: {:+} s ({beyond} the JWT's tolerance)", s.github.clock_skew_secs));
     }
-    if s.fallback_location {
+    if s.pools.fallback_location {
         v.push(format!("org pool fallback: {ORG_LOCATION} -> {ORG_FALLBACK}"));
     }
-    if s.runner_group {
+    if s.pools.runner_group {
         v.push("org pool runner group: aci".into());
     }
-    if let Some(eph) = s.token_mode {
+    if let Some(eph) = s.pools.token_mode {
         v.push(format!("repo pool token registration: ephemeral {eph}"));
     }
     if s.outage_factor > 1 {
         v.push(format!("long outage: faults on {}x the window", s.outage_factor));
     }
-    if let Some(k) = s.kill_after {
+    if let Some(k) = s.kill {
         v.push(format!(
             "controller SIGKILL: at {:.1} s, down {:.1} s",
-            k.as_secs_f64(),
-            s.down_for.as_secs_f64()
+            k.after.as_secs_f64(),
+            k.down_for.as_secs_f64()
         ));
     }
     if s.second_install {
@@ -582,7 +602,7 @@ pub fn fault_kinds(s: &Schedule) -> BTreeSet<String> {
     flag(g.clock_skew_secs != 0 && !s.skew_beyond_tolerance(), "github clock skew (tolerated)");
     flag(s.skew_beyond_tolerance(), "github clock skew (beyond tolerance)");
     flag(s.outage_factor > 1, "long outage");
-    flag(s.kill_after.is_some(), "controller SIGKILL + restart");
+    flag(s.kill.is_some(), "controller SIGKILL + restart");
     flag(s.second_install, "second install's runners present");
     k
 }
@@ -731,10 +751,10 @@ pub async fn run_seed(
         json!({"scaling": {"minIdle": 1, "maxRunners": 6}, "azure": {"location": ORG_LOCATION}}),
     );
     crate::testing::harness::merge(&mut org["spec"]["scaling"], scaling.clone());
-    if schedule.fallback_location {
+    if schedule.pools.fallback_location {
         org["spec"]["azure"]["fallbackLocations"] = json!([ORG_FALLBACK]);
     }
-    if schedule.runner_group {
+    if schedule.pools.runner_group {
         org["spec"]["github"]["runnerGroup"] = json!("aci");
     }
     let mut repo = pool_manifest(
@@ -745,7 +765,7 @@ pub async fn run_seed(
                "scaling": {"minIdle": 1, "maxRunners": 3}}),
     );
     crate::testing::harness::merge(&mut repo["spec"]["scaling"], scaling);
-    if let Some(ephemeral) = schedule.token_mode {
+    if let Some(ephemeral) = schedule.pools.token_mode {
         repo["spec"]["runner"]["registration"] = json!({"mode": "token", "ephemeral": ephemeral});
     }
     retry(|| apply_pool(client, &ns, &org)).await?;
@@ -802,16 +822,16 @@ pub async fn run_seed(
             job_ids.extend(jobs.iter().map(|j| j.id));
             next += 1;
         }
-        if let Some(k) = schedule.kill_after
+        if let Some(k) = schedule.kill
             && killed_at.is_none()
-            && t0.elapsed() >= k
+            && t0.elapsed() >= k.after
         {
             ctl.kill();
             killed_at = Some(Instant::now());
         }
-        if let Some(at) = killed_at
+        if let Some((at, k)) = killed_at.zip(schedule.kill)
             && ctl.pid().is_none()
-            && at.elapsed() >= schedule.down_for
+            && at.elapsed() >= k.down_for
         {
             ctl.restart().await?;
         }
@@ -897,7 +917,7 @@ pub async fn run_seed(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     ctl.stop().await;
-    res.controller_starts = ctl.starts;
+    res.restarts.controller_starts = ctl.starts;
     let panics = ctl.panics();
     res.outcome.panics = panics.len();
     let explained = schedule.explained_reasons();
@@ -941,8 +961,8 @@ pub async fn run_seed(
     res.passed = v.is_empty();
     res.violations = v;
     res.secs = started.elapsed().as_secs_f64();
-    res.apiserver_restarts = restarts.apiserver.between(started, Instant::now());
-    res.etcd_restarts = restarts.etcd.between(started, Instant::now());
+    res.restarts.apiserver_restarts = restarts.apiserver.between(started, Instant::now());
+    res.restarts.etcd_restarts = restarts.etcd.between(started, Instant::now());
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .delete(&ns, &DeleteParams::default())
         .await;
@@ -1059,9 +1079,9 @@ pub async fn run_on(cp: &ControlPlane, args: &SoakArgs, restarts: &Restarts) -> 
                 r.secs,
                 r.jobs_total,
                 r.fault_kinds.len(),
-                r.controller_starts,
-                r.apiserver_restarts,
-                r.etcd_restarts
+                r.restarts.controller_starts,
+                r.restarts.apiserver_restarts,
+                r.restarts.etcd_restarts
             )
         } else {
             format!("seed {:>4}: FAIL {}", r.seed, r.violations.join("; "))
@@ -1085,7 +1105,7 @@ fn summarize(results: &[SeedResult], restarts: &Restarts) -> SoakReport {
     for r in results {
         t.jobs += r.jobs_total;
         t.outcome += &r.outcome;
-        t.controller_kills += r.controller_starts.saturating_sub(1) as usize;
+        t.controller_kills += r.restarts.controller_starts.saturating_sub(1) as usize;
         t.unexplained_stalled += r.unexplained_stalled.len();
         for k in &r.fault_kinds {
             *t.fault_coverage.entry(k.clone()).or_default() += 1;
