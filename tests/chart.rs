@@ -1013,53 +1013,26 @@ fn argocd_health_check_classifies_runner_pools() {
         lua_src,
         "argocd-cm-health.yaml must embed runnerpool-health.lua verbatim"
     );
-    // (status, reason, message) of Ready, Reconciling and Stalled → Argo CD health and message.
+    // The statuses, reasons and messages of Ready, Reconciling and Stalled → Argo CD health, and
+    // which of the three conditions (0, 1, 2) the health message quotes as "reason: message".
+    let (ready, missing) = ("2 idle, 0 busy of 2 desired", "Secret github-app not found");
+    let (creating, steady) = ("creating 2 runners", "1 idle, 2 busy, 1 provisioning of 4 desired");
     let cases = [
-        (
-            [
-                ("True", "RunnersReady", "2 idle, 0 busy of 2 desired"),
-                ("False", "RunnersReady", ""),
-                ("False", "RunnersReady", ""),
-            ],
-            "Healthy",
-            "RunnersReady: 2 idle, 0 busy of 2 desired",
-        ),
-        (
-            [
-                ("False", "SecretNotFound", "Secret github-app not found"),
-                ("False", "SecretNotFound", ""),
-                ("True", "SecretNotFound", "Secret github-app not found"),
-            ],
-            "Degraded",
-            "SecretNotFound: Secret github-app not found",
-        ),
-        (
-            [
-                ("False", "ScalingUp", "1 of 3"),
-                ("True", "ScalingUp", "creating 2 runners"),
-                ("False", "ScalingUp", ""),
-            ],
-            "Progressing",
-            "ScalingUp: creating 2 runners",
-        ),
-        (
-            [
-                ("False", "Recycling", "1 idle, 2 busy, 1 provisioning of 4 desired"),
-                ("False", "SteadyState", "1 idle, 2 busy, 1 provisioning of 4 desired"),
-                ("False", "NotStalled", ""),
-            ],
-            "Healthy",
-            "SteadyState: 1 idle, 2 busy, 1 provisioning of 4 desired",
-        ),
+        (["True", "False", "False"], ["RunnersReady"; 3], [ready, "", ""], "Healthy", 0),
+        (["False", "False", "True"], ["SecretNotFound"; 3], [missing, "", missing], "Degraded", 2),
+        (["False", "True", "False"], ["ScalingUp"; 3], ["1 of 3", creating, ""], "Progressing", 1),
+        (["False"; 3], ["Recycling", "SteadyState", "NotStalled"], [steady, steady, ""], "Healthy", 1),
     ];
-    for (conds, health, message) in cases {
+    for (statuses, reasons, messages, health, quoted) in cases {
+        let conds: Vec<_> = (0..3).map(|i| (statuses[i], reasons[i], messages[i])).collect();
         let conditions: Vec<Value> = ["Ready", "Reconciling", "Stalled"]
             .iter()
-            .zip(conds)
+            .zip(&conds)
             .map(|(t, (status, reason, msg))| cond(t, status, reason, msg))
             .collect();
+        let message = format!("{}: {}", reasons[quoted], messages[quoted]);
         let pool = pool_with(3, Some(3), Value::Array(conditions));
-        assert_eq!(argocd_health(&lua_src, &pool), (health.into(), message.into()), "{conds:?}");
+        assert_eq!(argocd_health(&lua_src, &pool), (health.into(), message), "{conds:?}");
     }
     // A Ready status written for an older spec is not trusted.
     let stale = pool_with(4, Some(3), serde_json::json!([cond("Ready", "True", "RunnersReady", "ok")]));

@@ -12,12 +12,9 @@ use serde_json::json;
 /// the JIT config nowhere, and the log was read before the group's delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_runner_leaves_its_redacted_log_tail_in_an_event_and_the_status() {
-    let mut w = World::builder("e2e-crashlog")
-        .seed(177)
-        .github_faults(GithubFaults { crash_before_registration: 1.0, ..GithubFaults::default() })
-        .start()
-        .await;
-    w.apply("crashlog", json!({"scaling": {"minIdle": 1, "maxRunners": 1}})).await;
+    let crashing = GithubFaults { crash_before_registration: 1.0, ..GithubFaults::default() };
+    let mut w =
+        World::builder("e2e-crashlog").seed(177).github_faults(crashing).start_pool("crashlog", 1, 1).await;
 
     let p = w
         .wait_pool("crashlog", "a lastFailure with a log tail", T, |p| {

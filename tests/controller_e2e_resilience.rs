@@ -140,10 +140,14 @@ async fn counts_reach(
     }
 }
 
+/// Simulated ARM faults: `faults` on the requests of `op`, none on the others.
+fn op_faults(op: &str, faults: OpFaults) -> FaultConfig {
+    FaultConfig { ops: [(op.to_string(), faults)].into(), ..FaultConfig::default() }
+}
+
 /// Every simulated ARM request of `op` waits `ms` before it is answered (no other faults).
 fn arm_latency(sim: &Simulator, op: &str, ms: u64) {
-    let slow = OpFaults { latency_ms: ms, ..OpFaults::default() };
-    sim.arm.set_faults(FaultConfig { ops: [(op.to_string(), slow)].into(), ..FaultConfig::default() });
+    sim.arm.set_faults(op_faults(op, OpFaults { latency_ms: ms, ..OpFaults::default() }));
 }
 
 /// Whether a registration of the pool comes to exist without its container group, beyond
@@ -283,20 +287,12 @@ async fn killed_mid_deletion_then_restarted_finishes_the_cleanup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_exceeded_stalls_with_an_event_and_recovers_when_raised() {
     // Room for two 1-vCPU runners in the region.
-    let mut w = World::builder("e2e-quota")
-        .seed(71)
-        .arm_quotas(Quotas { cores: 2.0, ..Quotas::default() })
-        .start()
-        .await;
-    w.apply("quota", json!({"scaling": {"minIdle": 4, "maxRunners": 6}})).await;
+    let two_cores = Quotas { cores: 2.0, ..Quotas::default() };
+    let mut w = World::builder("e2e-quota").seed(71).arm_quotas(two_cores).start_pool("quota", 4, 6).await;
 
     // docs/planner.md: QuotaExceeded → wait with Stalled `QuotaExceeded` (one event).
     let trace = ConditionTrace::start(&w, "quota");
-    let p = w
-        .wait_pool("quota", "Stalled/QuotaExceeded", T, |p| {
-            cond_is(p, "Stalled", "True", Some("QuotaExceeded"))
-        })
-        .await;
+    let p = w.wait_stalled("quota", "QuotaExceeded").await;
     // A few quota waits and retries (quota backoff 1 s .. 3 s in the test planner).
     tokio::time::sleep(Duration::from_secs(8)).await;
     let during = trace.finish().await;
@@ -397,11 +393,7 @@ async fn inaccessible_image_stalls_with_invalid_image_and_leaks_no_registration(
         .await;
     w.apply("image", json!({"runner": {"image": image}, "scaling": {"minIdle": 2}})).await;
 
-    let p = w
-        .wait_pool("image", "Stalled/InvalidImage", T, |p| {
-            cond_is(p, "Stalled", "True", Some("InvalidImage"))
-        })
-        .await;
+    let p = w.wait_stalled("image", "InvalidImage").await;
     assert!(cond_is(&p, "Ready", "False", Some("InvalidImage")), "{:?}", p.status);
     let msg = w.wait_warning("image", "InvalidImage").await;
     assert!(msg.contains("InaccessibleImage") || msg.contains("not accessible"), "{msg}");
@@ -437,6 +429,14 @@ async fn inaccessible_image_stalls_with_invalid_image_and_leaks_no_registration(
     w.stop().await;
 }
 
+/// The simulators hold one registration and one container group, nothing left over (`pool`
+/// names the pool for the failure message).
+fn assert_one_runner_left(w: &World, pool: &str) {
+    let all: Vec<String> = w.sim.github.runners().into_iter().map(|r| r.name).collect();
+    assert_eq!(all.len(), 1, "leftover registrations: {all:?}");
+    assert_eq!(w.sim.arm.groups().len(), 1, "leftover groups: {}", w.world(pool));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_server_error_bursts_leave_no_leaked_groups_or_registrations() {
     let mut w = World::start("e2e-gh5xx", 74).await;
@@ -464,9 +464,7 @@ async fn github_server_error_bursts_leave_no_leaked_groups_or_registrations() {
 
     // After the faults: one idle runner, its group, nothing else in Azure or GitHub.
     w.wait_settled("gh", 1).await;
-    let all: Vec<String> = w.sim.github.runners().into_iter().map(|r| r.name).collect();
-    assert_eq!(all.len(), 1, "leftover registrations: {all:?}");
-    assert_eq!(w.sim.arm.groups().len(), 1, "leftover groups: {}", w.world("gh"));
+    assert_one_runner_left(&w, "gh");
     w.stop().await;
 }
 
@@ -505,27 +503,18 @@ async fn azure_errors_and_throttling_leave_no_leaked_groups_or_registrations() {
     w.wait_settled("arm", 1).await;
     let max = sampler.finish().await;
     assert!(max <= 8, "{max} groups at once for maxRunners 8");
-    let all: Vec<String> = w.sim.github.runners().into_iter().map(|r| r.name).collect();
-    assert_eq!(all.len(), 1, "leftover registrations: {all:?}");
-    assert_eq!(w.sim.arm.groups().len(), 1, "leftover groups: {}", w.world("arm"));
+    assert_one_runner_left(&w, "arm");
     w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashing_runners_stall_the_pool_and_it_recovers_once_they_stop_crashing() {
-    let mut w = World::builder("e2e-crash")
-        .seed(76)
-        // Every runner process exits with 1 before it registers (a broken image entrypoint).
-        .arm_faults(FaultConfig { crash_before_registration: 1.0, ..FaultConfig::default() })
-        .start()
-        .await;
-    w.apply("crash", json!({"scaling": {"minIdle": 2, "maxRunners": 4}})).await;
+    // Every runner process exits with 1 before it registers (a broken image entrypoint).
+    let crashing = FaultConfig { crash_before_registration: 1.0, ..FaultConfig::default() };
+    let mut w = World::builder("e2e-crash").seed(76).arm_faults(crashing).start_pool("crash", 2, 4).await;
 
     // docs/planner.md: the same failure `stall_after` (3) times in a row → Stalled with it.
-    w.wait_pool("crash", "Stalled/ContainerCrashed", T, |p| {
-        cond_is(p, "Stalled", "True", Some("ContainerCrashed"))
-    })
-    .await;
+    w.wait_stalled("crash", "ContainerCrashed").await;
     w.wait_warning("crash", "ContainerCrashed").await;
     let groups = w.groups_of("crash").len();
     assert!(groups <= 4, "{}", w.world("crash"));
@@ -544,6 +533,15 @@ async fn crashing_runners_stall_the_pool_and_it_recovers_once_they_stop_crashing
 // ---------------------------------------------------------------------------------------------
 // 8. Two replicas: only the leader acts; the standby takes over after a graceful stop.
 // ---------------------------------------------------------------------------------------------
+
+/// The `create_runner` actions that succeeded, from a controller's `/metrics`.
+fn runners_created(metrics: &str) -> f64 {
+    metric_sum(
+        metrics,
+        "aci_runner_controller_actions_total",
+        &[("action", "create_runner"), ("result", "ok")],
+    )
+}
 
 async fn readyz(ctl: &ControllerHandle) -> String {
     match reqwest::get(format!("http://{}/readyz", ctl.health_addr)).await {
@@ -577,14 +575,7 @@ async fn two_replicas_only_the_leader_acts_and_the_standby_takes_over() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ma = a.metrics().await.unwrap();
     let mb = b.metrics().await.unwrap();
-    assert!(
-        metric_sum(
-            &ma,
-            "aci_runner_controller_actions_total",
-            &[("action", "create_runner"), ("result", "ok")]
-        ) >= 2.0,
-        "{ma}"
-    );
+    assert!(runners_created(&ma) >= 2.0, "{ma}");
     assert!(metric_sum(&ma, "aci_runner_controller_reconcile_total", &[]) > 0.0, "{ma}");
     assert_eq!(metric_sum(&mb, "aci_runner_controller_actions_total", &[]), 0.0, "standby acted: {mb}");
     assert_eq!(
@@ -606,15 +597,7 @@ async fn two_replicas_only_the_leader_acts_and_the_standby_takes_over() {
     let after = w.apply_settled("leader", 3, 10).await;
     assert!(first.is_subset(&after), "{first:?} vs {after:?}");
     let mb = b.metrics().await.unwrap();
-    assert_eq!(
-        metric_sum(
-            &mb,
-            "aci_runner_controller_actions_total",
-            &[("action", "create_runner"), ("result", "ok")]
-        ),
-        1.0,
-        "{mb}"
-    );
+    assert_eq!(runners_created(&mb), 1.0, "{mb}");
     b.stop().await.unwrap();
 }
 
@@ -694,9 +677,7 @@ async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
         ("nokey", "SecretKeyMissing"),
         ("invalid", "InvalidSpec"),
     ] {
-        let p = w
-            .wait_pool(pool, &format!("Stalled/{reason}"), T, |p| cond_is(p, "Stalled", "True", Some(reason)))
-            .await;
+        let p = w.wait_stalled(pool, reason).await;
         assert!(cond_is(&p, "Ready", "False", Some(reason)), "{pool}: {:?}", p.status);
         assert!(cond_is(&p, "Reconciling", "False", None), "{pool}: {:?}", p.status);
         let msg = w.wait_warning(pool, reason).await;
@@ -728,10 +709,7 @@ async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
 
     // The Secret is deleted: Stalled SecretNotFound; the runners stay (past gc grace and timeouts).
     w.delete_secret("keeps-app").await;
-    w.wait_pool("keeps", "Stalled/SecretNotFound", T, |p| {
-        cond_is(p, "Stalled", "True", Some("SecretNotFound"))
-    })
-    .await;
+    w.wait_stalled("keeps", "SecretNotFound").await;
     w.wait_warning("keeps", "SecretNotFound").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     unchanged("Secret deleted");
@@ -742,10 +720,7 @@ async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
         json!({"appId": creds.app_id.to_string(), "installationId": "1001", "privateKey": "garbage"}),
     )
     .await;
-    w.wait_pool("keeps", "Stalled/InvalidAppKey", T, |p| {
-        cond_is(p, "Stalled", "True", Some("InvalidAppKey"))
-    })
-    .await;
+    w.wait_stalled("keeps", "InvalidAppKey").await;
     w.wait_warning("keeps", "InvalidAppKey").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     unchanged("bad key");
@@ -756,8 +731,7 @@ async fn bad_input_stalls_with_the_reason_and_deletes_nothing() {
         json!({"github": {"appSecretRef": {"name": "keeps-app"}}, "scaling": {"minIdle": 8, "maxRunners": 4}}),
     )
     .await;
-    w.wait_pool("keeps", "Stalled/InvalidSpec", T, |p| cond_is(p, "Stalled", "True", Some("InvalidSpec")))
-        .await;
+    w.wait_stalled("keeps", "InvalidSpec").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     unchanged("invalid spec");
 
@@ -781,8 +755,7 @@ async fn deleting_a_pool_whose_spec_became_invalid_still_removes_its_runners() {
     w.apply_settled("invdel", 2, 4).await;
     // An edit the 1.20 API server accepts and validate() rejects: Stalled, runners kept.
     w.apply("invdel", json!({"scaling": {"minIdle": 8, "maxRunners": 4}})).await;
-    w.wait_pool("invdel", "Stalled/InvalidSpec", T, |p| cond_is(p, "Stalled", "True", Some("InvalidSpec")))
-        .await;
+    w.wait_stalled("invdel", "InvalidSpec").await;
     assert_eq!(w.groups_of("invdel").len(), 2, "{}", w.world("invdel"));
 
     // Deleting it: the Secret and Azure are fine, so the cleanup is done, not abandoned.
@@ -797,6 +770,27 @@ async fn deleting_a_pool_whose_spec_became_invalid_still_removes_its_runners() {
     );
     assert!(!events.iter().any(|(_, r, _)| r == "CleanupAbandoned"), "{events:#?}");
     w.stop().await;
+}
+
+/// Pool `right.1` in namespace `right.0`, applied with spec `right.2`, settles at one runner;
+/// 4 s later pool `wrong` is still Stalled AuthFailed (`borrowed` says what it does otherwise).
+async fn still_auth_failed_beside(
+    w: &World,
+    right: (&str, &str, serde_json::Value),
+    wrong: &str,
+    borrowed: &str,
+) {
+    let (ns, name, spec) = right;
+    w.apply_in(ns, name, spec).await;
+    w.wait_settled_in(ns, name, 1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let p = w.get_pool(wrong).await.unwrap();
+    assert!(
+        cond_is(&p, "Stalled", "True", Some("AuthFailed")),
+        "{borrowed}: {:#?}; {}",
+        p.status,
+        w.world(wrong)
+    );
 }
 
 /// A Secret with a well-formed RSA key that is not the App's (rotated, mixed up, or someone
@@ -824,21 +818,13 @@ async fn a_wrong_app_key_stalls_auth_failed_and_never_borrows_another_pools_toke
     w.start_controller().await;
 
     w.apply("wrongkey", json!({"github": {"appSecretRef": {"name": "wrong-key"}}})).await;
-    w.wait_pool("wrongkey", "Stalled/AuthFailed", T, |p| cond_is(p, "Stalled", "True", Some("AuthFailed")))
-        .await;
+    w.wait_stalled("wrongkey", "AuthFailed").await;
     w.wait_warning("wrongkey", "AuthFailed").await;
 
     // The right key for the same installation, in another namespace.
-    w.apply_in(&other_ns, "rightkey", json!({"scaling": {"minIdle": 1}})).await;
-    w.wait_settled_in(&other_ns, "rightkey", 1).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let p = w.get_pool("wrongkey").await.unwrap();
-    assert!(
-        cond_is(&p, "Stalled", "True", Some("AuthFailed")),
-        "the pool with the wrong key acts with another pool's installation token: {:#?}; {}",
-        p.status,
-        w.world("wrongkey")
-    );
+    let right = json!({"scaling": {"minIdle": 1}});
+    let borrowed = "the pool with the wrong key acts with another pool's installation token";
+    still_auth_failed_beside(&w, (&other_ns, "rightkey", right), "wrongkey", borrowed).await;
     assert!(w.runners_of("wrongkey").is_empty(), "{}", w.world("wrongkey"));
     assert!(w.groups_of("wrongkey").is_empty(), "{}", w.world("wrongkey"));
     w.stop().await;
@@ -860,22 +846,13 @@ async fn a_wrong_azure_client_secret_neither_poisons_nor_borrows_anothers_creden
     let with_sp = json!({"azure": {"credentialsSecretRef": {"name": "azure-sp"}}, "scaling": {"minIdle": 1}});
 
     w.apply("wrongsp", with_sp.clone()).await;
-    w.wait_pool("wrongsp", "Stalled/AuthFailed", T, |p| cond_is(p, "Stalled", "True", Some("AuthFailed")))
-        .await;
+    w.wait_stalled("wrongsp", "AuthFailed").await;
     let msg = w.wait_warning("wrongsp", "AuthFailed").await;
     assert!(!msg.contains("not-the-secret"), "{msg}");
 
     // Same tenant and client id, right secret, in another namespace: works.
-    w.apply_in(&other_ns, "rightsp", with_sp).await;
-    w.wait_settled_in(&other_ns, "rightsp", 1).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let p = w.get_pool("wrongsp").await.unwrap();
-    assert!(
-        cond_is(&p, "Stalled", "True", Some("AuthFailed")),
-        "the pool with the wrong secret acts with another pool's Azure credentials: {:#?}; {}",
-        p.status,
-        w.world("wrongsp")
-    );
+    let borrowed = "the pool with the wrong secret acts with another pool's Azure credentials";
+    still_auth_failed_beside(&w, (&other_ns, "rightsp", with_sp), "wrongsp", borrowed).await;
     assert!(w.groups_of("wrongsp").is_empty(), "{}", w.world("wrongsp"));
     w.stop().await;
 }
@@ -925,10 +902,7 @@ async fn runners_left_in_the_old_resource_group_are_removed_after_their_job() {
 async fn orphans_are_collected_when_the_subscription_cannot_be_listed() {
     let mut w = World::builder("e2e-gcfallback")
         .seed(95)
-        .arm_faults(FaultConfig {
-            ops: [("listAll".to_string(), OpFaults { internal_error: 1.0, ..OpFaults::default() })].into(),
-            ..FaultConfig::default()
-        })
+        .arm_faults(op_faults("listAll", OpFaults { internal_error: 1.0, ..OpFaults::default() }))
         .start()
         .await;
     w.apply("gone", json!({"scaling": {"minIdle": 2}})).await;

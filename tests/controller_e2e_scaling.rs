@@ -40,6 +40,14 @@ async fn busy_pool(prefix: &str, seed: u64, pool: &str, idle: i32) -> (World, Jo
     (w, job, busy)
 }
 
+/// The end of a test that reports its time: no Warning about `pool`, the controller stops, and
+/// how long test `test` took since `started`.
+async fn finish_timed(mut w: World, pool: &str, test: &str, started: std::time::Instant) {
+    w.expect_no_warnings(pool).await;
+    w.stop().await;
+    eprintln!("test {test} took {:?}", started.elapsed());
+}
+
 /// How many of the jobs `job_ids` GitHub shows completed.
 fn completed_among(w: &World, job_ids: &BTreeSet<i64>) -> usize {
     w.sim.github.jobs().iter().filter(|j| job_ids.contains(&j.id) && j.status == JobStatus::Completed).count()
@@ -295,7 +303,7 @@ async fn queued_jobs_scale_up_within_max_runners_and_converge_back_to_min_idle()
 async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the_busy_one() {
     let started = std::time::Instant::now();
     // Three runners, one of them busy with a long job.
-    let (mut w, job, busy) = busy_pool("e2e-shrink", 3, "shrink", 3).await;
+    let (w, job, busy) = busy_pool("e2e-shrink", 3, "shrink", 3).await;
     assert_eq!(w.job(job.id).runner_name, Some(busy.name.clone()));
 
     w.apply("shrink", json!({"scaling": {"minIdle": 0}})).await;
@@ -371,9 +379,7 @@ async fn lowering_min_idle_removes_idle_runners_registration_first_and_never_the
     let first_removed = others.keys().next().unwrap().clone();
     w.expect_event("shrink", "ScaledDown", &first_removed).await;
     w.expect_event("shrink", "RunnerRecycled", &busy.name).await;
-    w.expect_no_warnings("shrink").await;
-    w.stop().await;
-    eprintln!("test 3 took {:?}", started.elapsed());
+    finish_timed(w, "shrink", "3", started).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -636,7 +642,7 @@ async fn groups_of_an_older_pool_with_the_same_name_are_collected_and_never_coun
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
     let started = std::time::Instant::now();
-    let (mut w, job, busy) = busy_pool("e2e-drain", 7, "drain", 2).await;
+    let (w, job, busy) = busy_pool("e2e-drain", 7, "drain", 2).await;
 
     w.delete_pool("drain").await;
 
@@ -679,9 +685,7 @@ async fn deleting_a_pool_waits_for_the_busy_runner_then_removes_everything() {
     // Cleanup ends without a failed pass (e.g. a finalizer patch refused with 409).
     assert_eq!(w.reconcile_errors().await, 0.0);
     w.expect_event("drain", "CleanupComplete", "").await;
-    w.expect_no_warnings("drain").await;
-    w.stop().await;
-    eprintln!("test 5a took {:?}", started.elapsed());
+    finish_timed(w, "drain", "5a", started).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -104,6 +104,14 @@ impl WorldBuilder {
         self
     }
 
+    /// [`WorldBuilder::start`], then apply pool `pool` with `minIdle: idle` and
+    /// `maxRunners: max` (no wait).
+    pub async fn start_pool(self, pool: &str, idle: i32, max: i32) -> World {
+        let w = self.start().await;
+        w.apply(pool, json!({"scaling": {"minIdle": idle, "maxRunners": max}})).await;
+        w
+    }
+
     pub async fn start(self) -> World {
         harness::init_test_logging();
         let (client, ns) = control_plane::setup(&self.prefix).await.unwrap();
@@ -366,6 +374,12 @@ impl World {
             Some(p) => p,
             None => panic!("pool {name}: never {what}\n{}", self.describe(name).await),
         }
+    }
+
+    /// Wait until the pool is Stalled with `reason` ([`World::wait_pool`] with [`T`]).
+    pub async fn wait_stalled(&self, name: &str, reason: &str) -> RunnerPool {
+        let what = format!("Stalled/{reason}");
+        self.wait_pool(name, &what, T, |p| cond_is(p, "Stalled", "True", Some(reason))).await
     }
 
     /// Wait until the pool is Ready with `idle` idle runners and none busy, and the simulator

@@ -76,7 +76,7 @@ fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registrati
         c.finished_at = Some(t0() - mins(1));
     }
     fx.groups = Ok(vec![g]);
-    fx.runners = Ok(vec![runner(7, "pool-done1", false, false)]);
+    fx.runners = Ok(vec![offline_runner(7, "pool-done1")]);
     fx.state.seen_online.insert("pool-done1".into());
     let p = fx.run();
     let got: Vec<Action> = p.actions.iter().filter(|a| a.is_destructive()).cloned().collect();
@@ -91,12 +91,12 @@ fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registrati
     // An ephemeral runner's registration that outlives its deleted group is an offline
     // registration without a group: collected once confirmed after gcGrace, never leaked.
     let mut fx = Fx::with_min_idle(0);
-    fx.runners = Ok(vec![runner(7, "pool-done1", false, false)]);
+    fx.runners = Ok(vec![offline_runner(7, "pool-done1")]);
     let first = fx.run();
     assert!(!first.actions.iter().any(Action::is_destructive), "not before the grace period");
     let mut fx2 = Fx::new();
     fx2.spec.scaling.min_idle = 0;
-    fx2.runners = Ok(vec![runner(7, "pool-done1", false, false)]);
+    fx2.runners = Ok(vec![offline_runner(7, "pool-done1")]);
     fx2.state = first.state.clone();
     fx2.now = t0() + fx2.config.gc_grace + mins(1);
     let later = fx2.run();
@@ -107,10 +107,10 @@ fn finished_persistent_runner_is_unregistered_and_lingering_ephemeral_registrati
 fn gc_offline_registration_mark_then_confirm() {
     let mut fx = Fx::with_min_idle(0);
     fx.runners = Ok(vec![
-        runner(9, "pool-gone1", false, false),
+        offline_runner(9, "pool-gone1"),
         // Not ours: other prefix, or our prefix without the pool label, or busy.
-        runner(10, "other-gone1", false, false),
-        ObservedRunner { labels: vec!["self-hosted".into()], ..runner(11, "pool-gone2", false, false) },
+        offline_runner(10, "other-gone1"),
+        ObservedRunner { labels: vec!["self-hosted".into()], ..offline_runner(11, "pool-gone2") },
         runner(12, "pool-busy9", false, true),
     ]);
     let p = fx.run();
@@ -129,7 +129,7 @@ fn gc_offline_registration_mark_then_confirm() {
 #[test]
 fn gc_mark_is_dropped_when_candidate_recovers_and_failed_list_keeps_marks() {
     let mut fx = Fx::with_min_idle(0);
-    fx.runners = Ok(vec![runner(9, "pool-gone1", false, false)]);
+    fx.runners = Ok(vec![offline_runner(9, "pool-gone1")]);
     let p = fx.run();
     fx.carry(&p, mins(1));
     // A failed list: no action, marks kept.
@@ -192,7 +192,7 @@ fn jit_registration_of_failed_create_is_unregistered() {
     let mut f = create_failure("pool-aaaaa", "westeurope", Priority::Regular, EdgeErrorKind::Transient);
     f.registered_runner = Some(77);
     fx.failures = vec![f];
-    fx.runners = Ok(vec![runner(77, "pool-aaaaa", false, false)]);
+    fx.runners = Ok(vec![offline_runner(77, "pool-aaaaa")]);
     let p = fx.run();
     assert_eq!(p.actions, vec![unregister(77, "pool-aaaaa", RemovalReason::CreateFailed)]);
     // When it is gone, it is forgotten.
@@ -296,13 +296,13 @@ fn a_restarted_persistent_runner_is_never_removed_under_a_job_it_may_have_taken(
     let mut fx = persistent_fx(1);
     restarted_after_online(&mut fx, "pool-back1");
     // The list (stale) shows the old registration offline: wait for it, remove nothing.
-    fx.runners = Ok(vec![runner(7, "pool-back1", false, false)]);
+    fx.runners = Ok(vec![offline_runner(7, "pool-back1")]);
     let p = fx.run();
     assert!(!p.actions.iter().any(Action::is_destructive), "{:?}", p.actions);
     // Back online (a new registration of the same name): healed by ACI's restart, kept and
     // counted idle; nothing removed (a newer registration may take a job at any moment).
     fx.carry(&p, chrono::Duration::seconds(2));
-    fx.runners = Ok(vec![runner(8, "pool-back1", true, false)]);
+    fx.runners = Ok(vec![idle_runner(8, "pool-back1")]);
     let p = fx.run();
     assert!(!p.actions.iter().any(Action::is_destructive), "{:?}", p.actions);
     assert_eq!(p.status.idle, 1);
@@ -310,7 +310,7 @@ fn a_restarted_persistent_runner_is_never_removed_under_a_job_it_may_have_taken(
     let mut fx2 = Fx::new();
     fx2.spec = fx.spec.clone();
     restarted_after_online(&mut fx2, "pool-gone1");
-    fx2.runners = Ok(vec![runner(9, "pool-gone1", false, false)]);
+    fx2.runners = Ok(vec![offline_runner(9, "pool-gone1")]);
     let p = fx2.run();
     assert!(!p.actions.iter().any(Action::is_destructive), "{:?}", p.actions);
     fx2.carry(&p, chrono::Duration::minutes(10));
@@ -349,7 +349,7 @@ fn a_group_that_can_still_run_is_deleted_only_if_a_fresh_list_shows_no_registrat
         p.actions
     );
     // Listed (it registered): the delete waits for its unregister instead.
-    fx.runners = Ok(vec![runner(9, "pool-rstr1", true, false)]);
+    fx.runners = Ok(vec![idle_runner(9, "pool-rstr1")]);
     let p = fx.run();
     assert!(
         destructive(&p).iter().all(|a| match a {

@@ -23,7 +23,7 @@ fn deletion_removes_idle_waits_for_busy_then_drains() {
     // Busy runner still within drainTimeout (60m): waits; requeue at most the resync.
     fx.carry(&p, mins(1));
     fx.groups = Ok(vec![running("pool-busy1")]);
-    fx.runners = Ok(vec![runner(50, "pool-busy1", true, true)]);
+    fx.runners = Ok(vec![busy_runner(50, "pool-busy1")]);
     let p = fx.run();
     assert!(p.actions.is_empty(), "{:?}", p.actions);
     assert_eq!(p.finalizer, FinalizerDecision::Keep);

@@ -39,7 +39,7 @@ fn registration_timeout_replaces_and_counts() {
     // Offline registration of a timed-out group is removed first.
     let mut fx = Fx::new();
     fx.groups = Ok(vec![group("pool-slow1", ContainerState::Running, 11)]);
-    fx.runners = Ok(vec![runner(3, "pool-slow1", false, false)]);
+    fx.runners = Ok(vec![offline_runner(3, "pool-slow1")]);
     let p = fx.run();
     assert_eq!(destructive(&p)[0], &unregister(3, "pool-slow1", RemovalReason::RegistrationTimeout));
 
@@ -58,7 +58,7 @@ fn registration_timeout_replaces_and_counts() {
 fn runner_that_went_offline_is_replaced_after_timeout_from_when_it_went_offline() {
     let mut fx = Fx::new();
     fx.groups = Ok(vec![group("pool-flap1", ContainerState::Running, 120)]);
-    fx.runners = Ok(vec![runner(4, "pool-flap1", false, false)]);
+    fx.runners = Ok(vec![offline_runner(4, "pool-flap1")]);
     fx.state.seen_online.insert("pool-flap1".into());
     let p = fx.run();
     assert!(destructive(&p).is_empty(), "{:?}", p.actions);
@@ -148,7 +148,7 @@ fn success_resets_failure_memory() {
     fx.state.last_failure =
         Some(FailureRecord { reason: FailureReason::InvalidImage, message: "x".into(), count: 2, at: t0() });
     fx.groups = Ok(vec![running("pool-good1")]);
-    fx.runners = Ok(vec![runner(1, "pool-good1", true, false)]);
+    fx.runners = Ok(vec![idle_runner(1, "pool-good1")]);
     let p = fx.run();
     assert_eq!(p.state.failures, 0);
     assert!(p.state.last_failure.is_none());
@@ -230,7 +230,7 @@ fn a_denied_removal_escalates_the_backoff_once_per_period_not_once_per_pass() {
     fx.config.backoff_max = Duration::from_secs(600);
     let done = group("pool-done1", ContainerState::Terminated { exit_code: Some(0) }, 5);
     fx.groups = Ok(vec![running("pool-idle1"), done]);
-    fx.runners = Ok(vec![runner(1, "pool-idle1", true, false)]);
+    fx.runners = Ok(vec![idle_runner(1, "pool-idle1")]);
     let mut p = fx.run();
     let denied =
         EdgeErrorKind::Auth { permission: Some("Microsoft.ContainerInstance/containerGroups/delete".into()) };
@@ -265,7 +265,7 @@ fn a_denied_removal_escalates_the_backoff_once_per_period_not_once_per_pass() {
     fx.groups = Ok(vec![running("pool-idle1")]);
     let job = QueuedJob { id: 77, labels: vec!["self-hosted".into(), "aci".into()], queued_at: fx.now };
     fx.jobs = vec![job];
-    fx.runners = Ok(vec![runner(1, "pool-idle1", true, true)]);
+    fx.runners = Ok(vec![busy_runner(1, "pool-idle1")]);
     let p = fx.run();
     fx.carry(&p, until - fx.now + chrono::Duration::seconds(1));
     let p = fx.run();
@@ -275,7 +275,7 @@ fn a_denied_removal_escalates_the_backoff_once_per_period_not_once_per_pass() {
     fx.carry(&p, chrono::Duration::seconds(5));
     fx.jobs.clear();
     fx.groups = Ok(vec![running("pool-idle1"), running(&name)]);
-    fx.runners = Ok(vec![runner(1, "pool-idle1", true, true), runner(9, &name, true, false)]);
+    fx.runners = Ok(vec![busy_runner(1, "pool-idle1"), idle_runner(9, &name)]);
     let p = fx.run();
     cond_is(&p, "Stalled", "False", "NotStalled");
 }

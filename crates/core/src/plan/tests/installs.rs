@@ -148,7 +148,7 @@ fn a_group_without_install_id_is_adopted_only_while_its_pool_uid_is_live() {
 fn only_our_labelled_registrations_without_a_group_are_collected() {
     let mut fx = Fx::with_min_idle(0);
     fx.runners = Ok(vec![
-        runner(1, "pool-gone1", false, false),
+        offline_runner(1, "pool-gone1"),
         other_runner(2, "pool-gone2", false, false),
         runner_of("uid-other-pool", 3, "pool-gone3", false, false),
     ]);

@@ -107,6 +107,21 @@ pub(super) fn runner(id: u64, name: &str, online: bool, busy: bool) -> ObservedR
     ObservedRunner { id, name: name.to_string(), online, busy, labels: own_labels() }
 }
 
+/// This pool's registration, online and idle.
+pub(super) fn idle_runner(id: u64, name: &str) -> ObservedRunner {
+    runner(id, name, true, false)
+}
+
+/// This pool's registration, online and busy.
+pub(super) fn busy_runner(id: u64, name: &str) -> ObservedRunner {
+    runner(id, name, true, true)
+}
+
+/// This pool's registration, offline and not busy.
+pub(super) fn offline_runner(id: u64, name: &str) -> ObservedRunner {
+    runner(id, name, false, false)
+}
+
 /// A registration without any owner label (made before owner labels existed).
 pub(super) fn unlabelled(id: u64, name: &str, online: bool, busy: bool) -> ObservedRunner {
     let mut r = runner(id, name, online, busy);
@@ -285,13 +300,13 @@ fn idle_fx(idle_ago: &[(&str, i64)], busy: &[&str], min_idle: i32) -> Fx {
     let mut runners = Vec::new();
     for (i, (n, ago)) in idle_ago.iter().enumerate() {
         groups.push(running(n));
-        runners.push(runner(10 + i as u64, n, true, false));
+        runners.push(idle_runner(10 + i as u64, n));
         fx.state.idle_since.insert(n.to_string(), t0() - mins(*ago));
         fx.state.seen_online.insert(n.to_string());
     }
     for (i, n) in busy.iter().enumerate() {
         groups.push(running(n));
-        runners.push(runner(50 + i as u64, n, true, true));
+        runners.push(busy_runner(50 + i as u64, n));
         fx.state.seen_online.insert(n.to_string());
     }
     fx.groups = Ok(groups);

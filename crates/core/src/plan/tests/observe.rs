@@ -137,19 +137,19 @@ fn shared_lists() -> (Vec<ObservedGroup>, Vec<ObservedRunner>) {
         untagged("pool-zzzz2"),
         untagged("build-box"),
     ];
-    let mut foreign_labels = runner(40, "other-aaaa1", true, true);
+    let mut foreign_labels = busy_runner(40, "other-aaaa1");
     foreign_labels.labels = vec!["self-hosted".into(), "gpu".into()];
     let runners = vec![
-        runner(1, "pool-idle1", true, false),
-        runner(2, "pool-busy1", true, true),
-        runner(3, "pool-done1", false, false),
-        runner(4, "pool-old01", true, false),
-        runner(5, "pool-gone1", false, false),
-        runner(6, "pool-zzzz1", true, false),
-        runner(7, "pool-zzzz2", true, false),
+        idle_runner(1, "pool-idle1"),
+        busy_runner(2, "pool-busy1"),
+        offline_runner(3, "pool-done1"),
+        idle_runner(4, "pool-old01"),
+        offline_runner(5, "pool-gone1"),
+        idle_runner(6, "pool-zzzz1"),
+        idle_runner(7, "pool-zzzz2"),
         foreign_labels,
-        runner(41, "pool-other", true, false),
-        runner(42, "laptop", true, false),
+        idle_runner(41, "pool-other"),
+        idle_runner(42, "laptop"),
     ];
     (groups, runners)
 }

@@ -50,12 +50,12 @@ fn desired_formula_table() {
         for b in 0..busy {
             let n = format!("pool-busy{b}");
             groups.push(running(&n));
-            runners.push(runner(100 + b as u64, &n, true, true));
+            runners.push(busy_runner(100 + b as u64, &n));
         }
         for b in 0..idle {
             let n = format!("pool-idle{b}");
             groups.push(running(&n));
-            runners.push(runner(200 + b as u64, &n, true, false));
+            runners.push(idle_runner(200 + b as u64, &n));
         }
         fx.groups = Ok(groups);
         fx.runners = Ok(runners);
@@ -129,7 +129,7 @@ fn in_flight_creates_count_toward_supply_and_clear_when_listed() {
 fn two_idle_fx() -> Fx {
     let mut fx = Fx::new();
     fx.groups = Ok(vec![running("pool-aaaa1"), running("pool-aaaa2")]);
-    fx.runners = Ok(vec![runner(1, "pool-aaaa1", true, false), runner(2, "pool-aaaa2", true, false)]);
+    fx.runners = Ok(vec![idle_runner(1, "pool-aaaa1"), idle_runner(2, "pool-aaaa2")]);
     fx
 }
 
@@ -200,7 +200,7 @@ fn idle_since_is_tracked_and_reset_when_busy() {
     let p = fx.run();
     assert_eq!(p.state.idle_since.get("pool-aaaa1"), Some(&t0()));
     fx.carry(&p, mins(1));
-    fx.runners = Ok(vec![runner(1, "pool-aaaa1", true, true), runner(2, "pool-aaaa2", true, false)]);
+    fx.runners = Ok(vec![busy_runner(1, "pool-aaaa1"), idle_runner(2, "pool-aaaa2")]);
     let p = fx.run();
     assert!(!p.state.idle_since.contains_key("pool-aaaa1"));
     assert_eq!(p.state.idle_since.get("pool-aaaa2"), Some(&t0()));
@@ -229,7 +229,7 @@ fn token_mode_registration() {
 fn names_are_never_reused() {
     let mut fx = Fx::with_min_idle(3);
     fx.groups = Ok(vec![group("pool-aaaaa", ContainerState::Waiting { reason: None }, 0)]);
-    fx.runners = Ok(vec![runner(1, "pool-aaaab", false, false)]);
+    fx.runners = Ok(vec![offline_runner(1, "pool-aaaab")]);
     fx.state.used_names.insert("pool-aaaac".into(), t0() - mins(30));
     fx.state.in_flight.insert(
         "pool-aaaad".into(),

@@ -75,7 +75,7 @@ fn last_transition_time_only_changes_on_flip() {
     let names: Vec<String> = p1.state.in_flight.keys().cloned().collect();
     fx.carry(&p2, mins(1));
     fx.groups = Ok(names.iter().map(|n| running(n)).collect());
-    fx.runners = Ok(names.iter().enumerate().map(|(i, n)| runner(i as u64, n, true, false)).collect());
+    fx.runners = Ok(names.iter().enumerate().map(|(i, n)| idle_runner(i as u64, n)).collect());
     let p3 = fx.run();
     cond_is(&p3, "Ready", "True", "RunnersReady");
     assert_ne!(cond(&p3, "Ready").last_transition_time, ready1);
@@ -96,7 +96,7 @@ fn usage_accumulates_without_double_counting_after_restart() {
     fx.state.initialized = true;
     // Group created 11 minutes ago (container started 10m ago), 2 vCPU, 4 GB.
     fx.groups = Ok(vec![running("pool-use01")]);
-    fx.runners = Ok(vec![runner(1, "pool-use01", true, false)]);
+    fx.runners = Ok(vec![idle_runner(1, "pool-use01")]);
     let mut g = fx.groups.as_ref().unwrap()[0].clone();
     g.created = Some(t0() - mins(10));
     fx.groups = Ok(vec![g]);
@@ -130,7 +130,7 @@ fn usage_accumulates_without_double_counting_after_restart() {
 fn settled_fx() -> Fx {
     let mut fx = Fx::new();
     fx.groups = Ok(vec![running("pool-aaaa1"), running("pool-aaaa2")]);
-    fx.runners = Ok(vec![runner(1, "pool-aaaa1", true, false), runner(2, "pool-aaaa2", true, false)]);
+    fx.runners = Ok(vec![idle_runner(1, "pool-aaaa1"), idle_runner(2, "pool-aaaa2")]);
     let p = fx.run();
     cond_is(&p, "Reconciling", "False", "Converged");
     fx.carry(&p, chrono::Duration::seconds(30));
@@ -147,7 +147,7 @@ fn routine_churn_of_a_settled_pool_is_steady_state_not_reconciling() {
         group("pool-aaaa1", ContainerState::Terminated { exit_code: Some(0) }, 5),
         running("pool-aaaa2"),
     ]);
-    fx.runners = Ok(vec![runner(2, "pool-aaaa2", true, false)]);
+    fx.runners = Ok(vec![idle_runner(2, "pool-aaaa2")]);
     let p = fx.run();
     assert!(!creates(&p).is_empty() || p.actions.iter().any(|a| a.is_destructive()), "{:?}", p.actions);
     cond_is(&p, "Reconciling", "False", "SteadyState");
@@ -176,7 +176,7 @@ fn a_new_generation_or_a_shortfall_it_cannot_close_is_reconciling() {
 
     // Settled, then every location is cooling down: the controller cannot reach what it asks for.
     let mut fx = settled_fx();
-    fx.runners = Ok(vec![runner(1, "pool-aaaa1", true, false)]);
+    fx.runners = Ok(vec![idle_runner(1, "pool-aaaa1")]);
     fx.groups = Ok(vec![running("pool-aaaa1")]);
     fx.state.location_cooldown.insert("westeurope".into(), fx.now + mins(5));
     let p = fx.run();
