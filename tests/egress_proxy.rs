@@ -123,8 +123,8 @@ async fn every_azure_entra_and_github_call_goes_through_the_proxy() {
     let proxy = format!("http://127.0.0.1:{proxy_port}");
     let ctl_log = dir.path().join("controller.log");
     let policy = dir.path().join("tenant-policy.yaml");
-    std::fs::write(&policy, format!("rules:\n  - namespaces: [{ns}]\n    controllerIdentity: true\n"))
-        .unwrap();
+    let own_identity = aci_runner_core::policy::TenantPolicy::controller_identity_for([ns.clone()]);
+    std::fs::write(&policy, serde_json::to_string(&own_identity).unwrap()).unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--namespaces", &ns, "--leader-election", "false"])
         .arg("--tenant-policy")

@@ -104,13 +104,17 @@ impl TenantPolicy {
         Ok(policy)
     }
 
-    /// A policy letting the pools of `namespaces` use the controller's identity and name anything.
+    /// A policy letting the pools of `namespaces` use the controller's identity and name anything;
+    /// no namespaces means every namespace (as an empty `--namespaces` watches them all).
     pub fn controller_identity_for<I, S>(namespaces: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let namespaces: Vec<String> = namespaces.into_iter().map(Into::into).collect();
+        let mut namespaces: Vec<String> = namespaces.into_iter().map(Into::into).collect();
+        if namespaces.is_empty() {
+            namespaces.push("*".into());
+        }
         Self {
             rules: vec![NamespaceRule { namespaces, controller_identity: true, ..NamespaceRule::default() }],
         }
@@ -327,6 +331,18 @@ rules:
             refused_field(&p, "team-ab", &spec(serde_json::json!({}))).as_deref(),
             Some("spec.azure.credentialsSecretRef")
         );
+    }
+
+    #[test]
+    fn the_controller_identity_for_no_namespaces_is_for_every_namespace() {
+        let all = TenantPolicy::controller_identity_for(Vec::<String>::new());
+        assert!(all.rule_for("any").controller_identity);
+        let one = TenantPolicy::controller_identity_for(["ci"]);
+        assert!(one.rule_for("ci").controller_identity && !one.rule_for("other").controller_identity);
+        // Both round-trip through the file format the controller reads.
+        for p in [all, one] {
+            assert_eq!(TenantPolicy::from_yaml(&serde_json::to_string(&p).unwrap()), Ok(p));
+        }
     }
 
     #[test]

@@ -252,10 +252,10 @@ async fn launch_controller(
         }
         None => None,
     };
-    let policy = opts.tenant_policy.clone().unwrap_or_else(|| match opts.args.namespaces.is_empty() {
-        true => TenantPolicy::controller_identity_for(["*"]),
-        false => TenantPolicy::controller_identity_for(opts.args.namespaces.clone()),
-    });
+    let policy = opts
+        .tenant_policy
+        .clone()
+        .unwrap_or_else(|| TenantPolicy::controller_identity_for(opts.args.namespaces.clone()));
     let policy_file = files.path().join("tenant-policy.yaml");
     std::fs::write(&policy_file, serde_json::to_string(&policy)?)?;
     let webhook_addr = webhook.as_ref().map(|(a, _)| *a);
