@@ -83,7 +83,11 @@ impl Pass<'_, '_> {
         // credential reasons are re-checked by every pass.
         let reason = match StallReason::parse(&c.reason) {
             Some(StallReason::QuotaExceeded) => {
-                self.st.quota = Some(QuotaWait { until: self.now, attempts: 1, message, since });
+                // The retry at once is the restart's own probe, not a step of the back-off: if it
+                // is refused, the wait is the base one, as for a first refusal. (Counting it would
+                // double the wait at every controller restart while quota is short, and hold the
+                // pool back that much longer once quota is back.)
+                self.st.quota = Some(QuotaWait { until: self.now, attempts: 0, message, since });
                 return;
             }
             Some(StallReason::InvalidImage) => FailureReason::InvalidImage,

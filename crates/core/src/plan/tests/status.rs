@@ -63,6 +63,37 @@ fn a_restart_resumes_a_stall_of_the_same_generation() {
     cond_is(&p, "Stalled", "False", "NotStalled");
 }
 
+/// A controller restarted while quota is short probes once at once; when that create is refused
+/// too, the pool waits the base quota back-off, not a doubled one. Soak seeds 26 and 203 (quota of
+/// one group per region, a controller SIGKILL) waited 120 s after the restart's probe and were
+/// still waiting when the soak's settle window ended.
+#[test]
+fn a_refused_probe_after_a_restart_waits_the_base_quota_backoff() {
+    let mut fx = Fx::new();
+    fx.state = PoolState::default();
+    fx.prev =
+        Some(stalled_status("QuotaExceeded", "quota exceeded in westeurope: groups; next attempt at x", 1));
+    let p = fx.run();
+    let name = creates(&p)[0].name().to_string();
+    fx.carry(&p, chrono::Duration::seconds(2));
+    fx.failures = vec![create_failure(&name, "westeurope", Priority::Regular, EdgeErrorKind::QuotaExceeded)];
+    let p = fx.run();
+    cond_is(&p, "Stalled", "True", "QuotaExceeded");
+    let q = p.state.quota.clone().unwrap();
+    assert_eq!(q.attempts, 1);
+    assert_eq!(q.until, fx.now + chrono::Duration::from_std(fx.config.quota_backoff_base).unwrap());
+    // The next refusal doubles it, as for a pool that was never restarted.
+    fx.carry(&p, chrono::Duration::from_std(fx.config.quota_backoff_base).unwrap());
+    let p = fx.run();
+    let name = creates(&p)[0].name().to_string();
+    fx.carry(&p, chrono::Duration::seconds(1));
+    fx.failures = vec![create_failure(&name, "westeurope", Priority::Regular, EdgeErrorKind::QuotaExceeded)];
+    let p = fx.run();
+    let q = p.state.quota.clone().unwrap();
+    assert_eq!(q.attempts, 2);
+    assert_eq!(q.until, fx.now + chrono::Duration::from_std(fx.config.quota_backoff_base * 2).unwrap());
+}
+
 #[test]
 fn last_transition_time_only_changes_on_flip() {
     let mut fx = Fx::new();
