@@ -898,9 +898,8 @@ pub async fn run_seed(
     }
     let cleanup_from = Instant::now();
     let mut left;
-    loop {
-        let groups = sim
-            .arm
+    let leftover_groups = || -> Vec<crate::sim::arm::GroupSummary> {
+        sim.arm
             .groups()
             .into_iter()
             .filter(|g| {
@@ -909,14 +908,19 @@ pub async fn run_seed(
                     .is_some_and(|n| n == &ns)
                     && !other.groups.contains(&g.name)
             })
-            .count();
-        let regs = sim
-            .github
+            .collect()
+    };
+    let leftover_runners = || -> Vec<crate::sim::github::RunnerRecord> {
+        sim.github
             .runners()
             .into_iter()
             .filter(|r| POOLS.iter().any(|p| r.name.starts_with(&format!("{p}-"))))
             .filter(|r| !other.runners.contains(&r.id))
-            .count();
+            .collect()
+    };
+    loop {
+        let groups = leftover_groups().len();
+        let regs = leftover_runners().len();
         left = 0;
         for p in POOLS {
             match pools.get_opt(p).await {
@@ -995,10 +999,48 @@ pub async fn run_seed(
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
         .delete(&ns, &DeleteParams::default())
         .await;
+    if res.outcome.leaked_groups + res.outcome.leaked_registrations > 0 {
+        let text = describe_leftovers(&sim, &leftover_groups(), &leftover_runners());
+        let _ = std::fs::write(dir.join("leftovers.md"), text);
+    }
     if res.passed && !args.keep_logs {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(res)
+}
+
+/// What is left of a seed after its cleanup window, with every simulator call that names it:
+/// written next to the controller log of a seed that leaks, to trace how the leftover came about.
+fn describe_leftovers(
+    sim: &crate::sim::Simulator,
+    groups: &[crate::sim::arm::GroupSummary],
+    runners: &[crate::sim::github::RunnerRecord],
+) -> String {
+    let mut s = String::from("# Leftovers\n\n");
+    let arm_calls = sim.arm.calls();
+    for g in groups {
+        s += &format!(
+            "## group {} ({}, {} / {}, created {}, tags {:?})\n\n",
+            g.name, g.location, g.provisioning_state, g.state, g.created, g.tags
+        );
+        for c in arm_calls.iter().filter(|c| c.path.contains(&format!("/containerGroups/{}", g.name))) {
+            s += &format!("- {} {} {} {} {:?}\n", c.at, c.method, c.status, c.op, c.code);
+        }
+        s += "\n";
+    }
+    let gh_calls = sim.github.calls();
+    for r in runners {
+        s += &format!(
+            "## registration {} id {} (online {}, busy {}, jit {}, created {}, labels {:?})\n\n",
+            r.name, r.id, r.online, r.busy, r.jit, r.created_at, r.labels
+        );
+        let id = format!("/runners/{}", r.id);
+        for c in gh_calls.iter().filter(|c| c.path.ends_with(&id) || c.path.contains(&format!("{id}/"))) {
+            s += &format!("- {} {} {} {} {}\n", c.at, c.method, c.status, c.op, c.principal);
+        }
+        s += "\n";
+    }
+    s
 }
 
 /// Record the Stalled reasons of the pools; return what keeps them from being settled (Ready
