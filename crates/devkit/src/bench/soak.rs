@@ -1450,6 +1450,10 @@ async fn restart_loop(
             let _one = restarts.one_at_a_time.lock().await;
             let outage = restarts.outage_began();
             let r = restart_component(&cp_dir, component, &argv).await;
+            if r.is_err() {
+                // The outage lasts until the API answers again, however slow the start.
+                wait_ready(&cp_dir, Duration::from_secs(120)).await;
+            }
             restarts.outage_ended(outage);
             r
         };
@@ -1511,9 +1515,17 @@ pub async fn restart_component(
         .spawn()
         .with_context(|| format!("starting {} again", component.name()))?;
     std::fs::write(&pid_file, child.id().to_string())?;
-    // Ready when an authenticated client gets an answer from /readyz (etcd included).
+    if wait_ready(cp_dir, Duration::from_secs(60)).await {
+        return Ok(child);
+    }
+    anyhow::bail!("the control plane was not ready within 60 s after a {} restart", component.name())
+}
+
+/// Wait up to `within` until an authenticated client gets an answer from `/readyz` (etcd
+/// included); whether it did.
+async fn wait_ready(cp_dir: &Path, within: Duration) -> bool {
     let kubeconfig = cp_dir.join("kubeconfig");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + within;
     loop {
         let ok = std::process::Command::new("kubectl")
             .env("KUBECONFIG", &kubeconfig)
@@ -1523,10 +1535,10 @@ pub async fn restart_component(
             .status()
             .is_ok_and(|s| s.success());
         if ok {
-            return Ok(child);
+            return true;
         }
         if Instant::now() > deadline {
-            anyhow::bail!("the control plane was not ready within 60 s after a {} restart", component.name());
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
