@@ -880,7 +880,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
 async fn no_secret_in_any_log_line_and_spans_carry_the_correlation_id() {
     use tracing_subscriber::layer::SubscriberExt;
     let capture = Capture::default();
-    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let _guard =
+        aci_runner_devkit::testing::capture_logs(tracing_subscriber::registry().with(capture.clone()));
 
     let h = sim(ArmSimConfig::default(), 600.0).await;
     let reg = CredentialRegistry::new(cloud(&h), Duration::from_secs(300));

@@ -554,6 +554,10 @@ impl std::io::Write for Capture {
     }
 }
 
+/// Every secret the client handles stays out of its logs, at trace level. The capture goes
+/// through `testing::capture_logs`: installed with a plain thread-local `set_default`, it missed
+/// the "JIT registration conflict" line in a fresh-clone CI run on a loaded machine, after a
+/// sibling test had reached that callsite first on a thread without a subscriber.
 #[tokio::test]
 async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let cap = Capture::default();
@@ -563,7 +567,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = aci_runner_devkit::testing::capture_logs(subscriber);
 
     let g = sim(60.0, GithubSimConfig::default()).await;
     let hub = hub_for(&g, 0);

@@ -8,6 +8,23 @@ pub mod specs;
 pub mod tools;
 pub mod world;
 
+/// Install `subscriber` as this thread's default and return its guard, so that a test can
+/// capture what the code under test logs while other tests of its binary run on other threads.
+///
+/// A bare `Registry` is made the process's global default first (once; a global default set
+/// elsewhere is kept). tracing caches each callsite's interest process-wide on its first use;
+/// while a single dispatcher exists, that interest comes from the default of the thread that
+/// first reaches the callsite, so a sibling test without a subscriber would cache "never" and
+/// the capture would miss the event. With the global dispatcher as well, interest is the union
+/// over all dispatchers, whichever thread registers the callsite.
+pub fn capture_logs<S>(subscriber: S) -> tracing::subscriber::DefaultGuard
+where
+    S: tracing::Subscriber + Send + Sync + 'static,
+{
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+    tracing::subscriber::set_default(subscriber)
+}
+
 /// The repository's root (the workspace this crate is built in: `crates/devkit/../..`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..")
