@@ -6,10 +6,8 @@
 //! kube-apiserver lost its probed port (`bind: address already in use`) to one of them. The
 //! tests take the port deterministically: a listener of this process holds it, and
 //! `CONTROL_PLANE_FIRST_PORTS` makes the script's first attempt use it.
+use aci_runner_devkit::testing::control_plane::ControlPlane;
 use std::net::TcpListener;
-use std::process::Command;
-
-use aci_runner_devkit::testing::control_plane::{ControlPlane, script_path};
 
 /// A port nobody listens on now (probed by binding and closing).
 fn unused_port() -> u16 {
@@ -19,18 +17,9 @@ fn unused_port() -> u16 {
 /// Start a control plane whose first attempt uses `ports` (etcd client, etcd peer, apiserver);
 /// returns it and the script's stderr.
 fn start_with_first_ports(dir: &std::path::Path, ports: (u16, u16, u16)) -> (ControlPlane, String) {
-    let out = Command::new("bash")
-        .arg(script_path())
-        .arg("start")
-        .arg(dir)
-        .arg("--watch-pid")
-        .arg(std::process::id().to_string())
-        .env("CONTROL_PLANE_FIRST_PORTS", format!("{},{},{}", ports.0, ports.1, ports.2))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "control plane did not start:\n{stderr}");
-    (ControlPlane { dir: dir.to_path_buf(), kubeconfig: dir.join("kubeconfig") }, stderr)
+    let first = format!("{},{},{}", ports.0, ports.1, ports.2);
+    ControlPlane::start_with_env(dir, &[("CONTROL_PLANE_FIRST_PORTS", &first)])
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The server URL the kubeconfig names.

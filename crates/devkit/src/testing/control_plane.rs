@@ -45,18 +45,26 @@ pub enum ControlPlaneError {
 impl ControlPlane {
     /// Start a new control plane in `dir`, stopped when this process exits.
     pub fn start_in(dir: &Path) -> Result<Self, ControlPlaneError> {
+        Self::start_with_env(dir, &[]).map(|(cp, _)| cp)
+    }
+
+    /// [`ControlPlane::start_in`] with extra environment for the script (e.g.
+    /// `CONTROL_PLANE_FIRST_PORTS`); also returns what the script wrote to stderr.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Result<(Self, String), ControlPlaneError> {
         let out = Command::new("bash")
             .arg(script_path())
             .arg("start")
             .arg(dir)
             .arg("--watch-pid")
             .arg(std::process::id().to_string())
+            .envs(env.iter().copied())
             .output()
             .map_err(|e| ControlPlaneError::Start(format!("running {}: {e}", script_path().display())))?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
-            return Err(ControlPlaneError::Start(String::from_utf8_lossy(&out.stderr).into_owned()));
+            return Err(ControlPlaneError::Start(stderr));
         }
-        Ok(Self { dir: dir.to_path_buf(), kubeconfig: dir.join("kubeconfig") })
+        Ok((Self { dir: dir.to_path_buf(), kubeconfig: dir.join("kubeconfig") }, stderr))
     }
 
     /// A fresh client (create one per tokio runtime: clients are bound to the runtime they run on).
