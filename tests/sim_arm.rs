@@ -1141,3 +1141,39 @@ async fn access_tokens_expire_in_simulated_time() {
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_scope");
 }
+
+/// A PUT that reached ARM takes effect even when its client gives up before the answer (a
+/// controller killed, or timing out, during a slow create). The simulator once dropped such a
+/// request with the connection, which let a test of "a create in flight at a kill" pass without
+/// the create ever landing. A 5 s latency fault keeps the answer back; the client hangs up after
+/// 200 ms, and the group must appear afterwards all the same.
+#[tokio::test]
+async fn a_request_whose_client_hangs_up_still_takes_effect() {
+    let (h, _rt) = start(cfg()).await;
+    let scale = h.clock().scale();
+    let latency_ms = (5_000.0 * scale) as u64;
+    h.set_faults(FaultConfig {
+        ops: BTreeMap::from([("create".to_string(), OpFaults { latency_ms, ..OpFaults::default() })]),
+        ..FaultConfig::default()
+    });
+    let arm = Arm::new(&h).await;
+    let url = arm.group_url(SUB, RG, "late-put", "2023-05-01");
+    let sent = arm
+        .http
+        .put(&url)
+        .bearer_auth(&arm.tok)
+        .json(&runner_group("busybox", "Never"))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(sent.as_ref().is_err_and(|e| e.is_timeout()), "the client gave up first: {sent:?}");
+    assert!(h.group("late-put").is_none(), "not before the latency has passed");
+    for _ in 0..300 {
+        if h.group("late-put").is_some() {
+            assert!(h.calls().iter().any(|c| c.method == "PUT" && c.path.contains("late-put")));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the PUT whose client hung up never took effect");
+}

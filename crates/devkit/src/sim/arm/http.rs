@@ -269,7 +269,22 @@ fn sub_of(route: &Route) -> &str {
     }
 }
 
+/// A request ARM has received is carried out even when its client goes away before the answer
+/// (a controller killed or timing out during an injected latency): the handling runs in its own
+/// task, which the connection's end does not cancel, as a real PUT or DELETE that reached ARM
+/// takes effect whether or not anyone reads its answer.
 async fn arm(State(s): S, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let task = tokio::spawn(arm_received(s, method, uri, headers, body));
+    match task.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "simulated ARM request handler failed");
+            http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+async fn arm_received(s: Arc<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let path = uri.path().to_string();
     let route = parse_route(&path);
     let op = op_name(route.as_ref(), &method);

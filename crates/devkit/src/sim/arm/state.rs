@@ -222,6 +222,10 @@ pub struct Shared {
     cfg: Mutex<ArmSimConfig>,
     pub(crate) clock: SimClock,
     runtime: Arc<dyn ContainerRuntime>,
+    /// Held around every hand-over to the runtime (a start after its re-check, a kill after the
+    /// state change that causes it), so that a start decided before a delete or stop never
+    /// reaches the runtime after that group's kill: a deleted group's container never runs.
+    runtime_gate: Mutex<()>,
     pub(crate) url: String,
     pub(crate) entra: Entra,
     st: Mutex<State>,
@@ -539,6 +543,7 @@ impl Shared {
             cfg: Mutex::new(cfg),
             clock,
             runtime,
+            runtime_gate: Mutex::new(()),
             url,
             entra: Entra::new(),
             st: Mutex::new(State {
@@ -1143,7 +1148,7 @@ impl Shared {
             }
         };
         drop(st);
-        self.runtime.kill(&kill_id);
+        self.kill_in_runtime(&kill_id);
         answer
     }
 
@@ -1174,7 +1179,7 @@ impl Shared {
         g.state = "Stopped";
         let id = g.id.clone();
         drop(st);
-        self.runtime.kill(&id);
+        self.kill_in_runtime(&id);
         Answer::empty(204)
     }
 
@@ -1270,6 +1275,17 @@ impl Shared {
 
     /// Advance every group's lifecycle to the current simulated time.
     pub(crate) fn tick(self: &Arc<Self>) {
+        let (kills, starts) = self.advance();
+        for id in kills {
+            self.kill_in_runtime(&id);
+        }
+        self.run_starts(starts);
+    }
+
+    /// The state part of [`Shared::tick`]: the lifecycle moves on under the state lock; the
+    /// kills and starts it decides are handed to the runtime after the lock is released.
+    #[allow(clippy::type_complexity)]
+    fn advance(&self) -> (Vec<String>, Vec<(StartedContainer, String, usize, u64)>) {
         let cfg = self.cfg();
         let now = self.clock.now();
         let mut starts: Vec<(StartedContainer, String, usize, u64)> = Vec::new();
@@ -1332,14 +1348,37 @@ impl Shared {
                 });
             }
         }
-        for id in kills {
-            self.runtime.kill(&id);
-        }
-        self.run_starts(starts);
+        (kills, starts)
+    }
+
+    /// The group's containers are gone: the runtime ends their processes.
+    fn kill_in_runtime(&self, group_id: &str) {
+        let _gate = self.runtime_gate.lock().unwrap_or_else(|p| p.into_inner());
+        self.runtime.kill(group_id);
+    }
+
+    /// Does container `idx` of group `key` still run as incarnation `generation`? A start decided
+    /// under the state lock is handed to the runtime only while this holds.
+    fn still_running(&self, key: &str, idx: usize, generation: u64) -> bool {
+        let st = self.st();
+        st.groups.get(key).is_some_and(|g| {
+            !g.stopped
+                && g.deleting_until.is_none()
+                && g.containers
+                    .get(idx)
+                    .is_some_and(|c| c.generation == generation && c.current.state == "Running")
+        })
     }
 
     fn run_starts(self: &Arc<Self>, starts: Vec<(StartedContainer, String, usize, u64)>) {
         for (sc, key, idx, generation) in starts {
+            // The state lock is released between the decision and this hand-over; a delete, stop
+            // or restart in between makes the start stale. The gate keeps the re-check and the
+            // start together against the kill that such a change sends.
+            let _gate = self.runtime_gate.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.still_running(&key, idx, generation) {
+                continue;
+            }
             let weak = Arc::downgrade(self);
             let (weak_log, log_key) = (weak.clone(), key.clone());
             let notifier = ExitNotifier::new(move |code| {
@@ -1422,7 +1461,7 @@ impl Shared {
             g.state = group_state(g);
             g.id.clone()
         };
-        self.runtime.kill(&id);
+        self.kill_in_runtime(&id);
         self.run_starts(starts);
         Answer::empty(204)
     }
@@ -1553,6 +1592,49 @@ pub(crate) fn not_found(rg: &str, name: &str) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records what reaches the runtime, in order.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl ContainerRuntime for Recorder {
+        fn start(&self, c: StartedContainer, _exit: ExitNotifier) {
+            self.0.lock().unwrap().push(format!("start {}", c.group_name));
+        }
+        fn kill(&self, group_id: &str) {
+            let name = group_id.rsplit('/').next().unwrap_or_default();
+            self.0.lock().unwrap().push(format!("kill {name}"));
+        }
+    }
+
+    fn started_group(deleted_before_hand_over: bool) -> Vec<String> {
+        let runtime = Arc::new(Recorder::default());
+        let cfg =
+            ArmSimConfig { provisioning_delay_ms: 0, image_pull_delay_ms: 0, ..ArmSimConfig::default() };
+        let shared = Arc::new(Shared::new(cfg, SimClock::new(1.0), runtime.clone(), "http://sim".into()));
+        let body = json!({"location": "westeurope", "properties": {"osType": "Linux", "restartPolicy": "Never",
+            "containers": [{"name": "runner", "properties": {"image": "i",
+                "resources": {"requests": {"cpu": 1.0, "memoryInGB": 2.0}}}}]}});
+        shared.seed_group("sub", "rg", "runner-abc12", &body).unwrap();
+        let (kills, starts) = shared.advance();
+        assert_eq!((kills.len(), starts.len()), (0, 1), "the container starts in this tick");
+        if deleted_before_hand_over {
+            shared.delete("sub", "rg", "runner-abc12", "2023-05-01");
+        }
+        shared.run_starts(starts);
+        runtime.0.lock().unwrap().clone()
+    }
+
+    /// A container whose start was decided in a tick, but whose group was deleted before the
+    /// start reached the runtime, never runs: the simulated runner of a deleted group would
+    /// otherwise register after the controller had finished its cleanup (a leaked registration
+    /// that no real ACI produces). The tick's two halves are called apart here, which opens the
+    /// window that a loaded machine opens between the state lock's release and the hand-over.
+    #[test]
+    fn a_start_decided_before_a_delete_never_reaches_the_runtime() {
+        assert_eq!(started_group(false), vec!["start runner-abc12"]);
+        assert_eq!(started_group(true), vec!["kill runner-abc12"]);
+    }
 
     #[test]
     fn aci_name_rules() {
