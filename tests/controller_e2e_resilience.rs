@@ -280,6 +280,59 @@ async fn killed_mid_deletion_then_restarted_finishes_the_cleanup() {
     w.stop().await;
 }
 
+/// Killed while ARM holds its create of the pool's runner, then the pool is deleted and the
+/// controller restarted before that create lands: the new process has never heard of it, and its
+/// first lists show no group. It keeps the finalizer until the predecessor's writes can have
+/// landed (`predecessor_writes`, 20 s here), sees the late group and removes it with its
+/// registration: nothing is left. Before that wait, the restarted controller removed the
+/// finalizer on its first empty list, and the group landed after it (a leaked group and
+/// registration, the shape of soak seed 32's leftover).
+///
+/// The window is opened by a 6 s latency on the simulated ARM create (the simulator carries out a
+/// request whose client hung up, as ARM does); the kill comes 1 s after the runner's registration
+/// appears, so the PUT is on the wire, and the call log proves it landed after the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_lands_after_a_restart_is_removed_before_the_finalizer_goes() {
+    let mut w = World::builder("e2e-late")
+        .seed(63)
+        .with_sim(|sim| arm_latency(sim, "create", 6_000))
+        .controller(|o| o.planner.predecessor_writes = Duration::from_secs(20))
+        .no_controller()
+        .start()
+        .await;
+    w.start_controller().await;
+    w.apply("late", json!({"scaling": {"minIdle": 1, "maxRunners": 1}})).await;
+    // The runner is registered and its group's PUT is held by the latency.
+    let registered = counts_reach(&w.sim, "late", |g, r| g == 0 && r == 1, |g, _| g >= 1).await;
+    assert!(registered, "no registration ahead of its group: {}", w.world("late"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.kill();
+    let killed_at = w.sim.clock.now();
+    assert!(w.groups_of("late").is_empty(), "the create landed before the kill: {}", w.world("late"));
+
+    w.delete_pool("late").await;
+    w.start_controller().await;
+    let gone = w.wait_gone("late", T).await;
+    assert!(gone, "pool not removed: {}; {:#?}", w.world("late"), w.events_of("late").await);
+    // However fast the pool went, the held create lands (within its 6 s latency of the send).
+    let landed = |w: &World| {
+        w.sim
+            .arm
+            .calls()
+            .into_iter()
+            .filter(|c| c.op == "create" && c.status < 300 && c.at > killed_at)
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while landed(&w) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(landed(&w), 1, "the held create landed after the kill: {:?}", w.sim.arm.calls());
+    assert!(w.sim.arm.groups().is_empty(), "left behind: {}", w.world("late"));
+    assert!(w.sim.github.runners().is_empty(), "left behind: {}", w.world("late"));
+    w.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Faults.
 // ---------------------------------------------------------------------------------------------

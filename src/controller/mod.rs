@@ -77,6 +77,10 @@ pub struct Context {
     pub allow_insecure_github_http: bool,
     /// What each namespace's pools may name (`--tenant-policy`); checked before anything else.
     pub policy: Arc<aci_runner_core::policy::TenantPolicy>,
+    /// When this process began acting on pools (after taking the Lease): a deletion of an older
+    /// pool finishes only once a predecessor's last writes can have landed
+    /// (`PlannerConfig::predecessor_writes`).
+    pub acting_since: DateTime<Utc>,
 }
 
 impl Context {
@@ -107,6 +111,7 @@ impl Context {
             clock: Arc::new(Utc::now),
             allow_insecure_github_http: false,
             policy: Default::default(),
+            acting_since: Utc::now(),
         }
     }
 }

@@ -199,6 +199,11 @@ pub fn spec_hash(pool: &RunnerPool) -> String {
     hex::encode(&Sha256::digest(&bytes)[..6])
 }
 
+/// A Kubernetes timestamp as chrono's (None when out of chrono's range).
+fn utc(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Option<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+}
+
 pub(super) fn pool_meta(pool: &RunnerPool) -> Result<PoolMeta, ReconcileError> {
     let namespace = pool.namespace().ok_or(ReconcileError::MissingMeta)?;
     let uid = pool.uid().ok_or(ReconcileError::MissingMeta)?;
@@ -207,9 +212,8 @@ pub(super) fn pool_meta(pool: &RunnerPool) -> Result<PoolMeta, ReconcileError> {
         name: pool.name_any(),
         uid,
         generation: pool.metadata.generation,
-        deletion_timestamp: pool.metadata.deletion_timestamp.as_ref().and_then(|t| {
-            DateTime::<Utc>::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
-        }),
+        deletion_timestamp: pool.metadata.deletion_timestamp.as_ref().and_then(utc),
+        created: pool.metadata.creation_timestamp.as_ref().and_then(utc),
         annotations: pool.annotations().clone(),
     })
 }
@@ -336,6 +340,7 @@ fn plan_pass(
         failures: &memory.failures,
         state: &memory.state,
         config: &ctx.planner,
+        acting_since: ctx.acting_since,
         now,
     };
     let mut rng = rand::thread_rng();

@@ -479,6 +479,7 @@ pub async fn run_with(
     let prices = args.prices.table()?.or(planner.prices);
     let planner = PlannerConfig { gc_grace: args.gc_grace, resync: args.resync_interval, prices, ..planner };
     let mut ctx = Context::new(client, install, groups, registrations, demand, planner, metrics, all_pools);
+    ctx.acting_since = clock();
     ctx.clock = clock;
     ctx.allow_insecure_github_http = args.allow_insecure_github_http;
     ctx.policy = Arc::new(policy);

@@ -69,6 +69,14 @@ impl<'a> Pass<'_, 'a> {
         status.terminating =
             progress.removing.saturating_add(progress.waiting).saturating_add(progress.draining);
         if view.units.is_empty() && progress.removing == 0 {
+            if let Some(until) = self.predecessor_may_still_write() {
+                let wanted = deleting_conditions(format!(
+                    "no runner left; waiting until {} in case a create sent by the previous controller process still lands",
+                    until.to_rfc3339()
+                ));
+                self.wake.push(until);
+                return self.finish(status, wanted, Some(view), true, FinalizerDecision::Keep);
+            }
             self.event(
                 EventType::Normal,
                 EventReason::CleanupComplete,
@@ -79,6 +87,15 @@ impl<'a> Pass<'_, 'a> {
         }
         let wanted = self.deletion_progress_conditions(&progress, drain_deadline, &blockers);
         self.finish(status, wanted, Some(view), true, FinalizerDecision::Keep)
+    }
+
+    /// Until when a create of the process before this one may still land on a pool that is
+    /// older than this process (None: nothing of a predecessor can be on the wire any more).
+    fn predecessor_may_still_write(&self) -> Option<DateTime<Utc>> {
+        let input = self.input;
+        let until = after(input.acting_since, input.config.predecessor_writes);
+        let older = input.pool.created.is_none_or(|c| c <= input.acting_since);
+        (older && self.now < until).then_some(until)
     }
 
     fn deletion_ts(&self) -> DateTime<Utc> {
@@ -177,6 +194,14 @@ impl<'a> Pass<'_, 'a> {
             .map(|g| g.name.clone())
             .collect();
         if names.is_empty() {
+            if let Some(until) = self.predecessor_may_still_write() {
+                let wanted = deleting_conditions(format!(
+                    "no container group left; waiting until {} in case a create sent by the previous controller process still lands",
+                    until.to_rfc3339()
+                ));
+                self.wake.push(until);
+                return self.finish(status, wanted, view, true, FinalizerDecision::Keep);
+            }
             let wanted = deleting_conditions("released all container groups".into());
             return self.finish(status, wanted, view, false, FinalizerDecision::Remove);
         }

@@ -22,6 +22,8 @@ pub struct PoolMeta {
     pub uid: String,
     pub generation: Option<i64>,
     pub deletion_timestamp: Option<DateTime<Utc>>,
+    /// `metadata.creationTimestamp` (None: not known, treated as older than any process).
+    pub created: Option<DateTime<Utc>>,
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -359,6 +361,12 @@ pub struct PlannerConfig {
     pub removal_ttl: Duration,
     /// How long used names are remembered (beyond what the lists show).
     pub name_retention: Duration,
+    /// How long after this process began acting a write of the process before it (killed or
+    /// deposed with a create on the wire) may still take effect: ARM carries out a PUT it has
+    /// received whether or not its sender reads the answer, and this process does not know of
+    /// it. A deletion finishes only once this long has passed, unless the pool is younger than
+    /// the process.
+    pub predecessor_writes: Duration,
     pub prices: Option<PriceTable>,
 }
 
@@ -383,6 +391,8 @@ impl Default for PlannerConfig {
             deletion_grace: Duration::from_secs(1800),
             removal_ttl: Duration::from_secs(180),
             name_retention: Duration::from_secs(24 * 3600),
+            // Twice the controller's total deadline of one ARM or GitHub request (30 s).
+            predecessor_writes: Duration::from_secs(60),
             prices: None,
         }
     }
@@ -530,6 +540,9 @@ pub struct PlanInput<'a> {
     pub failures: &'a [ActionFailure],
     pub state: &'a PoolState,
     pub config: &'a PlannerConfig,
+    /// When this process began acting on pools (took the Lease, or started without leader
+    /// election): what a process before it sent is not in `state`.
+    pub acting_since: DateTime<Utc>,
     pub now: DateTime<Utc>,
 }
 

@@ -57,6 +57,7 @@ pub fn fast_planner() -> PlannerConfig {
         min_requeue: Duration::from_millis(200),
         deletion_grace: Duration::from_secs(3),
         removal_ttl: Duration::from_secs(3),
+        predecessor_writes: Duration::from_secs(5),
         ..PlannerConfig::default()
     }
 }

@@ -218,3 +218,59 @@ fn deletion_stuck_in_deleting_is_bounded() {
     let warn = p.events.iter().find(|e| e.reason == "CleanupAbandoned").unwrap();
     assert!(warn.message.contains("pool-stuck"), "{}", warn.message);
 }
+
+/// A controller that has just started (or just taken the Lease) does not know what the process
+/// before it had on the wire: a create that ARM received from a process killed mid-request
+/// lands after it, and a finalizer removed on the strength of an empty list would leave that
+/// group and its registration behind. So an empty list finishes the deletion only once
+/// `predecessor_writes` has passed since this process began acting, unless the pool was created
+/// after that (then no earlier process acted on it). The orphan policy waits the same way.
+#[test]
+fn a_fresh_process_finishes_a_deletion_only_after_a_predecessors_writes_can_have_landed() {
+    let mut fx = Fx::new();
+    deleting(&mut fx, 1);
+    fx.acting_since = t0() - secs(10);
+    fx.pool.created = Some(t0() - mins(30));
+    let p = fx.run();
+    assert_eq!(p.finalizer, FinalizerDecision::Keep);
+    assert!(p.actions.is_empty());
+    assert!(!has_event(&p, "CleanupComplete"));
+    assert!(
+        cond(&p, "Ready").message.contains("previous controller process"),
+        "{}",
+        cond(&p, "Ready").message
+    );
+    let until = fx.acting_since + chrono::Duration::seconds(60);
+    assert!(p.requeue_after <= Duration::from_secs(50), "woken when the window ends: {:?}", p.requeue_after);
+
+    // A group of the predecessor's create shows up within the window: it is removed as usual.
+    fx.carry(&p, secs(20));
+    fx.groups = Ok(vec![group("pool-late1", ContainerState::Waiting { reason: None }, 1)]);
+    let p = fx.run();
+    assert_eq!(p.actions, vec![delete_unlisted_group("pool-late1", RemovalReason::PoolDeleted)]);
+    assert_eq!(p.finalizer, FinalizerDecision::Keep);
+
+    // Gone, and the window over: done.
+    fx.carry(&p, secs(40));
+    assert!(fx.now >= until);
+    fx.groups = Ok(vec![]);
+    let p = fx.run();
+    assert_eq!(p.finalizer, FinalizerDecision::Remove);
+    assert!(has_event(&p, "CleanupComplete"));
+
+    // A pool younger than the process: nothing of a predecessor can concern it.
+    let mut fx = Fx::new();
+    deleting(&mut fx, 0);
+    fx.acting_since = t0() - secs(10);
+    fx.pool.created = Some(t0() - secs(5));
+    assert_eq!(fx.run().finalizer, FinalizerDecision::Remove);
+    // An unknown creation time counts as older.
+    fx.pool.created = None;
+    assert_eq!(fx.run().finalizer, FinalizerDecision::Keep);
+
+    // The orphan policy releases nothing it has not seen, so it waits the same way.
+    fx.pool.annotations.insert(DELETION_POLICY_ANNOTATION.into(), DELETION_POLICY_ORPHAN.into());
+    assert_eq!(fx.run().finalizer, FinalizerDecision::Keep);
+    fx.acting_since = t0() - mins(2);
+    assert_eq!(fx.run().finalizer, FinalizerDecision::Remove);
+}

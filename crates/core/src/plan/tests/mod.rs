@@ -25,6 +25,10 @@ pub(super) fn mins(m: i64) -> chrono::Duration {
     chrono::Duration::minutes(m)
 }
 
+pub(super) fn secs(s: i64) -> chrono::Duration {
+    chrono::Duration::seconds(s)
+}
+
 pub(super) const UID: &str = "uid-pool";
 /// This controller's install id in the fixtures.
 pub(super) const INSTALL: &str = "test-install";
@@ -190,6 +194,8 @@ pub(super) struct Fx {
     pub failures: Vec<ActionFailure>,
     pub state: PoolState,
     pub config: PlannerConfig,
+    /// A day before `now` unless a test says otherwise: no predecessor's write is on the wire.
+    pub acting_since: DateTime<Utc>,
     pub now: DateTime<Utc>,
 }
 
@@ -222,6 +228,7 @@ impl Fx {
             failures: Vec::new(),
             state: PoolState { generation: Some(1), ..Default::default() },
             config: PlannerConfig::default(),
+            acting_since: t0() - chrono::Duration::days(1),
             now: t0(),
         }
     }
@@ -242,6 +249,7 @@ impl Fx {
             failures: &self.failures,
             state: &self.state,
             config: &self.config,
+            acting_since: self.acting_since,
             now: self.now,
         };
         plan(&input, suffixes)
