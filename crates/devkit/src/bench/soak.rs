@@ -702,8 +702,10 @@ const POOLS: [&str; 2] = ["soak-org", "soak-repo"];
 /// back-off of 40 s after a long outage.
 const SETTLE: Duration = Duration::from_secs(120);
 
-/// How long the pools' deletion may take (their drain is immediate: every job is done).
-const CLEANUP: Duration = Duration::from_secs(90);
+/// How long the pools' deletion may take (their drain is immediate: every job is done): 90 s,
+/// plus the 60 s (`PlannerConfig::predecessor_writes`) a controller restarted shortly before
+/// waits before it finishes the deletion of a pool older than itself.
+const CLEANUP: Duration = Duration::from_secs(150);
 
 /// The settle and cleanup windows count time with a reachable control plane: each is extended by
 /// the kube-apiserver and etcd restarts that overlap it (on a loaded machine one restart keeps
