@@ -12,7 +12,7 @@ use aci_runner_controller::github::{
 };
 use aci_runner_devkit::sim::clock::SimClock;
 use aci_runner_devkit::sim::github::{
-    EnqueueJobs, GithubSim, GithubSimConfig, GithubSimHandle, WebhookTarget, sign_webhook,
+    GithubSim, GithubSimConfig, GithubSimHandle, WebhookTarget, sign_webhook,
 };
 use aci_runner_devkit::sim::runtime::{ContainerEnv, ExitNotifier, StartedContainer};
 use aci_runner_devkit::testing::harness::jobs;
@@ -465,7 +465,7 @@ async fn token_rejected_with_401_is_dropped_and_reminted() {
 }
 
 #[tokio::test]
-async fn ghes_base_url_deprecations_and_queued_jobs() {
+async fn ghes_base_url_and_deprecations() {
     let deprecated: chrono::DateTime<chrono::Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
     let g = sim(
         10.0,
@@ -486,12 +486,6 @@ async fn ghes_base_url_deprecations_and_queued_jobs() {
 
     assert_eq!(client.runner_version_deprecation(&org(), "2.300.0").await.unwrap(), Some(deprecated));
     assert_eq!(client.runner_version_deprecation(&org(), "2.329.0").await.unwrap(), None);
-
-    g.enqueue_jobs(jobs(&["self-hosted", "gpu"], 60.0, 2)).unwrap();
-    g.enqueue_jobs(EnqueueJobs { repo: "octo-org/other-repo".into(), ..Default::default() }).unwrap();
-    let q = client.queued_jobs("octo-org", "octo-repo").await.unwrap();
-    assert_eq!(q.len(), 2);
-    assert!(q.iter().all(|j| j.labels == ["self-hosted", "gpu"]));
 }
 
 #[tokio::test]
@@ -623,6 +617,5 @@ fn edge_futures_are_send(c: &aci_runner_controller::github::GithubClient, s: &Sc
     send(c.find_runner_by_name(s, "n"));
     send(c.runner_group_id(s, "g"));
     send(c.runner_version_deprecation(s, "2.0.0"));
-    send(c.queued_jobs("o", "r"));
     send(c.invalidate_runners(s));
 }

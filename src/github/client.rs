@@ -114,14 +114,6 @@ pub struct RegistrationToken {
     pub url: String,
 }
 
-/// A queued workflow job (from the REST API).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkflowJob {
-    pub id: u64,
-    pub run_id: u64,
-    pub labels: Vec<String>,
-}
-
 /// Rate-limit state of one installation / token.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RateStatus {
@@ -957,54 +949,6 @@ impl GithubClient {
             404 => Ok(None),
             _ => Err(self.classify("runner_deprecation", &r)),
         }
-    }
-
-    /// Queued jobs of a repository (fallback demand signal when webhooks are not configured):
-    /// jobs with status `queued` in the repository's queued and in-progress workflow runs.
-    /// Costs 2 + one request per such run; use sparingly.
-    pub async fn queued_jobs(&self, owner: &str, repo: &str) -> Result<Vec<WorkflowJob>, GithubError> {
-        let base = format!("/repos/{}/{}/actions", super::enc(owner), super::enc(repo));
-        let mut run_ids = Vec::new();
-        for status in ["queued", "in_progress"] {
-            let path = format!("{base}/runs?status={status}&per_page=100&page=1");
-            #[derive(Deserialize)]
-            struct Run {
-                id: u64,
-            }
-            #[derive(Deserialize)]
-            struct Runs {
-                #[serde(default)]
-                workflow_runs: Vec<Run>,
-            }
-            let runs: Runs = self.get_json("list_runs", &path, "workflow runs").await?;
-            run_ids.extend(runs.workflow_runs.into_iter().map(|r| r.id));
-        }
-        run_ids.sort_unstable();
-        run_ids.dedup();
-        let mut out = Vec::new();
-        for run in run_ids {
-            let path = format!("{base}/runs/{run}/jobs?per_page=100&page=1");
-            #[derive(Deserialize)]
-            struct Job {
-                id: u64,
-                #[serde(default)]
-                status: String,
-                #[serde(default)]
-                labels: Vec<String>,
-            }
-            #[derive(Deserialize)]
-            struct Jobs {
-                #[serde(default)]
-                jobs: Vec<Job>,
-            }
-            let jobs: Jobs = self.get_json("list_jobs", &path, "jobs").await?;
-            out.extend(jobs.jobs.into_iter().filter(|j| j.status == "queued").map(|j| WorkflowJob {
-                id: j.id,
-                run_id: run,
-                labels: j.labels,
-            }));
-        }
-        Ok(out)
     }
 }
 

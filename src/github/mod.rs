@@ -41,7 +41,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 pub use auth::mint_app_jwt;
-pub use client::{GithubClient, GithubHub, HubConfig, JitConfig, RateStatus, RegistrationToken, WorkflowJob};
+pub use client::{GithubClient, GithubHub, HubConfig, JitConfig, RateStatus, RegistrationToken};
 pub use metrics::GithubMetrics;
 pub use pace::PaceConfig;
 pub use webhook::{DemandSignal, WEBHOOK_PATH};
