@@ -214,3 +214,28 @@ async fn documented_metric_names_are_exported_and_webhook_deliveries_counted() {
     assert!(exported.contains("aci_runner_controller_reconcile_duration_seconds_bucket"));
     assert!(!exported.contains("aci_runner_controller_runners_total"), "runners is a gauge");
 }
+
+/// The default image pins a runner version, and GitHub publishes when it stops accepting each
+/// version. A pool whose version ends within 30 days gets one Warning `RunnerVersionDeprecated`
+/// naming the version, the date and the field to change, while it keeps running; the lookup is
+/// cached (one call to GitHub for several passes of the pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_runner_version_ends_soon_is_warned_once() {
+    let version = aci_runner_core::plan::names::runner_version_of(aci_runner_core::crd::DEFAULT_RUNNER_IMAGE)
+        .expect("the default image pins a version");
+    let ends = chrono::Utc::now() + chrono::Duration::days(10);
+    let mut opts = aci_runner_devkit::testing::harness::fast_sim_options(84);
+    opts.github.deprecated_runner_versions = [(version.to_string(), ends)].into_iter().collect();
+    let mut w = World::builder("e2e-deprecated").sim_options(opts).start().await;
+    w.apply_ready("old", 1).await;
+    w.expect_event("old", "RunnerVersionDeprecated", version).await;
+    // Several more passes (resync 1-2 s in the harness), still one Warning and one lookup.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let warnings: Vec<_> =
+        w.warnings_of("old").await.into_iter().filter(|(_, r, _)| r == "RunnerVersionDeprecated").collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].2.contains("spec.runner.image"), "{warnings:?}");
+    let lookups = w.sim.github.calls().iter().filter(|c| c.op == "runner_deprecation").count();
+    assert_eq!(lookups, 1, "the answer is cached");
+    w.stop().await;
+}

@@ -500,6 +500,13 @@ impl RunnerRegistrations for GithubComIsTheSimulator {
     async fn unregister(&self, pool: &PoolContext, runner_id: u64) -> Result<(), EdgeError> {
         self.inner.unregister(&self.routed(pool), runner_id).await
     }
+    async fn runner_version_deprecation(
+        &self,
+        pool: &PoolContext,
+        version: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, EdgeError> {
+        self.inner.runner_version_deprecation(&self.routed(pool), version).await
+    }
 }
 
 /// `run`'s flags as the binary parses them (the global `--log-format` is not `run`'s).

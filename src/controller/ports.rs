@@ -1,6 +1,7 @@
 //! The controller's view of its two edges. The reconciler speaks only these traits; the Azure
 //! and GitHub clients implement them (see `adapters::azure.rs`, `adapters::github.rs`), which keeps the
 //! reconcile loop independent of HTTP details and lets errors arrive already classified.
+use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use aci_runner_core::crd::{Priority, RunnerPoolSpec};
@@ -151,6 +152,13 @@ pub trait RunnerRegistrations: Send + Sync {
     async fn is_registered_now(&self, pool: &PoolContext, name: &str) -> Result<bool, EdgeError>;
     /// Delete a registration; "already gone" is success, a busy runner is `Conflict`.
     async fn unregister(&self, pool: &PoolContext, runner_id: u64) -> Result<(), EdgeError>;
+    /// When GitHub stops accepting runner `version` in the pool's scope (None: no date
+    /// published), looked up at most every few hours per scope and version.
+    async fn runner_version_deprecation(
+        &self,
+        pool: &PoolContext,
+        version: &str,
+    ) -> Result<Option<DateTime<Utc>>, EdgeError>;
 }
 
 #[cfg(test)]

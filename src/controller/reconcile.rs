@@ -36,7 +36,7 @@ use crate::sync::lock;
 use aci_runner_core::crd::{InvalidSpec, RunnerPool, RunnerPoolStatus};
 use aci_runner_core::plan::{
     self, CredentialStatus, EdgeError, EdgeErrorKind, EventType, FinalizerDecision, ObservedGroup,
-    ObservedRunner, Plan, PlanInput, PoolMeta, QueuedJob,
+    ObservedRunner, Plan, PlanInput, PoolMeta, QueuedJob, RunnerDeprecation,
 };
 
 /// Errors of one reconcile (each is retried with backoff by the controller loop).
@@ -54,6 +54,7 @@ struct Observed {
     runners: Result<Vec<ObservedRunner>, EdgeError>,
     queued: Vec<QueuedJob>,
     live_pool_uids: BTreeSet<String>,
+    deprecation: Option<RunnerDeprecation>,
 }
 
 /// How long a pool whose pass panicked waits for the next pass.
@@ -296,7 +297,24 @@ async fn observe(
         Some(pc) if spec_valid => ctx.demand.queued_for(&uid, &pool.spec, app_id_of(&pc.github)),
         _ => Vec::new(),
     };
-    Observed { groups, runners, queued, live_pool_uids }
+    let deprecation = match pool_ctx {
+        Some(pc) if !deleting && spec_valid => runner_deprecation(ctx, pc).await,
+        _ => None,
+    };
+    Observed { groups, runners, queued, live_pool_uids, deprecation }
+}
+
+/// GitHub's end date of the runner version the pool's image pins, if it has published one. Not
+/// known (a custom tag, a failed lookup) is no warning: the lookup is advice, never a blocker.
+async fn runner_deprecation(ctx: &Context, pc: &PoolContext) -> Option<RunnerDeprecation> {
+    let version = plan::names::runner_version_of(&pc.spec.runner.image)?;
+    match ctx.registrations.runner_version_deprecation(pc, version).await {
+        Ok(at) => at.map(|at| RunnerDeprecation { version: version.to_string(), at }),
+        Err(e) => {
+            tracing::debug!(pool = %pc.meta.name, version, error = %e.message, "runner version deprecation not known");
+            None
+        }
+    }
 }
 
 /// The pool's planner memory, taken out of the context for the pass (the state of a pool with
@@ -340,6 +358,7 @@ fn plan_pass(
         failures: &memory.failures,
         state: &memory.state,
         config: &ctx.planner,
+        runner_deprecation: observed.deprecation.as_ref(),
         acting_since: ctx.acting_since,
         now,
     };

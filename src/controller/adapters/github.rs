@@ -26,12 +26,20 @@ pub struct GithubAdapter {
     changes: Option<tokio::sync::mpsc::Sender<()>>,
     /// Last list and its fingerprint per (API URL, scope).
     seen: std::sync::Mutex<std::collections::HashMap<(String, Scope), SeenList>>,
+    /// Deprecation answers per (API URL, scope, runner version), with when they were read.
+    deprecations: std::sync::Mutex<std::collections::HashMap<(String, Scope, String), Deprecation>>,
 }
+
+/// A deprecation answer and when it was read.
+type Deprecation = (std::time::Instant, Option<DateTime<Utc>>);
+
+/// How long a deprecation answer is reused: GitHub publishes these dates months ahead.
+const DEPRECATION_TTL: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 impl GithubAdapter {
     /// `clock` must be the clock the hub computes rate-limit resets on.
     pub fn new(hub: GithubHub, clock: crate::github::Clock) -> Self {
-        Self { hub, clock, changes: None, seen: Default::default() }
+        Self { hub, clock, changes: None, seen: Default::default(), deprecations: Default::default() }
     }
 
     /// Signal `tx` whenever a scope's shared runner list changes (a runner came online, went
@@ -142,6 +150,24 @@ impl RunnerRegistrations for GithubAdapter {
         let (client, scope) = self.client(pool)?;
         client.invalidate_runners(&scope).await;
         Ok(self.cached_list(pool).await?.iter().any(|r| r.name == name))
+    }
+
+    async fn runner_version_deprecation(
+        &self,
+        pool: &PoolContext,
+        version: &str,
+    ) -> Result<Option<DateTime<Utc>>, EdgeError> {
+        let (client, scope) = self.client(pool)?;
+        let key = (pool.spec.github.api_url.clone(), scope.clone(), version.to_string());
+        if let Some((_, at)) = crate::sync::lock(&self.deprecations)
+            .get(&key)
+            .filter(|(read, _)| read.elapsed() < DEPRECATION_TTL)
+        {
+            return Ok(*at);
+        }
+        let at = client.runner_version_deprecation(&scope, version).await.map_err(|e| self.err(&e))?;
+        crate::sync::lock(&self.deprecations).insert(key, (std::time::Instant::now(), at));
+        Ok(at)
     }
 
     async fn unregister(&self, pool: &PoolContext, runner_id: u64) -> Result<(), EdgeError> {

@@ -172,6 +172,7 @@ pub fn plan(input: &PlanInput<'_>, suffixes: &mut dyn FnMut() -> String) -> Plan
     if input.pool.deletion_timestamp.is_some() {
         p.plan_deletion(view.as_ref())
     } else {
+        p.notice_runner_deprecation();
         p.plan_alive(view.as_ref(), suffixes)
     }
 }

@@ -98,10 +98,40 @@ pub fn fresh_name(
     None
 }
 
+/// The actions-runner version an image reference pins (`…/actions-runner:2.329.0` → `2.329.0`):
+/// its tag when that is a `major.minor.patch` version, else None (`latest`, a digest, a custom
+/// tag: the version is not known, and no deprecation is looked up).
+pub fn runner_version_of(image: &str) -> Option<&str> {
+    let name = image.split('@').next()?;
+    let last = name.rsplit('/').next()?;
+    let (_, tag) = last.rsplit_once(':')?;
+    let parts: Vec<&str> = tag.split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit());
+    (parts.len() == 3 && parts.iter().all(numeric)).then_some(tag)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn runner_version_is_read_from_a_version_tag_only() {
+        for (image, v) in [
+            ("ghcr.io/actions/actions-runner:2.329.0", Some("2.329.0")),
+            ("registry:5000/team/actions-runner:2.300.1", Some("2.300.1")),
+            ("ghcr.io/actions/actions-runner:2.329.0@sha256:abc", Some("2.329.0")),
+            ("ghcr.io/actions/actions-runner:latest", None),
+            ("ghcr.io/actions/actions-runner", None),
+            ("registry:5000/actions-runner", None),
+            ("ghcr.io/actions/actions-runner@sha256:abc", None),
+            ("example/runner:2.329", None),
+            ("example/runner:v2.329.0", None),
+            ("example/runner:2.329.0-ubuntu", None),
+        ] {
+            assert_eq!(runner_version_of(image), v, "{image}");
+        }
+    }
 
     #[test]
     fn prefix_table() {

@@ -145,6 +145,7 @@ reasons! {
         Orphaned,
         CleanupComplete,
         CleanupAbandoned,
+        RunnerVersionDeprecated,
         // Published only on a transition to Stalled (see `StallReason::event`).
         InvalidSpec,
         NotPermitted,

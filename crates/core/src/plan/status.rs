@@ -289,3 +289,32 @@ pub fn acknowledge(
         ..prev
     })
 }
+
+impl Pass<'_, '_> {
+    /// Within `deprecation_notice` of the date GitHub stops accepting the pool's runner version
+    /// (or after it): one Warning `RunnerVersionDeprecated` per version and process, naming the
+    /// date and the field to change, before GitHub starts refusing the pool's new runners.
+    pub(super) fn notice_runner_deprecation(&mut self) {
+        let Some(d) = self.input.runner_deprecation else { return };
+        if self.st.deprecation_warned.as_deref() == Some(d.version.as_str()) {
+            return;
+        }
+        // The date is GitHub's: a notice period beyond chrono's range means "always".
+        let notice = chrono::Duration::from_std(self.input.config.deprecation_notice).ok();
+        if notice.and_then(|n| d.at.checked_sub_signed(n)).is_some_and(|from| self.now < from) {
+            return;
+        }
+        let when = if self.now >= d.at { "since" } else { "from" };
+        self.event(
+            EventType::Warning,
+            EventReason::RunnerVersionDeprecated,
+            format!(
+                "GitHub stops accepting runner version {} {when} {}: new runners of this pool will fail to register; \
+                 update spec.runner.image to a newer actions-runner release",
+                d.version,
+                d.at.to_rfc3339()
+            ),
+        );
+        self.st.deprecation_warned = Some(d.version.clone());
+    }
+}

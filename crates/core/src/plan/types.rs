@@ -367,6 +367,9 @@ pub struct PlannerConfig {
     /// it. A deletion finishes only once this long has passed, unless the pool is younger than
     /// the process.
     pub predecessor_writes: Duration,
+    /// How long before GitHub stops accepting the pool's runner version the pool is warned
+    /// (a Warning Event `RunnerVersionDeprecated`, once per version and process).
+    pub deprecation_notice: Duration,
     pub prices: Option<PriceTable>,
 }
 
@@ -393,6 +396,7 @@ impl Default for PlannerConfig {
             name_retention: Duration::from_secs(24 * 3600),
             // Twice the controller's total deadline of one ARM or GitHub request (30 s).
             predecessor_writes: Duration::from_secs(60),
+            deprecation_notice: Duration::from_secs(30 * 24 * 3600),
             prices: None,
         }
     }
@@ -481,6 +485,8 @@ pub struct Removal {
 pub struct PoolState {
     /// Spec generation the failure memory belongs to (a new generation resets it).
     pub generation: Option<i64>,
+    /// The runner version whose deprecation this process has already warned of.
+    pub deprecation_warned: Option<String>,
     /// False until the first pass with a successful group list (usage baseline).
     pub initialized: bool,
     pub in_flight: BTreeMap<String, InFlight>,
@@ -540,10 +546,20 @@ pub struct PlanInput<'a> {
     pub failures: &'a [ActionFailure],
     pub state: &'a PoolState,
     pub config: &'a PlannerConfig,
+    /// When GitHub stops accepting the pool's runner version, if it has published a date
+    /// (`None`: no date, or the version or the answer is not known).
+    pub runner_deprecation: Option<&'a RunnerDeprecation>,
     /// When this process began acting on pools (took the Lease, or started without leader
     /// election): what a process before it sent is not in `state`.
     pub acting_since: DateTime<Utc>,
     pub now: DateTime<Utc>,
+}
+
+/// GitHub's published end of a runner version: from then on it refuses runners of that version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunnerDeprecation {
+    pub version: String,
+    pub at: DateTime<Utc>,
 }
 
 /// The planner's decision for one pass.

@@ -196,6 +196,7 @@ pub(super) struct Fx {
     pub config: PlannerConfig,
     /// A day before `now` unless a test says otherwise: no predecessor's write is on the wire.
     pub acting_since: DateTime<Utc>,
+    pub deprecation: Option<RunnerDeprecation>,
     pub now: DateTime<Utc>,
 }
 
@@ -229,6 +230,7 @@ impl Fx {
             state: PoolState { generation: Some(1), ..Default::default() },
             config: PlannerConfig::default(),
             acting_since: t0() - chrono::Duration::days(1),
+            deprecation: None,
             now: t0(),
         }
     }
@@ -249,6 +251,7 @@ impl Fx {
             failures: &self.failures,
             state: &self.state,
             config: &self.config,
+            runner_deprecation: self.deprecation.as_ref(),
             acting_since: self.acting_since,
             now: self.now,
         };

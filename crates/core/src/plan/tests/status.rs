@@ -246,3 +246,36 @@ fn a_generation_not_acted_on_yet_is_acknowledged_as_reconciling() {
     // Without a generation (not served by the API server) nothing is acknowledged.
     assert_eq!(acknowledge(None, None, t0()), None);
 }
+
+/// GitHub publishes the date from which it refuses a runner version; the pinned default image
+/// reaches it one day. From `deprecation_notice` (30 days) before that date, the pool gets one
+/// Warning per version and process, naming the date and the field to change; a new version
+/// warns again; a far date, or none, says nothing.
+#[test]
+fn a_runner_version_near_its_deprecation_warns_once_per_version() {
+    let mut fx = Fx::new();
+    let warned =
+        |p: &Plan| p.events.iter().filter(|e| e.reason == EventReason::RunnerVersionDeprecated).count();
+    fx.deprecation =
+        Some(RunnerDeprecation { version: "2.300.0".into(), at: t0() + chrono::Duration::days(45) });
+    let p = fx.run();
+    assert_eq!(warned(&p), 0, "45 days ahead: not yet");
+    fx.carry(&p, chrono::Duration::days(20));
+    let p = fx.run();
+    assert_eq!(warned(&p), 1, "25 days ahead");
+    let e = p.events.iter().find(|e| e.reason == EventReason::RunnerVersionDeprecated).unwrap();
+    assert_eq!(e.type_, EventType::Warning);
+    assert!(e.message.contains("2.300.0") && e.message.contains("spec.runner.image"), "{}", e.message);
+    fx.carry(&p, mins(1));
+    assert_eq!(warned(&fx.run()), 0, "once per version");
+    fx.deprecation =
+        Some(RunnerDeprecation { version: "2.301.0".into(), at: t0() - chrono::Duration::days(1) });
+    let p = fx.run();
+    assert_eq!(warned(&p), 1, "another version, already past: warned");
+    assert!(p.events.iter().any(|e| e.message.contains("since")));
+    // A deleting pool is not warned.
+    let mut fx = Fx::new();
+    deleting(&mut fx, 0);
+    fx.deprecation = Some(RunnerDeprecation { version: "2.300.0".into(), at: t0() });
+    assert_eq!(warned(&fx.run()), 0);
+}
