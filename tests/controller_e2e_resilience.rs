@@ -177,6 +177,7 @@ async fn killed_mid_scale_up_then_restarted_converges_without_duplicates_or_leak
     // group), with at least one group already created.
     let hit = mid_create(&w.sim, "kill", 0, 6).await;
     w.kill();
+    let in_flight_first = w.runners_of("kill").len().saturating_sub(w.groups_of("kill").len());
     let at_first_kill = w.world("kill");
     assert!(hit, "no moment with a registration lacking its group: {at_first_kill}");
 
@@ -186,6 +187,7 @@ async fn killed_mid_scale_up_then_restarted_converges_without_duplicates_or_leak
     w.start_controller().await;
     let hit = mid_create(&w.sim, "kill", baseline, 6).await;
     w.kill();
+    let in_flight_second = w.runners_of("kill").len().saturating_sub(w.groups_of("kill").len());
     let at_second_kill = w.world("kill");
     tracing::info!(%at_first_kill, %at_second_kill, second_mid_create = hit, "killed twice");
     w.start_controller().await;
@@ -194,10 +196,16 @@ async fn killed_mid_scale_up_then_restarted_converges_without_duplicates_or_leak
     // Stays settled: nothing more is created or removed (no late duplicates).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(one_to_one_online(&w.sim, "kill"), Some(names.clone()), "{}", w.world("kill"));
+    // A PUT that ARM received before a kill takes effect after it, and the restarted controller
+    // has never heard of it: for a moment the pool can hold those groups on top of its own
+    // creates. At most the creates on the wire at the kills (registrations without a group)
+    // come on top of maxRunners; the surplus is scaled down (checked above: settled at six).
     let max = sampler.finish().await;
+    let bound = 6 + in_flight_first + in_flight_second;
     assert!(
-        max <= 6,
-        "up to {max} container groups existed at once for maxRunners 6 (at the kills: {at_first_kill} / {at_second_kill})"
+        max <= bound,
+        "up to {max} container groups existed at once for maxRunners 6 and {} creates on the wire at the kills (at the kills: {at_first_kill} / {at_second_kill})",
+        bound - 6
     );
     // Registrations the killed passes left without a group were collected: every registration
     // of the simulated GitHub is one of the six groups.

@@ -71,8 +71,21 @@ pub async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> E
                         ctx.groups.delete_group(pool, name).await.map(|_| None).map_err(|e| (e, None))
                     }
                     // Registered since the pass's list was read: the next pass sees the
-                    // registration and removes it first (or leaves a busy runner alone).
-                    Ok(false) => continue,
+                    // registration and removes it first (or leaves a busy runner alone). Reported
+                    // as a conflict, so that the planner decides about it again at once instead
+                    // of waiting for a removal that was never sent.
+                    Ok(false) => {
+                        ctx.metrics.action("delete_group", reason.as_str(), "skipped");
+                        failures.push(ActionFailure {
+                            action: action.clone(),
+                            error: EdgeError::new(
+                                EdgeErrorKind::Conflict,
+                                "not deleted: its runner registered after the pass's runner list",
+                            ),
+                            registered_runner: None,
+                        });
+                        continue;
+                    }
                     // Unknown is not "unregistered": the delete waits for a list that answers.
                     Err(e) => Err((e, None)),
                 }

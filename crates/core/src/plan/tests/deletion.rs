@@ -274,3 +274,43 @@ fn a_fresh_process_finishes_a_deletion_only_after_a_predecessors_writes_can_have
     fx.acting_since = t0() - mins(2);
     assert_eq!(fx.run().finalizer, FinalizerDecision::Remove);
 }
+
+/// A delete guarded by `only_if_unlisted` that the executor did not send (a fresh runner list
+/// showed the group's runner, registered after the pass's list: a persistent runner restarted
+/// by ACI) comes back as a Conflict, and the next pass decides about the group from scratch:
+/// unregister, then delete. Without that report the group counted as "removal in progress" for
+/// `removal_ttl` (180 s) and the pool's deletion stood still that long with an idle runner and
+/// its group in place (soak seeds 449 and 518: the cleanup window ran out).
+#[test]
+fn a_delete_skipped_for_a_late_registration_is_decided_again_at_once() {
+    let mut fx = Fx::new();
+    deleting(&mut fx, 0);
+    fx.groups = Ok(vec![running("pool-late1")]);
+    let p = fx.run();
+    assert_eq!(p.actions, vec![delete_unlisted_group("pool-late1", RemovalReason::PoolDeleted)]);
+    let skipped = ActionFailure {
+        action: p.actions[0].clone(),
+        error: EdgeError::new(EdgeErrorKind::Conflict, "registered after the list"),
+        registered_runner: None,
+    };
+
+    // Next pass: the registration is listed now.
+    let next = |fx: &mut Fx, failures: Vec<ActionFailure>| {
+        fx.carry(&p, chrono::Duration::seconds(2));
+        fx.runners = Ok(vec![idle_runner(7, "pool-late1")]);
+        fx.failures = failures;
+        fx.run()
+    };
+    let mut reported = fx.clone();
+    let p2 = next(&mut reported, vec![skipped]);
+    assert_eq!(
+        p2.actions,
+        vec![
+            unregister(7, "pool-late1", RemovalReason::PoolDeleted),
+            delete_group("pool-late1", RemovalReason::PoolDeleted, Some(7)),
+        ]
+    );
+    // Unreported, the skipped delete would hold the group as terminating.
+    let p2 = next(&mut fx, vec![]);
+    assert!(p2.actions.is_empty(), "{:?}", p2.actions);
+}
