@@ -239,3 +239,26 @@ async fn a_pool_whose_runner_version_ends_soon_is_warned_once() {
     assert_eq!(lookups, 1, "the answer is cached");
     w.stop().await;
 }
+
+/// A runner-version lookup that GitHub refuses (a 422 on every deprecation request here) is
+/// no warning and no blocker, and it is not retried on every pass: after the first refusal the
+/// pool's passes go on without asking again for ten minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_runner_version_lookup_is_not_retried_every_pass() {
+    use aci_runner_devkit::sim::github::{GhOpFaults, GithubFaults};
+    let refuse = GithubFaults {
+        ops: [("runner_deprecation".to_string(), GhOpFaults { unprocessable: 1.0, ..GhOpFaults::default() })]
+            .into(),
+        ..GithubFaults::default()
+    };
+    let mut w = World::builder("e2e-refused").github_faults(refuse).start().await;
+    w.apply_ready("refused", 1).await;
+    let lookups = || w.sim.github.calls().iter().filter(|c| c.op == "runner_deprecation").count();
+    let first = lookups();
+    assert!(first >= 1, "the version was looked up");
+    // Several more passes (resync 1-2 s in the harness): no new lookup.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(lookups(), first, "a refused lookup is retried after minutes, not every pass");
+    assert!(w.warnings_of("refused").await.iter().all(|(_, r, _)| r != "RunnerVersionDeprecated"));
+    w.stop().await;
+}

@@ -30,11 +30,14 @@ pub struct GithubAdapter {
     deprecations: std::sync::Mutex<std::collections::HashMap<(String, Scope, String), Deprecation>>,
 }
 
-/// A deprecation answer and when it was read.
+/// A deprecation answer and until when it is reused.
 type Deprecation = (std::time::Instant, Option<DateTime<Utc>>);
 
 /// How long a deprecation answer is reused: GitHub publishes these dates months ahead.
 const DEPRECATION_TTL: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+/// How long a failed lookup waits before it is tried again (a server without the endpoint, or
+/// refusing it, would otherwise cost one request per pass).
+const DEPRECATION_RETRY: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl GithubAdapter {
     /// `clock` must be the clock the hub computes rate-limit resets on.
@@ -159,15 +162,19 @@ impl RunnerRegistrations for GithubAdapter {
     ) -> Result<Option<DateTime<Utc>>, EdgeError> {
         let (client, scope) = self.client(pool)?;
         let key = (pool.spec.github.api_url.clone(), scope.clone(), version.to_string());
-        if let Some((_, at)) = crate::sync::lock(&self.deprecations)
-            .get(&key)
-            .filter(|(read, _)| read.elapsed() < DEPRECATION_TTL)
+        let now = std::time::Instant::now();
+        if let Some((_, at)) =
+            crate::sync::lock(&self.deprecations).get(&key).filter(|(until, _)| now < *until)
         {
             return Ok(*at);
         }
-        let at = client.runner_version_deprecation(&scope, version).await.map_err(|e| self.err(&e))?;
-        crate::sync::lock(&self.deprecations).insert(key, (std::time::Instant::now(), at));
-        Ok(at)
+        let answer = client.runner_version_deprecation(&scope, version).await;
+        let (keep, at) = match &answer {
+            Ok(at) => (DEPRECATION_TTL, *at),
+            Err(_) => (DEPRECATION_RETRY, None),
+        };
+        crate::sync::lock(&self.deprecations).insert(key, (now + keep, at));
+        answer.map_err(|e| self.err(&e))
     }
 
     async fn unregister(&self, pool: &PoolContext, runner_id: u64) -> Result<(), EdgeError> {
