@@ -75,7 +75,7 @@ pub async fn execute(ctx: &Context, pool: &PoolContext, actions: &[Action]) -> E
                     // as a conflict, so that the planner decides about it again at once instead
                     // of waiting for a removal that was never sent.
                     Ok(false) => {
-                        ctx.metrics.action("delete_group", reason.as_str(), "skipped");
+                        ctx.metrics.action(action_kind(action), reason.as_str(), "skipped");
                         failures.push(ActionFailure {
                             action: action.clone(),
                             error: EdgeError::new(

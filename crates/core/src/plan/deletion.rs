@@ -69,13 +69,8 @@ impl<'a> Pass<'_, 'a> {
         status.terminating =
             progress.removing.saturating_add(progress.waiting).saturating_add(progress.draining);
         if view.units.is_empty() && progress.removing == 0 {
-            if let Some(until) = self.predecessor_may_still_write() {
-                let wanted = deleting_conditions(format!(
-                    "no runner left; waiting until {} in case a create sent by the previous controller process still lands",
-                    until.to_rfc3339()
-                ));
-                self.wake.push(until);
-                return self.finish(status, wanted, Some(view), true, FinalizerDecision::Keep);
+            if let Some(plan) = self.hold_for_predecessor(&status, Some(view), "no runner left") {
+                return plan;
             }
             self.event(
                 EventType::Normal,
@@ -89,13 +84,27 @@ impl<'a> Pass<'_, 'a> {
         self.finish(status, wanted, Some(view), true, FinalizerDecision::Keep)
     }
 
-    /// Until when a create of the process before this one may still land on a pool that is
-    /// older than this process (None: nothing of a predecessor can be on the wire any more).
-    fn predecessor_may_still_write(&self) -> Option<DateTime<Utc>> {
+    /// Nothing is left, but a create of the process before this one may still land on this
+    /// pool (older than the process): the finalizer stays, and the pass is woken when the
+    /// predecessor's writes can no longer arrive. None: nothing of a predecessor is on the wire.
+    fn hold_for_predecessor(
+        &mut self,
+        status: &RunnerPoolStatus,
+        view: Option<&View<'a>>,
+        left: &str,
+    ) -> Option<Plan> {
         let input = self.input;
         let until = after(input.acting_since, input.config.predecessor_writes);
         let older = input.pool.created.is_none_or(|c| c <= input.acting_since);
-        (older && self.now < until).then_some(until)
+        if !older || self.now >= until {
+            return None;
+        }
+        let wanted = deleting_conditions(format!(
+            "{left}; waiting until {} in case a create sent by the previous controller process still lands",
+            until.to_rfc3339()
+        ));
+        self.wake.push(until);
+        Some(self.finish(status.clone(), wanted, view, true, FinalizerDecision::Keep))
     }
 
     fn deletion_ts(&self) -> DateTime<Utc> {
@@ -194,13 +203,8 @@ impl<'a> Pass<'_, 'a> {
             .map(|g| g.name.clone())
             .collect();
         if names.is_empty() {
-            if let Some(until) = self.predecessor_may_still_write() {
-                let wanted = deleting_conditions(format!(
-                    "no container group left; waiting until {} in case a create sent by the previous controller process still lands",
-                    until.to_rfc3339()
-                ));
-                self.wake.push(until);
-                return self.finish(status, wanted, view, true, FinalizerDecision::Keep);
+            if let Some(plan) = self.hold_for_predecessor(&status, view, "no container group left") {
+                return plan;
             }
             let wanted = deleting_conditions("released all container groups".into());
             return self.finish(status, wanted, view, false, FinalizerDecision::Remove);

@@ -1353,7 +1353,7 @@ impl Shared {
 
     /// The group's containers are gone: the runtime ends their processes.
     fn kill_in_runtime(&self, group_id: &str) {
-        let _gate = self.runtime_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let _gate = aci_runner_controller::sync::lock(&self.runtime_gate);
         self.runtime.kill(group_id);
     }
 
@@ -1375,7 +1375,7 @@ impl Shared {
             // The state lock is released between the decision and this hand-over; a delete, stop
             // or restart in between makes the start stale. The gate keeps the re-check and the
             // start together against the kill that such a change sends.
-            let _gate = self.runtime_gate.lock().unwrap_or_else(|p| p.into_inner());
+            let _gate = aci_runner_controller::sync::lock(&self.runtime_gate);
             if !self.still_running(&key, idx, generation) {
                 continue;
             }
