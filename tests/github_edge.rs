@@ -619,3 +619,60 @@ fn edge_futures_are_send(c: &aci_runner_controller::github::GithubClient, s: &Sc
     send(c.runner_version_deprecation(s, "2.0.0"));
     send(c.invalidate_runners(s));
 }
+
+/// A server that answers headers and then never finishes the body is reported as "no complete
+/// answer", the error the exchange's deadline names, even when the task that waits for it is
+/// polled late: the runtime here is blocked past the deadline while the body hangs, so that every
+/// timer has expired by the next poll. A second, same-length timeout inside reqwest used to win
+/// that poll and surface as an anonymous "request or response body error" (the flaky
+/// `hostile_github_answers_stall_only_their_pool` on a loaded CI machine).
+#[tokio::test(flavor = "current_thread")]
+async fn an_answer_that_never_completes_is_named_even_when_polled_late() {
+    use axum::body::Body;
+    use futures::StreamExt;
+    // The hanging server runs on its own thread and runtime, so blocking this one does not stop it.
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new().fallback(move || {
+                let sent = sent_tx.clone();
+                async move {
+                    let start = futures::stream::once(async move {
+                        let _ = sent.send(());
+                        Ok::<_, std::convert::Infallible>(bytes::Bytes::from("[{\"id"))
+                    });
+                    axum::response::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(Body::from_stream(start.chain(futures::stream::pending())))
+                        .unwrap()
+                }
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    let addr = addr_rx.recv().unwrap();
+    let timeout = Duration::from_millis(300);
+    let hub = GithubHub::new(HubConfig {
+        request_timeout: timeout,
+        list_interval: chrono::Duration::zero(),
+        ..Default::default()
+    });
+    let client = hub
+        .client(
+            &format!("http://{addr}"),
+            Credentials::Pat { token: SecretString::from("ghp_test".to_string()) },
+        )
+        .unwrap();
+    let call = tokio::spawn(async move { client.list_runners(&org()).await });
+    // The body has begun; now this runtime sleeps through the deadline without polling anything.
+    sent_rx.recv().await.unwrap();
+    tokio::task::yield_now().await;
+    std::thread::sleep(timeout * 3);
+    let e = call.await.unwrap().unwrap_err();
+    assert!(matches!(&e, GithubError::Transient(m) if m.contains("no complete answer")), "{e:?}");
+}

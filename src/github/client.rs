@@ -194,6 +194,11 @@ impl GithubHub {
     /// and bodies as the same boxed body, so the deadline, the body cap and the classification
     /// are unchanged. Redirects are not followed (GitHub's API answers none the client needs, and a
     /// followed one would carry the credentials elsewhere).
+    ///
+    /// reqwest gets the connect timeout only: the whole exchange is bounded by the one deadline in
+    /// [`GithubClient::execute`], which names the failure ("no complete answer"). A second total
+    /// timeout of the same length here would race it and, when it fires first, surface as an
+    /// anonymous body error.
     fn http(&self) -> Result<reqwest013::Client, GithubError> {
         let cfg = &self.inner.cfg;
         let tls = cfg.tls.client_config().ok_or_else(|| {
@@ -201,7 +206,6 @@ impl GithubHub {
         })?;
         reqwest013::Client::builder()
             .connect_timeout(cfg.request_timeout)
-            .timeout(cfg.request_timeout)
             .redirect(reqwest013::redirect::Policy::none())
             .tls_backend_preconfigured(tls)
             .build()
