@@ -17,7 +17,12 @@ pub enum ProcError {
     Spawn(std::io::Error),
     #[error("the controller did not answer /healthz within 60 s (log: {0})")]
     NotHealthy(PathBuf),
+    #[error("the controller exited before answering /healthz (log: {0})")]
+    Exited(PathBuf),
 }
+
+/// Attempts at a first start whose ports another process took in between.
+const PORT_ATTEMPTS: u32 = 3;
 
 /// The `--install-id` of every controller process the benchmarks start (one install; the
 /// P5 benchmark seeds groups with it as if that install had created them).
@@ -54,8 +59,18 @@ pub struct ControllerProc {
     args: Vec<String>,
 }
 
+/// A port free at this moment. The controller binds it a little later, so another process (a
+/// parallel soak seed's simulator) can take it in between: see [`lost_a_port`].
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Did the incarnation whose log begins at byte `from` of `log` exit because a port it was to
+/// listen on was taken?
+fn lost_a_port(log: &Path, from: u64) -> bool {
+    let Ok(bytes) = std::fs::read(log) else { return false };
+    let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
+    String::from_utf8_lossy(&bytes[from..]).contains("Address already in use")
 }
 
 impl ControllerProc {
@@ -81,6 +96,30 @@ impl ControllerProc {
         let policy = aci_runner_core::policy::TenantPolicy::controller_identity_for(spec.namespaces.clone());
         std::fs::write(&policy_file, serde_json::to_string(&policy).unwrap_or_default())
             .map_err(|source| ProcError::Io { path: policy_file.clone(), source })?;
+        // The ports are picked before the controller binds them; a start that lost one to another
+        // process is tried again on new ports (restarts keep theirs: the simulated GitHub delivers
+        // webhooks to the first start's address).
+        let log = spec.dir.join("controller.log");
+        let mut attempt = 1;
+        loop {
+            let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+            match Self::start_on_free_ports(sim, &spec, extra_args).await {
+                Err(ProcError::Exited(path)) if attempt < PORT_ATTEMPTS && lost_a_port(&path, from) => {
+                    tracing::warn!(attempt, log = %path.display(), "a port was taken before the controller bound it; starting on others");
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_on_free_ports(
+        sim: &Simulator,
+        spec: &ControllerSpec,
+        extra_args: &[String],
+    ) -> Result<Self, ProcError> {
+        let secret_file = spec.dir.join("webhook-secret");
+        let policy_file = spec.dir.join("tenant-policy.yaml");
         let health_port = free_port().map_err(ProcError::Spawn)?;
         let webhook_port = free_port().map_err(ProcError::Spawn)?;
         let arm = sim.arm.url();
@@ -204,7 +243,10 @@ impl ControllerProc {
             if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
             }
-            if Instant::now() > deadline || self.exited() {
+            if self.exited() {
+                return Err(ProcError::Exited(self.log.clone()));
+            }
+            if Instant::now() > deadline {
                 return Err(ProcError::NotHealthy(self.log.clone()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -299,4 +341,27 @@ pub fn panics_in(log: &Path) -> Vec<String> {
         .filter(|l| l.contains("panicked at"))
         .map(str::to_string)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the incarnation being started counts: an earlier start's lost port, further up the
+    /// shared log, does not make a later failure look like one.
+    #[test]
+    fn a_lost_port_is_read_from_this_incarnations_part_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("controller.log");
+        std::fs::write(&log, "Error: binding 127.0.0.1:33663\n    Address already in use (os error 98)\n")
+            .unwrap();
+        let second = std::fs::metadata(&log).unwrap().len();
+        assert!(lost_a_port(&log, 0));
+        assert!(!lost_a_port(&log, second));
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut f, b"Error: cannot reach the API server\n").unwrap();
+        assert!(!lost_a_port(&log, second));
+        assert!(!lost_a_port(&dir.path().join("missing.log"), 0));
+        assert!(!lost_a_port(&log, u64::MAX));
+    }
 }
